@@ -1,0 +1,19 @@
+//! Client-server API handlers, one file per area of the spec.
+
+mod account;
+mod device;
+mod discovery;
+mod profile;
+mod session;
+
+use axum::Router;
+
+use super::AppState;
+
+pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = discovery::routes(router);
+    let router = account::routes(router);
+    let router = session::routes(router);
+    let router = device::routes(router);
+    profile::routes(router)
+}

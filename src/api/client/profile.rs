@@ -1,0 +1,105 @@
+//! Profiles: the whole profile and single fields (displayname, avatar_url, custom fields).
+
+use axum::{extract::State, Router};
+use ruma::{
+    api::client::profile::{
+        delete_profile_field, get_profile, get_profile_field, set_profile_field,
+    },
+    profile::ProfileFieldValue,
+    UserId,
+};
+
+use crate::{
+    api::{ruma::Ruma, AppState, RouterExt},
+    error::{Error, Result},
+    service::sessions::Session,
+    storage::ShortId,
+};
+
+pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .ruma(get_all)
+        .ruma(get_field)
+        .ruma(set_field)
+        .ruma(delete_field)
+}
+
+/// The short ID of a local, existing user, or M_NOT_FOUND.
+fn local_profile_owner(services: &AppState, user_id: &UserId) -> Result<ShortId> {
+    if !services.users.is_local(user_id) {
+        return Err(Error::not_found(
+            "Profiles of users on other servers are not available",
+        ));
+    }
+    match services.users.get(user_id)? {
+        Some((short, record)) if !record.deactivated => Ok(short),
+        _ => Err(Error::not_found("Profile not found")),
+    }
+}
+
+fn own_profile(session: &Session, user_id: &UserId) -> Result<()> {
+    if session.user_id != user_id {
+        return Err(Error::forbidden("You cannot change another user's profile"));
+    }
+    Ok(())
+}
+
+async fn get_all(
+    State(services): State<AppState>,
+    req: Ruma<get_profile::v3::Request>,
+) -> Result<get_profile::v3::Response> {
+    let short = local_profile_owner(&services, &req.body.user_id)?;
+    Ok(services.profiles.all(short)?.into_iter().collect())
+}
+
+async fn get_field(
+    State(services): State<AppState>,
+    req: Ruma<get_profile_field::v3::Request>,
+) -> Result<get_profile_field::v3::Response> {
+    let short = local_profile_owner(&services, &req.body.user_id)?;
+    let field = req.body.field.as_str();
+    let value = services
+        .profiles
+        .get(short, field)?
+        .ok_or_else(|| Error::not_found("Profile field not set"))?;
+    let value = ProfileFieldValue::new(field, value)
+        .map_err(|e| Error::internal(format!("stored profile field {field}: {e}")))?;
+    Ok(get_profile_field::v3::Response::new(value))
+}
+
+async fn set_field(
+    State(services): State<AppState>,
+    req: Ruma<set_profile_field::v3::Request>,
+) -> Result<set_profile_field::v3::Response> {
+    let session = req.session()?;
+    own_profile(session, &req.body.user_id)?;
+    let field = req.body.value.field_name();
+    let field = field.as_str();
+    if field.len() > 255 {
+        return Err(Error::invalid_param(
+            "Profile field names are at most 255 bytes",
+        ));
+    }
+    services
+        .profiles
+        .set(
+            session.user,
+            field,
+            Some(req.body.value.value().into_owned()),
+        )
+        .await?;
+    Ok(set_profile_field::v3::Response::new())
+}
+
+async fn delete_field(
+    State(services): State<AppState>,
+    req: Ruma<delete_profile_field::v3::Request>,
+) -> Result<delete_profile_field::v3::Response> {
+    let session = req.session()?;
+    own_profile(session, &req.body.user_id)?;
+    services
+        .profiles
+        .set(session.user, req.body.field.as_str(), None)
+        .await?;
+    Ok(delete_profile_field::v3::Response::new())
+}

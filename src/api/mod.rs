@@ -1,0 +1,125 @@
+//! HTTP surface: the router that maps every endpoint's paths (all versions ruma knows) to its
+//! handler, plus the layers every request passes through (CORS, tracing, panics → 500).
+
+pub mod admin;
+pub mod client;
+pub mod ruma;
+
+use std::{future::Future, sync::Arc};
+
+use ::ruma::api::{path_builder::PathBuilder, IncomingRequest};
+use axum::{
+    extract::State,
+    response::{IntoResponse, Response},
+    routing::{on, MethodFilter},
+    Router,
+};
+use http::{Method, StatusCode};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    cors::{Any, CorsLayer},
+    trace::TraceLayer,
+};
+
+use self::ruma::{AuthKind, Ruma, RumaResponse};
+use crate::{error::Error, service::Services};
+
+pub type AppState = Arc<Services>;
+
+/// Registers a ruma endpoint's handler on every path of its version history.
+pub trait RouterExt {
+    fn ruma<Req, F, Fut>(self, handler: F) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: AuthKind,
+        Req::OutgoingResponse: Send,
+        F: Fn(State<AppState>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::OutgoingResponse, Error>> + Send + 'static;
+}
+
+impl RouterExt for Router<AppState> {
+    fn ruma<Req, F, Fut>(mut self, handler: F) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: AuthKind,
+        Req::OutgoingResponse: Send,
+        F: Fn(State<AppState>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::OutgoingResponse, Error>> + Send + 'static,
+    {
+        let filter = method_filter(&Req::METHOD);
+        for path in Req::PATH_BUILDER.all_paths() {
+            let handler = handler.clone();
+            let route = on(filter, move |state: State<AppState>, req: Ruma<Req>| {
+                let handler = handler.clone();
+                async move { handler(state, req).await.map(RumaResponse) }
+            });
+            self = self.route(&axum_path(path), route);
+        }
+        self
+    }
+}
+
+fn method_filter(method: &Method) -> MethodFilter {
+    match *method {
+        Method::GET => MethodFilter::GET,
+        Method::POST => MethodFilter::POST,
+        Method::PUT => MethodFilter::PUT,
+        Method::DELETE => MethodFilter::DELETE,
+        Method::PATCH => MethodFilter::PATCH,
+        Method::HEAD => MethodFilter::HEAD,
+        _ => MethodFilter::OPTIONS,
+    }
+}
+
+/// ruma paths use `{name}` (or the older `:name`) for variables; axum wants `{name}`.
+fn axum_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| match seg.strip_prefix(':') {
+            Some(name) => format!("{{{name}}}"),
+            None => seg.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+async fn not_found() -> Response {
+    Error::unrecognized(StatusCode::NOT_FOUND, "Unrecognized request").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    Error::unrecognized(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed for this endpoint",
+    )
+    .into_response()
+}
+
+/// The client-facing router (client-server API, well-known, admin API).
+pub fn client_router(services: AppState) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            http::header::AUTHORIZATION,
+            http::header::CONTENT_TYPE,
+            http::header::ACCEPT,
+            http::HeaderName::from_static("x-requested-with"),
+        ]);
+    let router = client::routes(Router::new());
+    let router = admin::routes(router);
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(services)
+        .layer(CatchPanicLayer::custom(|_| {
+            Error::internal("handler panicked").into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .layer(cors)
+}

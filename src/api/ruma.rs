@@ -1,0 +1,266 @@
+//! The `Ruma<Request>` extractor: authenticates the request as its endpoint's metadata asks, reads
+//! the body under the size limit, and parses path, query and body with ruma's request type.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
+
+use axum::{
+    extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request},
+    response::{IntoResponse, Response},
+};
+use bytes::BytesMut;
+use http::StatusCode;
+use ruma::api::{
+    auth_scheme::{
+        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
+        NoAuthentication,
+    },
+    error::{DeserializationError, FromHttpRequestError},
+    IncomingRequest, OutgoingResponse,
+};
+
+use crate::{
+    error::{Error, ErrorCode},
+    service::{sessions::Session, Services},
+};
+
+/// How an endpoint authenticates, derived from ruma's auth scheme type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthRequirement {
+    None,
+    AccessToken,
+    AccessTokenOptional,
+}
+
+pub trait AuthKind {
+    const REQUIREMENT: AuthRequirement;
+}
+
+impl AuthKind for NoAuthentication {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
+}
+impl AuthKind for NoAccessToken {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
+}
+impl AuthKind for AccessToken {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::AccessToken;
+}
+impl AuthKind for AccessTokenOptional {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::AccessTokenOptional;
+}
+// Application services authenticate with their own tokens; until they are registered, such
+// endpoints accept a user's access token as the spec's client-side variants do.
+impl AuthKind for AppserviceToken {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::AccessToken;
+}
+impl AuthKind for AppserviceTokenOptional {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::AccessTokenOptional;
+}
+
+/// A parsed, authenticated request.
+pub struct Ruma<T> {
+    pub body: T,
+    pub session: Option<Session>,
+    pub client_ip: IpAddr,
+}
+
+impl<T> Ruma<T> {
+    /// The session behind the access token; present on every endpoint that requires one.
+    pub fn session(&self) -> Result<&Session, Error> {
+        self.session
+            .as_ref()
+            .ok_or_else(|| Error::internal("authenticated endpoint without a session"))
+    }
+}
+
+/// Extracts the access token from the Authorization header or the deprecated query parameter.
+pub fn access_token(parts: &http::request::Parts) -> Result<Option<String>, Error> {
+    if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
+        let value = value.to_str().unwrap_or_default();
+        return match value.strip_prefix("Bearer ") {
+            Some(token) if !token.trim().is_empty() => Ok(Some(token.trim().to_owned())),
+            _ => Err(Error::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::MissingToken,
+                "Authorization header must be `Bearer <access token>`",
+            )),
+        };
+    }
+    let query = parts.uri.query().unwrap_or_default();
+    Ok(form_urlencoded_token(query))
+}
+
+fn form_urlencoded_token(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "access_token").then(|| percent_decode(v)).flatten()
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+pub fn client_ip(parts: &http::request::Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// Reads a request body, refusing more than `limit` bytes with 413 M_TOO_LARGE.
+pub async fn read_body(
+    parts: &http::request::Parts,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, Error> {
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Error::too_large("Request body is too large"));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // `to_bytes` reports a length-limit error through the error's source chain.
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return Error::too_large("Request body is too large");
+            }
+            source = s.source();
+        }
+        Error::bad_json(format!("Could not read request body: {e}"))
+    })
+}
+
+/// Maps ruma's parse errors to the errcodes the spec gives them.
+pub fn parse_error(e: FromHttpRequestError) -> Error {
+    match e {
+        FromHttpRequestError::MethodMismatch { .. } => {
+            Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+        }
+        FromHttpRequestError::Deserialization(d) => match d {
+            DeserializationError::Json(j) => match j.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                    Error::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::NotJson,
+                        format!("Body is not valid JSON: {j}"),
+                    )
+                }
+                _ => json_data_error(&j.to_string()),
+            },
+            DeserializationError::Utf8(e) => Error::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::NotJson,
+                format!("Body is not UTF-8: {e}"),
+            ),
+            DeserializationError::Ident(e) => {
+                Error::invalid_param(format!("Invalid identifier: {e}"))
+            }
+            DeserializationError::Query(e) => {
+                Error::invalid_param(format!("Invalid query parameter: {e}"))
+            }
+            other => Error::bad_json(other.to_string()),
+        },
+        // `FromHttpRequestError` is non-exhaustive.
+        #[allow(unreachable_patterns)]
+        other => Error::bad_json(other.to_string()),
+    }
+}
+
+fn json_data_error(message: &str) -> Error {
+    if message.starts_with("missing field") {
+        Error::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadJson,
+            message.to_owned(),
+        )
+    } else {
+        Error::bad_json(message.to_owned())
+    }
+}
+
+impl<T> FromRequest<Arc<Services>> for Ruma<T>
+where
+    T: IncomingRequest + Send,
+    T::Authentication: AuthKind,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, services: &Arc<Services>) -> Result<Self, Error> {
+        let (mut parts, body) = req.into_parts();
+        let path_args: Vec<String> =
+            match RawPathParams::from_request_parts(&mut parts, services).await {
+                Ok(params) => params.iter().map(|(_, v)| v.to_owned()).collect(),
+                Err(e) => return Err(Error::invalid_param(format!("Invalid path: {e}"))),
+            };
+        let client_ip = client_ip(&parts);
+
+        let token = access_token(&parts)?;
+        let session = match (T::Authentication::REQUIREMENT, token) {
+            (AuthRequirement::None, _) => None,
+            (AuthRequirement::AccessToken, None) => {
+                return Err(Error::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::MissingToken,
+                    "Missing access token",
+                ))
+            }
+            (_, Some(token)) => Some(services.sessions.authenticate(&token)?),
+            (AuthRequirement::AccessTokenOptional, None) => None,
+        };
+        if let Some(s) = &session {
+            services.sessions.touch(s, client_ip.to_string());
+        }
+
+        let limit = services.config.limits.max_request_size.0 as usize;
+        let bytes = read_body(&parts, body, limit).await?;
+        let request = http::Request::from_parts(parts, bytes);
+        let body = T::try_from_http_request(request, &path_args).map_err(parse_error)?;
+        Ok(Ruma {
+            body,
+            session,
+            client_ip,
+        })
+    }
+}
+
+/// A ruma response as an axum response.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(res) => res
+                .map(|b| axum::body::Body::from(b.freeze()))
+                .into_response(),
+            Err(e) => Error::internal(format!("response serialisation: {e}")).into_response(),
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! Configuration: embedded defaults, an optional TOML file, then `HEARTH_SECTION__KEY` environment
+//! overrides, validated once at start. An invalid option stops the start with its name and reason.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use ruma::OwnedServerName;
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The name in every user and room ID of this server; cannot change once users exist.
+    pub server_name: OwnedServerName,
+    pub listen: Listen,
+    pub database: Database,
+    pub registration: Registration,
+    pub auth: Auth,
+    pub limits: Limits,
+    pub rate_limits: RateLimits,
+    pub federation: Federation,
+    pub media: Media,
+    pub well_known: WellKnown,
+    pub log: Log,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    pub client: SocketAddr,
+    pub federation: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    pub path: PathBuf,
+    /// RocksDB block cache, shared by all keyspaces.
+    pub cache_size: ByteSize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    Disabled,
+    Token,
+    Open,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Registration {
+    pub mode: RegistrationMode,
+    pub shared_secret: String,
+    pub password_min_length: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Lifetime of access tokens issued to clients that asked for a refresh token.
+    pub refreshable_access_token_lifetime: HumanDuration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest JSON request body the client API accepts.
+    pub max_request_size: ByteSize,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Login attempts per client address.
+    pub login: Rate,
+    /// Failed logins per account.
+    pub login_failures: Rate,
+    /// Registration requests per client address.
+    pub registration: Rate,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Federation {
+    pub enabled: bool,
+    pub verify_certificates: bool,
+    pub tls_cert: String,
+    pub tls_key: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Media {
+    pub max_upload_size: ByteSize,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WellKnown {
+    /// Base URL clients should use; empty = `http://` + `listen.client`.
+    pub client: String,
+    /// `host:port` peers should federate with; empty = `server_name` (with the federation port).
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A tracing filter, e.g. "info" or "hearth=debug,info"; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost:8448"
+                .try_into()
+                .expect("valid default server name"),
+            listen: Listen::default(),
+            database: Database::default(),
+            registration: Registration::default(),
+            auth: Auth::default(),
+            limits: Limits::default(),
+            rate_limits: RateLimits::default(),
+            federation: Federation::default(),
+            media: Media::default(),
+            well_known: WellKnown::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            client: ([127, 0, 0, 1], 8008).into(),
+            federation: ([127, 0, 0, 1], 8448).into(),
+        }
+    }
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./hearth-data"),
+            cache_size: ByteSize(64 << 20),
+        }
+    }
+}
+
+impl Default for Registration {
+    fn default() -> Self {
+        Self {
+            mode: RegistrationMode::Token,
+            shared_secret: String::new(),
+            password_min_length: 8,
+        }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            refreshable_access_token_lifetime: HumanDuration(Duration::from_secs(300)),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_size: ByteSize(1 << 20),
+        }
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            login: Rate {
+                per_second: 0.2,
+                burst: 10,
+            },
+            login_failures: Rate {
+                per_second: 0.05,
+                burst: 5,
+            },
+            registration: Rate {
+                per_second: 0.2,
+                burst: 5,
+            },
+        }
+    }
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            verify_certificates: true,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+        }
+    }
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Self {
+            max_upload_size: ByteSize(50 << 20),
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Why the configuration was refused; the message names the option.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads the defaults, then `file` if given, then `HEARTH_*` variables from `env`.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut value = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError(format!("default configuration: {e}")))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+            let from_file: toml::Value = toml::from_str(&text)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            merge(&mut value, from_file);
+        }
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("HEARTH_") else {
+                continue;
+            };
+            if rest == "CONFIG" {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|s| s.to_lowercase()).collect();
+            set_from_env(&mut value, &path, &raw)
+                .map_err(|reason| ConfigError(format!("{name}: {reason}")))?;
+        }
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError(format!("invalid option `{path}`: {}", e.into_inner()))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |option: &str, reason: &str| {
+            Err(ConfigError(format!("invalid option `{option}`: {reason}")))
+        };
+        if self.database.path.as_os_str().is_empty() {
+            return bad("database.path", "must not be empty");
+        }
+        for (name, rate) in [
+            ("rate_limits.login", self.rate_limits.login),
+            (
+                "rate_limits.login_failures",
+                self.rate_limits.login_failures,
+            ),
+            ("rate_limits.registration", self.rate_limits.registration),
+        ] {
+            if !(rate.per_second.is_finite() && rate.per_second > 0.0) || rate.burst == 0 {
+                return bad(name, "per_second must be positive and burst at least 1");
+            }
+        }
+        if self.federation.tls_cert.is_empty() != self.federation.tls_key.is_empty() {
+            return bad(
+                "federation.tls_cert",
+                "tls_cert and tls_key must be set together",
+            );
+        }
+        let client = &self.well_known.client;
+        if !(client.is_empty() || client.starts_with("https://") || client.starts_with("http://")) {
+            return bad("well_known.client", "must be an http(s) URL");
+        }
+        if self.limits.max_request_size.0 < 1024 {
+            return bad("limits.max_request_size", "must be at least 1K");
+        }
+        Ok(())
+    }
+
+    /// The base URL advertised to clients.
+    pub fn client_base_url(&self) -> String {
+        if self.well_known.client.is_empty() {
+            format!("http://{}", self.listen.client)
+        } else {
+            self.well_known.client.trim_end_matches('/').to_owned()
+        }
+    }
+
+    /// The `host:port` advertised in `/.well-known/matrix/server`.
+    pub fn federation_delegation(&self) -> String {
+        if !self.well_known.server.is_empty() {
+            return self.well_known.server.clone();
+        }
+        if self.server_name.port().is_some() {
+            self.server_name.to_string()
+        } else {
+            format!("{}:{}", self.server_name, self.listen.federation.port())
+        }
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Sets one option from an environment variable, typed like the option it replaces.
+fn set_from_env(root: &mut toml::Value, path: &[String], raw: &str) -> Result<(), String> {
+    let mut node = root;
+    for (i, part) in path.iter().enumerate() {
+        let table = node
+            .as_table_mut()
+            .ok_or_else(|| format!("`{}` is not a section", path[..i].join(".")))?;
+        let last = i + 1 == path.len();
+        let Some(child) = table.get_mut(part) else {
+            return Err(format!("unknown option `{}`", path[..=i].join(".")));
+        };
+        if last {
+            *child = match child {
+                toml::Value::String(_) => toml::Value::String(raw.to_owned()),
+                toml::Value::Integer(_) => toml::Value::Integer(
+                    raw.parse()
+                        .map_err(|_| format!("`{raw}` is not an integer"))?,
+                ),
+                toml::Value::Float(_) => toml::Value::Float(
+                    raw.parse()
+                        .map_err(|_| format!("`{raw}` is not a number"))?,
+                ),
+                toml::Value::Boolean(_) => toml::Value::Boolean(
+                    raw.parse()
+                        .map_err(|_| format!("`{raw}` is not true or false"))?,
+                ),
+                _ => toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .ok_or_else(|| format!("`{raw}` is not a TOML value"))?,
+            };
+            return Ok(());
+        }
+        node = child;
+    }
+    Err("empty option name".into())
+}
+
+/// A size in bytes, written as a number or with a K, M or G suffix (powers of 1024).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (num, mult) = match s.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => {
+                let mult = match c.to_ascii_uppercase() {
+                    'K' => 1u64 << 10,
+                    'M' => 1 << 20,
+                    'G' => 1 << 30,
+                    'B' => 1,
+                    _ => return Err(format!("unknown size suffix in `{s}` (use K, M or G)")),
+                };
+                (&s[..i], mult)
+            }
+            _ => (s, 1),
+        };
+        let n: u64 = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size like 512K, 50M or 1G"))?;
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (suffix, unit) in [("G", 1u64 << 30), ("M", 1 << 20), ("K", 1 << 10)] {
+            if n >= unit && n.is_multiple_of(unit) {
+                return write!(f, "{}{suffix}", n / unit);
+            }
+        }
+        write!(f, "{n}")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(de::Error::custom),
+        }
+    }
+}
+
+/// A duration written like `500ms`, `30s`, `5m`, `12h` or `7d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("`{s}` needs a unit (ms, s, m, h, d)"))?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration like 30s or 5m"))?;
+        let ms = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(format!("unknown unit `{unit}` in `{s}` (ms, s, m, h, d)")),
+        };
+        Ok(HumanDuration(Duration::from_millis(
+            n.checked_mul(ms)
+                .ok_or_else(|| format!("`{s}` is too long"))?,
+        )))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis() as u64;
+        for (unit, size) in [
+            ("d", 86_400_000u64),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
+            if ms >= size && ms.is_multiple_of(size) {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c.server_name.as_str(), "localhost:8448");
+        assert_eq!(c.listen.client.to_string(), "127.0.0.1:8008");
+        assert_eq!(c.registration.mode, RegistrationMode::Token);
+        assert_eq!(c.media.max_upload_size, ByteSize(50 << 20));
+    }
+
+    #[test]
+    fn env_overrides_are_typed_by_option() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HEARTH_REGISTRATION__SHARED_SECRET", "12345"),
+                ("HEARTH_FEDERATION__ENABLED", "false"),
+                ("HEARTH_MEDIA__MAX_UPLOAD_SIZE", "2M"),
+                ("HEARTH_SERVER_NAME", "example.org"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.registration.shared_secret, "12345");
+        assert!(!c.federation.enabled);
+        assert_eq!(c.media.max_upload_size, ByteSize(2 << 20));
+        assert_eq!(c.federation_delegation(), "example.org:8448");
+    }
+
+    #[test]
+    fn invalid_options_name_themselves() {
+        let e = Config::load(None, env(&[("HEARTH_LISTEN__CLIENT", "nowhere")])).unwrap_err();
+        assert!(e.to_string().contains("listen.client"), "{e}");
+        let e = Config::load(None, env(&[("HEARTH_LISTEN__CLINET", "1.2.3.4:5")])).unwrap_err();
+        assert!(e.to_string().contains("listen.clinet"), "{e}");
+        let e = Config::load(None, env(&[("HEARTH_REGISTRATION__MODE", "sometimes")])).unwrap_err();
+        assert!(e.to_string().contains("registration.mode"), "{e}");
+        let e = Config::load(None, env(&[("HEARTH_SERVER_NAME", "bad name!")])).unwrap_err();
+        assert!(e.to_string().contains("server_name"), "{e}");
+        let e = Config::load(None, env(&[("HEARTH_MEDIA__MAX_UPLOAD_SIZE", "50Q")])).unwrap_err();
+        assert!(e.to_string().contains("media.max_upload_size"), "{e}");
+    }
+
+    #[test]
+    fn file_values_merge_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hearth.toml");
+        std::fs::write(&path, "[registration]\nmode = \"open\"\n").unwrap();
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(c.registration.mode, RegistrationMode::Open);
+        assert_eq!(c.listen.client.port(), 8008);
+        std::fs::write(&path, "[registration]\nmoed = \"open\"\n").unwrap();
+        let e = Config::load(Some(&path), Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("registration.moed"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations_round_trip() {
+        assert_eq!("50M".parse::<ByteSize>().unwrap().to_string(), "50M");
+        assert_eq!("1536".parse::<ByteSize>().unwrap().0, 1536);
+        assert_eq!("5m".parse::<HumanDuration>().unwrap().0.as_secs(), 300);
+        assert!("5".parse::<HumanDuration>().is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! Builds the services over the database, binds the listeners and runs until shut down; on
+//! shutdown, in-flight requests finish and the database is flushed and closed.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::{
+    api,
+    config::Config,
+    error::{Error, Result},
+    service::{random_string, Services},
+    storage::{Db, RocksDb},
+};
+
+/// Name of the file, inside the data folder, holding the local console's secret.
+pub const CONSOLE_SECRET_FILE: &str = "console.secret";
+
+/// A running server.
+pub struct Server {
+    pub client_addr: SocketAddr,
+    pub services: Arc<Services>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<()>>,
+}
+
+/// Reads the console secret, creating it (readable by the owner only) on first start.
+pub fn console_secret(data: &Path) -> Result<String> {
+    let path = data.join(CONSOLE_SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::internal(format!("{}: {e}", path.display()))),
+    }
+    let secret = random_string(48);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    opts.open(&path)
+        .and_then(|mut f| f.write_all(secret.as_bytes()))
+        .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+    Ok(secret)
+}
+
+impl Server {
+    /// Opens the database and starts serving. Returns once the listeners are bound.
+    pub async fn start(mut config: Config) -> Result<Server> {
+        let started = Instant::now();
+        let listener = TcpListener::bind(config.listen.client).await.map_err(|e| {
+            Error::internal(format!("cannot listen on {}: {e}", config.listen.client))
+        })?;
+        let client_addr = listener.local_addr().map_err(Error::internal)?;
+        // With port 0 the OS picks one; what clients are told must be the real one.
+        config.listen.client = client_addr;
+        let config = Arc::new(config);
+        let data: PathBuf = config.database.path.clone();
+        std::fs::create_dir_all(&data)
+            .map_err(|e| Error::internal(format!("cannot create {}: {e}", data.display())))?;
+        let cache = config.database.cache_size.0 as usize;
+        let path = data.clone();
+        let kv = tokio::task::spawn_blocking(move || RocksDb::open(&path, cache))
+            .await
+            .map_err(Error::internal)??;
+        let db = Db::new(Arc::new(kv))?;
+        let services = Arc::new(Services::build(config.clone(), db, console_secret(&data)?)?);
+
+        let router = api::client_router(services.clone());
+        let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let task_services = services.clone();
+        let task = tokio::spawn(async move {
+            let result = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.wait_for(|stop| *stop).await;
+            })
+            .await;
+            let flushed = task_services.db.flush();
+            result.map_err(Error::internal)?;
+            flushed?;
+            Ok(())
+        });
+        tracing::info!(
+            server_name = %config.server_name,
+            client = %client_addr,
+            data = %data.display(),
+            startup_ms = started.elapsed().as_millis() as u64,
+            "Hearth is listening"
+        );
+        Ok(Server {
+            client_addr,
+            services,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The base URL of the client API.
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.client_addr)
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, flushes and closes the database.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        let Server { services, task, .. } = self;
+        // Our reference goes first so the database closes when the serving task ends.
+        drop(services);
+        task.await.map_err(Error::internal)?
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> Result<()> {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(Error::internal)?;
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}

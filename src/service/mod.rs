@@ -1,0 +1,87 @@
+//! Domain logic, one module per concern. Each service is built with the dependencies it names in
+//! its constructor; there is no global registry. Handlers reach them through `Services`.
+
+pub mod accounts;
+pub mod profiles;
+pub mod ratelimit;
+pub mod registration_tokens;
+pub mod sessions;
+pub mod uiaa;
+pub mod users;
+
+use std::sync::Arc;
+
+use crate::{
+    config::Config,
+    storage::{Db, ShortIds},
+};
+
+pub struct Services {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub users: Arc<users::Service>,
+    pub sessions: Arc<sessions::Service>,
+    pub profiles: Arc<profiles::Service>,
+    pub registration_tokens: Arc<registration_tokens::Service>,
+    pub uiaa: Arc<uiaa::Service>,
+    pub ratelimit: Arc<ratelimit::Service>,
+    /// Secret of the local console (`hearth register-user` and friends), kept in the data folder.
+    pub console_secret: String,
+    /// Single-use nonces of shared-secret registration, with their issue time.
+    pub registration_nonces:
+        parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Services {
+    pub fn build(config: Arc<Config>, db: Db, console_secret: String) -> crate::Result<Self> {
+        let shortids = Arc::new(ShortIds::new(db.clone())?);
+        let users = Arc::new(users::Service::new(
+            db.clone(),
+            shortids.clone(),
+            config.server_name.clone(),
+        ));
+        let sessions = Arc::new(sessions::Service::new(
+            db.clone(),
+            users.clone(),
+            config.auth.refreshable_access_token_lifetime.0,
+        ));
+        let profiles = Arc::new(profiles::Service::new(db.clone(), users.clone()));
+        let registration_tokens = Arc::new(registration_tokens::Service::new(db.clone()));
+        let ratelimit = Arc::new(ratelimit::Service::new(config.rate_limits.clone()));
+        let uiaa = Arc::new(uiaa::Service::new(
+            users.clone(),
+            registration_tokens.clone(),
+            ratelimit.clone(),
+        ));
+        Ok(Self {
+            config,
+            db,
+            users,
+            sessions,
+            profiles,
+            registration_tokens,
+            uiaa,
+            ratelimit,
+            console_secret,
+            registration_nonces: Default::default(),
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A random string of ASCII letters and digits.
+pub fn random_string(len: usize) -> String {
+    use rand::{distributions::Alphanumeric, Rng};
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}

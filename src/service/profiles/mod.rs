@@ -1,0 +1,88 @@
+//! Profile fields of local users (displayname, avatar_url and the custom fields of Matrix 1.16).
+//! Owns the `profiles` keyspace.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde_json::Value as JsonValue;
+
+use super::users;
+use crate::{
+    error::{Error, Result},
+    storage::{decode_json, encode_json, schema::key, Batch, Cf, Db, ShortId},
+};
+
+/// Largest profile (all fields, serialised) a user may keep, as the spec's 64 KiB limit.
+pub const MAX_PROFILE_BYTES: usize = 65536;
+
+pub struct Service {
+    db: Db,
+    users: Arc<users::Service>,
+}
+
+impl Service {
+    pub fn new(db: Db, users: Arc<users::Service>) -> Self {
+        Self { db, users }
+    }
+
+    pub fn users(&self) -> &users::Service {
+        &self.users
+    }
+
+    pub fn all(&self, user: ShortId) -> Result<BTreeMap<String, JsonValue>> {
+        self.db
+            .scan_prefix(Cf::Profiles, &key::user_prefix(user))
+            .map(|r| {
+                let (k, v) = r?;
+                let (_, field) = key::split_user_key(&k)
+                    .ok_or_else(|| Error::internal("corrupt profile key"))?;
+                Ok((field.to_owned(), decode_json(Cf::Profiles, &v)?))
+            })
+            .collect()
+    }
+
+    pub fn get(&self, user: ShortId, field: &str) -> Result<Option<JsonValue>> {
+        Ok(self
+            .db
+            .get_json(Cf::Profiles, &key::profile_field(user, field))?)
+    }
+
+    pub fn set_in(&self, batch: &mut Batch, user: ShortId, field: &str, value: &JsonValue) {
+        batch.put(
+            Cf::Profiles,
+            key::profile_field(user, field),
+            encode_json(value),
+        );
+    }
+
+    /// Sets (or with `None` removes) one field, keeping the whole profile under the size limit.
+    pub async fn set(&self, user: ShortId, field: &str, value: Option<JsonValue>) -> Result<()> {
+        let mut b = Batch::new();
+        match &value {
+            Some(v) => {
+                let mut all = self.all(user)?;
+                all.insert(field.to_owned(), v.clone());
+                if serde_json::to_vec(&all)
+                    .map(|b| b.len())
+                    .unwrap_or(usize::MAX)
+                    > MAX_PROFILE_BYTES
+                {
+                    return Err(Error::too_large("Profile would exceed 64 KiB"));
+                }
+                self.set_in(&mut b, user, field, v);
+            }
+            None => b.delete(Cf::Profiles, key::profile_field(user, field)),
+        }
+        self.db.write(b).await?;
+        Ok(())
+    }
+
+    /// Removes every field; used when an account is deactivated with `erase`.
+    pub async fn erase(&self, user: ShortId) -> Result<()> {
+        let mut b = Batch::new();
+        for field in self.all(user)?.keys() {
+            b.delete(Cf::Profiles, key::profile_field(user, field));
+        }
+        self.db.write(b).await?;
+        Ok(())
+    }
+}

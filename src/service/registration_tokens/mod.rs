@@ -1,0 +1,132 @@
+//! Registration tokens (`m.login.registration_token`), managed through the admin API and CLI.
+//! Owns the `registration_tokens` keyspace; uses pending in UIAA sessions are counted in memory.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::now_ms;
+use crate::{
+    error::Result,
+    storage::{decode_json, encode_json, schema::key, Batch, Cf, Db},
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RegistrationToken {
+    pub token: String,
+    pub uses_allowed: Option<u64>,
+    pub completed: u64,
+    pub expiry_time: Option<u64>,
+}
+
+pub struct Service {
+    db: Db,
+    pending: Mutex<HashMap<String, u64>>,
+    // Serialises the read-modify-write of a token's counters.
+    update: tokio::sync::Mutex<()>,
+}
+
+impl Service {
+    pub fn new(db: Db) -> Self {
+        Self {
+            db,
+            pending: Mutex::new(HashMap::new()),
+            update: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn get(&self, token: &str) -> Result<Option<RegistrationToken>> {
+        Ok(self
+            .db
+            .get_json(Cf::RegistrationTokens, &key::registration_token(token))?)
+    }
+
+    pub fn pending(&self, token: &str) -> u64 {
+        self.pending.lock().get(token).copied().unwrap_or(0)
+    }
+
+    pub fn list(&self) -> Result<Vec<RegistrationToken>> {
+        self.db
+            .scan_prefix(Cf::RegistrationTokens, &[])
+            .map(|r| Ok(decode_json(Cf::RegistrationTokens, &r?.1)?))
+            .collect()
+    }
+
+    /// Whether a registration may start with this token now.
+    pub fn is_valid(&self, token: &str) -> Result<bool> {
+        let Some(t) = self.get(token)? else {
+            return Ok(false);
+        };
+        if t.expiry_time.is_some_and(|e| e <= now_ms()) {
+            return Ok(false);
+        }
+        Ok(match t.uses_allowed {
+            Some(allowed) => t.completed + self.pending(token) < allowed,
+            None => true,
+        })
+    }
+
+    /// Reserves one use of a token for a registration in progress.
+    pub fn reserve(&self, token: &str) -> Result<bool> {
+        let mut pending = self.pending.lock();
+        let Some(t) = self.get(token)? else {
+            return Ok(false);
+        };
+        let p = pending.get(token).copied().unwrap_or(0);
+        let ok = t.expiry_time.is_none_or(|e| e > now_ms())
+            && t.uses_allowed.is_none_or(|a| t.completed + p < a);
+        if ok {
+            pending.insert(token.to_owned(), p + 1);
+        }
+        Ok(ok)
+    }
+
+    /// Gives back a reservation whose registration was abandoned.
+    pub fn release(&self, token: &str) {
+        let mut pending = self.pending.lock();
+        if let Some(p) = pending.get_mut(token) {
+            *p = p.saturating_sub(1);
+            if *p == 0 {
+                pending.remove(token);
+            }
+        }
+    }
+
+    /// Turns a reservation into a completed use.
+    pub async fn complete(&self, token: &str) -> Result<()> {
+        let _guard = self.update.lock().await;
+        self.release(token);
+        if let Some(mut t) = self.get(token)? {
+            t.completed += 1;
+            self.put(&t).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn put(&self, t: &RegistrationToken) -> Result<()> {
+        let mut b = Batch::new();
+        b.put(
+            Cf::RegistrationTokens,
+            key::registration_token(&t.token),
+            encode_json(t),
+        );
+        self.db.write(b).await?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, token: &str) -> Result<bool> {
+        if self.get(token)?.is_none() {
+            return Ok(false);
+        }
+        let mut b = Batch::new();
+        b.delete(Cf::RegistrationTokens, key::registration_token(token));
+        self.db.write(b).await?;
+        Ok(true)
+    }
+
+    /// The update lock, for admin edits that read and rewrite a token.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.update.lock().await
+    }
+}

@@ -1,0 +1,363 @@
+//! Devices and the access and refresh tokens bound to them. Owns the `devices`, `access_tokens` and
+//! `refresh_tokens` keyspaces. Tokens are random and stored only as their SHA-256 hash.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use parking_lot::Mutex;
+
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{now_ms, random_string, users};
+use crate::{
+    error::{Error, ErrorCode, Result},
+    storage::{decode_json, encode_json, schema::key, Batch, Cf, Db, ShortId},
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub device_id: OwnedDeviceId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    pub created_ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ts: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ip: Option<String>,
+    /// Hashes of the device's live tokens, so deleting the device revokes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub user_id: OwnedUserId,
+    pub user: ShortId,
+    pub device_id: OwnedDeviceId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// The refresh token this pair replaced; it stays usable (in case our answer was lost) until
+    /// the new pair is first used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces_refresh: Option<String>,
+    /// For a refresh token: the access token minted with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+}
+
+/// The identity behind an access token.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub user: ShortId,
+    pub device_id: OwnedDeviceId,
+    pub token_hash: String,
+}
+
+/// What a client gets back when it logs in, registers or refreshes.
+pub struct IssuedTokens {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<Duration>,
+}
+
+pub struct Service {
+    db: Db,
+    users: Arc<users::Service>,
+    refreshable_lifetime: Duration,
+    last_seen: Mutex<HashMap<(ShortId, OwnedDeviceId), (u64, String)>>,
+}
+
+const LAST_SEEN_CAPACITY: usize = 100_000;
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn token_key(hash: &str) -> Vec<u8> {
+    let mut raw = [0u8; 32];
+    // Hashes are produced by `hash_token`; a malformed one simply finds nothing.
+    let _ = hex::decode_to_slice(hash, &mut raw);
+    key::token(&raw).to_vec()
+}
+
+fn unknown_token(soft_logout: bool) -> Error {
+    Error::new(
+        http::StatusCode::UNAUTHORIZED,
+        ErrorCode::UnknownToken { soft_logout },
+        if soft_logout {
+            "Access token has expired"
+        } else {
+            "Unknown access token"
+        },
+    )
+}
+
+impl Service {
+    pub fn new(db: Db, users: Arc<users::Service>, refreshable_lifetime: Duration) -> Self {
+        Self {
+            db,
+            users,
+            refreshable_lifetime,
+            last_seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Resolves an access token to its session.
+    pub fn authenticate(&self, token: &str) -> Result<Session> {
+        let hash = hash_token(token);
+        let Some(record) = self
+            .db
+            .get_json::<TokenRecord>(Cf::AccessTokens, &token_key(&hash))?
+        else {
+            return Err(unknown_token(false));
+        };
+        if record.expires_at.is_some_and(|t| t <= now_ms()) {
+            return Err(unknown_token(true));
+        }
+        if let Some(old) = &record.replaces_refresh {
+            // First use of a refreshed pair: the refresh token it replaced is now spent.
+            let mut b = Batch::new();
+            b.delete(Cf::RefreshTokens, token_key(old));
+            let mut updated = record.clone();
+            updated.replaces_refresh = None;
+            b.put(Cf::AccessTokens, token_key(&hash), encode_json(&updated));
+            self.db.kv().write(b)?;
+        }
+        Ok(Session {
+            user_id: record.user_id,
+            user: record.user,
+            device_id: record.device_id,
+            token_hash: hash,
+        })
+    }
+
+    fn new_tokens(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        user: ShortId,
+        device: &mut DeviceRecord,
+        want_refresh: bool,
+        replaces_refresh: Option<String>,
+    ) -> IssuedTokens {
+        // Revoke what the device held before.
+        if let Some(old) = device.access_token.take() {
+            batch.delete(Cf::AccessTokens, token_key(&old));
+        }
+        if let Some(old) = device.refresh_token.take() {
+            if Some(&old) != replaces_refresh.as_ref() {
+                batch.delete(Cf::RefreshTokens, token_key(&old));
+            }
+        }
+        let access_token = format!("hat_{}", random_string(40));
+        let access_hash = hash_token(&access_token);
+        let expires_in = want_refresh.then_some(self.refreshable_lifetime);
+        let access = TokenRecord {
+            user_id: user_id.to_owned(),
+            user,
+            device_id: device.device_id.clone(),
+            expires_at: expires_in.map(|d| now_ms() + d.as_millis() as u64),
+            replaces_refresh: replaces_refresh.clone(),
+            access_token: None,
+        };
+        batch.put(
+            Cf::AccessTokens,
+            token_key(&access_hash),
+            encode_json(&access),
+        );
+        let refresh_token = want_refresh.then(|| {
+            let token = format!("hrt_{}", random_string(40));
+            let hash = hash_token(&token);
+            let record = TokenRecord {
+                expires_at: None,
+                access_token: Some(access_hash.clone()),
+                ..access.clone()
+            };
+            batch.put(Cf::RefreshTokens, token_key(&hash), encode_json(&record));
+            device.refresh_token = Some(hash);
+            token
+        });
+        device.access_token = Some(access_hash);
+        IssuedTokens {
+            access_token,
+            refresh_token,
+            expires_in,
+        }
+    }
+
+    /// Creates the device (or reuses it, revoking its old tokens) and issues tokens for it, adding
+    /// the rows to `batch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn login_in(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        user: ShortId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        want_refresh: bool,
+        client_ip: Option<String>,
+    ) -> Result<(OwnedDeviceId, IssuedTokens)> {
+        let existing = match &device_id {
+            Some(id) => self.get_device(user, id)?,
+            None => None,
+        };
+        let now = now_ms();
+        let mut device = existing.unwrap_or_else(|| DeviceRecord {
+            device_id: device_id.unwrap_or_else(|| random_string(10).to_uppercase().into()),
+            display_name,
+            created_ts: now,
+            last_seen_ts: None,
+            last_seen_ip: None,
+            access_token: None,
+            refresh_token: None,
+        });
+        device.last_seen_ts = Some(now);
+        device.last_seen_ip = client_ip;
+        let tokens = self.new_tokens(batch, user_id, user, &mut device, want_refresh, None);
+        batch.put(
+            Cf::Devices,
+            key::device(user, device.device_id.as_str()),
+            encode_json(&device),
+        );
+        Ok((device.device_id, tokens))
+    }
+
+    /// Trades a refresh token for a new token pair.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens> {
+        let hash = hash_token(refresh_token);
+        let Some(record) = self
+            .db
+            .get_json::<TokenRecord>(Cf::RefreshTokens, &token_key(&hash))?
+        else {
+            return Err(unknown_token(false));
+        };
+        let Some(mut device) = self.get_device(record.user, &record.device_id)? else {
+            return Err(unknown_token(false));
+        };
+        let mut batch = Batch::new();
+        if let Some(old) = &record.replaces_refresh {
+            batch.delete(Cf::RefreshTokens, token_key(old));
+        }
+        let tokens = self.new_tokens(
+            &mut batch,
+            &record.user_id,
+            record.user,
+            &mut device,
+            true,
+            Some(hash),
+        );
+        batch.put(
+            Cf::Devices,
+            key::device(record.user, device.device_id.as_str()),
+            encode_json(&device),
+        );
+        self.db.write(batch).await?;
+        Ok(tokens)
+    }
+
+    pub fn get_device(&self, user: ShortId, device_id: &DeviceId) -> Result<Option<DeviceRecord>> {
+        Ok(self
+            .db
+            .get_json(Cf::Devices, &key::device(user, device_id.as_str()))?)
+    }
+
+    pub fn devices(&self, user: ShortId) -> Result<Vec<DeviceRecord>> {
+        self.db
+            .scan_prefix(Cf::Devices, &key::user_prefix(user))
+            .map(|r| Ok(decode_json(Cf::Devices, &r?.1)?))
+            .collect()
+    }
+
+    pub async fn set_display_name(
+        &self,
+        user: ShortId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        let mut device = self
+            .get_device(user, device_id)?
+            .ok_or_else(|| Error::not_found("Unknown device"))?;
+        device.display_name = display_name;
+        let mut b = Batch::new();
+        b.put(
+            Cf::Devices,
+            key::device(user, device_id.as_str()),
+            encode_json(&device),
+        );
+        self.db.write(b).await?;
+        Ok(())
+    }
+
+    /// Adds the removal of a device and its tokens to `batch`.
+    pub fn delete_device_in(&self, batch: &mut Batch, user: ShortId, device: &DeviceRecord) {
+        if let Some(h) = &device.access_token {
+            batch.delete(Cf::AccessTokens, token_key(h));
+        }
+        if let Some(h) = &device.refresh_token {
+            batch.delete(Cf::RefreshTokens, token_key(h));
+        }
+        batch.delete(Cf::Devices, key::device(user, device.device_id.as_str()));
+    }
+
+    /// Deletes the given devices (unknown ones are ignored, as the spec asks).
+    pub async fn delete_devices(&self, user: ShortId, device_ids: &[OwnedDeviceId]) -> Result<()> {
+        let mut b = Batch::new();
+        for id in device_ids {
+            if let Some(device) = self.get_device(user, id)? {
+                self.delete_device_in(&mut b, user, &device);
+            }
+        }
+        self.db.write(b).await?;
+        Ok(())
+    }
+
+    /// Ends the session behind an access token: its device and every token of it.
+    pub async fn logout(&self, session: &Session) -> Result<()> {
+        let mut b = Batch::new();
+        b.delete(Cf::AccessTokens, token_key(&session.token_hash));
+        if let Some(device) = self.get_device(session.user, &session.device_id)? {
+            self.delete_device_in(&mut b, session.user, &device);
+        }
+        self.db.write(b).await?;
+        Ok(())
+    }
+
+    /// Deletes every device of a user except `keep`.
+    pub async fn delete_all_devices(&self, user: ShortId, keep: Option<&DeviceId>) -> Result<()> {
+        let mut b = Batch::new();
+        for device in self.devices(user)? {
+            if Some(device.device_id.as_ref()) != keep {
+                self.delete_device_in(&mut b, user, &device);
+            }
+        }
+        self.db.write(b).await?;
+        Ok(())
+    }
+
+    /// Records that a device was seen. Kept in memory (bounded) rather than written per request:
+    /// a read-modify-write here could race a logout and bring a deleted device back.
+    pub fn touch(&self, session: &Session, ip: String) {
+        let mut seen = self.last_seen.lock();
+        if seen.len() >= LAST_SEEN_CAPACITY {
+            seen.clear();
+        }
+        seen.insert((session.user, session.device_id.clone()), (now_ms(), ip));
+    }
+
+    /// The most recent sighting of a device: in memory if seen since start, else as stored.
+    pub fn last_seen(&self, user: ShortId, device: &DeviceRecord) -> (Option<u64>, Option<String>) {
+        match self.last_seen.lock().get(&(user, device.device_id.clone())) {
+            Some((ts, ip)) => (Some(*ts), Some(ip.clone())),
+            None => (device.last_seen_ts, device.last_seen_ip.clone()),
+        }
+    }
+
+    pub fn users(&self) -> &users::Service {
+        &self.users
+    }
+}

@@ -1,0 +1,196 @@
+//! Starting and restarting test servers, and small raw-HTTP helpers.
+
+use std::path::PathBuf;
+
+use hearth::{
+    config::{Config, Rate},
+    server::Server,
+};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+pub const SHARED_SECRET: &str = "test shared secret";
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub config: Config,
+    _dir: Option<tempfile::TempDir>,
+    pub http: reqwest::Client,
+}
+
+pub fn test_config(data: PathBuf) -> Config {
+    let mut config = Config::default();
+    config.listen.client = "127.0.0.1:0".parse().unwrap();
+    config.database.path = data;
+    config.database.cache_size = hearth::config::ByteSize(8 << 20);
+    config.registration.shared_secret = SHARED_SECRET.into();
+    // Tests log in often from one address; the rate-limit test sets its own limits.
+    let generous = Rate {
+        per_second: 1000.0,
+        burst: 1000,
+    };
+    config.rate_limits.login = generous;
+    config.rate_limits.login_failures = generous;
+    config.rate_limits.registration = generous;
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path().join("data"));
+        tweak(&mut config);
+        let server = Server::start(config.clone()).await.expect("server starts");
+        // Clients bind to the real port, and well-known must advertise it.
+        config.listen.client = server.client_addr;
+        Self {
+            server: Some(server),
+            config,
+            _dir: Some(dir),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.as_ref().expect("running").client_url()
+    }
+
+    /// Stops the server (flushing and closing the database) and starts it again on the same folder
+    /// and port.
+    pub async fn restart(&mut self) {
+        let server = self.server.take().expect("running");
+        server.shutdown().await.expect("clean shutdown");
+        let server = Server::start(self.config.clone())
+            .await
+            .expect("server restarts");
+        self.server = Some(server);
+    }
+
+    /// A digest of every row in every keyspace: equal digests mean nothing was stored.
+    pub fn db_fingerprint(&self) -> String {
+        let services = &self.server.as_ref().expect("running").services;
+        let mut hasher = Sha256::new();
+        for ks in hearth::storage::schema::KEYSPACES {
+            for row in services.db.scan_prefix(ks.cf, &[]) {
+                let (k, v) = row.expect("scan");
+                hasher.update(ks.name.as_bytes());
+                hasher.update((k.len() as u64).to_be_bytes());
+                hasher.update(&k);
+                hasher.update((v.len() as u64).to_be_bytes());
+                hasher.update(&v);
+            }
+        }
+        hex::encode(hasher.finalize())
+    }
+
+    pub fn console_secret(&self) -> String {
+        self.server
+            .as_ref()
+            .expect("running")
+            .services
+            .console_secret
+            .clone()
+    }
+
+    /// Raw request; returns status and JSON body (Null when the body is not JSON).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url()));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::PUT, path, token, Some(body))
+            .await
+    }
+
+    /// Creates a registration token through the admin API.
+    pub async fn registration_token(&self, uses: Option<u64>) -> String {
+        let (status, body) = self
+            .post(
+                "/_synapse/admin/v1/registration_tokens/new",
+                Some(&self.console_secret()),
+                json!({ "uses_allowed": uses }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Registers `name` with a fresh registration token over raw HTTP; returns (user_id, token,
+    /// device_id).
+    pub async fn register(&self, name: &str, password: &str) -> (String, String, String) {
+        let token = self.registration_token(Some(1)).await;
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({ "username": name, "password": password }),
+            )
+            .await;
+        assert_eq!(status, 401, "{body}");
+        let session = body["session"].as_str().expect("session").to_owned();
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({
+                    "username": name,
+                    "password": password,
+                    "auth": { "type": "m.login.registration_token", "token": token, "session": session },
+                }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        (
+            body["user_id"].as_str().unwrap().to_owned(),
+            body["access_token"].as_str().unwrap().to_owned(),
+            body["device_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn login(&self, name: &str, password: &str) -> (u16, Value) {
+        self.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": name },
+                "password": password,
+            }),
+        )
+        .await
+    }
+}
+
+pub fn assert_err(resp: &(u16, Value), status: u16, errcode: &str) {
+    assert_eq!(resp.0, status, "status of {}", resp.1);
+    assert_eq!(resp.1["errcode"], errcode, "errcode of {}", resp.1);
+}

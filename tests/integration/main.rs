@@ -1,0 +1,9 @@
+//! Integration tests: each starts Hearth in-process on an ephemeral port with a temporary RocksDB
+//! folder and drives it from outside, as a client (matrix-sdk) or with raw HTTP.
+
+mod common;
+
+mod accounts_sdk;
+mod admin;
+mod bad_input;
+mod persistence;
