@@ -30,6 +30,7 @@ pub enum ErrorCode {
     WeakPassword,
     Exclusive,
     Unauthorized,
+    UnsupportedRoomVersion,
 }
 
 impl ErrorCode {
@@ -53,6 +54,7 @@ impl ErrorCode {
             Self::WeakPassword => "M_WEAK_PASSWORD",
             Self::Exclusive => "M_EXCLUSIVE",
             Self::Unauthorized => "M_UNAUTHORIZED",
+            Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
         }
     }
 }

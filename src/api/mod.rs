@@ -48,12 +48,21 @@ impl RouterExt for Router<AppState> {
     {
         let filter = method_filter(&Req::METHOD);
         for path in Req::PATH_BUILDER.all_paths() {
-            let handler = handler.clone();
-            let route = on(filter, move |state: State<AppState>, req: Ruma<Req>| {
+            let path = axum_path(path);
+            // An empty state key may be left out of the path, with or without the slash.
+            let mut paths = vec![path.clone()];
+            if let Some(base) = path.strip_suffix("/{state_key}") {
+                paths.push(base.to_owned());
+                paths.push(format!("{base}/"));
+            }
+            for p in paths {
                 let handler = handler.clone();
-                async move { handler(state, req).await.map(RumaResponse) }
-            });
-            self = self.route(&axum_path(path), route);
+                let route = on(filter, move |state: State<AppState>, req: Ruma<Req>| {
+                    let handler = handler.clone();
+                    async move { handler(state, req).await.map(RumaResponse) }
+                });
+                self = self.route(&p, route);
+            }
         }
         self
     }

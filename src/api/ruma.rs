@@ -18,6 +18,7 @@ use ruma::api::{
         NoAuthentication,
     },
     error::{DeserializationError, FromHttpRequestError},
+    path_builder::PathBuilder,
     IncomingRequest, OutgoingResponse,
 };
 
@@ -215,11 +216,20 @@ where
 
     async fn from_request(req: Request, services: &Arc<Services>) -> Result<Self, Error> {
         let (mut parts, body) = req.into_parts();
-        let path_args: Vec<String> =
+        let mut path_args: Vec<String> =
             match RawPathParams::from_request_parts(&mut parts, services).await {
                 Ok(params) => params.iter().map(|(_, v)| v.to_owned()).collect(),
                 Err(e) => return Err(Error::invalid_param(format!("Invalid path: {e}"))),
             };
+        // Routes registered without a trailing empty state key still give ruma all its arguments.
+        let expected = T::PATH_BUILDER
+            .all_paths()
+            .next()
+            .map(|p| p.matches('{').count())
+            .unwrap_or(0);
+        while path_args.len() < expected {
+            path_args.push(String::new());
+        }
         let client_ip = client_ip(&parts);
 
         let token = access_token(&parts)?;

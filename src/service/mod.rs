@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod profiles;
 pub mod ratelimit;
 pub mod registration_tokens;
+pub mod rooms;
 pub mod sessions;
 pub mod uiaa;
 pub mod users;
@@ -25,6 +26,9 @@ pub struct Services {
     pub registration_tokens: Arc<registration_tokens::Service>,
     pub uiaa: Arc<uiaa::Service>,
     pub ratelimit: Arc<ratelimit::Service>,
+    pub rooms: Arc<rooms::Service>,
+    /// This server's ed25519 signing key.
+    pub signing_key: Arc<hearth_federation::ServerSigningKey>,
     /// Secret of the local console (`hearth register-user` and friends), kept in the data folder.
     pub console_secret: String,
     /// Single-use nonces of shared-secret registration, with their issue time.
@@ -53,6 +57,13 @@ impl Services {
             registration_tokens.clone(),
             ratelimit.clone(),
         ));
+        let signing_key = Arc::new(load_or_create_signing_key(&db)?);
+        let rooms = Arc::new(rooms::Service::new(
+            db.clone(),
+            shortids.clone(),
+            config.server_name.clone(),
+            signing_key.clone(),
+        )?);
         Ok(Self {
             config,
             db,
@@ -62,10 +73,47 @@ impl Services {
             registration_tokens,
             uiaa,
             ratelimit,
+            rooms,
+            signing_key,
             console_secret,
             registration_nonces: Default::default(),
         })
     }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSigningKey {
+    version: String,
+    pkcs8_der: String,
+}
+
+/// The server's signing key: generated on first start and kept in the database from then on.
+fn load_or_create_signing_key(db: &Db) -> crate::Result<hearth_federation::ServerSigningKey> {
+    use crate::storage::{schema::key, Batch, Cf};
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if let Some(stored) = db.get_json::<StoredSigningKey>(Cf::Global, key::GLOBAL_SIGNING_KEY)? {
+        let der = b64
+            .decode(stored.pkcs8_der)
+            .map_err(|e| crate::Error::internal(format!("stored signing key: {e}")))?;
+        return hearth_federation::ServerSigningKey::from_der(&der, &stored.version)
+            .map_err(crate::Error::internal);
+    }
+    let version = format!("a_{}", random_string(4));
+    let key =
+        hearth_federation::ServerSigningKey::generate(&version).map_err(crate::Error::internal)?;
+    let mut batch = Batch::new();
+    batch.put(
+        Cf::Global,
+        key::GLOBAL_SIGNING_KEY,
+        crate::storage::encode_json(&StoredSigningKey {
+            version,
+            pkcs8_der: b64.encode(key.der()),
+        }),
+    );
+    db.kv().write(batch)?;
+    tracing::info!(key_id = %key.key_id(), "generated the server signing key");
+    Ok(key)
 }
 
 /// Milliseconds since the Unix epoch.

@@ -16,6 +16,19 @@ pub enum Cf {
     AccessTokens,
     RefreshTokens,
     RegistrationTokens,
+    Rooms,
+    Pdus,
+    EventMeta,
+    Timeline,
+    StateGroups,
+    RoomState,
+    Memberships,
+    RoomMembers,
+    TxnIds,
+    Relations,
+    Aliases,
+    RoomAliases,
+    PublicRooms,
 }
 
 /// How a keyspace is laid out; the table below is the documentation of the database.
@@ -81,6 +94,85 @@ pub const KEYSPACES: &[Keyspace] = &[
         key: "token (utf-8)",
         value: "RegistrationToken (JSON)",
     },
+    Keyspace {
+        cf: Cf::Rooms,
+        name: "rooms",
+        key: "room (short, u64 BE)",
+        value: "RoomMeta (JSON): room ID, version, current state group, forward extremities",
+    },
+    Keyspace {
+        cf: Cf::Pdus,
+        name: "pdus",
+        key: "event (short, u64 BE)",
+        value: "the event's canonical JSON (redacted in place once redacted)",
+    },
+    Keyspace {
+        cf: Cf::EventMeta,
+        name: "event_meta",
+        key: "event (short, u64 BE)",
+        value: "EventMeta (binary): room, stream position, depth, state groups before/after, flags",
+    },
+    Keyspace {
+        cf: Cf::Timeline,
+        name: "timeline",
+        key: "room (short, u64 BE) . stream position (u64 BE)",
+        value: "event (short, u64 BE)",
+    },
+    Keyspace {
+        cf: Cf::StateGroups,
+        name: "state_groups",
+        key: "state group (u64 BE)",
+        value: "StateGroup (binary): parent, chain length, added (key, event) pairs, removed keys",
+    },
+    Keyspace {
+        cf: Cf::RoomState,
+        name: "room_state",
+        key: "room (short, u64 BE) . state key (short, u64 BE)",
+        value: "event (short, u64 BE): the room's current state",
+    },
+    Keyspace {
+        cf: Cf::Memberships,
+        name: "memberships",
+        key: "user (short, u64 BE) . room (short, u64 BE)",
+        value: "membership (u8) . event (short, u64 BE) . stream position (u64 BE)",
+    },
+    Keyspace {
+        cf: Cf::RoomMembers,
+        name: "room_members",
+        key: "room (short, u64 BE) . user (short, u64 BE)",
+        value: "membership (u8) . event (short, u64 BE) . stream position (u64 BE)",
+    },
+    Keyspace {
+        cf: Cf::TxnIds,
+        name: "txn_ids",
+        key: "user (short, u64 BE) . device id . 0xff . room (short, u64 BE) . transaction id",
+        value: "event ID (utf-8)",
+    },
+    Keyspace {
+        cf: Cf::Relations,
+        name: "relations",
+        key:
+            "parent event (short, u64 BE) . child stream position (u64 BE) . child (short, u64 BE)",
+        value: "rel_type (utf-8)",
+    },
+    Keyspace {
+        cf: Cf::Aliases,
+        name: "aliases",
+        key: "room alias (utf-8)",
+        value: "AliasRecord (JSON): room ID, creator",
+    },
+    Keyspace {
+        cf: Cf::RoomAliases,
+        name: "room_aliases",
+        key: "room (short, u64 BE) . alias (utf-8)",
+        value: "empty",
+    },
+    Keyspace {
+        cf: Cf::PublicRooms,
+        name: "public_rooms",
+        key: "room (short, u64 BE)",
+        value: "empty: the room is in the public directory",
+    },
 ];
 
 impl Cf {
@@ -115,12 +207,79 @@ pub mod key {
 
     pub const GLOBAL_SCHEMA_VERSION: &[u8] = b"schema_version";
     pub const GLOBAL_NEXT_SHORT_ID: &[u8] = b"next_short_id";
+    pub const GLOBAL_NEXT_STATE_GROUP: &[u8] = b"next_state_group";
+    pub const GLOBAL_STREAM_POS: &[u8] = b"stream_pos";
+    pub const GLOBAL_SIGNING_KEY: &[u8] = b"signing_key";
 
-    pub fn short_id(kind: IdKind, id: &str) -> Vec<u8> {
+    pub fn short_id(kind: IdKind, id: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(1 + id.len());
         k.push(kind as u8);
-        k.extend_from_slice(id.as_bytes());
+        k.extend_from_slice(id);
         k
+    }
+
+    /// The interned form of a (event type, state key) pair: the type's length makes it unambiguous.
+    pub fn state_key_id(event_type: &str, state_key: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(4 + event_type.len() + state_key.len());
+        k.extend_from_slice(&(event_type.len() as u32).to_be_bytes());
+        k.extend_from_slice(event_type.as_bytes());
+        k.extend_from_slice(state_key.as_bytes());
+        k
+    }
+
+    pub fn split_state_key_id(id: &[u8]) -> Option<(&str, &str)> {
+        let (len, rest) = id.split_at_checked(4)?;
+        let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+        let (t, sk) = rest.split_at_checked(len)?;
+        Some((std::str::from_utf8(t).ok()?, std::str::from_utf8(sk).ok()?))
+    }
+
+    pub fn u64_key(n: u64) -> [u8; 8] {
+        n.to_be_bytes()
+    }
+
+    pub fn pair(a: u64, b: u64) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&a.to_be_bytes());
+        k[8..].copy_from_slice(&b.to_be_bytes());
+        k
+    }
+
+    pub fn split_pair(k: &[u8]) -> Option<(u64, u64)> {
+        if k.len() != 16 {
+            return None;
+        }
+        Some((
+            u64::from_be_bytes(k[..8].try_into().ok()?),
+            u64::from_be_bytes(k[8..].try_into().ok()?),
+        ))
+    }
+
+    pub fn triple(a: u64, b: u64, c: u64) -> [u8; 24] {
+        let mut k = [0u8; 24];
+        k[..8].copy_from_slice(&a.to_be_bytes());
+        k[8..16].copy_from_slice(&b.to_be_bytes());
+        k[16..].copy_from_slice(&c.to_be_bytes());
+        k
+    }
+
+    /// Transaction IDs are scoped to the device and the room they were used in.
+    pub fn txn_id(user: ShortId, device_id: &str, room: ShortId, txn_id: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(17 + device_id.len() + txn_id.len());
+        k.extend_from_slice(&user.to_be_bytes());
+        k.extend_from_slice(device_id.as_bytes());
+        k.push(0xff);
+        k.extend_from_slice(&room.to_be_bytes());
+        k.extend_from_slice(txn_id.as_bytes());
+        k
+    }
+
+    pub fn room_alias(room: ShortId, alias: &str) -> Vec<u8> {
+        user_and_str(room, alias)
+    }
+
+    pub fn alias(alias: &str) -> Vec<u8> {
+        alias.as_bytes().to_vec()
     }
 
     pub fn short_id_rev(short: ShortId) -> [u8; 8] {

@@ -17,11 +17,18 @@ pub struct ShortIds {
 
 impl ShortIds {
     pub fn new(db: Db) -> Result<Self> {
-        let next = db
+        // The highest allocated ID is the last key of the reverse map: IDs allocated inside other
+        // batches (see `allocate_in`) leave no counter behind.
+        let last = match db.scan_range(Cf::ShortIdsRev, &[0xff; 9], &[], true).next() {
+            Some(row) => decode_u64(Cf::ShortIdsRev, &row?.0)?,
+            None => 0,
+        };
+        let stored = db
             .get(Cf::Global, key::GLOBAL_NEXT_SHORT_ID)?
             .map(|v| decode_u64(Cf::Global, &v))
             .transpose()?
             .unwrap_or(1);
+        let next = stored.max(last + 1);
         Ok(Self {
             db,
             next: AtomicU64::new(next),
@@ -30,6 +37,10 @@ impl ShortIds {
     }
 
     pub fn get(&self, kind: IdKind, id: &str) -> Result<Option<ShortId>> {
+        self.get_bytes(kind, id.as_bytes())
+    }
+
+    pub fn get_bytes(&self, kind: IdKind, id: &[u8]) -> Result<Option<ShortId>> {
         self.db
             .get(Cf::ShortIds, &key::short_id(kind, id))?
             .map(|v| decode_u64(Cf::ShortIds, &v))
@@ -38,11 +49,15 @@ impl ShortIds {
 
     /// Returns the short ID of `id`, creating and persisting one if it has none yet.
     pub fn get_or_create(&self, kind: IdKind, id: &str) -> Result<ShortId> {
-        if let Some(s) = self.get(kind, id)? {
+        self.get_or_create_bytes(kind, id.as_bytes())
+    }
+
+    pub fn get_or_create_bytes(&self, kind: IdKind, id: &[u8]) -> Result<ShortId> {
+        if let Some(s) = self.get_bytes(kind, id)? {
             return Ok(s);
         }
         let _guard = self.create.lock();
-        if let Some(s) = self.get(kind, id)? {
+        if let Some(s) = self.get_bytes(kind, id)? {
             return Ok(s);
         }
         let short = self.next.fetch_add(1, Ordering::SeqCst);
@@ -59,8 +74,25 @@ impl ShortIds {
         Ok(short)
     }
 
+    /// Allocates a short ID for an ID known to be new (an event ID, which is unique by content
+    /// hash), adding the mappings to `batch` so they land with the event in one write.
+    pub fn allocate_in(&self, batch: &mut Batch, kind: IdKind, id: &str) -> ShortId {
+        let short = self.next.fetch_add(1, Ordering::SeqCst);
+        let fwd = key::short_id(kind, id.as_bytes());
+        batch.put(Cf::ShortIds, fwd.clone(), short.to_be_bytes());
+        batch.put(Cf::ShortIdsRev, key::short_id_rev(short), fwd);
+        short
+    }
+
     /// The string ID behind a short ID.
     pub fn lookup(&self, short: ShortId) -> Result<Option<(IdKind, String)>> {
+        Ok(self
+            .lookup_bytes(short)?
+            .map(|(k, b)| (k, String::from_utf8_lossy(&b).into_owned())))
+    }
+
+    /// The interned bytes behind a short ID.
+    pub fn lookup_bytes(&self, short: ShortId) -> Result<Option<(IdKind, Vec<u8>)>> {
         let Some(v) = self.db.get(Cf::ShortIdsRev, &key::short_id_rev(short))? else {
             return Ok(None);
         };
@@ -76,10 +108,6 @@ impl ShortIds {
                 })
             }
         };
-        let s = String::from_utf8(v[1..].to_vec()).map_err(|e| super::StorageError::Corrupt {
-            cf: Cf::ShortIdsRev.name(),
-            reason: e.to_string(),
-        })?;
-        Ok(Some((kind, s)))
+        Ok(Some((kind, v[1..].to_vec())))
     }
 }

@@ -7,3 +7,4 @@ mod accounts_sdk;
 mod admin;
 mod bad_input;
 mod persistence;
+mod rooms;

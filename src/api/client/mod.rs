@@ -3,7 +3,9 @@
 mod account;
 mod device;
 mod discovery;
+mod membership;
 mod profile;
+mod room;
 mod session;
 
 use axum::Router;
@@ -15,5 +17,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = account::routes(router);
     let router = session::routes(router);
     let router = device::routes(router);
+    let router = room::routes(router);
+    let router = membership::routes(router);
     profile::routes(router)
 }

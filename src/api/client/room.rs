@@ -1,0 +1,408 @@
+//! Rooms: createRoom, sending events, state, history (/messages, /event) and redaction.
+
+use axum::{extract::State, Router};
+use ruma::{
+    api::{
+        client::{
+            message::{get_message_events, send_message_event},
+            redact::redact_event,
+            room::{create_room, get_room_event},
+            state::{get_state_event_for_key, get_state_events, send_state_event},
+        },
+        Direction,
+    },
+    events::{StateEventType, TimelineEventType},
+    serde::Raw,
+    RoomId, RoomVersionId, UserId,
+};
+use serde_json::Value as JsonValue;
+
+use crate::{
+    api::{ruma::Ruma, AppState, RouterExt},
+    error::{Error, Result},
+    service::{
+        now_ms,
+        rooms::{create, pdu::client_event, NewEvent, Txn},
+        Services,
+    },
+    storage::ShortId,
+};
+
+pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .ruma(create_room)
+        .ruma(send_message)
+        .ruma(send_state)
+        .ruma(get_state)
+        .ruma(get_state_for_key)
+        .ruma(messages)
+        .ruma(get_event)
+        .ruma(redact)
+}
+
+/// The room's short ID, requiring the user to be joined. Rooms the user is not in answer 403
+/// whether or not they exist, so nothing leaks.
+pub fn joined_room(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<ShortId> {
+    let not_in = || Error::forbidden("You are not in this room");
+    let room = services.rooms.room_short(room_id)?.ok_or_else(not_in)?;
+    if !services.rooms.is_joined(user_id, room)? {
+        return Err(not_in());
+    }
+    Ok(room)
+}
+
+/// An event in the client format, serialised.
+pub fn client_raw<T>(
+    services: &Services,
+    short: ShortId,
+    room_id: &RoomId,
+) -> Result<Option<Raw<T>>> {
+    let Some(stored) = services.rooms.event_json(short)? else {
+        return Ok(None);
+    };
+    let event_id = services.rooms.event_id_of(short)?;
+    let json = client_event(&event_id, room_id, &stored, now_ms());
+    Ok(Some(Raw::from_json(
+        serde_json::value::to_raw_value(&json).map_err(Error::internal)?,
+    )))
+}
+
+async fn create_room(
+    State(services): State<AppState>,
+    req: Ruma<create_room::v3::Request>,
+) -> Result<create_room::v3::Response> {
+    let session = req.session()?;
+    let body = &req.body;
+    let version = body.room_version.clone().unwrap_or(RoomVersionId::V12);
+    let rules = version.rules().ok_or_else(|| {
+        Error::new(
+            http::StatusCode::BAD_REQUEST,
+            crate::error::ErrorCode::UnsupportedRoomVersion,
+            format!("Room version {version} is not supported"),
+        )
+    })?;
+    for invitee in &body.invite {
+        if !services.users.is_local(invitee) {
+            return Err(Error::forbidden(
+                "Inviting users of other servers needs federation, which is not enabled yet",
+            ));
+        }
+    }
+    if body.room_alias_name.is_some() {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            crate::error::ErrorCode::InvalidParam,
+            "Room aliases are not supported yet",
+        ));
+    }
+    let profile = services.profiles.all(session.user)?;
+    let str_field = |f: &str| {
+        profile
+            .get(f)
+            .and_then(JsonValue::as_str)
+            .map(str::to_owned)
+    };
+    let plan = create::plan(
+        body,
+        &rules,
+        &session.user_id,
+        (str_field("displayname"), str_field("avatar_url")),
+        None,
+    )?;
+    let room_id = services
+        .rooms
+        .create_room(&version, &session.user_id, plan.create_content, plan.events)
+        .await?;
+    Ok(create_room::v3::Response::new(room_id))
+}
+
+async fn send_message(
+    State(services): State<AppState>,
+    req: Ruma<send_message_event::v3::Request>,
+) -> Result<send_message_event::v3::Response> {
+    let session = req.session()?;
+    let body = &req.body;
+    joined_room(&services, &session.user_id, &body.room_id)?;
+    let content: JsonValue =
+        serde_json::from_str(body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    let kind = TimelineEventType::from(body.event_type.to_string());
+    if kind == TimelineEventType::RoomRedaction {
+        return Err(Error::bad_json("Use the /redact endpoint to redact events"));
+    }
+    let sent = services
+        .rooms
+        .send(
+            &body.room_id,
+            &session.user_id,
+            NewEvent::message(kind, content),
+            Some(Txn {
+                user: session.user,
+                device_id: session.device_id.as_str(),
+                txn_id: body.txn_id.as_str(),
+            }),
+        )
+        .await?;
+    Ok(send_message_event::v3::Response::new(sent.event_id))
+}
+
+async fn send_state(
+    State(services): State<AppState>,
+    req: Ruma<send_state_event::v3::Request>,
+) -> Result<send_state_event::v3::Response> {
+    let session = req.session()?;
+    let body = &req.body;
+    let room = joined_room(&services, &session.user_id, &body.room_id)?;
+    let content: JsonValue =
+        serde_json::from_str(body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    validate_state_content(&body.event_type, &content)?;
+    // Setting state to what it already is sends nothing, as the spec allows.
+    if let Some(current) =
+        services
+            .rooms
+            .current_state_pdu(room, &body.event_type, &body.state_key)?
+    {
+        if current.content_value() == content && current.sender == session.user_id {
+            return Ok(send_state_event::v3::Response::new(current.event_id));
+        }
+    }
+    let sent = services
+        .rooms
+        .send(
+            &body.room_id,
+            &session.user_id,
+            NewEvent::state(body.event_type.clone(), body.state_key.clone(), content),
+            None,
+        )
+        .await?;
+    Ok(send_state_event::v3::Response::new(sent.event_id))
+}
+
+/// Checks the content of state events the server itself interprets.
+fn validate_state_content(kind: &StateEventType, content: &JsonValue) -> Result<()> {
+    use ruma::events::room::{
+        join_rules::RoomJoinRulesEventContent, member::RoomMemberEventContent,
+        power_levels::RoomPowerLevelsEventContent,
+    };
+    let check = |r: std::result::Result<(), serde_json::Error>, what: &str| {
+        r.map_err(|e| Error::bad_json(format!("Invalid {what} content: {e}")))
+    };
+    match kind {
+        StateEventType::RoomPowerLevels => check(
+            serde_json::from_value::<RoomPowerLevelsEventContent>(content.clone()).map(|_| ()),
+            "m.room.power_levels",
+        ),
+        StateEventType::RoomJoinRules => check(
+            serde_json::from_value::<RoomJoinRulesEventContent>(content.clone()).map(|_| ()),
+            "m.room.join_rules",
+        ),
+        StateEventType::RoomMember => check(
+            serde_json::from_value::<RoomMemberEventContent>(content.clone()).map(|_| ()),
+            "m.room.member",
+        ),
+        StateEventType::RoomCreate => Err(Error::forbidden("The create event cannot be replaced")),
+        _ => Ok(()),
+    }
+}
+
+async fn get_state(
+    State(services): State<AppState>,
+    req: Ruma<get_state_events::v3::Request>,
+) -> Result<get_state_events::v3::Response> {
+    let session = req.session()?;
+    let room = joined_room(&services, &session.user_id, &req.body.room_id)?;
+    let mut events = Vec::new();
+    for (_, event) in services.rooms.current_state(room)? {
+        if let Some(raw) = client_raw(&services, event, &req.body.room_id)? {
+            events.push(raw);
+        }
+    }
+    Ok(get_state_events::v3::Response::new(events))
+}
+
+async fn get_state_for_key(
+    State(services): State<AppState>,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> Result<get_state_event_for_key::v3::Response> {
+    let session = req.session()?;
+    let body = &req.body;
+    let room = joined_room(&services, &session.user_id, &body.room_id)?;
+    let event = services
+        .rooms
+        .current_state_event(room, &body.event_type, &body.state_key)?
+        .ok_or_else(|| Error::not_found("No such state event"))?;
+    let raw: Raw<ruma::events::AnyStateEvent> = client_raw(&services, event, &body.room_id)?
+        .ok_or_else(|| Error::not_found("No such state event"))?;
+    if body.format == get_state_event_for_key::v3::StateEventFormat::Event {
+        return Ok(raw.into());
+    }
+    let content = raw
+        .get_field::<Raw<ruma::events::AnyStateEventContent>>("content")
+        .map_err(Error::internal)?
+        .ok_or_else(|| Error::not_found("No such state event"))?;
+    Ok(content.into())
+}
+
+/// Pagination tokens are stream positions: `p<position>`.
+pub fn parse_token(token: &str) -> Result<u64> {
+    token
+        .strip_prefix('p')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::invalid_param(format!("Invalid pagination token `{token}`")))
+}
+
+pub fn make_token(pos: u64) -> String {
+    format!("p{pos}")
+}
+
+async fn messages(
+    State(services): State<AppState>,
+    req: Ruma<get_message_events::v3::Request>,
+) -> Result<get_message_events::v3::Response> {
+    let session = req.session()?;
+    let body = &req.body;
+    let room = joined_room(&services, &session.user_id, &body.room_id)?;
+    let forward = body.dir == Direction::Forward;
+    let from = match &body.from {
+        Some(t) => parse_token(t)?,
+        None if forward => 0,
+        None => u64::MAX,
+    };
+    let to = body.to.as_deref().map(parse_token).transpose()?;
+    let limit = u64::from(body.limit).clamp(1, 1000) as usize;
+    let filter = &body.filter;
+
+    let mut chunk = Vec::new();
+    let mut cursor = from;
+    let mut end = None;
+    // Filtered-out events still advance the cursor; read in pages until the chunk is full.
+    'pages: loop {
+        let page = services.rooms.timeline(room, cursor, forward, limit * 2)?;
+        if page.is_empty() {
+            break;
+        }
+        for pos in page.iter().copied() {
+            if to.is_some_and(|t| if forward { pos > t } else { pos <= t }) {
+                end = None;
+                break 'pages;
+            }
+            cursor = if forward { pos } else { pos.saturating_sub(1) };
+            end = Some(cursor);
+            let Some(stored) = services.rooms.event_json(pos)? else {
+                continue;
+            };
+            if !event_matches(filter, &stored) {
+                continue;
+            }
+            let event_id = services.rooms.event_id_of(pos)?;
+            let json = client_event(&event_id, &body.room_id, &stored, now_ms());
+            chunk.push(Raw::from_json(
+                serde_json::value::to_raw_value(&json).map_err(Error::internal)?,
+            ));
+            if chunk.len() >= limit {
+                break 'pages;
+            }
+        }
+    }
+    let mut resp = get_message_events::v3::Response::new();
+    resp.start = make_token(from.min(u64::MAX - 1));
+    resp.end = if chunk.is_empty() {
+        None
+    } else {
+        end.map(make_token)
+    };
+    resp.chunk = chunk;
+    Ok(resp)
+}
+
+fn event_matches(
+    filter: &ruma::api::client::filter::RoomEventFilter,
+    stored: &serde_json::Map<String, JsonValue>,
+) -> bool {
+    let kind = stored.get("type").and_then(JsonValue::as_str).unwrap_or("");
+    let sender = stored
+        .get("sender")
+        .and_then(JsonValue::as_str)
+        .unwrap_or("");
+    let type_matches = |pattern: &String| match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => kind == pattern,
+    };
+    if filter.not_types.iter().any(type_matches) {
+        return false;
+    }
+    if let Some(types) = &filter.types {
+        if !types.iter().any(type_matches) {
+            return false;
+        }
+    }
+    if filter.not_senders.iter().any(|s| s.as_str() == sender) {
+        return false;
+    }
+    if let Some(senders) = &filter.senders {
+        if !senders.iter().any(|s| s.as_str() == sender) {
+            return false;
+        }
+    }
+    true
+}
+
+async fn get_event(
+    State(services): State<AppState>,
+    req: Ruma<get_room_event::v3::Request>,
+) -> Result<get_room_event::v3::Response> {
+    let session = req.session()?;
+    let body = &req.body;
+    let room = joined_room(&services, &session.user_id, &body.room_id)?;
+    let short = services
+        .rooms
+        .event_short(&body.event_id)?
+        .filter(|s| {
+            services
+                .rooms
+                .event_meta(*s)
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.room == room)
+        })
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let raw = client_raw(&services, short, &body.room_id)?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    Ok(get_room_event::v3::Response::new(raw))
+}
+
+async fn redact(
+    State(services): State<AppState>,
+    req: Ruma<redact_event::v3::Request>,
+) -> Result<redact_event::v3::Response> {
+    let session = req.session()?;
+    let body = &req.body;
+    let room = joined_room(&services, &session.user_id, &body.room_id)?;
+    let target_in_room = services
+        .rooms
+        .event_short(&body.event_id)?
+        .and_then(|s| services.rooms.event_meta(s).ok().flatten())
+        .is_some_and(|m| m.room == room);
+    if !target_in_room {
+        return Err(Error::not_found("Event not found"));
+    }
+    let mut content = serde_json::json!({});
+    if let Some(reason) = &body.reason {
+        content["reason"] = reason.as_str().into();
+    }
+    let mut ev = NewEvent::message(TimelineEventType::RoomRedaction, content);
+    ev.redacts = Some(body.event_id.clone());
+    let sent = services
+        .rooms
+        .send(
+            &body.room_id,
+            &session.user_id,
+            ev,
+            Some(Txn {
+                user: session.user,
+                device_id: session.device_id.as_str(),
+                txn_id: body.txn_id.as_str(),
+            }),
+        )
+        .await?;
+    Ok(redact_event::v3::Response::new(sent.event_id))
+}

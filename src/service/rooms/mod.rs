@@ -1,0 +1,439 @@
+//! Rooms and their event DAG. Every event, local or (with federation) remote, goes through one
+//! pipeline: build (or verify) → authorise → persist in one atomic batch → notify.
+//!
+//! Owns the `rooms`, `pdus`, `event_meta`, `timeline`, `state_groups`, `room_state`,
+//! `memberships`, `room_members` and `txn_ids` keyspaces. Stream positions are event short IDs:
+//! one monotonic counter orders every timeline.
+
+pub mod create;
+pub mod pdu;
+mod pipeline;
+pub mod state;
+
+use std::{collections::HashMap, sync::Arc};
+
+use parking_lot::Mutex;
+use ruma::{
+    events::{room::member::MembershipState, StateEventType},
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
+    RoomVersionId, UserId,
+};
+use serde::{Deserialize, Serialize};
+
+pub use self::pipeline::{NewEvent, Sent, Txn};
+use self::{
+    pdu::Pdu,
+    state::{StateGroupId, StateMap, StateStore},
+};
+use crate::{
+    error::{Error, Result},
+    storage::{decode_u64, encode_json, schema::key, Cf, Db, IdKind, ShortId, ShortIds},
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomMeta {
+    pub room_id: OwnedRoomId,
+    pub version: RoomVersionId,
+    pub state_group: StateGroupId,
+    pub extremities: Vec<OwnedEventId>,
+    pub depth: u64,
+    pub create_event: OwnedEventId,
+}
+
+/// Where an event sits: its room, depth and the state before and after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventMeta {
+    pub room: ShortId,
+    pub depth: u64,
+    pub state_before: StateGroupId,
+    pub state_after: StateGroupId,
+    pub redacted: bool,
+}
+
+impl EventMeta {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(33);
+        out.extend_from_slice(&self.room.to_be_bytes());
+        out.extend_from_slice(&self.depth.to_be_bytes());
+        out.extend_from_slice(&self.state_before.to_be_bytes());
+        out.extend_from_slice(&self.state_after.to_be_bytes());
+        out.push(u8::from(self.redacted));
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != 33 {
+            return None;
+        }
+        let u = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        Some(Self {
+            room: u(0),
+            depth: u(8),
+            state_before: u(16),
+            state_after: u(24),
+            redacted: b[32] != 0,
+        })
+    }
+}
+
+pub fn membership_code(m: &MembershipState) -> u8 {
+    match m {
+        MembershipState::Join => 1,
+        MembershipState::Invite => 2,
+        MembershipState::Leave => 3,
+        MembershipState::Ban => 4,
+        MembershipState::Knock => 5,
+        _ => 0,
+    }
+}
+
+pub fn membership_from_code(c: u8) -> MembershipState {
+    match c {
+        1 => MembershipState::Join,
+        2 => MembershipState::Invite,
+        4 => MembershipState::Ban,
+        5 => MembershipState::Knock,
+        _ => MembershipState::Leave,
+    }
+}
+
+/// A membership index entry.
+#[derive(Clone, Copy, Debug)]
+pub struct Membership {
+    pub state: u8,
+    pub event: ShortId,
+}
+
+impl Membership {
+    fn encode(&self) -> [u8; 9] {
+        let mut out = [0u8; 9];
+        out[0] = self.state;
+        out[1..].copy_from_slice(&self.event.to_be_bytes());
+        out
+    }
+    fn decode(b: &[u8]) -> Option<Self> {
+        Some(Self {
+            state: *b.first()?,
+            event: u64::from_be_bytes(b.get(1..9)?.try_into().ok()?),
+        })
+    }
+    pub fn membership(&self) -> MembershipState {
+        membership_from_code(self.state)
+    }
+}
+
+pub struct Service {
+    db: Db,
+    shortids: Arc<ShortIds>,
+    state: StateStore,
+    server_name: OwnedServerName,
+    signing_key: Arc<hearth_federation::ServerSigningKey>,
+    /// One writer at a time per room keeps prev_events, depth and state consistent.
+    room_locks: Mutex<HashMap<ShortId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Service {
+    pub fn new(
+        db: Db,
+        shortids: Arc<ShortIds>,
+        server_name: OwnedServerName,
+        signing_key: Arc<hearth_federation::ServerSigningKey>,
+    ) -> Result<Self> {
+        Ok(Self {
+            state: StateStore::new(db.clone())?,
+            db,
+            shortids,
+            server_name,
+            signing_key,
+            room_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn server_name(&self) -> &OwnedServerName {
+        &self.server_name
+    }
+
+    fn room_lock(&self, room: ShortId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.room_locks.lock();
+        if locks.len() > 10_000 {
+            // Locks nobody holds or waits for can go; they are recreated on demand.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(room).or_default().clone()
+    }
+
+    pub fn room_short(&self, room_id: &RoomId) -> Result<Option<ShortId>> {
+        Ok(self.shortids.get(IdKind::Room, room_id.as_str())?)
+    }
+
+    pub fn meta(&self, room: ShortId) -> Result<Option<RoomMeta>> {
+        Ok(self.db.get_json(Cf::Rooms, &key::u64_key(room))?)
+    }
+
+    /// The room's short ID and metadata, or 404 for a room this server does not know.
+    pub fn known_room(&self, room_id: &RoomId) -> Result<(ShortId, RoomMeta)> {
+        let room = self
+            .room_short(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let meta = self
+            .meta(room)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        Ok((room, meta))
+    }
+
+    pub fn event_short(&self, event_id: &EventId) -> Result<Option<ShortId>> {
+        Ok(self.shortids.get(IdKind::Event, event_id.as_str())?)
+    }
+
+    pub fn event_id_of(&self, short: ShortId) -> Result<OwnedEventId> {
+        match self.shortids.lookup(short)? {
+            Some((IdKind::Event, s)) => OwnedEventId::try_from(s)
+                .map_err(|e| Error::internal(format!("stored event ID: {e}"))),
+            _ => Err(Error::internal(format!("short ID {short} is not an event"))),
+        }
+    }
+
+    pub fn event_meta(&self, short: ShortId) -> Result<Option<EventMeta>> {
+        match self.db.get(Cf::EventMeta, &key::u64_key(short))? {
+            Some(b) => Ok(Some(
+                EventMeta::decode(&b).ok_or_else(|| Error::internal("corrupt event meta"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored JSON of an event (redacted form once redacted).
+    pub fn event_json(
+        &self,
+        short: ShortId,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+        match self.db.get(Cf::Pdus, &key::u64_key(short))? {
+            Some(b) => {
+                Ok(Some(serde_json::from_slice(&b).map_err(|e| {
+                    Error::internal(format!("stored PDU: {e}"))
+                })?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn event_canonical(&self, short: ShortId) -> Result<Option<CanonicalJsonObject>> {
+        match self.db.get(Cf::Pdus, &key::u64_key(short))? {
+            Some(b) => {
+                Ok(Some(serde_json::from_slice(&b).map_err(|e| {
+                    Error::internal(format!("stored PDU: {e}"))
+                })?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn pdu(&self, short: ShortId) -> Result<Option<Pdu>> {
+        let Some(b) = self.db.get(Cf::Pdus, &key::u64_key(short))? else {
+            return Ok(None);
+        };
+        let id = self.event_id_of(short)?;
+        Pdu::from_json(id, &b).map(Some).map_err(Error::internal)
+    }
+
+    pub fn pdu_by_id(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        match self.event_short(event_id)? {
+            Some(s) => self.pdu(s),
+            None => Ok(None),
+        }
+    }
+
+    pub fn state_key_short(
+        &self,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<ShortId>> {
+        Ok(self.shortids.get_bytes(
+            IdKind::StateKey,
+            &key::state_key_id(&kind.to_string(), state_key),
+        )?)
+    }
+
+    pub fn state_key_of(&self, short: ShortId) -> Result<(StateEventType, String)> {
+        match self.shortids.lookup_bytes(short)? {
+            Some((IdKind::StateKey, b)) => key::split_state_key_id(&b)
+                .map(|(t, sk)| (StateEventType::from(t), sk.to_owned()))
+                .ok_or_else(|| Error::internal("corrupt state key")),
+            _ => Err(Error::internal(format!(
+                "short ID {short} is not a state key"
+            ))),
+        }
+    }
+
+    /// The current state event of a room for (type, state_key).
+    pub fn current_state_event(
+        &self,
+        room: ShortId,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<ShortId>> {
+        let Some(sk) = self.state_key_short(kind, state_key)? else {
+            return Ok(None);
+        };
+        self.db
+            .get(Cf::RoomState, &key::pair(room, sk))?
+            .map(|v| decode_u64(Cf::RoomState, &v))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    pub fn current_state_pdu(
+        &self,
+        room: ShortId,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Pdu>> {
+        match self.current_state_event(room, kind, state_key)? {
+            Some(e) => self.pdu(e),
+            None => Ok(None),
+        }
+    }
+
+    /// The full current state: (state key short, event short) pairs.
+    pub fn current_state(&self, room: ShortId) -> Result<Vec<(ShortId, ShortId)>> {
+        self.db
+            .scan_prefix(Cf::RoomState, &key::u64_key(room))
+            .map(|r| {
+                let (k, v) = r?;
+                let (_, sk) =
+                    key::split_pair(&k).ok_or_else(|| Error::internal("corrupt room_state key"))?;
+                Ok((sk, decode_u64(Cf::RoomState, &v)?))
+            })
+            .collect()
+    }
+
+    pub fn state_at(&self, group: StateGroupId) -> Result<Arc<StateMap>> {
+        self.state.load(group)
+    }
+
+    pub fn membership(&self, user: ShortId, room: ShortId) -> Result<Option<Membership>> {
+        Ok(self
+            .db
+            .get(Cf::Memberships, &key::pair(user, room))?
+            .and_then(|b| Membership::decode(&b)))
+    }
+
+    /// The membership of a user (by ID) in a room; `None` when the user never appeared in it.
+    pub fn membership_of(
+        &self,
+        user_id: &UserId,
+        room: ShortId,
+    ) -> Result<Option<MembershipState>> {
+        let Some(user) = self.shortids.get(IdKind::User, user_id.as_str())? else {
+            return Ok(None);
+        };
+        Ok(self.membership(user, room)?.map(|m| m.membership()))
+    }
+
+    pub fn is_joined(&self, user_id: &UserId, room: ShortId) -> Result<bool> {
+        Ok(self.membership_of(user_id, room)? == Some(MembershipState::Join))
+    }
+
+    /// Rooms a user has the given membership in.
+    pub fn rooms_of(&self, user: ShortId, want: &MembershipState) -> Result<Vec<ShortId>> {
+        let code = membership_code(want);
+        let mut out = Vec::new();
+        for r in self.db.scan_prefix(Cf::Memberships, &key::u64_key(user)) {
+            let (k, v) = r?;
+            if Membership::decode(&v).is_some_and(|m| m.state == code) {
+                if let Some((_, room)) = key::split_pair(&k) {
+                    out.push(room);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Members of a room: (user short, membership).
+    pub fn members(&self, room: ShortId) -> Result<Vec<(ShortId, Membership)>> {
+        let mut out = Vec::new();
+        for r in self.db.scan_prefix(Cf::RoomMembers, &key::u64_key(room)) {
+            let (k, v) = r?;
+            if let (Some((_, user)), Some(m)) = (key::split_pair(&k), Membership::decode(&v)) {
+                out.push((user, m));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn user_id_of(&self, short: ShortId) -> Result<OwnedUserId> {
+        match self.shortids.lookup(short)? {
+            Some((IdKind::User, s)) => OwnedUserId::try_from(s)
+                .map_err(|e| Error::internal(format!("stored user ID: {e}"))),
+            _ => Err(Error::internal(format!("short ID {short} is not a user"))),
+        }
+    }
+
+    pub fn room_id_of(&self, short: ShortId) -> Result<OwnedRoomId> {
+        match self.shortids.lookup(short)? {
+            Some((IdKind::Room, s)) => OwnedRoomId::try_from(s)
+                .map_err(|e| Error::internal(format!("stored room ID: {e}"))),
+            _ => Err(Error::internal(format!("short ID {short} is not a room"))),
+        }
+    }
+
+    /// Timeline events of a room, as stream positions, after `from` going forward or at and before
+    /// `from` going backward.
+    pub fn timeline(
+        &self,
+        room: ShortId,
+        from: u64,
+        forward: bool,
+        limit: usize,
+    ) -> Result<Vec<ShortId>> {
+        let rows = if forward {
+            self.db.scan_range(
+                Cf::Timeline,
+                &key::pair(room, from.saturating_add(1)),
+                &key::pair(room.saturating_add(1), 0),
+                false,
+            )
+        } else {
+            self.db.scan_range(
+                Cf::Timeline,
+                &key::pair(room, from),
+                &key::pair(room, 0),
+                true,
+            )
+        };
+        let mut out = Vec::with_capacity(limit.min(1000));
+        for r in rows.take(limit) {
+            let (k, _) = r?;
+            if let Some((_, pos)) = key::split_pair(&k) {
+                out.push(pos);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored transaction's event, if this device already sent it.
+    pub fn txn_event(
+        &self,
+        user: ShortId,
+        device_id: &str,
+        room: ShortId,
+        txn_id: &str,
+    ) -> Result<Option<OwnedEventId>> {
+        match self
+            .db
+            .get(Cf::TxnIds, &key::txn_id(user, device_id, room, txn_id))?
+        {
+            Some(b) => Ok(Some(
+                String::from_utf8(b)
+                    .ok()
+                    .and_then(|s| OwnedEventId::try_from(s).ok())
+                    .ok_or_else(|| Error::internal("corrupt txn id"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn encode_meta(meta: &RoomMeta) -> Vec<u8> {
+        encode_json(meta)
+    }
+}

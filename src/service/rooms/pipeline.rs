@@ -1,0 +1,524 @@
+//! The event pipeline for events this server creates: build the PDU (DAG links, auth events,
+//! depth, hashes, signature, event ID per room version), authorise it against the room's current
+//! state, then persist it with its state delta, indexes and the room's new head in one batch.
+
+use std::sync::Arc;
+
+use ruma::{
+    events::{
+        room::{member::MembershipState, power_levels::RoomPowerLevels},
+        StateEventType, TimelineEventType,
+    },
+    room_version_rules::{EventsReferenceFormatVersion, RoomVersionRules},
+    signatures::reference_hash,
+    state_res, CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch,
+    OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+};
+use serde_json::Value as JsonValue;
+
+use super::{membership_code, pdu::Pdu, state::StateMap, EventMeta, Membership, RoomMeta, Service};
+use crate::{
+    error::{Error, ErrorCode, Result},
+    storage::{schema::key, Batch, Cf, IdKind, ShortId},
+};
+
+/// An event a local user wants to send.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub kind: TimelineEventType,
+    pub content: JsonValue,
+    pub state_key: Option<String>,
+    pub redacts: Option<OwnedEventId>,
+}
+
+impl NewEvent {
+    pub fn state(kind: StateEventType, state_key: impl Into<String>, content: JsonValue) -> Self {
+        Self {
+            kind: kind.to_string().into(),
+            content,
+            state_key: Some(state_key.into()),
+            redacts: None,
+        }
+    }
+
+    pub fn message(kind: TimelineEventType, content: JsonValue) -> Self {
+        Self {
+            kind,
+            content,
+            state_key: None,
+            redacts: None,
+        }
+    }
+}
+
+/// A persisted event.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub event_id: OwnedEventId,
+    pub short: ShortId,
+}
+
+/// A transaction ID of a client, for idempotent sends.
+pub struct Txn<'a> {
+    pub user: ShortId,
+    pub device_id: &'a str,
+    pub txn_id: &'a str,
+}
+
+fn forbidden(reason: impl std::fmt::Display) -> Error {
+    Error::forbidden(format!("Event not authorised: {reason}"))
+}
+
+fn canonical(value: JsonValue) -> Result<CanonicalJsonValue> {
+    CanonicalJsonValue::try_from(value)
+        .map_err(|e| Error::bad_json(format!("Content is not canonical JSON: {e}")))
+}
+
+impl Service {
+    fn rules(version: &RoomVersionId) -> Result<RoomVersionRules> {
+        hearth_federation::pdu::rules(version).map_err(|e| {
+            Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidParam,
+                e.to_string(),
+            )
+        })
+    }
+
+    /// The references to events as this room version writes them in prev_events/auth_events.
+    fn event_refs(
+        &self,
+        ids: &[OwnedEventId],
+        rules: &RoomVersionRules,
+    ) -> Result<CanonicalJsonValue> {
+        let refs = ids
+            .iter()
+            .map(|id| match rules.events_reference_format {
+                EventsReferenceFormatVersion::V1 => {
+                    let short = self
+                        .event_short(id)?
+                        .ok_or_else(|| Error::internal(format!("missing event {id}")))?;
+                    let object = self
+                        .event_canonical(short)?
+                        .ok_or_else(|| Error::internal(format!("missing event {id}")))?;
+                    let hash = reference_hash(&object, rules).map_err(Error::internal)?;
+                    let mut hashes = CanonicalJsonObject::new();
+                    hashes.insert("sha256".into(), hash.into());
+                    Ok(CanonicalJsonValue::Array(vec![
+                        id.as_str().into(),
+                        CanonicalJsonValue::Object(hashes),
+                    ]))
+                }
+                _ => Ok(id.as_str().into()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CanonicalJsonValue::Array(refs))
+    }
+
+    /// Builds, hashes and signs a PDU. `room_id` is `None` only for a v12 create event.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &self,
+        rules: &RoomVersionRules,
+        room_id: Option<&RoomId>,
+        sender: &UserId,
+        ev: &NewEvent,
+        prev_events: &[OwnedEventId],
+        auth_events: &[OwnedEventId],
+        depth: u64,
+    ) -> Result<(OwnedEventId, CanonicalJsonObject)> {
+        let mut content = ev.content.clone();
+        if !content.is_object() {
+            return Err(Error::bad_json("Event content must be a JSON object"));
+        }
+        let mut o = CanonicalJsonObject::new();
+        if let Some(r) = &ev.redacts {
+            if rules.redaction.content_field_redacts {
+                content["redacts"] = r.as_str().into();
+            } else {
+                o.insert("redacts".into(), r.as_str().into());
+            }
+        }
+        o.insert("content".into(), canonical(content)?);
+        o.insert("type".into(), ev.kind.to_string().into());
+        o.insert("sender".into(), sender.as_str().into());
+        if let Some(room_id) = room_id {
+            o.insert("room_id".into(), room_id.as_str().into());
+        }
+        if let Some(sk) = &ev.state_key {
+            o.insert("state_key".into(), sk.as_str().into());
+        }
+        if rules.redaction.keep_origin_membership_prev_state {
+            o.insert("origin".into(), self.server_name.as_str().into());
+        }
+        o.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().get().into()),
+        );
+        o.insert(
+            "depth".into(),
+            CanonicalJsonValue::Integer(
+                ruma::Int::try_from(depth).map_err(|_| Error::internal("depth overflow"))?,
+            ),
+        );
+        o.insert("prev_events".into(), self.event_refs(prev_events, rules)?);
+        o.insert("auth_events".into(), self.event_refs(auth_events, rules)?);
+        let v1_id = rules
+            .event_format
+            .require_event_id
+            .then(|| EventId::new_v1(&self.server_name));
+        if let Some(id) = &v1_id {
+            o.insert("event_id".into(), id.as_str().into());
+        }
+        hearth_federation::pdu::hash_and_sign(&self.server_name, &self.signing_key, &mut o, rules)
+            .map_err(|e| match e {
+                hearth_federation::pdu::PduError::Invalid(m)
+                    if m.contains("larger than") || m.contains("too large") =>
+                {
+                    Error::too_large("Event is larger than 65536 bytes")
+                }
+                other => Error::bad_json(other.to_string()),
+            })?;
+        let event_id = match v1_id {
+            Some(id) => id,
+            None => hearth_federation::pdu::event_id(&o, rules)
+                .map_err(|e| Error::too_large(e.to_string()))?
+                .ok_or_else(|| Error::internal("no event ID"))?,
+        };
+        if let Err(reason) = state_res::check_pdu_format(&o, &rules.event_format) {
+            return Err(if reason.contains("size") || reason.contains("bytes") {
+                Error::too_large(format!("Event is too large: {reason}"))
+            } else {
+                Error::bad_json(format!("Invalid event: {reason}"))
+            });
+        }
+        Ok((event_id, o))
+    }
+
+    fn state_pdu(&self, state: &StateMap, kind: &StateEventType, sk: &str) -> Option<Pdu> {
+        let short = self.state_key_short(kind, sk).ok().flatten()?;
+        let event = state.get(&short)?;
+        self.pdu(*event).ok().flatten()
+    }
+
+    /// Authorises a PDU against the given state (the room's current state for local events).
+    fn authorise(&self, rules: &RoomVersionRules, pdu: &Pdu, state: &StateMap) -> Result<()> {
+        state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
+            self.pdu_by_id(id).ok().flatten()
+        })
+        .map_err(forbidden)?;
+        state_res::check_state_dependent_auth_rules(
+            &rules.authorization,
+            pdu,
+            |k: &StateEventType, sk: &str| self.state_pdu(state, k, sk),
+        )
+        .map_err(forbidden)?;
+        Ok(())
+    }
+
+    /// The effective power levels in a state (for checks the auth rules leave to the server).
+    fn power_levels(&self, rules: &RoomVersionRules, state: &StateMap) -> Result<RoomPowerLevels> {
+        use ruma::events::room::power_levels::{
+            RoomPowerLevelsEventContent, RoomPowerLevelsSource,
+        };
+        let create = self
+            .state_pdu(state, &StateEventType::RoomCreate, "")
+            .ok_or_else(|| Error::internal("room without create event"))?;
+        let creators = state_res::events::RoomCreateEvent::new(&create)
+            .creators(&rules.authorization)
+            .map_err(Error::internal)?;
+        let source = match self.state_pdu(state, &StateEventType::RoomPowerLevels, "") {
+            Some(pl) => RoomPowerLevelsSource::Original(
+                serde_json::from_str::<RoomPowerLevelsEventContent>(pl.content.get())
+                    .map_err(|e| Error::internal(format!("stored power levels: {e}")))?,
+            ),
+            None => RoomPowerLevelsSource::None,
+        };
+        Ok(RoomPowerLevels::new(source, &rules.authorization, creators))
+    }
+
+    /// Creates a room with its create event, then sends `then` in order, all from `sender`.
+    pub async fn create_room(
+        &self,
+        version: &RoomVersionId,
+        sender: &UserId,
+        mut create_content: JsonValue,
+        then: Vec<NewEvent>,
+    ) -> Result<OwnedRoomId> {
+        let rules = Self::rules(version)?;
+        create_content["room_version"] = version.as_str().into();
+        if !rules.authorization.use_room_create_sender {
+            create_content["creator"] = sender.as_str().into();
+        }
+        let create = NewEvent::state(StateEventType::RoomCreate, "", create_content);
+        let v1_room_id = (!rules.authorization.room_create_event_id_as_room_id)
+            .then(|| RoomId::new_v1(&self.server_name));
+        let (event_id, object) =
+            self.build(&rules, v1_room_id.as_deref(), sender, &create, &[], &[], 1)?;
+        let room_id = match v1_room_id {
+            Some(id) => id,
+            None => OwnedRoomId::try_from(format!("!{}", event_id.localpart()))
+                .map_err(|e| Error::internal(format!("v12 room ID: {e}")))?,
+        };
+        let pdu = Pdu::from_canonical(event_id.clone(), &object).map_err(Error::internal)?;
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |_: &EventId| {
+            None::<Pdu>
+        })
+        .map_err(|e| Error::bad_json(format!("Invalid create event: {e}")))?;
+
+        let room = self
+            .shortids
+            .get_or_create(IdKind::Room, room_id.as_str())?;
+        let lock = self.room_lock(room);
+        let _guard = lock.lock().await;
+        let mut batch = Batch::new();
+        let short = self
+            .shortids
+            .allocate_in(&mut batch, IdKind::Event, event_id.as_str());
+        let sk = self.state_key_for(&StateEventType::RoomCreate, "")?;
+        let state = Arc::new(StateMap::from([(sk, short)]));
+        let group = self.state.store_in(&mut batch, None, &state)?;
+        batch.put(
+            Cf::Pdus,
+            key::u64_key(short),
+            serde_json::to_vec(&object).map_err(Error::internal)?,
+        );
+        batch.put(
+            Cf::EventMeta,
+            key::u64_key(short),
+            EventMeta {
+                room,
+                depth: 1,
+                state_before: group,
+                state_after: group,
+                redacted: false,
+            }
+            .encode(),
+        );
+        batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
+        batch.put(Cf::RoomState, key::pair(room, sk), short.to_be_bytes());
+        let mut meta = RoomMeta {
+            room_id: room_id.clone(),
+            version: version.clone(),
+            state_group: group,
+            extremities: vec![event_id.clone()],
+            depth: 1,
+            create_event: event_id,
+        };
+        batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&meta));
+        self.db.write(batch).await?;
+        tracing::info!(%room_id, %version, "room created");
+
+        for ev in then {
+            self.append(room, &mut meta, &rules, sender, ev, None)
+                .await?;
+        }
+        Ok(room_id)
+    }
+
+    fn state_key_for(&self, kind: &StateEventType, state_key: &str) -> Result<ShortId> {
+        Ok(self.shortids.get_or_create_bytes(
+            IdKind::StateKey,
+            &key::state_key_id(&kind.to_string(), state_key),
+        )?)
+    }
+
+    /// Sends an event into a room this server takes part in.
+    pub async fn send(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        ev: NewEvent,
+        txn: Option<Txn<'_>>,
+    ) -> Result<Sent> {
+        let (room, _) = self.known_room(room_id)?;
+        let lock = self.room_lock(room);
+        let _guard = lock.lock().await;
+        if let Some(t) = &txn {
+            if let Some(event_id) = self.txn_event(t.user, t.device_id, room, t.txn_id)? {
+                let short = self.event_short(&event_id)?.unwrap_or_default();
+                return Ok(Sent { event_id, short });
+            }
+        }
+        // Re-read under the lock: the head may have moved while we waited.
+        let mut meta = self
+            .meta(room)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = Self::rules(&meta.version)?;
+        self.append(room, &mut meta, &rules, sender, ev, txn).await
+    }
+
+    /// Builds, authorises and persists one event on top of the room's current head. The caller
+    /// holds the room lock.
+    async fn append(
+        &self,
+        room: ShortId,
+        meta: &mut RoomMeta,
+        rules: &RoomVersionRules,
+        sender: &UserId,
+        ev: NewEvent,
+        txn: Option<Txn<'_>>,
+    ) -> Result<Sent> {
+        let state = self.state.load(meta.state_group)?;
+        let raw_content = serde_json::value::to_raw_value(&ev.content).map_err(Error::internal)?;
+        let auth_types = state_res::auth_types_for_event(
+            &ev.kind,
+            sender,
+            ev.state_key.as_deref(),
+            &raw_content,
+            &rules.authorization,
+        )
+        .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
+        let mut auth_events = Vec::with_capacity(auth_types.len());
+        for (kind, sk) in &auth_types {
+            if let Some(short) = self.state_key_short(kind, sk)? {
+                if let Some(event) = state.get(&short) {
+                    let id = self.event_id_of(*event)?;
+                    if !auth_events.contains(&id) {
+                        auth_events.push(id);
+                    }
+                }
+            }
+        }
+        let depth = meta.depth + 1;
+        let (event_id, object) = self.build(
+            rules,
+            Some(&meta.room_id),
+            sender,
+            &ev,
+            &meta.extremities,
+            &auth_events,
+            depth,
+        )?;
+        let pdu = Pdu::from_canonical(event_id.clone(), &object).map_err(Error::internal)?;
+        self.authorise(rules, &pdu, &state)?;
+
+        let mut batch = Batch::new();
+        // A redaction the auth rules allow may still not be ours to apply (v3+ leaves the check
+        // to the server): only the target's sender or a user with the redact level may.
+        let mut redaction_target = None;
+        if pdu.kind == TimelineEventType::RoomRedaction {
+            let target = pdu
+                .redacts
+                .clone()
+                .ok_or_else(|| Error::bad_json("Redaction without a target"))?;
+            if let Some(t_short) = self.event_short(&target)? {
+                let t_meta = self.event_meta(t_short)?;
+                if t_meta.is_some_and(|m| m.room == room) {
+                    let t_pdu = self
+                        .pdu(t_short)?
+                        .ok_or_else(|| Error::internal("missing target"))?;
+                    let pl = self.power_levels(rules, &state)?;
+                    let own = t_pdu.sender == sender;
+                    let allowed = if own {
+                        pl.user_can_redact_own_event(sender)
+                    } else {
+                        pl.user_can_redact_event_of_other(sender)
+                    };
+                    if !allowed {
+                        return Err(Error::forbidden("You may not redact this event"));
+                    }
+                    redaction_target = Some(t_short);
+                }
+            }
+        }
+
+        let short = self
+            .shortids
+            .allocate_in(&mut batch, IdKind::Event, event_id.as_str());
+        let mut state_after = meta.state_group;
+        if let Some(sk) = &pdu.state_key {
+            let kind = StateEventType::from(pdu.kind.to_string());
+            let sk_short = self.state_key_for(&kind, sk)?;
+            let mut new_state = (*state).clone();
+            new_state.insert(sk_short, short);
+            let new_state = Arc::new(new_state);
+            state_after =
+                self.state
+                    .store_in(&mut batch, Some((meta.state_group, &state)), &new_state)?;
+            batch.put(
+                Cf::RoomState,
+                key::pair(room, sk_short),
+                short.to_be_bytes(),
+            );
+            if pdu.kind == TimelineEventType::RoomMember {
+                let membership = pdu
+                    .content_field("membership")
+                    .and_then(|m| m.as_str().map(MembershipState::from))
+                    .ok_or_else(|| Error::bad_json("Member event without membership"))?;
+                let target = ruma::UserId::parse(sk.as_str())
+                    .map_err(|_| Error::bad_json("Member state key is not a user ID"))?;
+                let user = self.shortids.get_or_create(IdKind::User, target.as_str())?;
+                let m = Membership {
+                    state: membership_code(&membership),
+                    event: short,
+                };
+                batch.put(Cf::Memberships, key::pair(user, room), m.encode());
+                batch.put(Cf::RoomMembers, key::pair(room, user), m.encode());
+            }
+        }
+        batch.put(
+            Cf::Pdus,
+            key::u64_key(short),
+            serde_json::to_vec(&object).map_err(Error::internal)?,
+        );
+        batch.put(
+            Cf::EventMeta,
+            key::u64_key(short),
+            EventMeta {
+                room,
+                depth,
+                state_before: meta.state_group,
+                state_after,
+                redacted: false,
+            }
+            .encode(),
+        );
+        batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
+        if let Some(t_short) = redaction_target {
+            self.redact_in(&mut batch, rules, t_short, &object)?;
+        }
+        if let Some(t) = &txn {
+            batch.put(
+                Cf::TxnIds,
+                key::txn_id(t.user, t.device_id, room, t.txn_id),
+                event_id.as_str().as_bytes().to_vec(),
+            );
+        }
+        let mut new_meta = meta.clone();
+        new_meta.extremities = vec![event_id.clone()];
+        new_meta.depth = depth;
+        new_meta.state_group = state_after;
+        batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
+        self.db.write(batch).await?;
+        *meta = new_meta;
+        tracing::debug!(room_id = %meta.room_id, %event_id, kind = %pdu.kind, "event persisted");
+        Ok(Sent { event_id, short })
+    }
+
+    /// Replaces a stored event with its redacted form.
+    fn redact_in(
+        &self,
+        batch: &mut Batch,
+        rules: &RoomVersionRules,
+        target: ShortId,
+        because: &CanonicalJsonObject,
+    ) -> Result<()> {
+        let Some(object) = self.event_canonical(target)? else {
+            return Ok(());
+        };
+        let redacted =
+            hearth_federation::pdu::redacted(object, &rules.redaction, Some(because.clone()))
+                .map_err(Error::internal)?;
+        batch.put(
+            Cf::Pdus,
+            key::u64_key(target),
+            serde_json::to_vec(&redacted).map_err(Error::internal)?,
+        );
+        if let Some(mut m) = self.event_meta(target)? {
+            m.redacted = true;
+            batch.put(Cf::EventMeta, key::u64_key(target), m.encode());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,361 @@
+//! Rooms end to end over the client API: every room version, history paging, power levels.
+
+use serde_json::{json, Value};
+
+use crate::common::{assert_err, TestServer};
+
+const PASSWORD: &str = "a long password";
+
+async fn create_room(server: &TestServer, token: &str, body: Value) -> String {
+    let (status, resp) = server
+        .post("/_matrix/client/v3/createRoom", Some(token), body)
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    resp["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn send_text(
+    server: &TestServer,
+    token: &str,
+    room: &str,
+    txn: &str,
+    body: &str,
+) -> (u16, Value) {
+    server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+            Some(token),
+            json!({ "msgtype": "m.text", "body": body }),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_room_version_creates_joins_sends_and_redacts() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
+    for version in 1..=12 {
+        let room = create_room(
+            &server,
+            &alice,
+            json!({ "room_version": version.to_string(), "preset": "public_chat", "name": format!("v{version}") }),
+        )
+        .await;
+        if version == 12 {
+            assert!(!room.contains(':'), "v12 room IDs are hashes: {room}");
+        } else {
+            assert!(room.ends_with(":localhost:8448"), "{room}");
+        }
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/join"),
+                Some(&bob),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: {body}");
+        let (status, sent) = send_text(&server, &bob, &room, "t1", "hello").await;
+        assert_eq!(status, 200, "v{version}: {sent}");
+        let event_id = sent["event_id"].as_str().unwrap().to_owned();
+        if version >= 3 {
+            assert!(
+                !event_id.contains(':'),
+                "v{version} event IDs are hashes: {event_id}"
+            );
+        }
+        // The sender redacts their own message; content is stripped from then on.
+        let (status, red) = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/redact/{event_id}/r1"),
+                Some(&bob),
+                json!({ "reason": "oops" }),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: {red}");
+        let (status, ev) = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/event/{event_id}"),
+                Some(&alice),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version} {room} {event_id}: {ev}");
+        assert_eq!(ev["content"], json!({}), "v{version}: {ev}");
+        assert_eq!(ev["sender"], bob_id.as_str());
+        assert!(
+            ev["unsigned"]["redacted_because"].is_object(),
+            "v{version}: {ev}"
+        );
+        let (_, state) = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.create/"),
+                Some(&alice),
+            )
+            .await;
+        assert_eq!(state["room_version"], version.to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_pages_through_history_in_both_directions() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let mut sent = Vec::new();
+    for i in 0..60 {
+        let (status, body) =
+            send_text(&server, &alice, &room, &format!("txn{i}"), &format!("m{i}")).await;
+        assert_eq!(status, 200);
+        sent.push(body["event_id"].as_str().unwrap().to_owned());
+    }
+    // Repeating a transaction ID returns the first event and sends nothing.
+    let (_, again) = send_text(&server, &alice, &room, "txn5", "different").await;
+    assert_eq!(again["event_id"], sent[5].as_str());
+
+    let page_through = |dir: &'static str| {
+        let server = &server;
+        let alice = &alice;
+        let room = &room;
+        async move {
+            let mut seen = Vec::new();
+            let mut from: Option<String> = None;
+            loop {
+                let mut path = format!(
+                    "/_matrix/client/v3/rooms/{room}/messages?dir={dir}&limit=7&filter=%7B%22types%22%3A%5B%22m.room.message%22%5D%7D"
+                );
+                if let Some(f) = &from {
+                    path.push_str(&format!("&from={f}"));
+                }
+                let (status, page) = server.get(&path, Some(alice)).await;
+                assert_eq!(status, 200, "{page}");
+                for ev in page["chunk"].as_array().unwrap() {
+                    seen.push(ev["event_id"].as_str().unwrap().to_owned());
+                }
+                match page["end"].as_str() {
+                    Some(end) => from = Some(end.to_owned()),
+                    None => break,
+                }
+            }
+            seen
+        }
+    };
+    let backward = page_through("b").await;
+    let mut expected = sent.clone();
+    expected.reverse();
+    assert_eq!(backward, expected);
+    assert_eq!(page_through("f").await, sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_levels_and_membership_rules_are_enforced() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
+    let (carol_id, carol, _) = server.register("carol", PASSWORD).await;
+
+    // Invite-only room: carol cannot join uninvited.
+    let private = create_room(&server, &alice, json!({ "preset": "private_chat" })).await;
+    let join = |token: String, room: String| {
+        let server = &server;
+        async move {
+            server
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{room}/join"),
+                    Some(&token),
+                    json!({}),
+                )
+                .await
+        }
+    };
+    let refused = join(carol.clone(), private.clone()).await;
+    assert_err(&refused, 403, "M_FORBIDDEN");
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{private}/invite"),
+            Some(&alice),
+            json!({ "user_id": carol_id }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(join(carol.clone(), private.clone()).await.0, 200);
+
+    // Public room: bob (power 0) cannot change state, kick, ban or redact others.
+    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    assert_eq!(join(bob.clone(), room.clone()).await.0, 200);
+    assert_eq!(join(carol.clone(), room.clone()).await.0, 200);
+    let (_, msg) = send_text(&server, &carol, &room, "c1", "hi").await;
+    let carol_event = msg["event_id"].as_str().unwrap();
+    assert_err(
+        &server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
+                Some(&bob),
+                json!({ "name": "bob's room" }),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_err(
+        &server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/kick"),
+                Some(&bob),
+                json!({ "user_id": carol_id }),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_err(
+        &server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/ban"),
+                Some(&bob),
+                json!({ "user_id": carol_id }),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_err(
+        &server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/redact/{carol_event}/x"),
+                Some(&bob),
+                json!({}),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    // Alice bans bob; bob cannot come back.
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/ban"),
+            Some(&alice),
+            json!({ "user_id": bob_id }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_err(&join(bob.clone(), room.clone()).await, 403, "M_FORBIDDEN");
+
+    // Invalid power levels content is refused before anything is sent.
+    assert_err(
+        &server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/"),
+                Some(&alice),
+                json!({ "users_default": "high" }),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+    // Members and joined rooms reflect all of it.
+    let (_, members) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/joined_members"),
+            Some(&alice),
+        )
+        .await;
+    let joined: Vec<&String> = members["joined"].as_object().unwrap().keys().collect();
+    assert_eq!(joined.len(), 2, "{members}");
+    assert!(!joined.iter().any(|u| **u == bob_id));
+    let (_, rooms) = server
+        .get("/_matrix/client/v3/joined_rooms", Some(&carol))
+        .await;
+    assert_eq!(rooms["joined_rooms"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_refuse_bad_input_and_outsiders() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    let (_, eve, _) = server.register("eve", PASSWORD).await;
+    let room = create_room(&server, &alice, json!({ "name": "secret" })).await;
+    assert_err(
+        &server
+            .get("/_matrix/client/v3/rooms/not-a-room/messages", Some(&alice))
+            .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/state"),
+            Some(&eve),
+        )
+        .await;
+    assert_eq!((status, &body["errcode"]), (403, &json!("M_FORBIDDEN")));
+    assert!(!body.to_string().contains("secret"));
+    assert_err(
+        &send_text(&server, &eve, &room, "e1", "hi").await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let big = "x".repeat(70_000);
+    let before = server.db_fingerprint();
+    assert_err(
+        &send_text(&server, &alice, &room, "big", &big).await,
+        413,
+        "M_TOO_LARGE",
+    );
+    assert_eq!(server.db_fingerprint(), before);
+    assert_err(
+        &server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{room}/messages?from=garbage"),
+                Some(&alice),
+            )
+            .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_history_survives_restart() {
+    let mut server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    let room = create_room(&server, &alice, json!({})).await;
+    for i in 0..20 {
+        assert_eq!(
+            send_text(&server, &alice, &room, &format!("a{i}"), "before")
+                .await
+                .0,
+            200
+        );
+    }
+    server.restart().await;
+    for i in 0..20 {
+        assert_eq!(
+            send_text(&server, &alice, &room, &format!("b{i}"), "after")
+                .await
+                .0,
+            200
+        );
+    }
+    let (_, page) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"),
+            Some(&alice),
+        )
+        .await;
+    let bodies: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies.len(), 40);
+    assert!(bodies[..20].iter().all(|b| *b == "after"));
+    assert!(bodies[20..].iter().all(|b| *b == "before"));
+    let (status, _) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/state"),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
