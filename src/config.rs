@@ -104,7 +104,7 @@ pub struct Media {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WellKnown {
-    /// Base URL clients should use; empty = `http://` + `listen.client`.
+    /// Public base URL clients should use; empty = not advertised.
     pub client: String,
     /// `host:port` peers should federate with; empty = `server_name` (with the federation port).
     pub server: String,
@@ -301,13 +301,11 @@ impl Config {
         Ok(())
     }
 
-    /// The base URL advertised to clients.
-    pub fn client_base_url(&self) -> String {
-        if self.well_known.client.is_empty() {
-            format!("http://{}", self.listen.client)
-        } else {
-            self.well_known.client.trim_end_matches('/').to_owned()
-        }
+    /// The public base URL to advertise to clients, when one is configured. A guess from the
+    /// listen address would send remote clients to an address they cannot reach.
+    pub fn client_base_url(&self) -> Option<String> {
+        (!self.well_known.client.is_empty())
+            .then(|| self.well_known.client.trim_end_matches('/').to_owned())
     }
 
     /// The `host:port` advertised in `/.well-known/matrix/server`.

@@ -31,6 +31,8 @@ pub enum ErrorCode {
     Exclusive,
     Unauthorized,
     UnsupportedRoomVersion,
+    ProfileTooLarge,
+    KeyTooLarge,
 }
 
 impl ErrorCode {
@@ -55,6 +57,8 @@ impl ErrorCode {
             Self::Exclusive => "M_EXCLUSIVE",
             Self::Unauthorized => "M_UNAUTHORIZED",
             Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
+            Self::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
+            Self::KeyTooLarge => "M_KEY_TOO_LARGE",
         }
     }
 }

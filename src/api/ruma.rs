@@ -70,9 +70,14 @@ pub struct Ruma<T> {
 impl<T> Ruma<T> {
     /// The session behind the access token; present on every endpoint that requires one.
     pub fn session(&self) -> Result<&Session, Error> {
-        self.session
-            .as_ref()
-            .ok_or_else(|| Error::internal("authenticated endpoint without a session"))
+        // Endpoints with optional auth that still need a user answer as if the token were missing.
+        self.session.as_ref().ok_or_else(|| {
+            Error::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::MissingToken,
+                "Missing access token",
+            )
+        })
     }
 }
 

@@ -190,7 +190,16 @@ async fn shared_secret_registration_is_off_without_a_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_endpoints_describe_the_server() {
-    let server = TestServer::start().await;
+    let unconfigured = TestServer::start().await;
+    assert_err(
+        &unconfigured.get("/.well-known/matrix/client", None).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    drop(unconfigured);
+    let server =
+        TestServer::start_with(|c| c.well_known.client = "https://matrix.example.org/".into())
+            .await;
     let (status, versions) = server.get("/_matrix/client/versions", None).await;
     assert_eq!(status, 200);
     let versions: Vec<&str> = versions["versions"]
@@ -202,7 +211,7 @@ async fn discovery_endpoints_describe_the_server() {
     assert!(versions.contains(&"v1.19") && versions.contains(&"r0.6.1"));
 
     let (_, wk) = server.get("/.well-known/matrix/client", None).await;
-    assert_eq!(wk["m.homeserver"]["base_url"], server.url());
+    assert_eq!(wk["m.homeserver"]["base_url"], "https://matrix.example.org");
     let (_, wk) = server.get("/.well-known/matrix/server", None).await;
     assert_eq!(wk["m.server"], "localhost:8448");
 

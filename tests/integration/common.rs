@@ -190,6 +190,26 @@ impl TestServer {
     }
 }
 
+/// Percent-encodes an ID for a URL path (v3 event IDs contain `/` and `+`).
+pub fn enc(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'_'
+            | b'.'
+            | b'~'
+            | b'!'
+            | b'$'
+            | b':'
+            | b'@' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub fn assert_err(resp: &(u16, Value), status: u16, errcode: &str) {
     assert_eq!(resp.0, status, "status of {}", resp.1);
     assert_eq!(resp.1["errcode"], errcode, "errcode of {}", resp.1);

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::common::{assert_err, TestServer};
+use crate::common::{assert_err, enc, TestServer};
 
 const PASSWORD: &str = "a long password";
 
@@ -67,7 +67,10 @@ async fn every_room_version_creates_joins_sends_and_redacts() {
         // The sender redacts their own message; content is stripped from then on.
         let (status, red) = server
             .put(
-                &format!("/_matrix/client/v3/rooms/{room}/redact/{event_id}/r1"),
+                &format!(
+                    "/_matrix/client/v3/rooms/{room}/redact/{}/r1",
+                    enc(&event_id)
+                ),
                 Some(&bob),
                 json!({ "reason": "oops" }),
             )
@@ -75,7 +78,7 @@ async fn every_room_version_creates_joins_sends_and_redacts() {
         assert_eq!(status, 200, "v{version}: {red}");
         let (status, ev) = server
             .get(
-                &format!("/_matrix/client/v3/rooms/{room}/event/{event_id}"),
+                &format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(&event_id)),
                 Some(&alice),
             )
             .await;
@@ -221,7 +224,10 @@ async fn power_levels_and_membership_rules_are_enforced() {
     assert_err(
         &server
             .put(
-                &format!("/_matrix/client/v3/rooms/{room}/redact/{carol_event}/x"),
+                &format!(
+                    "/_matrix/client/v3/rooms/{room}/redact/{}/x",
+                    enc(carol_event)
+                ),
                 Some(&bob),
                 json!({}),
             )

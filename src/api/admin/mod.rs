@@ -74,7 +74,7 @@ impl FromRequestParts<Arc<Services>> for Admin {
         }
         let session = services.sessions.authenticate(&token)?;
         match services.users.get(&session.user_id)? {
-            Some((_, r)) if r.admin => Ok(Admin),
+            Some((_, r)) if r.admin && !r.deactivated => Ok(Admin),
             _ => Err(Error::forbidden("You are not a server admin")),
         }
     }

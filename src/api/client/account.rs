@@ -75,7 +75,12 @@ async fn register(
 
     let completed = services
         .uiaa
-        .authenticate(registration_flows(mode), body.auth.as_ref(), None)
+        .authenticate(
+            uiaa::Purpose::Register,
+            registration_flows(mode),
+            body.auth.as_ref(),
+            None,
+        )
         .await?;
 
     let result = async {
@@ -174,6 +179,7 @@ async fn change_password(
     services
         .uiaa
         .authenticate(
+            uiaa::Purpose::ChangePassword,
             uiaa::Service::password_flows(),
             req.body.auth.as_ref(),
             Some(&session.user_id),
@@ -201,6 +207,7 @@ async fn deactivate(
     services
         .uiaa
         .authenticate(
+            uiaa::Purpose::Deactivate,
             uiaa::Service::password_flows(),
             req.body.auth.as_ref(),
             Some(&session.user_id),

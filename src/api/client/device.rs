@@ -102,6 +102,7 @@ async fn delete(
     services
         .uiaa
         .authenticate(
+            uiaa::Purpose::DeleteDevices,
             uiaa::Service::password_flows(),
             req.body.auth.as_ref(),
             Some(&session.user_id),
@@ -122,6 +123,7 @@ async fn delete_many(
     services
         .uiaa
         .authenticate(
+            uiaa::Purpose::DeleteDevices,
             uiaa::Service::password_flows(),
             req.body.auth.as_ref(),
             Some(&session.user_id),

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
-    error::Result,
+    error::{Error, Result},
 };
 
 /// Spec versions this server speaks, oldest first.
@@ -70,8 +70,12 @@ async fn well_known_client(
     State(services): State<AppState>,
     _: Ruma<discover_homeserver::Request>,
 ) -> Result<discover_homeserver::Response> {
+    let base_url = services
+        .config
+        .client_base_url()
+        .ok_or_else(|| Error::not_found("No public base URL is configured (well_known.client)"))?;
     Ok(discover_homeserver::Response::new(HomeserverInfo::new(
-        services.config.client_base_url(),
+        base_url,
     )))
 }
 

@@ -37,6 +37,31 @@ fn local_profile_owner(services: &AppState, user_id: &UserId) -> Result<ShortId>
     }
 }
 
+/// Profile keys: the well-known ones, or namespaced lowercase names as the spec's grammar gives.
+fn check_key_name(name: &str) -> Result<()> {
+    if name.len() > 255 {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            crate::error::ErrorCode::KeyTooLarge,
+            "Profile keys are at most 255 bytes",
+        ));
+    }
+    let segment_ok = |s: &str| {
+        let mut chars = s.chars();
+        chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    let namespaced = parts.len() >= 2 && parts.iter().all(|p| segment_ok(p));
+    if matches!(name, "avatar_url" | "displayname" | "m.tz") || namespaced {
+        Ok(())
+    } else {
+        Err(Error::invalid_param(format!(
+            "Invalid profile key `{name}`"
+        )))
+    }
+}
+
 fn own_profile(session: &Session, user_id: &UserId) -> Result<()> {
     if session.user_id != user_id {
         return Err(Error::forbidden("You cannot change another user's profile"));
@@ -75,11 +100,7 @@ async fn set_field(
     own_profile(session, &req.body.user_id)?;
     let field = req.body.value.field_name();
     let field = field.as_str();
-    if field.len() > 255 {
-        return Err(Error::invalid_param(
-            "Profile field names are at most 255 bytes",
-        ));
-    }
+    check_key_name(field)?;
     services
         .profiles
         .set(
@@ -97,6 +118,7 @@ async fn delete_field(
 ) -> Result<delete_profile_field::v3::Response> {
     let session = req.session()?;
     own_profile(session, &req.body.user_id)?;
+    check_key_name(req.body.field.as_str())?;
     services
         .profiles
         .set(session.user, req.body.field.as_str(), None)

@@ -61,8 +61,10 @@ async fn login(
         ));
     };
     let Some(UserIdentifier::Matrix(identifier)) = &info.identifier else {
-        return Err(Error::forbidden(
-            "Only user ID identifiers (m.id.user) are supported",
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ErrorCode::Unknown,
+            "Unknown login identifier type; only m.id.user is supported",
         ));
     };
     let user_id = services
@@ -70,9 +72,10 @@ async fn login(
         .user_id_from_login_name(&identifier.user)
         .ok_or_else(invalid_login)?;
     // Failed attempts per account are limited too, so spreading guesses over addresses fails.
+    // Taken before the slow check so parallel guesses cannot all pass; refunded on success.
     services
         .ratelimit
-        .peek(Action::LoginFailure, user_id.as_str())
+        .take(Action::LoginFailure, user_id.as_str())
         .map_err(Error::limit_exceeded)?;
 
     let record = services.users.get(&user_id)?;
@@ -88,11 +91,11 @@ async fn login(
         }
     };
     let Some((short, record)) = record.filter(|_| verified) else {
-        let _ = services
-            .ratelimit
-            .take(Action::LoginFailure, user_id.as_str());
         return Err(invalid_login());
     };
+    services
+        .ratelimit
+        .refund(Action::LoginFailure, user_id.as_str());
     if record.deactivated {
         return Err(Error::new(
             http::StatusCode::FORBIDDEN,
@@ -101,6 +104,15 @@ async fn login(
         ));
     }
 
+    // Under the user's lock, so a concurrent logout/all or deactivation cannot be overtaken.
+    let _guard = services.sessions.lock_user(short).await;
+    if services
+        .users
+        .get(&user_id)?
+        .is_none_or(|(_, r)| r.deactivated)
+    {
+        return Err(invalid_login());
+    }
     let mut batch = Batch::new();
     let (device_id, tokens) = services.sessions.login_in(
         &mut batch,
@@ -117,9 +129,10 @@ async fn login(
     let mut resp = login::v3::Response::new(user_id, tokens.access_token, device_id);
     resp.refresh_token = tokens.refresh_token;
     resp.expires_in = tokens.expires_in;
-    resp.well_known = Some(DiscoveryInfo::new(HomeserverInfo::new(
-        services.config.client_base_url(),
-    )));
+    resp.well_known = services
+        .config
+        .client_base_url()
+        .map(|url| DiscoveryInfo::new(HomeserverInfo::new(url)));
     Ok(resp)
 }
 

@@ -98,14 +98,23 @@ pub async fn set_password(
     password: String,
     logout_others: Option<Option<&DeviceId>>,
 ) -> Result<()> {
-    let (short, mut record) = services
+    let hash = users::hash_password(password).await?;
+    let short = services
         .users
-        .get(user_id)?
+        .short_id(user_id)?
         .ok_or_else(|| Error::not_found("Unknown user"))?;
-    record.password_hash = Some(users::hash_password(password).await?);
-    let mut batch = Batch::new();
-    services.users.put_in(&mut batch, short, &record);
-    services.db.write(batch).await?;
+    {
+        // Re-read under the lock after the slow hash, so no concurrent change is overwritten.
+        let _guard = services.sessions.lock_user(short).await;
+        let (_, mut record) = services
+            .users
+            .get(user_id)?
+            .ok_or_else(|| Error::not_found("Unknown user"))?;
+        record.password_hash = Some(hash);
+        let mut batch = Batch::new();
+        services.users.put_in(&mut batch, short, &record);
+        services.db.write(batch).await?;
+    }
     if let Some(keep) = logout_others {
         services.sessions.delete_all_devices(short, keep).await?;
     }
@@ -114,14 +123,21 @@ pub async fn set_password(
 
 /// Deactivates an account: it can no longer log in and all its devices are gone.
 pub async fn deactivate(services: &Services, user_id: &UserId, erase: bool) -> Result<()> {
-    let (short, mut record) = services
+    let short = services
         .users
-        .get(user_id)?
+        .short_id(user_id)?
         .ok_or_else(|| Error::not_found("Unknown user"))?;
-    record.deactivated = true;
-    let mut batch = Batch::new();
-    services.users.put_in(&mut batch, short, &record);
-    services.db.write(batch).await?;
+    {
+        let _guard = services.sessions.lock_user(short).await;
+        let (_, mut record) = services
+            .users
+            .get(user_id)?
+            .ok_or_else(|| Error::not_found("Unknown user"))?;
+        record.deactivated = true;
+        let mut batch = Batch::new();
+        services.users.put_in(&mut batch, short, &record);
+        services.db.write(batch).await?;
+    }
     services.sessions.delete_all_devices(short, None).await?;
     if erase {
         services.profiles.erase(short).await?;

@@ -66,7 +66,11 @@ impl Service {
                     .unwrap_or(usize::MAX)
                     > MAX_PROFILE_BYTES
                 {
-                    return Err(Error::too_large("Profile would exceed 64 KiB"));
+                    return Err(Error::new(
+                        http::StatusCode::BAD_REQUEST,
+                        crate::error::ErrorCode::ProfileTooLarge,
+                        "Profile would exceed 64 KiB",
+                    ));
                 }
                 self.set_in(&mut b, user, field, v);
             }

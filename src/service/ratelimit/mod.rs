@@ -47,6 +47,14 @@ impl Service {
         self.check(action, key, true)
     }
 
+    /// Gives back a token taken for an attempt that turned out not to count (a correct password).
+    pub fn refund(&self, action: Action, key: &str) {
+        let burst = f64::from(self.rate(action).burst);
+        if let Some(b) = self.buckets.lock().get_mut(&(action, key.to_owned())) {
+            b.tokens = (b.tokens + 1.0).min(burst);
+        }
+    }
+
     /// Whether a token is available, without taking it.
     pub fn peek(&self, action: Action, key: &str) -> Result<(), u64> {
         self.check(action, key, false)

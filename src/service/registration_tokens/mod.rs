@@ -96,11 +96,13 @@ impl Service {
     /// Turns a reservation into a completed use.
     pub async fn complete(&self, token: &str) -> Result<()> {
         let _guard = self.update.lock().await;
-        self.release(token);
+        // Count the use before giving the reservation back, so no other registration sees a
+        // free use in between.
         if let Some(mut t) = self.get(token)? {
             t.completed += 1;
             self.put(&t).await?;
         }
+        self.release(token);
         Ok(())
     }
 

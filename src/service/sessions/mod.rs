@@ -30,6 +30,9 @@ pub struct DeviceRecord {
     pub access_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
+    /// The refresh token just traded in, still honoured until the new pair is first used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_refresh: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +72,10 @@ pub struct Service {
     users: Arc<users::Service>,
     refreshable_lifetime: Duration,
     last_seen: Mutex<HashMap<(ShortId, OwnedDeviceId), (u64, String)>>,
+    /// Refresh tokens already revoked by the first use of their successor (bounded).
+    spent_refresh: Mutex<std::collections::HashSet<String>>,
+    /// Serialises read-modify-writes of one user's devices and tokens.
+    user_locks: Mutex<HashMap<ShortId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 const LAST_SEEN_CAPACITY: usize = 100_000;
@@ -103,7 +110,21 @@ impl Service {
             users,
             refreshable_lifetime,
             last_seen: Mutex::new(HashMap::new()),
+            spent_refresh: Mutex::new(Default::default()),
+            user_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Holds off other changes to this user's devices and tokens until the guard drops.
+    pub async fn lock_user(&self, user: ShortId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.user_locks.lock();
+            if locks.len() > 10_000 {
+                locks.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            locks.entry(user).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     /// Resolves an access token to its session.
@@ -118,14 +139,24 @@ impl Service {
         if record.expires_at.is_some_and(|t| t <= now_ms()) {
             return Err(unknown_token(true));
         }
+        // A token is live only while its device points at it and its account is active: this
+        // shuts out tokens orphaned by a race with logout, deletion or deactivation.
+        let device = self.get_device(record.user, &record.device_id)?;
+        if device.and_then(|d| d.access_token) != Some(hash.clone()) {
+            return Err(unknown_token(false));
+        }
+        match self.users.get(&record.user_id)? {
+            Some((_, u)) if !u.deactivated => {}
+            _ => return Err(unknown_token(false)),
+        }
         if let Some(old) = &record.replaces_refresh {
-            // First use of a refreshed pair: the refresh token it replaced is now spent.
-            let mut b = Batch::new();
-            b.delete(Cf::RefreshTokens, token_key(old));
-            let mut updated = record.clone();
-            updated.replaces_refresh = None;
-            b.put(Cf::AccessTokens, token_key(&hash), encode_json(&updated));
-            self.db.kv().write(b)?;
+            // First use of a refreshed pair: the refresh token it replaced is now spent. Only the
+            // delete is written (idempotent), so this cannot bring back a revoked row.
+            if self.spent_refresh.lock().insert(old.clone()) {
+                let mut b = Batch::new();
+                b.delete(Cf::RefreshTokens, token_key(old));
+                self.db.kv().write(b)?;
+            }
         }
         Ok(Session {
             user_id: record.user_id,
@@ -147,6 +178,9 @@ impl Service {
         // Revoke what the device held before.
         if let Some(old) = device.access_token.take() {
             batch.delete(Cf::AccessTokens, token_key(&old));
+        }
+        if let Some(old) = device.pending_refresh.take() {
+            batch.delete(Cf::RefreshTokens, token_key(&old));
         }
         if let Some(old) = device.refresh_token.take() {
             if Some(&old) != replaces_refresh.as_ref() {
@@ -215,6 +249,7 @@ impl Service {
             last_seen_ip: None,
             access_token: None,
             refresh_token: None,
+            pending_refresh: None,
         });
         device.last_seen_ts = Some(now);
         device.last_seen_ip = client_ip;
@@ -236,12 +271,25 @@ impl Service {
         else {
             return Err(unknown_token(false));
         };
+        let _guard = self.lock_user(record.user).await;
         let Some(mut device) = self.get_device(record.user, &record.device_id)? else {
             return Err(unknown_token(false));
         };
+        // Only the device's current refresh token, or the one it just traded in, is accepted.
+        let current = device.refresh_token.as_deref() == Some(hash.as_str());
+        let pending = device.pending_refresh.as_deref() == Some(hash.as_str());
+        if !current && !pending {
+            return Err(unknown_token(false));
+        }
         let mut batch = Batch::new();
         if let Some(old) = &record.replaces_refresh {
             batch.delete(Cf::RefreshTokens, token_key(old));
+        }
+        if current {
+            // Keep the traded-in token for a retry whose answer was lost.
+            if let Some(older) = device.pending_refresh.take() {
+                batch.delete(Cf::RefreshTokens, token_key(&older));
+            }
         }
         let tokens = self.new_tokens(
             &mut batch,
@@ -249,8 +297,9 @@ impl Service {
             record.user,
             &mut device,
             true,
-            Some(hash),
+            Some(hash.clone()),
         );
+        device.pending_refresh = Some(hash);
         batch.put(
             Cf::Devices,
             key::device(record.user, device.device_id.as_str()),
@@ -279,6 +328,7 @@ impl Service {
         device_id: &DeviceId,
         display_name: Option<String>,
     ) -> Result<()> {
+        let _guard = self.lock_user(user).await;
         let mut device = self
             .get_device(user, device_id)?
             .ok_or_else(|| Error::not_found("Unknown device"))?;
@@ -301,11 +351,15 @@ impl Service {
         if let Some(h) = &device.refresh_token {
             batch.delete(Cf::RefreshTokens, token_key(h));
         }
+        if let Some(h) = &device.pending_refresh {
+            batch.delete(Cf::RefreshTokens, token_key(h));
+        }
         batch.delete(Cf::Devices, key::device(user, device.device_id.as_str()));
     }
 
     /// Deletes the given devices (unknown ones are ignored, as the spec asks).
     pub async fn delete_devices(&self, user: ShortId, device_ids: &[OwnedDeviceId]) -> Result<()> {
+        let _guard = self.lock_user(user).await;
         let mut b = Batch::new();
         for id in device_ids {
             if let Some(device) = self.get_device(user, id)? {
@@ -318,6 +372,7 @@ impl Service {
 
     /// Ends the session behind an access token: its device and every token of it.
     pub async fn logout(&self, session: &Session) -> Result<()> {
+        let _guard = self.lock_user(session.user).await;
         let mut b = Batch::new();
         b.delete(Cf::AccessTokens, token_key(&session.token_hash));
         if let Some(device) = self.get_device(session.user, &session.device_id)? {
@@ -329,6 +384,7 @@ impl Service {
 
     /// Deletes every device of a user except `keep`.
     pub async fn delete_all_devices(&self, user: ShortId, keep: Option<&DeviceId>) -> Result<()> {
+        let _guard = self.lock_user(user).await;
         let mut b = Batch::new();
         for device in self.devices(user)? {
             if Some(device.device_id.as_ref()) != keep {
@@ -342,6 +398,11 @@ impl Service {
     /// Records that a device was seen. Kept in memory (bounded) rather than written per request:
     /// a read-modify-write here could race a logout and bring a deleted device back.
     pub fn touch(&self, session: &Session, ip: String) {
+        let mut spent = self.spent_refresh.lock();
+        if spent.len() > LAST_SEEN_CAPACITY {
+            spent.clear();
+        }
+        drop(spent);
         let mut seen = self.last_seen.lock();
         if seen.len() >= LAST_SEEN_CAPACITY {
             seen.clear();

@@ -19,7 +19,17 @@ use crate::error::{Error, Result};
 const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 60);
 const MAX_SESSIONS: usize = 10_000;
 
+/// The operation a session authenticates; a session completes only the operation it began with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Register,
+    ChangePassword,
+    Deactivate,
+    DeleteDevices,
+}
+
 struct UiaaSession {
+    purpose: Purpose,
     flows: Vec<AuthFlow>,
     completed: Vec<AuthType>,
     /// The account the session authenticates, for endpoints that act on an existing account.
@@ -81,16 +91,33 @@ impl Service {
         });
     }
 
-    fn new_session(&self, flows: Vec<AuthFlow>, user: Option<&UserId>) -> Result<UiaaInfo> {
+    fn new_session(
+        &self,
+        purpose: Purpose,
+        flows: Vec<AuthFlow>,
+        user: Option<&UserId>,
+    ) -> Result<UiaaInfo> {
         let mut sessions = self.sessions.lock();
         self.expire(&mut sessions);
         if sessions.len() >= MAX_SESSIONS {
-            return Err(Error::limit_exceeded(60_000));
+            // Evict the oldest rather than refuse: one caller must not lock everyone out.
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.created)
+                .map(|(id, _)| id.clone())
+            {
+                if let Some(s) = sessions.remove(&oldest) {
+                    if let Some(t) = s.registration_token {
+                        self.registration_tokens.release(&t);
+                    }
+                }
+            }
         }
         let id = random_string(24);
         sessions.insert(
             id.clone(),
             UiaaSession {
+                purpose,
                 flows: flows.clone(),
                 completed: Vec::new(),
                 user: user.map(ToOwned::to_owned),
@@ -109,23 +136,33 @@ impl Service {
     /// `user` is the account being acted on, when there is one: a password stage must prove it.
     pub async fn authenticate(
         &self,
+        purpose: Purpose,
         flows: Vec<AuthFlow>,
         auth: Option<&AuthData>,
         user: Option<&UserId>,
     ) -> Result<Completed> {
         let Some(auth) = auth else {
-            return Err(Error::Uiaa(Box::new(self.new_session(flows, user)?)));
+            return Err(Error::Uiaa(Box::new(
+                self.new_session(purpose, flows, user)?,
+            )));
         };
         let Some(session_id) = auth.session().map(ToOwned::to_owned) else {
             // A client may answer the first stage without having fetched a session.
-            let info = self.new_session(flows.clone(), user)?;
+            let info = self.new_session(purpose, flows.clone(), user)?;
             let id = info.session.clone().unwrap_or_default();
-            return self.continue_session(&id, auth).await;
+            return self.continue_session(&id, auth, purpose, user).await;
         };
-        self.continue_session(&session_id, auth).await
+        self.continue_session(&session_id, auth, purpose, user)
+            .await
     }
 
-    async fn continue_session(&self, session_id: &str, auth: &AuthData) -> Result<Completed> {
+    async fn continue_session(
+        &self,
+        session_id: &str,
+        auth: &AuthData,
+        purpose: Purpose,
+        caller: Option<&UserId>,
+    ) -> Result<Completed> {
         let (flows, user) = {
             let mut sessions = self.sessions.lock();
             self.expire(&mut sessions);
@@ -136,6 +173,12 @@ impl Service {
                     "Unknown or expired UIAA session",
                 ));
             };
+            // A session proves one operation for one account; it cannot be carried elsewhere.
+            if s.purpose != purpose || s.user.as_deref() != caller {
+                return Err(Error::forbidden(
+                    "This authentication session was started for another operation",
+                ));
+            }
             (s.flows.clone(), s.user.clone())
         };
         let stage = auth.auth_type();
@@ -149,16 +192,21 @@ impl Service {
                 AuthData::Dummy(_) => Ok(()),
                 AuthData::Password(p) => {
                     self.check_password(&p.identifier, &p.password, user.as_deref())
-                        .await
+                        .await?
                 }
                 AuthData::RegistrationToken(t) => {
                     match self.registration_tokens.reserve(&t.token) {
                         Ok(true) => {
                             let mut sessions = self.sessions.lock();
-                            if let Some(s) = sessions.get_mut(session_id) {
-                                if let Some(old) = s.registration_token.replace(t.token.clone()) {
-                                    self.registration_tokens.release(&old);
+                            match sessions.get_mut(session_id) {
+                                Some(s) => {
+                                    if let Some(old) = s.registration_token.replace(t.token.clone())
+                                    {
+                                        self.registration_tokens.release(&old);
+                                    }
                                 }
+                                // The session expired meanwhile: give the reservation back.
+                                None => self.registration_tokens.release(&t.token),
                             }
                             Ok(())
                         }
@@ -203,24 +251,23 @@ impl Service {
         identifier: &UserIdentifier,
         password: &str,
         expected: Option<&UserId>,
-    ) -> Result<(), &'static str> {
+    ) -> Result<Result<(), &'static str>> {
         let UserIdentifier::Matrix(id) = identifier else {
-            return Err("Only user ID identifiers are supported");
+            return Ok(Err("Only user ID identifiers are supported"));
         };
         let name = &id.user;
         let Some(user_id) = self.users.user_id_from_login_name(name) else {
-            return Err("Invalid username or password");
+            return Ok(Err("Invalid username or password"));
         };
         if expected.is_some_and(|e| e != user_id) {
-            return Err("Password stage must authenticate the account being changed");
+            return Ok(Err(
+                "Password stage must authenticate the account being changed",
+            ));
         }
-        if self
-            .ratelimit
-            .peek(ratelimit::Action::LoginFailure, user_id.as_str())
-            .is_err()
-        {
-            return Err("Too many failed attempts; try again later");
-        }
+        // Taken before the slow check so parallel guesses cannot all pass; refunded on success.
+        self.ratelimit
+            .take(ratelimit::Action::LoginFailure, user_id.as_str())
+            .map_err(Error::limit_exceeded)?;
         let hash = match self.users.get(&user_id) {
             Ok(Some((_, r))) if !r.deactivated => r.password_hash,
             _ => None,
@@ -230,12 +277,11 @@ impl Service {
             None => false,
         };
         if ok {
-            Ok(())
+            self.ratelimit
+                .refund(ratelimit::Action::LoginFailure, user_id.as_str());
+            Ok(Ok(()))
         } else {
-            let _ = self
-                .ratelimit
-                .take(ratelimit::Action::LoginFailure, user_id.as_str());
-            Err("Invalid username or password")
+            Ok(Err("Invalid username or password"))
         }
     }
 
