@@ -376,3 +376,52 @@ async fn deactivated_accounts_cannot_log_in() {
         "M_USER_IN_USE",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uiaa_sessions_cannot_be_carried_to_another_operation_or_account() {
+    let server = TestServer::start_with(|c| {
+        c.registration.mode = hearth::config::RegistrationMode::Open;
+    })
+    .await;
+    let (_, alice, _) = server.register("nora", PASSWORD).await;
+    let (_, eve, _) = server.register("oscar", PASSWORD).await;
+    // A registration session offers m.login.dummy; it must not unlock a password change.
+    let (_, reg) = server
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({ "username": "pat", "password": PASSWORD }),
+        )
+        .await;
+    let before = server.db_fingerprint();
+    let resp = server
+        .post(
+            "/_matrix/client/v3/account/password",
+            Some(&alice),
+            json!({ "new_password": "stolen password!", "auth": { "type": "m.login.dummy", "session": reg["session"] } }),
+        )
+        .await;
+    assert_err(&resp, 403, "M_FORBIDDEN");
+    // Eve's own session, proven with Eve's password, must not act on Alice's account.
+    let (_, eve_session) = server
+        .post(
+            "/_matrix/client/v3/delete_devices",
+            Some(&eve),
+            json!({ "devices": [] }),
+        )
+        .await;
+    let resp = server
+        .post(
+            "/_matrix/client/v3/delete_devices",
+            Some(&alice),
+            json!({
+                "devices": [],
+                "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "oscar" },
+                          "password": PASSWORD, "session": eve_session["session"] },
+            }),
+        )
+        .await;
+    assert_err(&resp, 403, "M_FORBIDDEN");
+    assert_eq!(server.db_fingerprint(), before);
+    assert_eq!(server.login("nora", PASSWORD).await.0, 200);
+}
