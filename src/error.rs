@@ -33,6 +33,8 @@ pub enum ErrorCode {
     UnsupportedRoomVersion,
     ProfileTooLarge,
     KeyTooLarge,
+    RoomInUse,
+    BadAlias,
 }
 
 impl ErrorCode {
@@ -59,6 +61,8 @@ impl ErrorCode {
             Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
             Self::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
             Self::KeyTooLarge => "M_KEY_TOO_LARGE",
+            Self::RoomInUse => "M_ROOM_IN_USE",
+            Self::BadAlias => "M_BAD_ALIAS",
         }
     }
 }

@@ -6,5 +6,6 @@ mod common;
 mod accounts_sdk;
 mod admin;
 mod bad_input;
+mod directory;
 mod persistence;
 mod rooms;

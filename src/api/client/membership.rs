@@ -122,7 +122,15 @@ async fn join_by_id_or_alias(
     let session = req.session()?;
     let room_id = match OwnedRoomId::try_from(req.body.room_id_or_alias.as_str()) {
         Ok(id) => id,
-        Err(_) => return Err(Error::not_found("Unknown room alias")),
+        Err(_) => {
+            let alias = ruma::RoomAliasId::parse(req.body.room_id_or_alias.as_str())
+                .map_err(|e| Error::invalid_param(format!("Invalid room alias: {e}")))?;
+            services
+                .rooms
+                .resolve_alias(&alias)?
+                .ok_or_else(|| Error::not_found("Unknown room alias"))?
+                .room_id
+        }
     };
     let room_id = join(
         &services,

@@ -2,6 +2,7 @@
 
 mod account;
 mod device;
+mod directory;
 mod discovery;
 mod membership;
 mod profile;
@@ -19,5 +20,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = device::routes(router);
     let router = room::routes(router);
     let router = membership::routes(router);
+    let router = directory::routes(router);
     profile::routes(router)
 }

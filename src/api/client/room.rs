@@ -88,13 +88,24 @@ async fn create_room(
             ));
         }
     }
-    if body.room_alias_name.is_some() {
-        return Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            crate::error::ErrorCode::InvalidParam,
-            "Room aliases are not supported yet",
-        ));
-    }
+    let alias = match &body.room_alias_name {
+        Some(name) => {
+            let alias = ruma::OwnedRoomAliasId::try_from(format!(
+                "#{name}:{}",
+                services.config.server_name
+            ))
+            .map_err(|e| Error::invalid_param(format!("Invalid room_alias_name: {e}")))?;
+            if services.rooms.resolve_alias(&alias)?.is_some() {
+                return Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    crate::error::ErrorCode::RoomInUse,
+                    "Room alias already taken",
+                ));
+            }
+            Some(alias)
+        }
+        None => None,
+    };
     let profile = services.profiles.all(session.user)?;
     let str_field = |f: &str| {
         profile
@@ -107,12 +118,22 @@ async fn create_room(
         &rules,
         &session.user_id,
         (str_field("displayname"), str_field("avatar_url")),
-        None,
+        alias.as_deref(),
     )?;
     let room_id = services
         .rooms
         .create_room(&version, &session.user_id, plan.create_content, plan.events)
         .await?;
+    if let Some(alias) = &alias {
+        services
+            .rooms
+            .create_alias(alias, &room_id, &session.user_id)
+            .await?;
+    }
+    if body.visibility == ruma::api::client::room::Visibility::Public {
+        let (room, _) = services.rooms.known_room(&room_id)?;
+        services.rooms.set_public(room, true).await?;
+    }
     Ok(create_room::v3::Response::new(room_id))
 }
 
@@ -155,6 +176,9 @@ async fn send_state(
     let content: JsonValue =
         serde_json::from_str(body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
     validate_state_content(&body.event_type, &content)?;
+    if body.event_type == StateEventType::RoomCanonicalAlias {
+        check_canonical_aliases(&services, &body.room_id, &content)?;
+    }
     // Setting state to what it already is sends nothing, as the spec allows.
     if let Some(current) =
         services
@@ -175,6 +199,52 @@ async fn send_state(
         )
         .await?;
     Ok(send_state_event::v3::Response::new(sent.event_id))
+}
+
+/// Every alias a canonical alias event names must exist and point at this room (local aliases;
+/// remote ones need federation to check).
+fn check_canonical_aliases(
+    services: &Services,
+    room_id: &RoomId,
+    content: &JsonValue,
+) -> Result<()> {
+    let bad_alias = |msg: String| {
+        Error::new(
+            http::StatusCode::BAD_REQUEST,
+            crate::error::ErrorCode::BadAlias,
+            msg,
+        )
+    };
+    let mut names: Vec<&str> = Vec::new();
+    match content.get("alias") {
+        Some(JsonValue::String(a)) => names.push(a),
+        Some(JsonValue::Null) | None => {}
+        Some(_) => return Err(Error::bad_json("alias must be a string")),
+    }
+    match content.get("alt_aliases") {
+        Some(JsonValue::Array(list)) => {
+            for a in list {
+                names.push(
+                    a.as_str()
+                        .ok_or_else(|| Error::bad_json("alt_aliases must be strings"))?,
+                );
+            }
+        }
+        Some(JsonValue::Null) | None => {}
+        Some(_) => return Err(Error::bad_json("alt_aliases must be an array")),
+    }
+    for name in names {
+        let alias = ruma::RoomAliasId::parse(name)
+            .map_err(|e| Error::invalid_param(format!("Invalid alias {name}: {e}")))?;
+        if !services.rooms.is_local_alias(&alias) {
+            continue;
+        }
+        match services.rooms.resolve_alias(&alias)? {
+            Some(r) if r.room_id == room_id => {}
+            _ => return Err(bad_alias(format!("{name} does not point to this room"))),
+        }
+    }
+    Ok(())
 }
 
 /// Checks the content of state events the server itself interprets.

@@ -5,6 +5,7 @@
 //! `memberships`, `room_members` and `txn_ids` keyspaces. Stream positions are event short IDs:
 //! one monotonic counter orders every timeline.
 
+pub mod alias;
 pub mod create;
 pub mod pdu;
 mod pipeline;
@@ -130,6 +131,8 @@ pub struct Service {
     signing_key: Arc<hearth_federation::ServerSigningKey>,
     /// One writer at a time per room keeps prev_events, depth and state consistent.
     room_locks: Mutex<HashMap<ShortId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serialises alias creation and deletion (check, then write).
+    alias_lock: tokio::sync::Mutex<()>,
 }
 
 impl Service {
@@ -146,6 +149,7 @@ impl Service {
             server_name,
             signing_key,
             room_locks: Mutex::new(HashMap::new()),
+            alias_lock: tokio::sync::Mutex::new(()),
         })
     }
 

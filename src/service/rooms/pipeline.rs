@@ -237,6 +237,23 @@ impl Service {
         Ok(RoomPowerLevels::new(source, &rules.authorization, creators))
     }
 
+    /// Whether a user may send a state event of this type in the room's current state.
+    pub fn user_can_send_state(
+        &self,
+        room: ShortId,
+        user: &UserId,
+        kind: &StateEventType,
+    ) -> Result<bool> {
+        let meta = self
+            .meta(room)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = Self::rules(&meta.version)?;
+        let state = self.state.load(meta.state_group)?;
+        Ok(self
+            .power_levels(&rules, &state)?
+            .user_can_send_state(user, kind.clone()))
+    }
+
     /// Creates a room with its create event, then sends `then` in order, all from `sender`.
     pub async fn create_room(
         &self,

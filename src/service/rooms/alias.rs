@@ -1,0 +1,115 @@
+//! Room aliases and the public room directory. Owns the `aliases`, `room_aliases` and
+//! `public_rooms` keyspaces.
+
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId};
+use serde::{Deserialize, Serialize};
+
+use super::Service;
+use crate::{
+    error::{Error, ErrorCode, Result},
+    storage::{encode_json, schema::key, Batch, Cf, ShortId},
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AliasRecord {
+    pub room_id: OwnedRoomId,
+    pub creator: OwnedUserId,
+}
+
+impl Service {
+    pub fn is_local_alias(&self, alias: &RoomAliasId) -> bool {
+        alias.server_name() == self.server_name
+    }
+
+    pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<AliasRecord>> {
+        Ok(self.db.get_json(Cf::Aliases, &key::alias(alias.as_str()))?)
+    }
+
+    /// Points a local alias at a room. M_UNKNOWN (409) if it is taken.
+    pub async fn create_alias(
+        &self,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+        creator: &ruma::UserId,
+    ) -> Result<()> {
+        if !self.is_local_alias(alias) {
+            return Err(Error::invalid_param("Aliases must be on this server"));
+        }
+        let (room, _) = self.known_room(room_id)?;
+        let _guard = self.alias_lock.lock().await;
+        if self.resolve_alias(alias)?.is_some() {
+            return Err(Error::new(
+                http::StatusCode::CONFLICT,
+                ErrorCode::Unknown,
+                "Room alias already exists",
+            ));
+        }
+        let mut b = Batch::new();
+        b.put(
+            Cf::Aliases,
+            key::alias(alias.as_str()),
+            encode_json(&AliasRecord {
+                room_id: room_id.to_owned(),
+                creator: creator.to_owned(),
+            }),
+        );
+        b.put(
+            Cf::RoomAliases,
+            key::room_alias(room, alias.as_str()),
+            Vec::new(),
+        );
+        self.db.write(b).await?;
+        Ok(())
+    }
+
+    pub async fn delete_alias(&self, alias: &RoomAliasId) -> Result<()> {
+        let _guard = self.alias_lock.lock().await;
+        let Some(record) = self.resolve_alias(alias)? else {
+            return Err(Error::not_found("Room alias not found"));
+        };
+        let mut b = Batch::new();
+        b.delete(Cf::Aliases, key::alias(alias.as_str()));
+        if let Some(room) = self.room_short(&record.room_id)? {
+            b.delete(Cf::RoomAliases, key::room_alias(room, alias.as_str()));
+        }
+        self.db.write(b).await?;
+        Ok(())
+    }
+
+    /// Local aliases pointing at a room.
+    pub fn room_aliases(&self, room: ShortId) -> Result<Vec<OwnedRoomAliasId>> {
+        self.db
+            .scan_prefix(Cf::RoomAliases, &key::u64_key(room))
+            .map(|r| {
+                let (k, _) = r?;
+                let (_, alias) =
+                    key::split_user_key(&k).ok_or_else(|| Error::internal("corrupt alias key"))?;
+                OwnedRoomAliasId::try_from(alias)
+                    .map_err(|e| Error::internal(format!("stored alias: {e}")))
+            })
+            .collect()
+    }
+
+    pub fn is_public(&self, room: ShortId) -> Result<bool> {
+        Ok(self.db.get(Cf::PublicRooms, &key::u64_key(room))?.is_some())
+    }
+
+    pub async fn set_public(&self, room: ShortId, public: bool) -> Result<()> {
+        let mut b = Batch::new();
+        if public {
+            b.put(Cf::PublicRooms, key::u64_key(room), Vec::new());
+        } else {
+            b.delete(Cf::PublicRooms, key::u64_key(room));
+        }
+        self.db.write(b).await?;
+        Ok(())
+    }
+
+    /// Rooms in the public directory.
+    pub fn public_rooms(&self) -> Result<Vec<ShortId>> {
+        self.db
+            .scan_prefix(Cf::PublicRooms, &[])
+            .map(|r| Ok(crate::storage::decode_u64(Cf::PublicRooms, &r?.0)?))
+            .collect()
+    }
+}
