@@ -35,12 +35,14 @@ pub enum ErrorCode {
     KeyTooLarge,
     RoomInUse,
     BadAlias,
+    DuplicateAnnotation,
 }
 
 impl ErrorCode {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Forbidden => "M_FORBIDDEN",
+            Self::DuplicateAnnotation => "M_DUPLICATE_ANNOTATION",
             Self::UnknownToken { .. } => "M_UNKNOWN_TOKEN",
             Self::MissingToken => "M_MISSING_TOKEN",
             Self::BadJson => "M_BAD_JSON",

@@ -256,6 +256,9 @@ where
 
         let limit = services.config.limits.max_request_size.0 as usize;
         let bytes = read_body(&parts, body, limit).await?;
+        for path in T::PATH_BUILDER.all_paths() {
+            add_query_defaults(&mut parts, path);
+        }
         let request = http::Request::from_parts(parts, bytes);
         let body = T::try_from_http_request(request, &path_args).map_err(parse_error)?;
         Ok(Ruma {
@@ -263,6 +266,44 @@ where
             session,
             client_ip,
         })
+    }
+}
+
+/// Optional query parameters that some of ruma's request types nonetheless require: (path,
+/// parameter, the spec's default).
+const QUERY_DEFAULTS: &[(&str, &str, &str)] = &[(
+    "/_matrix/client/v1/rooms/{room_id}/threads",
+    "include",
+    "all",
+)];
+
+/// Fills in the spec's default for optional query parameters the request left out.
+fn add_query_defaults(parts: &mut http::request::Parts, path: &str) {
+    for (p, param, default) in QUERY_DEFAULTS {
+        if *p != path {
+            continue;
+        }
+        let query = parts.uri.query().unwrap_or_default();
+        let present = query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(param));
+        if present {
+            continue;
+        }
+        let joined = if query.is_empty() {
+            format!("{param}={default}")
+        } else {
+            format!("{query}&{param}={default}")
+        };
+        let Ok(pq) = format!("{}?{joined}", parts.uri.path()).parse::<http::uri::PathAndQuery>()
+        else {
+            continue;
+        };
+        let mut uri = parts.uri.clone().into_parts();
+        uri.path_and_query = Some(pq);
+        if let Ok(new) = http::Uri::from_parts(uri) {
+            parts.uri = new;
+        }
     }
 }
 

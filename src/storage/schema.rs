@@ -29,6 +29,8 @@ pub enum Cf {
     Aliases,
     RoomAliases,
     PublicRooms,
+    Threads,
+    Reports,
 }
 
 /// How a keyspace is laid out; the table below is the documentation of the database.
@@ -151,9 +153,20 @@ pub const KEYSPACES: &[Keyspace] = &[
     Keyspace {
         cf: Cf::Relations,
         name: "relations",
-        key:
-            "parent event (short, u64 BE) . child stream position (u64 BE) . child (short, u64 BE)",
+        key: "parent event (short, u64 BE) . child event (short = stream position, u64 BE)",
         value: "rel_type (utf-8)",
+    },
+    Keyspace {
+        cf: Cf::Threads,
+        name: "threads",
+        key: "room (short, u64 BE) . thread root (short, u64 BE)",
+        value: "stream position of the latest reply (u64 BE)",
+    },
+    Keyspace {
+        cf: Cf::Reports,
+        name: "reports",
+        key: "report id (u64 BE, time-ordered)",
+        value: "Report (JSON): reporter, room, event, reason, time",
     },
     Keyspace {
         cf: Cf::Aliases,

@@ -7,5 +7,7 @@ mod accounts_sdk;
 mod admin;
 mod bad_input;
 mod directory;
+mod history_sdk;
 mod persistence;
+mod relations;
 mod rooms;

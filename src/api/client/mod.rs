@@ -6,6 +6,7 @@ mod directory;
 mod discovery;
 mod membership;
 mod profile;
+mod relations;
 mod room;
 mod session;
 
@@ -21,5 +22,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = room::routes(router);
     let router = membership::routes(router);
     let router = directory::routes(router);
+    let router = relations::routes(router);
     profile::routes(router)
 }

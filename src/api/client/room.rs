@@ -51,6 +51,49 @@ pub fn joined_room(services: &Services, user_id: &UserId, room_id: &RoomId) -> R
     Ok(room)
 }
 
+/// An event in the client format as `viewer` sees it, with bundled aggregations.
+pub fn client_json(
+    services: &Services,
+    short: ShortId,
+    room_id: &RoomId,
+    viewer: &UserId,
+) -> Result<Option<JsonValue>> {
+    let Some(stored) = services.rooms.event_json(short)? else {
+        return Ok(None);
+    };
+    let event_id = services.rooms.event_id_of(short)?;
+    let mut json = client_event(&event_id, room_id, &stored, now_ms());
+    let redacted = stored
+        .get("unsigned")
+        .and_then(|u| u.get("redacted_because"))
+        .is_some();
+    if !redacted {
+        let plain = |s: ShortId| -> Result<Option<JsonValue>> {
+            services
+                .rooms
+                .event_json(s)?
+                .map(|st| {
+                    services
+                        .rooms
+                        .event_id_of(s)
+                        .map(|id| client_event(&id, room_id, &st, now_ms()))
+                })
+                .transpose()
+        };
+        if let Some(agg) = services.rooms.bundled_aggregations(short, viewer, &plain)? {
+            json["unsigned"]["m.relations"] = agg;
+        }
+    }
+    Ok(Some(json))
+}
+
+/// Serialises JSON as a raw event.
+pub fn to_raw<T>(json: &JsonValue) -> Result<Raw<T>> {
+    Ok(Raw::from_json(
+        serde_json::value::to_raw_value(json).map_err(Error::internal)?,
+    ))
+}
+
 /// An event in the client format, serialised.
 pub fn client_raw<T>(
     services: &Services,
@@ -363,11 +406,9 @@ async fn messages(
             if !event_matches(filter, &stored) {
                 continue;
             }
-            let event_id = services.rooms.event_id_of(pos)?;
-            let json = client_event(&event_id, &body.room_id, &stored, now_ms());
-            chunk.push(Raw::from_json(
-                serde_json::value::to_raw_value(&json).map_err(Error::internal)?,
-            ));
+            if let Some(json) = client_json(&services, pos, &body.room_id, &session.user_id)? {
+                chunk.push(to_raw(&json)?);
+            }
             if chunk.len() >= limit {
                 break 'pages;
             }
@@ -435,9 +476,9 @@ async fn get_event(
                 .is_some_and(|m| m.room == room)
         })
         .ok_or_else(|| Error::not_found("Event not found"))?;
-    let raw = client_raw(&services, short, &body.room_id)?
+    let json = client_json(&services, short, &body.room_id, &session.user_id)?
         .ok_or_else(|| Error::not_found("Event not found"))?;
-    Ok(get_room_event::v3::Response::new(raw))
+    Ok(get_room_event::v3::Response::new(to_raw(&json)?))
 }
 
 async fn redact(

@@ -9,6 +9,7 @@ pub mod alias;
 pub mod create;
 pub mod pdu;
 mod pipeline;
+pub mod relations;
 pub mod state;
 
 use std::{collections::HashMap, sync::Arc};

@@ -357,6 +357,9 @@ impl Service {
                 return Ok(Sent { event_id, short });
             }
         }
+        if ev.state_key.is_none() {
+            self.check_duplicate_annotation(sender, &ev)?;
+        }
         // Re-read under the lock: the head may have moved while we waited.
         let mut meta = self
             .meta(room)?
@@ -492,6 +495,7 @@ impl Service {
             .encode(),
         );
         batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
+        self.index_relation_in(&mut batch, room, short, &pdu)?;
         if let Some(t_short) = redaction_target {
             self.redact_in(&mut batch, rules, t_short, &object)?;
         }
@@ -524,6 +528,7 @@ impl Service {
         let Some(object) = self.event_canonical(target)? else {
             return Ok(());
         };
+        self.unindex_relation_in(batch, target)?;
         let redacted =
             hearth_federation::pdu::redacted(object, &rules.redaction, Some(because.clone()))
                 .map_err(Error::internal)?;

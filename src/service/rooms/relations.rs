@@ -1,0 +1,248 @@
+//! Event relationships (edits, reactions, threads, references): the relations index, thread
+//! list, and the aggregations bundled into `unsigned.m.relations`. Owns the `relations` and
+//! `threads` keyspaces.
+
+use ruma::UserId;
+use serde_json::{json, Value as JsonValue};
+
+use super::{pdu::Pdu, Service};
+use crate::{
+    error::{Error, Result},
+    storage::{decode_u64, schema::key, Batch, Cf, ShortId},
+};
+
+/// The `m.relates_to` of an event: (rel_type, parent event ID).
+pub fn relates_to(pdu: &Pdu) -> Option<(String, ruma::OwnedEventId)> {
+    let content = pdu.content_value();
+    let rel = content.get("m.relates_to")?;
+    let rel_type = rel.get("rel_type")?.as_str()?.to_owned();
+    let parent = ruma::OwnedEventId::try_from(rel.get("event_id")?.as_str()?).ok()?;
+    Some((rel_type, parent))
+}
+
+impl Service {
+    /// Indexes a new event's relation, if it has one to an event of the same room.
+    pub(super) fn index_relation_in(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        short: ShortId,
+        pdu: &Pdu,
+    ) -> Result<()> {
+        let Some((rel_type, parent)) = relates_to(pdu) else {
+            return Ok(());
+        };
+        let Some(parent_short) = self.event_short(&parent)? else {
+            return Ok(());
+        };
+        if self
+            .event_meta(parent_short)?
+            .is_none_or(|m| m.room != room)
+        {
+            return Ok(());
+        }
+        batch.put(
+            Cf::Relations,
+            key::pair(parent_short, short),
+            rel_type.as_bytes().to_vec(),
+        );
+        if rel_type == "m.thread" {
+            batch.put(
+                Cf::Threads,
+                key::pair(room, parent_short),
+                short.to_be_bytes(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Drops a redacted event's relation, so it no longer counts anywhere.
+    pub(super) fn unindex_relation_in(&self, batch: &mut Batch, child: ShortId) -> Result<()> {
+        let Some(pdu) = self.pdu(child)? else {
+            return Ok(());
+        };
+        if let Some((_, parent)) = relates_to(&pdu) {
+            if let Some(parent_short) = self.event_short(&parent)? {
+                batch.delete(Cf::Relations, key::pair(parent_short, child));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a second annotation with the same type and key on the same event by the same
+    /// sender, as the spec asks (redacted ones no longer count: redaction unindexes them).
+    pub(super) fn check_duplicate_annotation(
+        &self,
+        sender: &UserId,
+        ev: &super::NewEvent,
+    ) -> Result<()> {
+        let Some(rel) = ev.content.get("m.relates_to") else {
+            return Ok(());
+        };
+        if rel.get("rel_type").and_then(JsonValue::as_str) != Some("m.annotation") {
+            return Ok(());
+        }
+        let (Some(parent), Some(key)) = (
+            rel.get("event_id").and_then(JsonValue::as_str),
+            rel.get("key").and_then(JsonValue::as_str),
+        ) else {
+            return Ok(());
+        };
+        let Some(parent) = ruma::EventId::parse(parent)
+            .ok()
+            .and_then(|p| self.event_short(&p).transpose())
+        else {
+            return Ok(());
+        };
+        for (child, rel_type) in self.children(parent?)? {
+            if rel_type != "m.annotation" {
+                continue;
+            }
+            let Some(pdu) = self.pdu(child)? else {
+                continue;
+            };
+            if pdu.sender == sender
+                && pdu.kind == ev.kind
+                && pdu
+                    .content_value()
+                    .pointer("/m.relates_to/key")
+                    .and_then(JsonValue::as_str)
+                    == Some(key)
+            {
+                return Err(Error::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    crate::error::ErrorCode::DuplicateAnnotation,
+                    "You already sent this annotation for that event",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Children of an event with their rel_type, in stream order.
+    pub fn children(&self, parent: ShortId) -> Result<Vec<(ShortId, String)>> {
+        self.db
+            .scan_prefix(Cf::Relations, &key::u64_key(parent))
+            .map(|r| {
+                let (k, v) = r?;
+                let (_, child) =
+                    key::split_pair(&k).ok_or_else(|| Error::internal("corrupt relation key"))?;
+                Ok((child, String::from_utf8_lossy(&v).into_owned()))
+            })
+            .collect()
+    }
+
+    /// Thread roots of a room with the position of their latest reply.
+    pub fn threads(&self, room: ShortId) -> Result<Vec<(ShortId, u64)>> {
+        self.db
+            .scan_prefix(Cf::Threads, &key::u64_key(room))
+            .map(|r| {
+                let (k, v) = r?;
+                let (_, root) =
+                    key::split_pair(&k).ok_or_else(|| Error::internal("corrupt thread key"))?;
+                Ok((root, decode_u64(Cf::Threads, &v)?))
+            })
+            .collect()
+    }
+
+    /// The aggregations bundled into an event's `unsigned.m.relations`, as seen by `viewer`.
+    /// `client_event` turns stored events into what clients see.
+    pub fn bundled_aggregations(
+        &self,
+        event: ShortId,
+        viewer: &UserId,
+        client_event: &dyn Fn(ShortId) -> Result<Option<JsonValue>>,
+    ) -> Result<Option<JsonValue>> {
+        let children = self.children(event)?;
+        if children.is_empty() {
+            return Ok(None);
+        }
+        let original = self.pdu(event)?;
+        let mut out = serde_json::Map::new();
+        let mut latest_edit = None;
+        let mut thread: Vec<ShortId> = Vec::new();
+        let mut references = Vec::new();
+        for (child, rel_type) in children {
+            let Some(pdu) = self.pdu(child)? else {
+                continue;
+            };
+            match rel_type.as_str() {
+                // Only the original sender's edits replace the content.
+                "m.replace" if original.as_ref().is_some_and(|o| o.sender == pdu.sender) => {
+                    latest_edit = Some(child);
+                }
+                "m.thread" => thread.push(child),
+                "m.reference" => references.push(json!({ "event_id": pdu.event_id })),
+                // The spec has servers leave annotations out of `m.relations`; clients count
+                // them from /relations.
+                _ => {}
+            }
+        }
+        if let Some(edit) = latest_edit {
+            if let Some(ev) = client_event(edit)? {
+                out.insert("m.replace".into(), ev);
+            }
+        }
+        if let Some(last) = thread.last() {
+            let mut participated = original.as_ref().is_some_and(|o| o.sender == viewer);
+            for c in &thread {
+                if !participated {
+                    participated = self.pdu(*c)?.is_some_and(|p| p.sender == viewer);
+                }
+            }
+            if let Some(latest) = client_event(*last)? {
+                out.insert(
+                    "m.thread".into(),
+                    json!({
+                        "latest_event": latest,
+                        "count": thread.len(),
+                        "current_user_participated": participated,
+                    }),
+                );
+            }
+        }
+        if !references.is_empty() {
+            out.insert("m.reference".into(), json!({ "chunk": references }));
+        }
+        Ok((!out.is_empty()).then_some(JsonValue::Object(out)))
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Report {
+    reporter: ruma::OwnedUserId,
+    room_id: ruma::OwnedRoomId,
+    event_id: ruma::OwnedEventId,
+    reason: Option<String>,
+    ts: u64,
+}
+
+impl Service {
+    /// Stores a user's report of an event for the server's admins.
+    pub async fn report(
+        &self,
+        reporter: &UserId,
+        room_id: &ruma::RoomId,
+        event_id: &ruma::EventId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let ts = crate::service::now_ms();
+        // Time-ordered IDs with a random tail, so concurrent reports never collide.
+        let id = (ts << 16) | u64::from(rand::random::<u16>());
+        let mut b = Batch::new();
+        b.put(
+            Cf::Reports,
+            key::u64_key(id),
+            crate::storage::encode_json(&Report {
+                reporter: reporter.to_owned(),
+                room_id: room_id.to_owned(),
+                event_id: event_id.to_owned(),
+                reason: reason.map(str::to_owned),
+                ts,
+            }),
+        );
+        self.db.write(b).await?;
+        tracing::info!(%reporter, %room_id, %event_id, "event reported");
+        Ok(())
+    }
+}
