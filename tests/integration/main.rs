@@ -10,4 +10,5 @@ mod directory;
 mod history_sdk;
 mod persistence;
 mod relations;
+mod room_features;
 mod rooms;

@@ -385,7 +385,7 @@ async fn report(
         .report(
             &session.user_id,
             &b.room_id,
-            &b.event_id,
+            Some(&b.event_id),
             b.reason.as_deref(),
         )
         .await?;

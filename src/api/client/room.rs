@@ -6,7 +6,7 @@ use ruma::{
         client::{
             message::{get_message_events, send_message_event},
             redact::redact_event,
-            room::{create_room, get_room_event},
+            room::{create_room, get_room_event, report_room, upgrade_room},
             state::{get_state_event_for_key, get_state_events, send_state_event},
         },
         Direction,
@@ -38,6 +38,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(messages)
         .ruma(get_event)
         .ruma(redact)
+        .ruma(upgrade)
+        .ruma(report_room_handler)
 }
 
 /// The room's short ID, requiring the user to be joined. Rooms the user is not in answer 403
@@ -516,4 +518,59 @@ async fn redact(
         )
         .await?;
     Ok(redact_event::v3::Response::new(sent.event_id))
+}
+
+async fn upgrade(
+    State(services): State<AppState>,
+    req: Ruma<upgrade_room::v3::Request>,
+) -> Result<upgrade_room::v3::Response> {
+    let session = req.session()?;
+    let body = &req.body;
+    if body.new_version.rules().is_none() {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            crate::error::ErrorCode::UnsupportedRoomVersion,
+            format!("Room version {} is not supported", body.new_version),
+        ));
+    }
+    // 403 for rooms the user is not in, whether or not they exist.
+    joined_room(&services, &session.user_id, &body.room_id)?;
+    let profile = services.profiles.all(session.user)?;
+    let field = |f: &str| {
+        profile
+            .get(f)
+            .and_then(JsonValue::as_str)
+            .map(str::to_owned)
+    };
+    let replacement = services
+        .rooms
+        .upgrade(crate::service::rooms::upgrade::Upgrade {
+            old: &body.room_id,
+            sender: &session.user_id,
+            version: body.new_version.clone(),
+            additional_creators: body.additional_creators.clone(),
+            profile: (field("displayname"), field("avatar_url")),
+        })
+        .await?;
+    Ok(upgrade_room::v3::Response::new(replacement))
+}
+
+async fn report_room_handler(
+    State(services): State<AppState>,
+    req: Ruma<report_room::v3::Request>,
+) -> Result<report_room::v3::Response> {
+    let session = req.session()?;
+    let body = &req.body;
+    // Reporting a room one cannot see would confirm it exists: only members may.
+    joined_room(&services, &session.user_id, &body.room_id)?;
+    if body.reason.len() > 1000 {
+        return Err(Error::invalid_param(
+            "The reason is at most 1000 characters",
+        ));
+    }
+    services
+        .rooms
+        .report(&session.user_id, &body.room_id, None, Some(&body.reason))
+        .await?;
+    Ok(report_room::v3::Response::new())
 }

@@ -76,6 +76,34 @@ impl Service {
         Ok(())
     }
 
+    /// Repoints a local alias at another room in one write, keeping its creator.
+    pub async fn move_alias(&self, alias: &RoomAliasId, to: &RoomId) -> Result<()> {
+        let (new_room, _) = self.known_room(to)?;
+        let _guard = self.alias_lock.lock().await;
+        let Some(record) = self.resolve_alias(alias)? else {
+            return Err(Error::not_found("Room alias not found"));
+        };
+        let mut b = Batch::new();
+        if let Some(old) = self.room_short(&record.room_id)? {
+            b.delete(Cf::RoomAliases, key::room_alias(old, alias.as_str()));
+        }
+        b.put(
+            Cf::Aliases,
+            key::alias(alias.as_str()),
+            encode_json(&AliasRecord {
+                room_id: to.to_owned(),
+                creator: record.creator,
+            }),
+        );
+        b.put(
+            Cf::RoomAliases,
+            key::room_alias(new_room, alias.as_str()),
+            Vec::new(),
+        );
+        self.db.write(b).await?;
+        Ok(())
+    }
+
     /// Local aliases pointing at a room.
     pub fn room_aliases(&self, room: ShortId) -> Result<Vec<OwnedRoomAliasId>> {
         self.db

@@ -11,6 +11,7 @@ pub mod pdu;
 mod pipeline;
 pub mod relations;
 pub mod state;
+pub mod upgrade;
 
 use std::{collections::HashMap, sync::Arc};
 

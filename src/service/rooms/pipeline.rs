@@ -12,7 +12,7 @@ use ruma::{
     room_version_rules::{EventsReferenceFormatVersion, RoomVersionRules},
     signatures::reference_hash,
     state_res, CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch,
-    OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId,
 };
 use serde_json::Value as JsonValue;
 
@@ -75,7 +75,7 @@ fn canonical(value: JsonValue) -> Result<CanonicalJsonValue> {
 }
 
 impl Service {
-    fn rules(version: &RoomVersionId) -> Result<RoomVersionRules> {
+    pub(super) fn rules(version: &RoomVersionId) -> Result<RoomVersionRules> {
         hearth_federation::pdu::rules(version).map_err(|e| {
             Error::new(
                 http::StatusCode::BAD_REQUEST,
@@ -252,6 +252,35 @@ impl Service {
         Ok(self
             .power_levels(&rules, &state)?
             .user_can_send_state(user, kind.clone()))
+    }
+
+    /// A joined local member who may invite, to vouch for a restricted join
+    /// (`join_authorised_via_users_server`); the most powerful such member is chosen.
+    pub fn authorising_user(&self, room: ShortId) -> Result<Option<OwnedUserId>> {
+        let meta = self
+            .meta(room)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = Self::rules(&meta.version)?;
+        let state = self.state.load(meta.state_group)?;
+        let pl = self.power_levels(&rules, &state)?;
+        let mut best: Option<(
+            ruma::events::room::power_levels::UserPowerLevel,
+            OwnedUserId,
+        )> = None;
+        for (user, m) in self.members(room)? {
+            if m.membership() != MembershipState::Join {
+                continue;
+            }
+            let user_id = self.user_id_of(user)?;
+            if user_id.server_name() != self.server_name || !pl.user_can_invite(&user_id) {
+                continue;
+            }
+            let level = pl.for_user(&user_id);
+            if best.as_ref().is_none_or(|(l, _)| level > *l) {
+                best = Some((level, user_id));
+            }
+        }
+        Ok(best.map(|(_, u)| u))
     }
 
     /// Creates a room with its create event, then sends `then` in order, all from `sender`.

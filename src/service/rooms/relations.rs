@@ -212,7 +212,8 @@ impl Service {
 struct Report {
     reporter: ruma::OwnedUserId,
     room_id: ruma::OwnedRoomId,
-    event_id: ruma::OwnedEventId,
+    /// Absent for a report of the whole room.
+    event_id: Option<ruma::OwnedEventId>,
     reason: Option<String>,
     ts: u64,
 }
@@ -223,7 +224,7 @@ impl Service {
         &self,
         reporter: &UserId,
         room_id: &ruma::RoomId,
-        event_id: &ruma::EventId,
+        event_id: Option<&ruma::EventId>,
         reason: Option<&str>,
     ) -> Result<()> {
         let ts = crate::service::now_ms();
@@ -236,13 +237,13 @@ impl Service {
             crate::storage::encode_json(&Report {
                 reporter: reporter.to_owned(),
                 room_id: room_id.to_owned(),
-                event_id: event_id.to_owned(),
+                event_id: event_id.map(ToOwned::to_owned),
                 reason: reason.map(str::to_owned),
                 ts,
             }),
         );
         self.db.write(b).await?;
-        tracing::info!(%reporter, %room_id, %event_id, "event reported");
+        tracing::info!(%reporter, %room_id, ?event_id, "reported");
         Ok(())
     }
 }

@@ -1,0 +1,320 @@
+//! Knocking, restricted joins through a space, and room upgrades.
+
+use serde_json::{json, Value};
+
+use crate::common::{assert_err, enc, TestServer};
+
+const PASSWORD: &str = "a long password";
+
+async fn create_room(server: &TestServer, token: &str, body: Value) -> String {
+    let (status, resp) = server
+        .post("/_matrix/client/v3/createRoom", Some(token), body)
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    resp["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn join(server: &TestServer, token: &str, room: &str) -> (u16, Value) {
+    server
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(room)),
+            Some(token),
+            json!({}),
+        )
+        .await
+}
+
+async fn state(server: &TestServer, token: &str, room: &str, kind: &str, key: &str) -> Value {
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/state/{kind}/{}", enc(key)),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, 200, "{kind}: {body}");
+    body
+}
+
+async fn invite(server: &TestServer, token: &str, room: &str, user: &str) -> (u16, Value) {
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(token),
+            json!({ "user_id": user }),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knock_then_invite_then_join() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
+    let room = create_room(
+        &server,
+        &alice,
+        json!({ "initial_state": [{ "type": "m.room.join_rules", "content": { "join_rule": "knock" } }] }),
+    )
+    .await;
+
+    // Knocking is not joining.
+    assert_err(&join(&server, &bob, &room).await, 403, "M_FORBIDDEN");
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/knock/{}", enc(&room)),
+            Some(&bob),
+            json!({ "reason": "let me in" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], room.as_str());
+    let member = state(&server, &alice, &room, "m.room.member", &bob_id).await;
+    assert_eq!(member["membership"], "knock");
+    assert_eq!(member["reason"], "let me in");
+    // A knocking user reads nothing of the room yet.
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"),
+            Some(&bob),
+        )
+        .await;
+    assert_err(&(status, body), 403, "M_FORBIDDEN");
+    let (status, members) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/members?membership=knock"),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(members["chunk"].as_array().unwrap().len(), 1, "{members}");
+
+    // Accepted: the knock becomes an invite, and the join goes through.
+    let (status, body) = invite(&server, &alice, &room, &bob_id).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(join(&server, &bob, &room).await.0, 200);
+    let member = state(&server, &alice, &room, "m.room.member", &bob_id).await;
+    assert_eq!(member["membership"], "join");
+
+    // Rooms whose join rule is not knock refuse knocks, and room versions before 7 have none.
+    let closed = create_room(&server, &alice, json!({})).await;
+    let knock = |room: String| {
+        let server = &server;
+        let bob = &bob;
+        async move {
+            server
+                .post(
+                    &format!("/_matrix/client/v3/knock/{}", enc(&room)),
+                    Some(bob),
+                    json!({}),
+                )
+                .await
+        }
+    };
+    assert_err(&knock(closed).await, 403, "M_FORBIDDEN");
+    let old = create_room(
+        &server,
+        &alice,
+        json!({ "room_version": "6",
+                "initial_state": [{ "type": "m.room.join_rules", "content": { "join_rule": "knock" } }] }),
+    )
+    .await;
+    assert_err(&knock(old).await, 403, "M_FORBIDDEN");
+    // Unknown rooms and malformed IDs.
+    assert_err(
+        &knock("!nowhere:localhost:8448".into()).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_err(&knock("not a room".into()).await, 400, "M_INVALID_PARAM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_join_through_space_membership() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
+    let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
+    let (carol_id, carol, _) = server.register("carol", PASSWORD).await;
+    let (dave_id, dave, _) = server.register("dave", PASSWORD).await;
+
+    let space = create_room(
+        &server,
+        &alice,
+        json!({ "preset": "public_chat", "creation_content": { "type": "m.space" } }),
+    )
+    .await;
+    let restricted = |rule: &str| {
+        json!({ "initial_state": [{ "type": "m.room.join_rules", "content": {
+            "join_rule": rule,
+            "allow": [{ "type": "m.room_membership", "room_id": space }],
+        } }] })
+    };
+    let room = create_room(&server, &alice, restricted("restricted")).await;
+
+    // Not in the space: refused.
+    assert_err(&join(&server, &bob, &room).await, 403, "M_FORBIDDEN");
+    // In the space: in, vouched for by a member who may invite.
+    assert_eq!(join(&server, &bob, &space).await.0, 200);
+    let (status, body) = join(&server, &bob, &room).await;
+    assert_eq!(status, 200, "{body}");
+    let member = state(&server, &bob, &room, "m.room.member", &bob_id).await;
+    assert_eq!(member["membership"], "join");
+    assert_eq!(
+        member["join_authorised_via_users_server"],
+        alice_id.as_str()
+    );
+
+    // An invite works without the space.
+    assert_eq!(invite(&server, &alice, &room, &carol_id).await.0, 200);
+    assert_eq!(join(&server, &carol, &room).await.0, 200);
+    let member = state(&server, &alice, &room, "m.room.member", &carol_id).await;
+    assert!(member.get("join_authorised_via_users_server").is_none());
+
+    // knock_restricted: outsiders may knock instead; space members join directly.
+    let kr = create_room(&server, &alice, restricted("knock_restricted")).await;
+    assert_err(&join(&server, &dave, &kr).await, 403, "M_FORBIDDEN");
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/knock/{}", enc(&kr)),
+            Some(&dave),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        state(&server, &alice, &kr, "m.room.member", &dave_id).await["membership"],
+        "knock"
+    );
+    assert_eq!(join(&server, &bob, &kr).await.0, 200);
+
+    // Restricted rooms need room version 8 or later.
+    let old = create_room(
+        &server,
+        &alice,
+        json!({ "room_version": "7", "initial_state": [{ "type": "m.room.join_rules", "content": {
+            "join_rule": "restricted", "allow": [{ "type": "m.room_membership", "room_id": space }],
+        } }] }),
+    )
+    .await;
+    assert_err(&join(&server, &bob, &old).await, 403, "M_FORBIDDEN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_moves_state_aliases_and_directory() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
+    let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
+    let (carol_id, _, _) = server.register("carol", PASSWORD).await;
+    let old = create_room(
+        &server,
+        &alice,
+        json!({
+            "room_version": "11", "preset": "public_chat", "visibility": "public",
+            "name": "Plans", "topic": "what we do next", "room_alias_name": "plans",
+            "power_level_content_override": { "users": { alice_id.clone(): 100, carol_id.clone(): 50 } },
+        }),
+    )
+    .await;
+    assert_eq!(join(&server, &bob, &old).await.0, 200);
+
+    let upgrade = |token: String, room: String, body: Value| {
+        let server = &server;
+        async move {
+            server
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{room}/upgrade"),
+                    Some(&token),
+                    body,
+                )
+                .await
+        }
+    };
+    // Bob may not; unknown versions are refused; nothing changed by either.
+    assert_err(
+        &upgrade(bob.clone(), old.clone(), json!({ "new_version": "12" })).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_err(
+        &upgrade(alice.clone(), old.clone(), json!({ "new_version": "99" })).await,
+        400,
+        "M_UNSUPPORTED_ROOM_VERSION",
+    );
+
+    let (status, body) = upgrade(
+        alice.clone(),
+        old.clone(),
+        json!({ "new_version": "12", "additional_creators": [bob_id] }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    assert!(!new.contains(':'), "a v12 room ID: {new}");
+
+    // The new room names its predecessor and carries the state over.
+    let create = state(&server, &alice, &new, "m.room.create", "").await;
+    assert_eq!(create["room_version"], "12");
+    assert_eq!(create["predecessor"]["room_id"], old.as_str());
+    assert_eq!(create["additional_creators"], json!([bob_id]));
+    assert_eq!(
+        state(&server, &alice, &new, "m.room.name", "").await["name"],
+        "Plans"
+    );
+    assert_eq!(
+        state(&server, &alice, &new, "m.room.topic", "").await["topic"],
+        "what we do next"
+    );
+    assert_eq!(
+        state(&server, &alice, &new, "m.room.join_rules", "").await["join_rule"],
+        "public"
+    );
+    // v12 power levels never list creators; other levels move as they were.
+    let pl = state(&server, &alice, &new, "m.room.power_levels", "").await;
+    assert!(pl["users"].get(alice_id.as_str()).is_none(), "{pl}");
+    assert!(pl["users"].get(bob_id.as_str()).is_none(), "{pl}");
+    assert_eq!(pl["users"][carol_id.as_str()], 50);
+
+    // The alias, the canonical alias and the directory entry now belong to the new room.
+    let alias = "#plans:localhost:8448";
+    let (_, resolved) = server
+        .get(
+            &format!("/_matrix/client/v3/directory/room/{}", enc(alias)),
+            None,
+        )
+        .await;
+    assert_eq!(resolved["room_id"], new.as_str());
+    assert_eq!(
+        state(&server, &alice, &new, "m.room.canonical_alias", "").await["alias"],
+        alias
+    );
+    assert!(state(&server, &alice, &old, "m.room.canonical_alias", "")
+        .await
+        .get("alias")
+        .is_none());
+    let (_, public) = server.get("/_matrix/client/v3/publicRooms", None).await;
+    let listed: Vec<&str> = public["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["room_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec![new.as_str()]);
+
+    // The old room is tombstoned and quiet: members below 50 can no longer talk.
+    let tombstone = state(&server, &bob, &old, "m.room.tombstone", "").await;
+    assert_eq!(tombstone["replacement_room"], new.as_str());
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{old}/send/m.room.message/late"),
+            Some(&bob),
+            json!({ "msgtype": "m.text", "body": "hello?" }),
+        )
+        .await;
+    assert_err(&(status, body), 403, "M_FORBIDDEN");
+    // Bob follows; an upgraded room cannot be upgraded again.
+    assert_eq!(join(&server, &bob, &new).await.0, 200);
+    assert_err(
+        &upgrade(alice.clone(), old.clone(), json!({ "new_version": "12" })).await,
+        400,
+        "M_BAD_JSON",
+    );
+}
