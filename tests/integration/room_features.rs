@@ -318,3 +318,180 @@ async fn upgrade_moves_state_aliases_and_directory() {
         "M_BAD_JSON",
     );
 }
+
+async fn messages(server: &TestServer, token: &str, room: &str) -> (u16, Vec<String>) {
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=100&filter=%7B%22types%22%3A%5B%22m.room.message%22%5D%7D"
+            ),
+            Some(token),
+        )
+        .await;
+    if status != 200 {
+        return (status, Vec::new());
+    }
+    let bodies = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+        .collect();
+    (status, bodies)
+}
+
+async fn say(server: &TestServer, token: &str, room: &str, text: &str) -> String {
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{text}"),
+            Some(token),
+            json!({ "msgtype": "m.text", "body": text }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+async fn set_visibility(server: &TestServer, token: &str, room: &str, v: &str) {
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
+            Some(token),
+            json!({ "history_visibility": v }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_visibility_is_applied_per_event() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
+    let (carol_id, carol, _) = server.register("carol", PASSWORD).await;
+    let (_, dave, _) = server.register("dave", PASSWORD).await;
+    let room = create_room(
+        &server,
+        &alice,
+        json!({ "preset": "public_chat", "name": "before" }),
+    )
+    .await;
+
+    // `joined`: what was said before bob joined stays hidden from him.
+    set_visibility(&server, &alice, &room, "joined").await;
+    let early = say(&server, &alice, &room, "early").await;
+    assert_eq!(join(&server, &bob, &room).await.0, 200);
+    say(&server, &alice, &room, "welcome").await;
+    assert_eq!(
+        messages(&server, &bob, &room).await,
+        (200, vec!["welcome".to_owned()])
+    );
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(&early)),
+            Some(&bob),
+        )
+        .await;
+    assert_err(&(status, body), 404, "M_NOT_FOUND");
+    let (status, _) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/context/{}", enc(&early)),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // `shared`: a later member sees everything from the switch on, not what `joined` hid.
+    set_visibility(&server, &alice, &room, "shared").await;
+    say(&server, &alice, &room, "shared-1").await;
+    assert_eq!(join(&server, &carol, &room).await.0, 200);
+    assert_eq!(
+        messages(&server, &carol, &room).await,
+        (200, vec!["shared-1".to_owned()])
+    );
+    // The point before carol's join, for /members?at.
+    let (_, page) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"),
+            Some(&alice),
+        )
+        .await;
+    let after_carol = page["start"].as_str().unwrap().to_owned();
+
+    // A member who left reads up to their leave, and sees the state as it was then.
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    say(&server, &alice, &room, "after-bob").await;
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
+            Some(&alice),
+            json!({ "name": "after" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        messages(&server, &bob, &room).await,
+        (200, vec!["welcome".to_owned(), "shared-1".to_owned()])
+    );
+    assert_eq!(
+        state(&server, &bob, &room, "m.room.name", "").await["name"],
+        "before"
+    );
+    assert_eq!(
+        state(&server, &carol, &room, "m.room.name", "").await["name"],
+        "after"
+    );
+    // Members now, and as of the token taken right after carol joined.
+    let member_ids = |body: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = body["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["state_key"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let (_, now) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/members?membership=join"),
+            Some(&carol),
+        )
+        .await;
+    assert!(!member_ids(&now).contains(&bob_id), "{now}");
+    let (status, then) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/members?membership=join&at={after_carol}"),
+            Some(&carol),
+        )
+        .await;
+    assert_eq!(status, 200, "{then}");
+    assert!(member_ids(&then).contains(&bob_id), "{then}");
+    assert!(member_ids(&then).contains(&carol_id), "{then}");
+
+    // Never a member: nothing, until the room is world-readable; then everything readable.
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"),
+            Some(&dave),
+        )
+        .await;
+    assert_err(&(status, body), 403, "M_FORBIDDEN");
+    set_visibility(&server, &alice, &room, "world_readable").await;
+    say(&server, &alice, &room, "public").await;
+    assert_eq!(
+        messages(&server, &dave, &room).await,
+        (200, vec!["public".to_owned()])
+    );
+    assert_eq!(
+        state(&server, &dave, &room, "m.room.name", "").await["name"],
+        "after"
+    );
+}

@@ -12,11 +12,14 @@ use ruma::{
 };
 use serde_json::{json, Value as JsonValue};
 
-use super::room::{client_raw, joined_room};
+use super::room::{client_raw, joined_room, parse_token};
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
-    service::{rooms::NewEvent, Services},
+    service::{
+        rooms::{history::Access, NewEvent},
+        Services,
+    },
     storage::ShortId,
 };
 
@@ -413,10 +416,57 @@ async fn members(
 ) -> Result<get_member_events::v3::Response> {
     let session = req.session()?;
     let b = &req.body;
-    let room = joined_room(&services, &session.user_id, &b.room_id)?;
+    // The member events of the state the user may see: at `at` (a pagination token) when
+    // given, else the current state, or the state when they left.
+    let (room, access) = services.rooms.room_access(&session.user_id, &b.room_id)?;
+    let mut upto = match access {
+        Access::Former(event) => Some(event),
+        Access::Joined | Access::Public => None,
+    };
+    if let Some(at) = b.at.as_deref() {
+        let at = parse_token(at)?;
+        upto = Some(upto.map_or(at, |u| u.min(at)));
+    }
+    let member_events: Vec<ShortId> = match upto {
+        None => services
+            .rooms
+            .members(room)?
+            .into_iter()
+            .map(|(_, m)| m.event)
+            .collect(),
+        Some(pos) => {
+            let Some(last) = services
+                .rooms
+                .timeline(room, pos, false, 1)?
+                .first()
+                .copied()
+            else {
+                return Ok(get_member_events::v3::Response::new(Vec::new()));
+            };
+            let meta = services
+                .rooms
+                .event_meta(last)?
+                .ok_or_else(|| Error::internal("event without metadata"))?;
+            let mut events = Vec::new();
+            for (key, event) in services.rooms.state_at(meta.state_after)?.iter() {
+                if services.rooms.state_key_of(*key)?.0 == StateEventType::RoomMember {
+                    events.push(*event);
+                }
+            }
+            events
+        }
+    };
     let mut chunk = Vec::new();
-    for (_, m) in services.rooms.members(room)? {
-        let membership = m.membership();
+    for event in member_events {
+        let Some(pdu) = services.rooms.pdu(event)? else {
+            continue;
+        };
+        let membership = pdu
+            .content_value()
+            .get("membership")
+            .and_then(JsonValue::as_str)
+            .map(MembershipState::from)
+            .unwrap_or(MembershipState::Leave);
         if b.membership
             .as_ref()
             .is_some_and(|want| *want != membership)
@@ -429,7 +479,7 @@ async fn members(
         {
             continue;
         }
-        if let Some(raw) = client_raw(&services, m.event, &b.room_id)? {
+        if let Some(raw) = client_raw(&services, event, &b.room_id)? {
             chunk.push(raw);
         }
     }

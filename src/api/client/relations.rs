@@ -20,11 +20,11 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::room::{client_json, joined_room, make_token, parse_token, to_raw};
+use super::room::{client_json, make_token, parse_token, to_raw};
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
-    service::Services,
+    service::{rooms::history::Viewer, Services},
     storage::ShortId,
 };
 
@@ -39,27 +39,22 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(report)
 }
 
-/// The short ID of an event in a room the user is joined to, or 404.
+/// A visible event of a room the user may read, with the viewer used to decide it; 403 for
+/// rooms they cannot read, 404 for events they cannot see.
 fn event_in_room(
     services: &Services,
     user: &UserId,
     room_id: &RoomId,
     event_id: &EventId,
-) -> Result<(ShortId, ShortId)> {
-    let room = joined_room(services, user, room_id)?;
+) -> Result<(ShortId, ShortId, Viewer)> {
+    let (room, _) = services.rooms.room_access(user, room_id)?;
+    let mut viewer = services.rooms.viewer(user, room)?;
     let short = services
         .rooms
         .event_short(event_id)?
-        .filter(|s| {
-            services
-                .rooms
-                .event_meta(*s)
-                .ok()
-                .flatten()
-                .is_some_and(|m| m.room == room)
-        })
+        .filter(|s| services.rooms.can_see(&mut viewer, *s).unwrap_or(false))
         .ok_or_else(|| Error::not_found("Event not found"))?;
-    Ok((room, short))
+    Ok((room, short, viewer))
 }
 
 struct RelationQuery<'a> {
@@ -83,6 +78,7 @@ const MAX_RECURSION: usize = 3;
 
 fn relation_page(
     services: &Services,
+    seer: &mut Viewer,
     viewer: &UserId,
     room_id: &RoomId,
     parent: ShortId,
@@ -144,6 +140,10 @@ fn relation_page(
             more = true;
             break;
         }
+        if !services.rooms.can_see(seer, pos)? {
+            last = Some(pos);
+            continue;
+        }
         let Some(json) = client_json(services, pos, room_id, viewer)? else {
             continue;
         };
@@ -177,10 +177,12 @@ macro_rules! relations_handler {
         ) -> Result<$module::v1::Response> {
             let session = req.session()?;
             let b = &req.body;
-            let (_, parent) = event_in_room(&services, &session.user_id, &b.room_id, &b.event_id)?;
+            let (_, parent, mut seer) =
+                event_in_room(&services, &session.user_id, &b.room_id, &b.event_id)?;
             #[allow(clippy::redundant_closure_call)]
             let page = relation_page(
                 &services,
+                &mut seer,
                 &session.user_id,
                 &b.room_id,
                 parent,
@@ -233,7 +235,8 @@ async fn threads(
     use ruma::api::client::threads::get_threads::v1::IncludeThreads;
     let session = req.session()?;
     let b = &req.body;
-    let room = joined_room(&services, &session.user_id, &b.room_id)?;
+    let (room, _) = services.rooms.room_access(&session.user_id, &b.room_id)?;
+    let mut seer = services.rooms.viewer(&session.user_id, room)?;
     let mut roots = services.rooms.threads(room)?;
     // Most recently active first.
     roots.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
@@ -271,6 +274,9 @@ async fn threads(
                 continue;
             }
         }
+        if !services.rooms.can_see(&mut seer, root)? {
+            continue;
+        }
         if chunk.len() >= limit {
             next_batch = Some(make_token(latest));
             break;
@@ -290,7 +296,8 @@ async fn context(
 ) -> Result<get_context::v3::Response> {
     let session = req.session()?;
     let b = &req.body;
-    let (room, short) = event_in_room(&services, &session.user_id, &b.room_id, &b.event_id)?;
+    let (room, short, mut seer) =
+        event_in_room(&services, &session.user_id, &b.room_id, &b.event_id)?;
     let limit = u64::from(b.limit).min(100) as usize;
     let before_n = limit / 2;
     let after_n = limit - before_n;
@@ -298,9 +305,12 @@ async fn context(
         .rooms
         .timeline(room, short.saturating_sub(1), false, before_n)?;
     let after = services.rooms.timeline(room, short, true, after_n)?;
-    let render = |positions: &[ShortId]| -> Result<Vec<Raw<_>>> {
+    let mut render = |positions: &[ShortId]| -> Result<Vec<Raw<_>>> {
         let mut out = Vec::new();
         for p in positions {
+            if !services.rooms.can_see(&mut seer, *p)? {
+                continue;
+            }
             if let Some(json) = client_json(&services, *p, &b.room_id, &session.user_id)? {
                 out.push(to_raw(&json)?);
             }
@@ -341,7 +351,8 @@ async fn timestamp_to_event(
 ) -> Result<get_event_by_timestamp::v1::Response> {
     let session = req.session()?;
     let b = &req.body;
-    let room = joined_room(&services, &session.user_id, &b.room_id)?;
+    let (room, _) = services.rooms.room_access(&session.user_id, &b.room_id)?;
+    let mut seer = services.rooms.viewer(&session.user_id, room)?;
     let target = u64::from(b.ts.get());
     let forward = b.dir == Direction::Forward;
     // Walk the timeline in the asked direction from the end nearest the target; timelines are
@@ -354,6 +365,9 @@ async fn timestamp_to_event(
         }
         for pos in page.iter().copied() {
             cursor = if forward { pos } else { pos.saturating_sub(1) };
+            if !services.rooms.can_see(&mut seer, pos)? {
+                continue;
+            }
             let Some(pdu) = services.rooms.pdu(pos)? else {
                 continue;
             };
@@ -374,7 +388,7 @@ async fn report(
 ) -> Result<report_content::v3::Response> {
     let session = req.session()?;
     let b = &req.body;
-    let (_, _) = event_in_room(&services, &session.user_id, &b.room_id, &b.event_id)?;
+    event_in_room(&services, &session.user_id, &b.room_id, &b.event_id)?;
     if b.reason.as_ref().is_some_and(|r| r.len() > 1000) {
         return Err(Error::invalid_param(
             "The reason is at most 1000 characters",

@@ -22,7 +22,7 @@ use crate::{
     error::{Error, Result},
     service::{
         now_ms,
-        rooms::{create, pdu::client_event, NewEvent, Txn},
+        rooms::{create, history::Access, pdu::client_event, NewEvent, Txn},
         Services,
     },
     storage::ShortId,
@@ -51,6 +51,27 @@ pub fn joined_room(services: &Services, user_id: &UserId, room_id: &RoomId) -> R
         return Err(not_in());
     }
     Ok(room)
+}
+
+/// The room state a reader sees: the current state for members and world-readable rooms, the
+/// state when they left for former members. As (state key, event) pairs.
+pub fn visible_state(
+    services: &Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+) -> Result<(ShortId, Vec<(ShortId, ShortId)>)> {
+    let (room, access) = services.rooms.room_access(user_id, room_id)?;
+    match access {
+        Access::Former(membership_event) => {
+            let meta = services
+                .rooms
+                .event_meta(membership_event)?
+                .ok_or_else(|| Error::internal("membership event without metadata"))?;
+            let state = services.rooms.state_at(meta.state_after)?;
+            Ok((room, state.iter().map(|(k, v)| (*k, *v)).collect()))
+        }
+        Access::Joined | Access::Public => Ok((room, services.rooms.current_state(room)?)),
+    }
 }
 
 /// An event in the client format as `viewer` sees it, with bundled aggregations.
@@ -324,9 +345,9 @@ async fn get_state(
     req: Ruma<get_state_events::v3::Request>,
 ) -> Result<get_state_events::v3::Response> {
     let session = req.session()?;
-    let room = joined_room(&services, &session.user_id, &req.body.room_id)?;
+    let (_, state) = visible_state(&services, &session.user_id, &req.body.room_id)?;
     let mut events = Vec::new();
-    for (_, event) in services.rooms.current_state(room)? {
+    for (_, event) in state {
         if let Some(raw) = client_raw(&services, event, &req.body.room_id)? {
             events.push(raw);
         }
@@ -340,10 +361,12 @@ async fn get_state_for_key(
 ) -> Result<get_state_event_for_key::v3::Response> {
     let session = req.session()?;
     let body = &req.body;
-    let room = joined_room(&services, &session.user_id, &body.room_id)?;
-    let event = services
+    let (_, state) = visible_state(&services, &session.user_id, &body.room_id)?;
+    let key = services
         .rooms
-        .current_state_event(room, &body.event_type, &body.state_key)?
+        .state_key_short(&body.event_type, &body.state_key)?;
+    let event = key
+        .and_then(|k| state.iter().find(|(sk, _)| *sk == k).map(|(_, e)| *e))
         .ok_or_else(|| Error::not_found("No such state event"))?;
     let raw: Raw<ruma::events::AnyStateEvent> = client_raw(&services, event, &body.room_id)?
         .ok_or_else(|| Error::not_found("No such state event"))?;
@@ -375,7 +398,10 @@ async fn messages(
 ) -> Result<get_message_events::v3::Response> {
     let session = req.session()?;
     let body = &req.body;
-    let room = joined_room(&services, &session.user_id, &body.room_id)?;
+    let (room, _) = services
+        .rooms
+        .room_access(&session.user_id, &body.room_id)?;
+    let mut viewer = services.rooms.viewer(&session.user_id, room)?;
     let forward = body.dir == Direction::Forward;
     let from = match &body.from {
         Some(t) => parse_token(t)?,
@@ -405,7 +431,7 @@ async fn messages(
             let Some(stored) = services.rooms.event_json(pos)? else {
                 continue;
             };
-            if !event_matches(filter, &stored) {
+            if !event_matches(filter, &stored) || !services.rooms.can_see(&mut viewer, pos)? {
                 continue;
             }
             if let Some(json) = client_json(&services, pos, &body.room_id, &session.user_id)? {
@@ -417,7 +443,18 @@ async fn messages(
         }
     }
     let mut resp = get_message_events::v3::Response::new();
-    resp.start = make_token(from.min(u64::MAX - 1));
+    // A concrete position even when paging from the live end, so the token stays meaningful.
+    let start = if from == u64::MAX {
+        services
+            .rooms
+            .timeline(room, u64::MAX, false, 1)?
+            .first()
+            .copied()
+            .unwrap_or(0)
+    } else {
+        from
+    };
+    resp.start = make_token(start);
     resp.end = if chunk.is_empty() {
         None
     } else {
@@ -465,18 +502,15 @@ async fn get_event(
 ) -> Result<get_room_event::v3::Response> {
     let session = req.session()?;
     let body = &req.body;
-    let room = joined_room(&services, &session.user_id, &body.room_id)?;
+    let (room, _) = services
+        .rooms
+        .room_access(&session.user_id, &body.room_id)?;
+    let mut viewer = services.rooms.viewer(&session.user_id, room)?;
+    // `can_see` also checks the event is in this room.
     let short = services
         .rooms
         .event_short(&body.event_id)?
-        .filter(|s| {
-            services
-                .rooms
-                .event_meta(*s)
-                .ok()
-                .flatten()
-                .is_some_and(|m| m.room == room)
-        })
+        .filter(|s| services.rooms.can_see(&mut viewer, *s).unwrap_or(false))
         .ok_or_else(|| Error::not_found("Event not found"))?;
     let json = client_json(&services, short, &body.room_id, &session.user_id)?
         .ok_or_else(|| Error::not_found("Event not found"))?;

@@ -7,6 +7,7 @@
 
 pub mod alias;
 pub mod create;
+pub mod history;
 pub mod pdu;
 mod pipeline;
 pub mod relations;
@@ -334,6 +335,18 @@ impl Service {
             return Ok(None);
         };
         Ok(self.membership(user, room)?.map(|m| m.membership()))
+    }
+
+    /// The membership index entry of a user (by ID) in a room.
+    pub fn membership_of_full(
+        &self,
+        user_id: &UserId,
+        room: ShortId,
+    ) -> Result<Option<Membership>> {
+        let Some(user) = self.shortids.get(IdKind::User, user_id.as_str())? else {
+            return Ok(None);
+        };
+        self.membership(user, room)
     }
 
     pub fn is_joined(&self, user_id: &UserId, room: ShortId) -> Result<bool> {
