@@ -149,6 +149,11 @@ pub async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        // Read (and drop) a moderately oversized body so the client, still sending it, gets
+        // the 413 rather than a reset connection; far larger ones are cut off.
+        if declared.is_some_and(|n| n <= DRAIN_LIMIT) {
+            drain(body).await;
+        }
         return Err(Error::too_large("Request body is too large"));
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
@@ -162,6 +167,23 @@ pub async fn read_body(
         }
         Error::bad_json(format!("Could not read request body: {e}"))
     })
+}
+
+/// The largest oversized body read to its end before answering 413.
+const DRAIN_LIMIT: u64 = 16 << 20;
+
+async fn drain(body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            seen += data.len() as u64;
+        }
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
 }
 
 /// Maps ruma's parse errors to the errcodes the spec gives them.

@@ -133,7 +133,7 @@ pub struct Service {
     server_name: OwnedServerName,
     signing_key: Arc<hearth_federation::ServerSigningKey>,
     /// One writer at a time per room keeps prev_events, depth and state consistent.
-    room_locks: Mutex<HashMap<ShortId, Arc<tokio::sync::Mutex<()>>>>,
+    room_locks: Mutex<HashMap<ShortId, Arc<pipeline::RoomSlot>>>,
     /// Serialises alias creation and deletion (check, then write).
     alias_lock: tokio::sync::Mutex<()>,
 }
@@ -160,7 +160,7 @@ impl Service {
         &self.server_name
     }
 
-    fn room_lock(&self, room: ShortId) -> Arc<tokio::sync::Mutex<()>> {
+    fn room_lock(&self, room: ShortId) -> Arc<pipeline::RoomSlot> {
         let mut locks = self.room_locks.lock();
         if locks.len() > 10_000 {
             // Locks nobody holds or waits for can go; they are recreated on demand.

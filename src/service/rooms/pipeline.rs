@@ -2,7 +2,7 @@
 //! depth, hashes, signature, event ID per room version), authorise it against the room's current
 //! state, then persist it with its state delta, indexes and the room's new head in one batch.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
     events::{
@@ -57,6 +57,32 @@ pub struct Sent {
     pub event_id: OwnedEventId,
     pub short: ShortId,
 }
+
+/// One room's writer lock, and the message events waiting for it. Whoever takes the lock
+/// persists every event queued so far in one write (group commit), so a busy room pays for one
+/// fsync per group rather than per message.
+#[derive(Default)]
+pub struct RoomSlot {
+    lock: tokio::sync::Mutex<()>,
+    queue: parking_lot::Mutex<Vec<Job>>,
+}
+
+impl RoomSlot {
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+}
+
+/// A message event waiting for its room's writer.
+struct Job {
+    sender: ruma::OwnedUserId,
+    ev: NewEvent,
+    txn: Option<(ShortId, String, String)>,
+    reply: tokio::sync::oneshot::Sender<Result<Sent>>,
+}
+
+/// Most events persisted in one write; bounds the batch size and the latency of its first event.
+const MAX_GROUP: usize = 256;
 
 /// A transaction ID of a client, for idempotent sends.
 pub struct Txn<'a> {
@@ -378,16 +404,16 @@ impl Service {
         txn: Option<Txn<'_>>,
     ) -> Result<Sent> {
         let (room, _) = self.known_room(room_id)?;
-        let lock = self.room_lock(room);
-        let _guard = lock.lock().await;
+        let slot = self.room_lock(room);
+        if ev.state_key.is_none() {
+            return self.send_grouped(room, &slot, sender, ev, txn).await;
+        }
+        let _guard = slot.lock().await;
         if let Some(t) = &txn {
             if let Some(event_id) = self.txn_event(t.user, t.device_id, room, t.txn_id)? {
                 let short = self.event_short(&event_id)?.unwrap_or_default();
                 return Ok(Sent { event_id, short });
             }
-        }
-        if ev.state_key.is_none() {
-            self.check_duplicate_annotation(sender, &ev)?;
         }
         // Re-read under the lock: the head may have moved while we waited.
         let mut meta = self
@@ -395,6 +421,141 @@ impl Service {
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = Self::rules(&meta.version)?;
         self.append(room, &mut meta, &rules, sender, ev, txn).await
+    }
+
+    /// Queues a message event; the first sender to get the room's lock persists the whole queue.
+    /// Message events leave state unchanged, so every event of a group is authorised against the
+    /// same state, and each one's prev_event is the one before it.
+    async fn send_grouped(
+        &self,
+        room: ShortId,
+        slot: &RoomSlot,
+        sender: &UserId,
+        ev: NewEvent,
+        txn: Option<Txn<'_>>,
+    ) -> Result<Sent> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        slot.queue.lock().push(Job {
+            sender: sender.to_owned(),
+            ev,
+            txn: txn.map(|t| (t.user, t.device_id.to_owned(), t.txn_id.to_owned())),
+            reply,
+        });
+        {
+            let _guard = slot.lock().await;
+            loop {
+                let jobs: Vec<Job> = {
+                    let mut queue = slot.queue.lock();
+                    let n = queue.len().min(MAX_GROUP);
+                    queue.drain(..n).collect()
+                };
+                if jobs.is_empty() {
+                    break;
+                }
+                self.persist_group(room, jobs).await;
+            }
+        }
+        answer
+            .await
+            .map_err(|_| Error::internal("event writer went away"))?
+    }
+
+    /// Builds, authorises and persists a group of message events in one write, and answers each.
+    async fn persist_group(&self, room: ShortId, jobs: Vec<Job>) {
+        let mut meta = match self.meta(room) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(Error::not_found("Unknown room")));
+                }
+                return;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(Error::internal(&msg)));
+                }
+                return;
+            }
+        };
+        let rules = match Self::rules(&meta.version) {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = e.to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(Error::internal(&msg)));
+                }
+                return;
+            }
+        };
+        let mut batch = Batch::new();
+        let mut accepted: Vec<(tokio::sync::oneshot::Sender<Result<Sent>>, Sent)> = Vec::new();
+        let mut group_txns: HashMap<(ShortId, String, String), Sent> = HashMap::new();
+        for job in jobs {
+            let outcome = (|| -> Result<Option<Sent>> {
+                if let Some(key) = &job.txn {
+                    if let Some(sent) = group_txns.get(key) {
+                        return Ok(Some(sent.clone()));
+                    }
+                    if let Some(event_id) = self.txn_event(key.0, &key.1, room, &key.2)? {
+                        let short = self.event_short(&event_id)?.unwrap_or_default();
+                        return Ok(Some(Sent { event_id, short }));
+                    }
+                }
+                self.check_duplicate_annotation(&job.sender, &job.ev)?;
+                Ok(None)
+            })();
+            match outcome {
+                Ok(Some(earlier)) => {
+                    let _ = job.reply.send(Ok(earlier));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                    continue;
+                }
+            }
+            let txn = job.txn.as_ref().map(|(user, device, id)| Txn {
+                user: *user,
+                device_id: device,
+                txn_id: id,
+            });
+            let mut one = Batch::new();
+            match self.prepare(&mut one, room, &meta, &rules, &job.sender, job.ev, txn) {
+                Ok((sent, new_meta)) => {
+                    batch.ops.extend(one.ops);
+                    meta = new_meta;
+                    if let Some(key) = job.txn {
+                        group_txns.insert(key, sent.clone());
+                    }
+                    accepted.push((job.reply, sent));
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&meta));
+        match self.db.write(batch).await {
+            Ok(()) => {
+                tracing::debug!(room_id = %meta.room_id, events = accepted.len(), "event group persisted");
+                for (reply, sent) in accepted {
+                    let _ = reply.send(Ok(sent));
+                }
+            }
+            Err(e) => {
+                // Nothing of the group landed: the stored head is unchanged, and the next group
+                // re-reads it.
+                let msg = e.to_string();
+                for (reply, _) in accepted {
+                    let _ = reply.send(Err(Error::internal(&msg)));
+                }
+            }
+        }
     }
 
     /// Builds, authorises and persists one event on top of the room's current head. The caller
@@ -408,6 +569,27 @@ impl Service {
         ev: NewEvent,
         txn: Option<Txn<'_>>,
     ) -> Result<Sent> {
+        let mut batch = Batch::new();
+        let (sent, new_meta) = self.prepare(&mut batch, room, meta, rules, sender, ev, txn)?;
+        batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
+        self.db.write(batch).await?;
+        *meta = new_meta;
+        Ok(sent)
+    }
+
+    /// Builds and authorises one event on top of `meta`'s head and adds its writes to `batch`;
+    /// returns the event and the room's head after it (not yet written).
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        meta: &RoomMeta,
+        rules: &RoomVersionRules,
+        sender: &UserId,
+        ev: NewEvent,
+        txn: Option<Txn<'_>>,
+    ) -> Result<(Sent, RoomMeta)> {
         let state = self.state.load(meta.state_group)?;
         let raw_content = serde_json::value::to_raw_value(&ev.content).map_err(Error::internal)?;
         let auth_types = state_res::auth_types_for_event(
@@ -442,7 +624,6 @@ impl Service {
         let pdu = Pdu::from_canonical(event_id.clone(), &object).map_err(Error::internal)?;
         self.authorise(rules, &pdu, &state)?;
 
-        let mut batch = Batch::new();
         // A redaction the auth rules allow may still not be ours to apply (v3+ leaves the check
         // to the server): only the target's sender or a user with the redact level may.
         let mut redaction_target = None;
@@ -474,7 +655,7 @@ impl Service {
 
         let short = self
             .shortids
-            .allocate_in(&mut batch, IdKind::Event, event_id.as_str());
+            .allocate_in(batch, IdKind::Event, event_id.as_str());
         let mut state_after = meta.state_group;
         if let Some(sk) = &pdu.state_key {
             let kind = StateEventType::from(pdu.kind.to_string());
@@ -484,7 +665,7 @@ impl Service {
             let new_state = Arc::new(new_state);
             state_after =
                 self.state
-                    .store_in(&mut batch, Some((meta.state_group, &state)), &new_state)?;
+                    .store_in(batch, Some((meta.state_group, &state)), &new_state)?;
             batch.put(
                 Cf::RoomState,
                 key::pair(room, sk_short),
@@ -524,9 +705,9 @@ impl Service {
             .encode(),
         );
         batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
-        self.index_relation_in(&mut batch, room, short, &pdu)?;
+        self.index_relation_in(batch, room, short, &pdu)?;
         if let Some(t_short) = redaction_target {
-            self.redact_in(&mut batch, rules, t_short, &object)?;
+            self.redact_in(batch, rules, t_short, &object)?;
         }
         if let Some(t) = &txn {
             batch.put(
@@ -539,11 +720,8 @@ impl Service {
         new_meta.extremities = vec![event_id.clone()];
         new_meta.depth = depth;
         new_meta.state_group = state_after;
-        batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
-        self.db.write(batch).await?;
-        *meta = new_meta;
-        tracing::debug!(room_id = %meta.room_id, %event_id, kind = %pdu.kind, "event persisted");
-        Ok(Sent { event_id, short })
+        tracing::debug!(room_id = %meta.room_id, %event_id, kind = %pdu.kind, "event built");
+        Ok((Sent { event_id, short }, new_meta))
     }
 
     /// Replaces a stored event with its redacted form.
