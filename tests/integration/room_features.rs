@@ -495,3 +495,79 @@ async fn history_visibility_is_applied_per_event() {
         "after"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_loading_returns_only_the_senders_members() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
+    let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
+    let (_, carol, _) = server.register("carol", PASSWORD).await;
+    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    for t in [&bob, &carol] {
+        assert_eq!(join(&server, t, &room).await.0, 200);
+    }
+    let mut last = String::new();
+    for i in 0..5 {
+        last = say(&server, &bob, &room, &format!("bob-{i}")).await;
+    }
+    let members_of = |state: &Value| -> Vec<String> {
+        let mut m: Vec<String> = state
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| e["state_key"].as_str().unwrap().to_owned())
+            .collect();
+        m.sort();
+        m
+    };
+    let filter = enc(r#"{"lazy_load_members":true,"types":["m.room.message"]}"#);
+    let (status, page) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=3&filter={filter}"),
+            Some(&carol),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["chunk"].as_array().unwrap().len(), 3);
+    assert_eq!(members_of(&page["state"]), vec![bob_id.clone()]);
+    // Without lazy-loading, /messages sends no state.
+    let (_, page) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=3"),
+            Some(&carol),
+        )
+        .await;
+    assert!(page
+        .get("state")
+        .is_none_or(|s| s.as_array().is_some_and(Vec::is_empty)));
+
+    let (status, ctx) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/context/{}?limit=2&filter={}",
+                enc(&last),
+                enc(r#"{"lazy_load_members":true}"#)
+            ),
+            Some(&carol),
+        )
+        .await;
+    assert_eq!(status, 200, "{ctx}");
+    assert_eq!(members_of(&ctx["state"]), vec![bob_id.clone()]);
+    assert!(ctx["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.create"));
+    let (_, full) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/context/{}?limit=2",
+                enc(&last)
+            ),
+            Some(&carol),
+        )
+        .await;
+    assert_eq!(members_of(&full["state"]).len(), 3);
+    assert!(members_of(&full["state"]).contains(&alice_id));
+}

@@ -505,3 +505,88 @@ async fn busy_room_survives_restart_without_losing_acknowledged_events() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_hearth_builds_verify_with_ruma_signatures() {
+    use ruma::{
+        serde::Base64,
+        signatures::{reference_hash, verify_event, Verified},
+        RoomVersionId,
+    };
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    let (_, bob, _) = server.register("bob", PASSWORD).await;
+    let services = &server.server.as_ref().unwrap().services;
+    let key = &services.signing_key;
+    let keys = std::collections::BTreeMap::from([(
+        "localhost:8448".to_owned(),
+        std::collections::BTreeMap::from([(
+            key.key_id(),
+            Base64::parse(key.public_key_base64()).unwrap(),
+        )]),
+    )]);
+    for version in 1..=12 {
+        let version_id = RoomVersionId::try_from(version.to_string()).unwrap();
+        let rules = version_id.rules().unwrap();
+        let room_id = create_room(
+            &server,
+            &alice,
+            json!({ "room_version": version.to_string(), "preset": "public_chat", "name": "signed" }),
+        )
+        .await;
+        let (status, _) = server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room_id}/join"),
+                Some(&bob),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        send_text(&server, &bob, &room_id, "kept", "kept").await;
+        let (_, gone) = send_text(&server, &bob, &room_id, "gone", "gone").await;
+        let gone = gone["event_id"].as_str().unwrap().to_owned();
+        let (status, _) = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room_id}/redact/{}/r", enc(&gone)),
+                Some(&bob),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200);
+
+        let room = services
+            .rooms
+            .room_short(&ruma::RoomId::parse(&room_id).unwrap())
+            .unwrap()
+            .unwrap();
+        let events = services.rooms.timeline(room, 0, true, 1000).unwrap();
+        assert!(events.len() >= 9, "v{version}: {} events", events.len());
+        for short in events {
+            let event_id = services.rooms.event_id_of(short).unwrap();
+            let object = services.rooms.event_canonical(short).unwrap().unwrap();
+            let verified = verify_event(&keys, &object, &rules)
+                .unwrap_or_else(|e| panic!("v{version} {event_id}: {e}"));
+            // A redacted event keeps valid signatures; its content hash no longer matches.
+            let expected = if event_id.as_str() == gone {
+                Verified::Signatures
+            } else {
+                Verified::All
+            };
+            assert_eq!(verified, expected, "v{version} {event_id}");
+            if version >= 3 {
+                let hash = reference_hash(&object, &rules).unwrap();
+                assert_eq!(event_id.as_str(), format!("${hash}"), "v{version}");
+            } else {
+                assert_eq!(
+                    object.get("event_id").and_then(|v| v.as_str()),
+                    Some(event_id.as_str()),
+                    "v{version}"
+                );
+            }
+            if version == 12 && object.get("type").and_then(|v| v.as_str()) == Some("m.room.create")
+            {
+                assert_eq!(room_id, format!("!{}", event_id.localpart()));
+            }
+        }
+    }
+}

@@ -20,7 +20,7 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::room::{client_json, make_token, parse_token, to_raw};
+use super::room::{client_json, event_matches, make_token, parse_token, to_raw};
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
@@ -305,15 +305,25 @@ async fn context(
         .rooms
         .timeline(room, short.saturating_sub(1), false, before_n)?;
     let after = services.rooms.timeline(room, short, true, after_n)?;
+    let mut senders = std::collections::BTreeSet::new();
     let mut render = |positions: &[ShortId]| -> Result<Vec<Raw<_>>> {
         let mut out = Vec::new();
         for p in positions {
             if !services.rooms.can_see(&mut seer, *p)? {
                 continue;
             }
-            if let Some(json) = client_json(&services, *p, &b.room_id, &session.user_id)? {
-                out.push(to_raw(&json)?);
+            let Some(json) = client_json(&services, *p, &b.room_id, &session.user_id)? else {
+                continue;
+            };
+            if let Some(obj) = json.as_object() {
+                if !event_matches(&b.filter, obj) {
+                    continue;
+                }
             }
+            if let Some(sender) = json.get("sender").and_then(JsonValue::as_str) {
+                senders.insert(sender.to_owned());
+            }
+            out.push(to_raw(&json)?);
         }
         Ok(out)
     };
@@ -327,15 +337,29 @@ async fn context(
     resp.end = Some(make_token(after.last().copied().unwrap_or(short)));
     resp.events_before = render(&before)?;
     resp.events_after = render(&after)?;
-    resp.event = client_json(&services, short, &b.room_id, &session.user_id)?
-        .map(|j| to_raw(&j))
-        .transpose()?;
-    // The state at the last event returned.
+    let event = client_json(&services, short, &b.room_id, &session.user_id)?;
+    if let Some(sender) = event
+        .as_ref()
+        .and_then(|e| e.get("sender"))
+        .and_then(JsonValue::as_str)
+    {
+        senders.insert(sender.to_owned());
+    }
+    resp.event = event.map(|j| to_raw(&j)).transpose()?;
+    // The state at the last event returned; with lazy-loading, only the senders' members.
+    let lazy = !b.filter.lazy_load_options.is_disabled();
     let last = after.last().copied().unwrap_or(short);
     if let Some(meta) = services.rooms.event_meta(last)? {
         let state = services.rooms.state_at(meta.state_after)?;
         let mut events = Vec::new();
-        for event in state.values() {
+        for (key, event) in state.iter() {
+            if lazy {
+                let (kind, state_key) = services.rooms.state_key_of(*key)?;
+                if kind == ruma::events::StateEventType::RoomMember && !senders.contains(&state_key)
+                {
+                    continue;
+                }
+            }
             if let Some(json) = client_json(&services, *event, &b.room_id, &session.user_id)? {
                 events.push(to_raw(&json)?);
             }

@@ -74,6 +74,44 @@ pub fn visible_state(
     }
 }
 
+/// The member events of `users` as the reader sees the room (for lazy-loading members): from the
+/// current state, or from the state when a former member left.
+pub fn member_events<T>(
+    services: &Services,
+    reader: &UserId,
+    room_id: &RoomId,
+    users: &std::collections::BTreeSet<String>,
+) -> Result<Vec<Raw<T>>> {
+    let (room, access) = services.rooms.room_access(reader, room_id)?;
+    let left_state = match access {
+        Access::Former(event) => match services.rooms.event_meta(event)? {
+            Some(meta) => Some(services.rooms.state_at(meta.state_after)?),
+            None => None,
+        },
+        Access::Joined | Access::Public => None,
+    };
+    let mut out = Vec::new();
+    for user in users {
+        let event = match &left_state {
+            Some(state) => services
+                .rooms
+                .state_key_short(&StateEventType::RoomMember, user)?
+                .and_then(|k| state.get(&k).copied()),
+            None => services
+                .rooms
+                .current_state_event(room, &StateEventType::RoomMember, user)?,
+        };
+        if let Some(raw) = event
+            .map(|e| client_raw(services, e, room_id))
+            .transpose()?
+            .flatten()
+        {
+            out.push(raw);
+        }
+    }
+    Ok(out)
+}
+
 /// An event in the client format as `viewer` sees it, with bundled aggregations.
 pub fn client_json(
     services: &Services,
@@ -413,6 +451,7 @@ async fn messages(
     let filter = &body.filter;
 
     let mut chunk = Vec::new();
+    let mut senders = std::collections::BTreeSet::new();
     let mut cursor = from;
     let mut end = None;
     // Filtered-out events still advance the cursor; read in pages until the chunk is full.
@@ -435,6 +474,9 @@ async fn messages(
                 continue;
             }
             if let Some(json) = client_json(&services, pos, &body.room_id, &session.user_id)? {
+                if let Some(sender) = json.get("sender").and_then(JsonValue::as_str) {
+                    senders.insert(sender.to_owned());
+                }
                 chunk.push(to_raw(&json)?);
             }
             if chunk.len() >= limit {
@@ -461,10 +503,13 @@ async fn messages(
         end.map(make_token)
     };
     resp.chunk = chunk;
+    if !filter.lazy_load_options.is_disabled() {
+        resp.state = member_events(&services, &session.user_id, &body.room_id, &senders)?;
+    }
     Ok(resp)
 }
 
-fn event_matches(
+pub fn event_matches(
     filter: &ruma::api::client::filter::RoomEventFilter,
     stored: &serde_json::Map<String, JsonValue>,
 ) -> bool {
