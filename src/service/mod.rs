@@ -1,12 +1,18 @@
 //! Domain logic, one module per concern. Each service is built with the dependencies it names in
 //! its constructor; there is no global registry. Handlers reach them through `Services`.
 
+pub mod account_data;
 pub mod accounts;
+pub mod filters;
 pub mod profiles;
 pub mod ratelimit;
+pub mod receipts;
 pub mod registration_tokens;
 pub mod rooms;
 pub mod sessions;
+pub mod stream;
+pub mod sync;
+pub mod typing;
 pub mod uiaa;
 pub mod users;
 
@@ -27,6 +33,11 @@ pub struct Services {
     pub uiaa: Arc<uiaa::Service>,
     pub ratelimit: Arc<ratelimit::Service>,
     pub rooms: Arc<rooms::Service>,
+    pub stream: Arc<stream::Stream>,
+    pub account_data: Arc<account_data::Service>,
+    pub receipts: Arc<receipts::Service>,
+    pub typing: Arc<typing::Service>,
+    pub filters: Arc<filters::Service>,
     /// This server's ed25519 signing key.
     pub signing_key: Arc<hearth_federation::ServerSigningKey>,
     /// Secret of the local console (`hearth register-user` and friends), kept in the data folder.
@@ -58,12 +69,22 @@ impl Services {
             ratelimit.clone(),
         ));
         let signing_key = Arc::new(load_or_create_signing_key(&db)?);
+        let stream = Arc::new(stream::Stream::new(shortids.clone()));
         let rooms = Arc::new(rooms::Service::new(
             db.clone(),
             shortids.clone(),
             config.server_name.clone(),
             signing_key.clone(),
+            stream.clone(),
         )?);
+        let account_data = Arc::new(account_data::Service::new(db.clone(), stream.clone()));
+        let receipts = Arc::new(receipts::Service::new(
+            db.clone(),
+            stream.clone(),
+            rooms.clone(),
+        ));
+        let typing = Arc::new(typing::Service::new(rooms.clone()));
+        let filters = Arc::new(filters::Service::new(db.clone()));
         Ok(Self {
             config,
             db,
@@ -74,6 +95,11 @@ impl Services {
             uiaa,
             ratelimit,
             rooms,
+            stream,
+            account_data,
+            receipts,
+            typing,
+            filters,
             signing_key,
             console_secret,
             registration_nonces: Default::default(),

@@ -31,6 +31,11 @@ pub enum Cf {
     PublicRooms,
     Threads,
     Reports,
+    AccountData,
+    AccountDataByPos,
+    Receipts,
+    ReceiptsByPos,
+    Filters,
 }
 
 /// How a keyspace is laid out; the table below is the documentation of the database.
@@ -186,6 +191,36 @@ pub const KEYSPACES: &[Keyspace] = &[
         key: "room (short, u64 BE)",
         value: "empty: the room is in the public directory",
     },
+    Keyspace {
+        cf: Cf::AccountData,
+        name: "account_data",
+        key: "user (short, u64 BE) . room (short, u64 BE; 0 = global) . event type (utf-8)",
+        value: "stream position (u64 BE) . content (JSON)",
+    },
+    Keyspace {
+        cf: Cf::AccountDataByPos,
+        name: "account_data_by_pos",
+        key: "user (short, u64 BE) . stream position (u64 BE)",
+        value: "room (short, u64 BE; 0 = global) . event type (utf-8)",
+    },
+    Keyspace {
+        cf: Cf::Receipts,
+        name: "receipts",
+        key: "room (short, u64 BE) . user (short, u64 BE) . receipt type (utf-8) . 0xff . thread (utf-8)",
+        value: "stream position (u64 BE) . Receipt (JSON): event ID, timestamp",
+    },
+    Keyspace {
+        cf: Cf::ReceiptsByPos,
+        name: "receipts_by_pos",
+        key: "room (short, u64 BE) . stream position (u64 BE)",
+        value: "the `receipts` key it points at",
+    },
+    Keyspace {
+        cf: Cf::Filters,
+        name: "filters",
+        key: "user (short, u64 BE) . filter id (u64 BE)",
+        value: "filter definition (JSON)",
+    },
 ];
 
 impl Cf {
@@ -324,6 +359,38 @@ pub mod key {
     }
 
     /// Splits a `user . string` key back into its parts.
+    pub fn account_data(user: ShortId, room: ShortId, kind: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(16 + kind.len());
+        k.extend_from_slice(&user.to_be_bytes());
+        k.extend_from_slice(&room.to_be_bytes());
+        k.extend_from_slice(kind.as_bytes());
+        k
+    }
+
+    pub fn receipt(room: ShortId, user: ShortId, kind: &str, thread: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(17 + kind.len() + thread.len());
+        k.extend_from_slice(&room.to_be_bytes());
+        k.extend_from_slice(&user.to_be_bytes());
+        k.extend_from_slice(kind.as_bytes());
+        k.push(0xff);
+        k.extend_from_slice(thread.as_bytes());
+        k
+    }
+
+    /// (room, user, receipt type, thread) of a `receipts` key.
+    pub fn split_receipt(k: &[u8]) -> Option<(ShortId, ShortId, &str, &str)> {
+        let room = ShortId::from_be_bytes(k.get(..8)?.try_into().ok()?);
+        let user = ShortId::from_be_bytes(k.get(8..16)?.try_into().ok()?);
+        let rest = k.get(16..)?;
+        let sep = rest.iter().position(|b| *b == 0xff)?;
+        Some((
+            room,
+            user,
+            std::str::from_utf8(&rest[..sep]).ok()?,
+            std::str::from_utf8(&rest[sep + 1..]).ok()?,
+        ))
+    }
+
     pub fn split_user_key(key: &[u8]) -> Option<(ShortId, &str)> {
         let (u, rest) = key.split_at_checked(8)?;
         let user = ShortId::from_be_bytes(u.try_into().ok()?);

@@ -84,6 +84,20 @@ impl ShortIds {
         short
     }
 
+    /// Allocates a number from the same sequence for a stream position that has no string ID
+    /// (a receipt, an account data change, ...). The reverse map records it, so the counter never
+    /// hands it out again after a restart.
+    pub fn allocate_position_in(&self, batch: &mut Batch) -> ShortId {
+        let short = self.next.fetch_add(1, Ordering::SeqCst);
+        batch.put(Cf::ShortIdsRev, key::short_id_rev(short), vec![0u8]);
+        short
+    }
+
+    /// The next number the sequence will hand out.
+    pub fn peek_next(&self) -> ShortId {
+        self.next.load(Ordering::SeqCst)
+    }
+
     /// The string ID behind a short ID.
     pub fn lookup(&self, short: ShortId) -> Result<Option<(IdKind, String)>> {
         Ok(self
@@ -97,6 +111,8 @@ impl ShortIds {
             return Ok(None);
         };
         let kind = match v.first() {
+            // A bare stream position (see `allocate_position_in`): no string behind it.
+            Some(0) => return Ok(None),
             Some(1) => IdKind::User,
             Some(2) => IdKind::Room,
             Some(3) => IdKind::Event,

@@ -12,3 +12,4 @@ mod persistence;
 mod relations;
 mod room_features;
 mod rooms;
+mod sync;

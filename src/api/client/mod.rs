@@ -1,14 +1,17 @@
 //! Client-server API handlers, one file per area of the spec.
 
 mod account;
+mod account_data;
 mod device;
 mod directory;
 mod discovery;
 mod membership;
 mod profile;
+mod receipts;
 mod relations;
 mod room;
 mod session;
+mod sync;
 
 use axum::Router;
 
@@ -23,5 +26,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = membership::routes(router);
     let router = directory::routes(router);
     let router = relations::routes(router);
+    let router = sync::routes(router);
+    let router = account_data::routes(router);
+    let router = receipts::routes(router);
     profile::routes(router)
 }

@@ -119,33 +119,7 @@ pub fn client_json(
     room_id: &RoomId,
     viewer: &UserId,
 ) -> Result<Option<JsonValue>> {
-    let Some(stored) = services.rooms.event_json(short)? else {
-        return Ok(None);
-    };
-    let event_id = services.rooms.event_id_of(short)?;
-    let mut json = client_event(&event_id, room_id, &stored, now_ms());
-    let redacted = stored
-        .get("unsigned")
-        .and_then(|u| u.get("redacted_because"))
-        .is_some();
-    if !redacted {
-        let plain = |s: ShortId| -> Result<Option<JsonValue>> {
-            services
-                .rooms
-                .event_json(s)?
-                .map(|st| {
-                    services
-                        .rooms
-                        .event_id_of(s)
-                        .map(|id| client_event(&id, room_id, &st, now_ms()))
-                })
-                .transpose()
-        };
-        if let Some(agg) = services.rooms.bundled_aggregations(short, viewer, &plain)? {
-            json["unsigned"]["m.relations"] = agg;
-        }
-    }
-    Ok(Some(json))
+    services.rooms.client_event_json(short, room_id, viewer)
 }
 
 /// Serialises JSON as a raw event.

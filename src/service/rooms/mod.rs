@@ -31,6 +31,7 @@ use self::{
 };
 use crate::{
     error::{Error, Result},
+    service::stream::Stream,
     storage::{decode_u64, encode_json, schema::key, Cf, Db, IdKind, ShortId, ShortIds},
 };
 
@@ -132,6 +133,7 @@ pub struct Service {
     state: StateStore,
     server_name: OwnedServerName,
     signing_key: Arc<hearth_federation::ServerSigningKey>,
+    stream: Arc<Stream>,
     /// One writer at a time per room keeps prev_events, depth and state consistent.
     room_locks: Mutex<HashMap<ShortId, Arc<pipeline::RoomSlot>>>,
     /// Serialises alias creation and deletion (check, then write).
@@ -144,6 +146,7 @@ impl Service {
         shortids: Arc<ShortIds>,
         server_name: OwnedServerName,
         signing_key: Arc<hearth_federation::ServerSigningKey>,
+        stream: Arc<Stream>,
     ) -> Result<Self> {
         Ok(Self {
             state: StateStore::new(db.clone())?,
@@ -151,6 +154,7 @@ impl Service {
             shortids,
             server_name,
             signing_key,
+            stream,
             room_locks: Mutex::new(HashMap::new()),
             alias_lock: tokio::sync::Mutex::new(()),
         })
@@ -363,6 +367,18 @@ impl Service {
                 if let Some((_, room)) = key::split_pair(&k) {
                     out.push(room);
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every room a user has a membership in, with it.
+    pub fn memberships(&self, user: ShortId) -> Result<Vec<(ShortId, Membership)>> {
+        let mut out = Vec::new();
+        for r in self.db.scan_prefix(Cf::Memberships, &key::u64_key(user)) {
+            let (k, v) = r?;
+            if let (Some((_, room)), Some(m)) = (key::split_pair(&k), Membership::decode(&v)) {
+                out.push((room, m));
             }
         }
         Ok(out)

@@ -280,6 +280,32 @@ impl Service {
             .user_can_send_state(user, kind.clone()))
     }
 
+    /// Wakes the /sync of everyone in the room (typing, receipts).
+    pub fn wake_members(&self, room: ShortId) {
+        self.wake_room(room, &[]);
+    }
+
+    /// Wakes the /sync of everyone in the room, and of the targets of these member events
+    /// (invitees, the kicked and the banned see their change too).
+    fn wake_room(&self, room: ShortId, events: &[ShortId]) {
+        let mut users: Vec<ShortId> = match self.members(room) {
+            Ok(m) => m
+                .into_iter()
+                .filter(|(_, m)| {
+                    m.membership() != MembershipState::Leave || events.contains(&m.event)
+                })
+                .map(|(u, _)| u)
+                .collect(),
+            Err(e) => {
+                tracing::warn!("cannot list members to wake: {e}");
+                return;
+            }
+        };
+        users.sort_unstable();
+        users.dedup();
+        self.stream.wake(users);
+    }
+
     /// A joined local member who may invite, to vouch for a restricted join
     /// (`join_authorised_via_users_server`); the most powerful such member is chosen.
     pub fn authorising_user(&self, room: ShortId) -> Result<Option<OwnedUserId>> {
@@ -344,12 +370,22 @@ impl Service {
         let lock = self.room_lock(room);
         let _guard = lock.lock().await;
         let mut batch = Batch::new();
-        let short = self
-            .shortids
-            .allocate_in(&mut batch, IdKind::Event, event_id.as_str());
-        let sk = self.state_key_for(&StateEventType::RoomCreate, "")?;
+        let short = self.stream.allocate_event_in(&mut batch, event_id.as_str());
+        let sk = match self.state_key_for(&StateEventType::RoomCreate, "") {
+            Ok(sk) => sk,
+            Err(e) => {
+                self.stream.complete(&[short]);
+                return Err(e);
+            }
+        };
         let state = Arc::new(StateMap::from([(sk, short)]));
-        let group = self.state.store_in(&mut batch, None, &state)?;
+        let group = match self.state.store_in(&mut batch, None, &state) {
+            Ok(g) => g,
+            Err(e) => {
+                self.stream.complete(&[short]);
+                return Err(e);
+            }
+        };
         batch.put(
             Cf::Pdus,
             key::u64_key(short),
@@ -378,7 +414,9 @@ impl Service {
             create_event: event_id,
         };
         batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&meta));
-        self.db.write(batch).await?;
+        let written = self.db.write(batch).await;
+        self.stream.complete(&[short]);
+        written?;
         tracing::info!(%room_id, %version, "room created");
 
         for ev in then {
@@ -540,8 +578,12 @@ impl Service {
             return;
         }
         batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&meta));
-        match self.db.write(batch).await {
+        let written = self.db.write(batch).await;
+        let positions: Vec<ShortId> = accepted.iter().map(|(_, s)| s.short).collect();
+        self.stream.complete(&positions);
+        match written {
             Ok(()) => {
+                self.wake_room(room, &[]);
                 tracing::debug!(room_id = %meta.room_id, events = accepted.len(), "event group persisted");
                 for (reply, sent) in accepted {
                     let _ = reply.send(Ok(sent));
@@ -572,8 +614,11 @@ impl Service {
         let mut batch = Batch::new();
         let (sent, new_meta) = self.prepare(&mut batch, room, meta, rules, sender, ev, txn)?;
         batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
-        self.db.write(batch).await?;
+        let written = self.db.write(batch).await;
+        self.stream.complete(&[sent.short]);
+        written?;
         *meta = new_meta;
+        self.wake_room(room, &[sent.short]);
         Ok(sent)
     }
 
@@ -653,19 +698,55 @@ impl Service {
             }
         }
 
-        let short = self
-            .shortids
-            .allocate_in(batch, IdKind::Event, event_id.as_str());
+        let short = self.stream.allocate_event_in(batch, event_id.as_str());
+        // The position is pending from here on: give it back if the event goes no further.
+        let filled = self.fill(
+            batch,
+            room,
+            meta,
+            rules,
+            &state,
+            short,
+            event_id,
+            object,
+            pdu,
+            redaction_target,
+            txn,
+            depth,
+        );
+        if filled.is_err() {
+            self.stream.complete(&[short]);
+        }
+        filled
+    }
+
+    /// The writes of one built and authorised event (see `prepare`).
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        meta: &RoomMeta,
+        rules: &RoomVersionRules,
+        state: &Arc<StateMap>,
+        short: ShortId,
+        event_id: OwnedEventId,
+        object: CanonicalJsonObject,
+        pdu: Pdu,
+        redaction_target: Option<ShortId>,
+        txn: Option<Txn<'_>>,
+        depth: u64,
+    ) -> Result<(Sent, RoomMeta)> {
         let mut state_after = meta.state_group;
         if let Some(sk) = &pdu.state_key {
             let kind = StateEventType::from(pdu.kind.to_string());
             let sk_short = self.state_key_for(&kind, sk)?;
-            let mut new_state = (*state).clone();
+            let mut new_state = (**state).clone();
             new_state.insert(sk_short, short);
             let new_state = Arc::new(new_state);
             state_after =
                 self.state
-                    .store_in(batch, Some((meta.state_group, &state)), &new_state)?;
+                    .store_in(batch, Some((meta.state_group, state)), &new_state)?;
             batch.put(
                 Cf::RoomState,
                 key::pair(room, sk_short),

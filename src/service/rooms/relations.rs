@@ -69,6 +69,40 @@ impl Service {
         Ok(())
     }
 
+    /// An event in the client format as `viewer` sees it, with bundled aggregations.
+    pub fn client_event_json(
+        &self,
+        short: ShortId,
+        room_id: &ruma::RoomId,
+        viewer: &UserId,
+    ) -> Result<Option<JsonValue>> {
+        use super::pdu::client_event;
+        let now = crate::service::now_ms();
+        let Some(stored) = self.event_json(short)? else {
+            return Ok(None);
+        };
+        let event_id = self.event_id_of(short)?;
+        let mut json = client_event(&event_id, room_id, &stored, now);
+        let redacted = stored
+            .get("unsigned")
+            .and_then(|u| u.get("redacted_because"))
+            .is_some();
+        if !redacted {
+            let plain = |s: ShortId| -> Result<Option<JsonValue>> {
+                self.event_json(s)?
+                    .map(|st| {
+                        self.event_id_of(s)
+                            .map(|id| client_event(&id, room_id, &st, now))
+                    })
+                    .transpose()
+            };
+            if let Some(agg) = self.bundled_aggregations(short, viewer, &plain)? {
+                json["unsigned"]["m.relations"] = agg;
+            }
+        }
+        Ok(Some(json))
+    }
+
     /// Refuses a second annotation with the same type and key on the same event by the same
     /// sender, as the spec asks (redacted ones no longer count: redaction unindexes them).
     pub(super) fn check_duplicate_annotation(

@@ -1,0 +1,100 @@
+//! /sync and the filters it takes.
+
+use std::time::Duration;
+
+use axum::{extract::State, Router};
+use ruma::api::client::{
+    filter::{create_filter, get_filter, FilterDefinition},
+    sync::sync_events::{self, v3::Filter},
+};
+
+use crate::{
+    api::{ruma::Ruma, AppState, RouterExt},
+    error::{Error, Result},
+    service::sync::{self, Since},
+};
+
+/// Longest long-poll honoured, whatever the client asks.
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .ruma(sync_events)
+        .ruma(create_filter_handler)
+        .ruma(get_filter_handler)
+}
+
+fn own(session_user: &ruma::UserId, user: &ruma::UserId) -> Result<()> {
+    if session_user != user {
+        return Err(Error::forbidden("You can only use your own filters"));
+    }
+    Ok(())
+}
+
+async fn sync_events(
+    State(services): State<AppState>,
+    req: Ruma<sync_events::v3::Request>,
+) -> Result<sync_events::v3::Response> {
+    let session = req.session()?;
+    let b = &req.body;
+    let filter = match &b.filter {
+        None => FilterDefinition::default(),
+        Some(Filter::FilterDefinition(f)) => f.clone(),
+        // Ruma falls back to an ID when the JSON does not parse: say what is wrong instead.
+        Some(Filter::FilterId(id)) if id.trim_start().starts_with('{') => {
+            return Err(Error::bad_json(
+                "The filter is not a valid filter definition",
+            ));
+        }
+        Some(Filter::FilterId(id)) => {
+            let stored = services
+                .filters
+                .get(session.user, id)?
+                .ok_or_else(|| Error::not_found("Unknown filter"))?;
+            serde_json::from_value(stored)
+                .map_err(|e| Error::internal(format!("stored filter: {e}")))?
+        }
+        Some(_) => return Err(Error::invalid_param("Unsupported filter")),
+    };
+    let since = b.since.as_deref().map(Since::parse).transpose()?;
+    let response = sync::sync(
+        &services,
+        sync::Request {
+            user_id: &session.user_id,
+            user: session.user,
+            since,
+            filter,
+            full_state: b.full_state,
+            timeout: b.timeout.unwrap_or_default().min(MAX_TIMEOUT),
+            use_state_after: b.use_state_after,
+        },
+    )
+    .await?;
+    Ok(response)
+}
+
+async fn create_filter_handler(
+    State(services): State<AppState>,
+    req: Ruma<create_filter::v3::Request>,
+) -> Result<create_filter::v3::Response> {
+    let session = req.session()?;
+    own(&session.user_id, &req.body.user_id)?;
+    let json = serde_json::to_value(&req.body.filter).map_err(Error::internal)?;
+    let id = services.filters.create(session.user, &json).await?;
+    Ok(create_filter::v3::Response::new(id))
+}
+
+async fn get_filter_handler(
+    State(services): State<AppState>,
+    req: Ruma<get_filter::v3::Request>,
+) -> Result<get_filter::v3::Response> {
+    let session = req.session()?;
+    own(&session.user_id, &req.body.user_id)?;
+    let stored = services
+        .filters
+        .get(session.user, &req.body.filter_id)?
+        .ok_or_else(|| Error::not_found("Unknown filter"))?;
+    let filter: FilterDefinition = serde_json::from_value(stored)
+        .map_err(|e| Error::internal(format!("stored filter: {e}")))?;
+    Ok(get_filter::v3::Response::new(filter))
+}

@@ -1,0 +1,113 @@
+//! The global stream position and who waits on it.
+//!
+//! Events, receipts, account data, to-device messages and the other durable streams take their
+//! positions from one sequence (the short-ID sequence: an event's position is its short ID). A
+//! position is only *published* once every position at or below it is durable, so a /sync that
+//! reads up to the published position and hands it out as `next_batch` can never skip a write that
+//! was still in flight. Waiting /sync requests are woken per user, never by polling.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::storage::{Batch, IdKind, ShortId, ShortIds};
+
+pub struct Stream {
+    shortids: Arc<ShortIds>,
+    /// Positions handed out but not yet durable (or abandoned), with a count per position.
+    pending: Mutex<BTreeMap<ShortId, u32>>,
+    published: watch::Sender<u64>,
+    /// One wake-up channel per user with a /sync waiting; dropped when nobody listens.
+    waiters: Mutex<HashMap<ShortId, watch::Sender<u64>>>,
+}
+
+impl Stream {
+    pub fn new(shortids: Arc<ShortIds>) -> Self {
+        let start = shortids.peek_next().saturating_sub(1);
+        Self {
+            shortids,
+            pending: Mutex::new(BTreeMap::new()),
+            published: watch::Sender::new(start),
+            waiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Allocates an event's short ID (its position) into `batch`; call [`Stream::complete`] with
+    /// it once the batch is written or abandoned.
+    pub fn allocate_event_in(&self, batch: &mut Batch, event_id: &str) -> ShortId {
+        let mut pending = self.pending.lock();
+        let short = self.shortids.allocate_in(batch, IdKind::Event, event_id);
+        *pending.entry(short).or_default() += 1;
+        short
+    }
+
+    /// Allocates a bare position into `batch`; [`Stream::complete`] it as for events.
+    pub fn allocate_position_in(&self, batch: &mut Batch) -> ShortId {
+        let mut pending = self.pending.lock();
+        let short = self.shortids.allocate_position_in(batch);
+        *pending.entry(short).or_default() += 1;
+        short
+    }
+
+    /// Marks positions durable (or abandoned) and publishes the new position.
+    pub fn complete(&self, positions: &[ShortId]) {
+        let mut pending = self.pending.lock();
+        for p in positions {
+            if let Some(n) = pending.get_mut(p) {
+                *n -= 1;
+                if *n == 0 {
+                    pending.remove(p);
+                }
+            }
+        }
+        let upto = match pending.keys().next() {
+            Some(first) => first.saturating_sub(1),
+            None => self.shortids.peek_next().saturating_sub(1),
+        };
+        drop(pending);
+        self.published.send_if_modified(|p| {
+            if upto > *p {
+                *p = upto;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Everything at or below this position is durable.
+    pub fn current(&self) -> u64 {
+        *self.published.borrow()
+    }
+
+    /// A channel that changes whenever something for `user` happens; subscribe before reading
+    /// so nothing between the read and the wait is missed.
+    pub fn subscribe(&self, user: ShortId) -> watch::Receiver<u64> {
+        let mut waiters = self.waiters.lock();
+        if waiters.len() > 1024 && waiters.len().is_power_of_two() {
+            waiters.retain(|_, tx| tx.receiver_count() > 0);
+        }
+        waiters
+            .entry(user)
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
+    }
+
+    /// Wakes the waiting /sync requests of these users.
+    pub fn wake(&self, users: impl IntoIterator<Item = ShortId>) {
+        let pos = self.current();
+        let waiters = self.waiters.lock();
+        if waiters.is_empty() {
+            return;
+        }
+        for user in users {
+            if let Some(tx) = waiters.get(&user) {
+                tx.send_replace(pos);
+            }
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! /sync (v3): everything that changed for a user between two stream positions, assembled from
+//! the rooms' timelines and state groups, receipts, typing and account data. A request with
+//! nothing new waits on the user's wake-up channel (see `stream`), never polls.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use ruma::{
+    api::client::{
+        filter::{FilterDefinition, RoomEventFilter},
+        sync::sync_events::v3::{
+            self, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom,
+            RoomSummary, State, StateEvents, Timeline,
+        },
+    },
+    events::{room::member::MembershipState, StateEventType},
+    serde::Raw,
+    OwnedUserId, RoomId, UInt, UserId,
+};
+use serde_json::{json, Value as JsonValue};
+
+use crate::{
+    error::{Error, Result},
+    service::{
+        account_data,
+        rooms::{history::Viewer, state::StateMap, Membership},
+        Services,
+    },
+    storage::ShortId,
+};
+
+/// A `since` / `next_batch` token: the durable stream position and the typing serial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Since {
+    pub pos: u64,
+    pub typing: u64,
+}
+
+impl Since {
+    pub fn parse(token: &str) -> Result<Self> {
+        let bad = || Error::invalid_param(format!("Invalid since token `{token}`"));
+        let rest = token.strip_prefix('s').ok_or_else(bad)?;
+        let (pos, typing) = rest.split_once('_').ok_or_else(bad)?;
+        Ok(Self {
+            pos: pos.parse().map_err(|_| bad())?,
+            typing: typing.parse().map_err(|_| bad())?,
+        })
+    }
+
+    pub fn token(&self) -> String {
+        format!("s{}_{}", self.pos, self.typing)
+    }
+}
+
+pub struct Request<'a> {
+    pub user_id: &'a UserId,
+    pub user: ShortId,
+    pub since: Option<Since>,
+    pub filter: FilterDefinition,
+    pub full_state: bool,
+    pub timeout: Duration,
+    pub use_state_after: bool,
+}
+
+/// Default number of timeline events per room.
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+/// Most timeline events per room whatever the filter asks.
+const MAX_TIMELINE_LIMIT: usize = 500;
+/// State types shown to invitees and knockers (the spec's recommended stripped state).
+const STRIPPED_STATE: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+/// Answers a /sync, waiting up to the timeout for something new when `since` is given.
+pub async fn sync(services: &Services, req: Request<'_>) -> Result<v3::Response> {
+    let deadline = tokio::time::Instant::now() + req.timeout;
+    // Subscribe before reading, so a change between the read and the wait still wakes us.
+    let mut wake = services.stream.subscribe(req.user);
+    loop {
+        let upto = Since {
+            pos: services.stream.current(),
+            typing: services.typing.serial(),
+        };
+        let (response, has_data) = build(services, &req, upto)?;
+        let waiting_allowed = req.since.is_some() && !req.full_state;
+        if has_data || !waiting_allowed || tokio::time::Instant::now() >= deadline {
+            return Ok(response);
+        }
+        match tokio::time::timeout_at(deadline, wake.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out (or the channel went away): answer with what there is, which is nothing.
+            _ => {
+                let upto = Since {
+                    pos: services.stream.current(),
+                    typing: services.typing.serial(),
+                };
+                let (response, _) = build(services, &req, upto)?;
+                return Ok(response);
+            }
+        }
+    }
+}
+
+fn room_allowed(filter: &FilterDefinition, room_id: &RoomId) -> bool {
+    let rf = &filter.room;
+    if rf.not_rooms.iter().any(|r| r == room_id) {
+        return false;
+    }
+    rf.rooms
+        .as_ref()
+        .is_none_or(|rooms| rooms.iter().any(|r| r == room_id))
+}
+
+fn type_matches(patterns: &[String], kind: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => kind == p,
+    })
+}
+
+/// Whether an event passes a RoomEventFilter's type and sender conditions.
+fn event_passes(filter: &RoomEventFilter, json: &JsonValue) -> bool {
+    let kind = json.get("type").and_then(JsonValue::as_str).unwrap_or("");
+    let sender = json.get("sender").and_then(JsonValue::as_str).unwrap_or("");
+    if type_matches(&filter.not_types, kind) {
+        return false;
+    }
+    if filter
+        .types
+        .as_ref()
+        .is_some_and(|t| !type_matches(t, kind))
+    {
+        return false;
+    }
+    if filter.not_senders.iter().any(|s| s == sender) {
+        return false;
+    }
+    if filter
+        .senders
+        .as_ref()
+        .is_some_and(|s| !s.iter().any(|x| x == sender))
+    {
+        return false;
+    }
+    true
+}
+
+fn raw<T>(json: &JsonValue) -> Result<Raw<T>> {
+    Ok(Raw::from_json(
+        serde_json::value::to_raw_value(json).map_err(Error::internal)?,
+    ))
+}
+
+/// What a room section is built from.
+struct Window {
+    /// Exclusive lower bound of the timeline; `None` for a full (initial) view.
+    since: Option<u64>,
+    /// Inclusive upper bound.
+    upto: u64,
+}
+
+struct RoomView {
+    timeline: Timeline,
+    state: State,
+    has_data: bool,
+    has_members_change: bool,
+}
+
+fn build(services: &Services, req: &Request<'_>, upto: Since) -> Result<(v3::Response, bool)> {
+    let mut response = v3::Response::new(upto.token());
+    let mut has_data = false;
+    let since_pos = req.since.map(|s| s.pos);
+    let rooms = &services.rooms;
+
+    // Account data, global and per room.
+    let mut room_account_data: BTreeMap<ShortId, Vec<JsonValue>> = BTreeMap::new();
+    let account_filter = &req.filter.account_data;
+    for entry in services
+        .account_data
+        .changes(req.user, since_pos, upto.pos)?
+    {
+        if type_matches(&account_filter.not_types, &entry.kind)
+            || account_filter
+                .types
+                .as_ref()
+                .is_some_and(|t| !type_matches(t, &entry.kind))
+        {
+            continue;
+        }
+        let event = json!({ "type": entry.kind, "content": entry.content });
+        if entry.room == account_data::GLOBAL {
+            response.account_data.events.push(raw(&event)?);
+            has_data = true;
+        } else {
+            room_account_data.entry(entry.room).or_default().push(event);
+        }
+    }
+
+    for (room, membership) in rooms.memberships(req.user)? {
+        // A membership written after the published position shows up in a later sync.
+        if membership.event > upto.pos {
+            continue;
+        }
+        let room_id = rooms.room_id_of(room)?;
+        if !room_allowed(&req.filter, &room_id) {
+            continue;
+        }
+        let changed = since_pos.is_none_or(|s| membership.event > s);
+        let room_data = room_account_data.remove(&room).unwrap_or_default();
+        match membership.membership() {
+            MembershipState::Join => {
+                let fresh = changed || req.full_state;
+                let window = Window {
+                    since: if fresh { None } else { since_pos },
+                    upto: upto.pos,
+                };
+                let mut joined = JoinedRoom::new();
+                let view = room_view(services, req, room, &room_id, &window, since_pos)?;
+                let mut room_has_data = view.has_data || fresh;
+                // Ephemeral: typing and receipts.
+                if let Some(users) = services
+                    .typing
+                    .changed_since(room, req.since.map(|s| s.typing).filter(|_| !fresh))
+                {
+                    if !(users.is_empty() && fresh) {
+                        joined.ephemeral.events.push(raw(&json!({
+                            "type": "m.typing",
+                            "content": { "user_ids": users },
+                        }))?);
+                    }
+                }
+                let receipts = receipt_event(
+                    services,
+                    req.user_id,
+                    room,
+                    if fresh { None } else { since_pos },
+                    upto.pos,
+                )?;
+                if let Some(r) = receipts {
+                    joined.ephemeral.events.push(raw(&r)?);
+                }
+                if !joined.ephemeral.events.is_empty() {
+                    room_has_data = true;
+                }
+                for event in &room_data {
+                    joined.account_data.events.push(raw(event)?);
+                    room_has_data = true;
+                }
+                if fresh || view.has_members_change {
+                    joined.summary = summary(services, room, req.user)?;
+                }
+                if !room_has_data {
+                    continue;
+                }
+                joined.timeline = view.timeline;
+                joined.state = view.state;
+                response.rooms.join.insert(room_id, joined);
+                has_data = true;
+            }
+            MembershipState::Invite if changed => {
+                let mut invited = InvitedRoom::new();
+                let mut state = InviteState::new();
+                state.events = stripped_state(services, room, membership)?;
+                invited.invite_state = state;
+                response.rooms.invite.insert(room_id, invited);
+                has_data = true;
+            }
+            MembershipState::Knock if changed => {
+                let mut knocked = KnockedRoom::new();
+                let mut state = KnockState::new();
+                state.events = stripped_state(services, room, membership)?;
+                knocked.knock_state = state;
+                response.rooms.knock.insert(room_id, knocked);
+                has_data = true;
+            }
+            MembershipState::Leave | MembershipState::Ban => {
+                // A leave since the last sync, or (with include_leave) any room left before.
+                let show = if since_pos.is_some() {
+                    changed
+                } else {
+                    req.filter.room.include_leave
+                };
+                if !show {
+                    continue;
+                }
+                // Rejected invites and withdrawn knocks have nothing to show but the leave.
+                let window = Window {
+                    since: since_pos.filter(|_| !req.full_state),
+                    upto: membership.event,
+                };
+                let view = room_view(services, req, room, &room_id, &window, since_pos)?;
+                let mut left = LeftRoom::new();
+                left.timeline = view.timeline;
+                left.state = view.state;
+                for event in &room_data {
+                    left.account_data.events.push(raw(event)?);
+                }
+                response.rooms.leave.insert(room_id, left);
+                has_data = true;
+            }
+            _ => {}
+        }
+    }
+    Ok((response, has_data))
+}
+
+/// The timeline and state of a room over a window, as the user may see them.
+fn room_view(
+    services: &Services,
+    req: &Request<'_>,
+    room: ShortId,
+    room_id: &RoomId,
+    window: &Window,
+    since_pos: Option<u64>,
+) -> Result<RoomView> {
+    let rooms = &services.rooms;
+    let filter = &req.filter.room.timeline;
+    let limit = filter
+        .limit
+        .map(|l| u64::from(l) as usize)
+        .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+        .clamp(1, MAX_TIMELINE_LIMIT);
+    let mut viewer: Viewer = rooms.viewer(req.user_id, room)?;
+
+    // Newest first, down to the window's lower bound, until the limit is reached.
+    let mut picked: Vec<(ShortId, JsonValue)> = Vec::new();
+    let mut limited = false;
+    let mut cursor = window.upto;
+    'scan: loop {
+        let page = rooms.timeline(room, cursor, false, limit * 2 + 1)?;
+        if page.is_empty() {
+            break;
+        }
+        for pos in page {
+            if window.since.is_some_and(|s| pos <= s) {
+                break 'scan;
+            }
+            cursor = pos.saturating_sub(1);
+            if !rooms.can_see(&mut viewer, pos)? {
+                continue;
+            }
+            let Some(json) = rooms.client_event_json(pos, room_id, req.user_id)? else {
+                continue;
+            };
+            if !event_passes(filter, &json) {
+                continue;
+            }
+            if picked.len() == limit {
+                limited = true;
+                break 'scan;
+            }
+            picked.push((pos, json));
+        }
+        if cursor == 0 {
+            break;
+        }
+    }
+    picked.reverse();
+
+    let mut senders = BTreeSet::new();
+    let mut has_members_change = false;
+    let mut timeline = Timeline::new();
+    for (_, json) in &picked {
+        if let Some(s) = json.get("sender").and_then(JsonValue::as_str) {
+            senders.insert(s.to_owned());
+        }
+        if json.get("type").and_then(JsonValue::as_str) == Some("m.room.member") {
+            has_members_change = true;
+        }
+        timeline.events.push(raw(json)?);
+    }
+    timeline.limited = limited;
+    let first = picked.first().map(|(p, _)| *p);
+    let last = picked.last().map(|(p, _)| *p);
+    timeline.prev_batch = Some(format!(
+        "p{}",
+        first.map_or(window.upto, |f| f.saturating_sub(1))
+    ));
+
+    // State: from the state at `since` (nothing for a full view) to the state at the start of
+    // the timeline (or, with use_state_after, at its end).
+    let at = |pos: u64| -> Result<Option<std::sync::Arc<StateMap>>> {
+        let Some(event) = rooms.timeline(room, pos, false, 1)?.first().copied() else {
+            return Ok(None);
+        };
+        match rooms.event_meta(event)? {
+            Some(meta) => Ok(Some(rooms.state_at(meta.state_after)?)),
+            None => Ok(None),
+        }
+    };
+    let target = if req.use_state_after {
+        at(last.unwrap_or(window.upto))?
+    } else {
+        match first {
+            Some(f) => match rooms.event_meta(f)? {
+                Some(meta) => Some(rooms.state_at(meta.state_before)?),
+                None => None,
+            },
+            None => at(window.upto)?,
+        }
+    };
+    let from = match window.since {
+        Some(s) => at(s)?,
+        None => None,
+    };
+    let lazy = !req.filter.room.state.lazy_load_options.is_disabled();
+    let in_timeline: BTreeSet<ShortId> = picked.iter().map(|(p, _)| *p).collect();
+    let mut state_events = Vec::new();
+    if let Some(target) = target {
+        for (key, event) in target.iter() {
+            if from.as_ref().is_some_and(|f| f.get(key) == Some(event)) {
+                continue;
+            }
+            // With state before the timeline, events in the timeline are not repeated.
+            if !req.use_state_after && in_timeline.contains(event) {
+                continue;
+            }
+            let (kind, state_key) = rooms.state_key_of(*key)?;
+            if !state_type_allowed(&req.filter.room.state, &kind) {
+                continue;
+            }
+            if lazy
+                && kind == StateEventType::RoomMember
+                && state_key != req.user_id.as_str()
+                && !senders.contains(&state_key)
+            {
+                continue;
+            }
+            if let Some(json) = rooms.client_event_json(*event, room_id, req.user_id)? {
+                state_events.push(raw(&json)?);
+            }
+        }
+    }
+    // Lazy loading on an incremental sync: members of this timeline's senders that did not
+    // change, and so are not in the delta above, are sent too.
+    if lazy && since_pos.is_some() && window.since.is_some() {
+        if let Some(target) = at(last.unwrap_or(window.upto))? {
+            for sender in &senders {
+                let Some(key) = rooms.state_key_short(&StateEventType::RoomMember, sender)? else {
+                    continue;
+                };
+                let Some(event) = target.get(&key) else {
+                    continue;
+                };
+                if in_timeline.contains(event)
+                    || from.as_ref().is_some_and(|f| f.get(&key) != Some(event))
+                {
+                    continue;
+                }
+                if let Some(json) = rooms.client_event_json(*event, room_id, req.user_id)? {
+                    state_events.push(raw(&json)?);
+                }
+            }
+        }
+    }
+    let has_data = !picked.is_empty() || !state_events.is_empty();
+    let mut events = StateEvents::new();
+    events.events = state_events;
+    let state = if req.use_state_after {
+        State::After(events)
+    } else {
+        State::Before(events)
+    };
+    Ok(RoomView {
+        timeline,
+        state,
+        has_data,
+        has_members_change,
+    })
+}
+
+fn state_type_allowed(
+    filter: &ruma::api::client::filter::RoomEventFilter,
+    kind: &StateEventType,
+) -> bool {
+    let kind = kind.to_string();
+    if type_matches(&filter.not_types, &kind) {
+        return false;
+    }
+    filter.types.as_ref().is_none_or(|t| type_matches(t, &kind))
+}
+
+/// The m.receipt event of a room's receipts in the window, without other users' private ones.
+fn receipt_event(
+    services: &Services,
+    user_id: &UserId,
+    room: ShortId,
+    since: Option<u64>,
+    upto: u64,
+) -> Result<Option<JsonValue>> {
+    let mut content = serde_json::Map::new();
+    for r in services.receipts.changes(room, since, upto)? {
+        if r.kind == "m.read.private" && r.user != user_id {
+            continue;
+        }
+        let mut entry = json!({ "ts": r.ts });
+        if !r.thread.is_empty() {
+            entry["thread_id"] = r.thread.clone().into();
+        }
+        let by_event = content
+            .entry(r.event_id.to_string())
+            .or_insert_with(|| json!({}));
+        by_event[r.kind.as_str()][r.user.as_str()] = entry;
+    }
+    Ok((!content.is_empty()).then(|| json!({ "type": "m.receipt", "content": content })))
+}
+
+/// Member counts and heroes, for clients that name rooms from their members.
+fn summary(services: &Services, room: ShortId, user: ShortId) -> Result<RoomSummary> {
+    let mut s = RoomSummary::new();
+    let mut joined = 0u32;
+    let mut invited = 0u32;
+    let mut heroes: Vec<OwnedUserId> = Vec::new();
+    for (member, m) in services.rooms.members(room)? {
+        match m.membership() {
+            MembershipState::Join => joined += 1,
+            MembershipState::Invite => invited += 1,
+            _ => continue,
+        }
+        if member != user && heroes.len() < 5 {
+            heroes.push(services.rooms.user_id_of(member)?);
+        }
+    }
+    s.joined_member_count = Some(UInt::from(joined));
+    s.invited_member_count = Some(UInt::from(invited));
+    s.heroes = heroes;
+    Ok(s)
+}
+
+/// Stripped state for an invitee or knocker: a few room details and their own member event.
+fn stripped_state<T>(
+    services: &Services,
+    room: ShortId,
+    membership: Membership,
+) -> Result<Vec<Raw<T>>> {
+    let rooms = &services.rooms;
+    let mut out = Vec::new();
+    let mut push = |pdu: crate::service::rooms::pdu::Pdu| -> Result<()> {
+        out.push(raw(&json!({
+            "type": pdu.kind.to_string(),
+            "state_key": pdu.state_key.clone().unwrap_or_default(),
+            "content": pdu.content_value(),
+            "sender": pdu.sender,
+        }))?);
+        Ok(())
+    };
+    for kind in STRIPPED_STATE {
+        if let Some(pdu) = rooms.current_state_pdu(room, &StateEventType::from(*kind), "")? {
+            push(pdu)?;
+        }
+    }
+    if let Some(pdu) = rooms.pdu(membership.event)? {
+        push(pdu)?;
+    }
+    Ok(out)
+}

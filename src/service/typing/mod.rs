@@ -1,0 +1,123 @@
+//! Typing notifications: in memory only (they expire within seconds), each change numbered from
+//! a serial that starts at the clock, so numbers keep growing across restarts.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use ruma::OwnedUserId;
+
+use crate::{service::rooms, storage::ShortId};
+
+/// Longest typing timeout honoured, whatever the client asks.
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct RoomTyping {
+    serial: u64,
+    users: HashMap<OwnedUserId, Instant>,
+}
+
+pub struct Service {
+    rooms: Arc<rooms::Service>,
+    serial: AtomicU64,
+    typing: Mutex<HashMap<ShortId, RoomTyping>>,
+}
+
+impl Service {
+    pub fn new(rooms: Arc<rooms::Service>) -> Self {
+        Self {
+            rooms,
+            serial: AtomicU64::new(crate::service::now_ms()),
+            typing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The serial of the latest change in any room.
+    pub fn serial(&self) -> u64 {
+        self.serial.load(Ordering::SeqCst)
+    }
+
+    /// Starts or stops `user` typing in `room`; a start expires after `timeout`.
+    pub fn set(self: &Arc<Self>, room: ShortId, user: OwnedUserId, timeout: Option<Duration>) {
+        let changed = {
+            let mut typing = self.typing.lock();
+            let entry = typing.entry(room).or_default();
+            let changed = match timeout {
+                Some(t) => {
+                    let t = t.min(MAX_TIMEOUT);
+                    let until = Instant::now() + t;
+                    let was = entry.users.insert(user.clone(), until).is_some();
+                    let me = self.clone();
+                    let who = user.clone();
+                    // One timer per typing notice: no sweeping loop.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(t).await;
+                        me.expire(room, &who);
+                    });
+                    !was
+                }
+                None => entry.users.remove(&user).is_some(),
+            };
+            if changed {
+                entry.serial = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
+            }
+            if entry.users.is_empty() && !changed {
+                typing.remove(&room);
+            }
+            changed
+        };
+        if changed {
+            self.rooms.wake_members(room);
+        }
+    }
+
+    fn expire(&self, room: ShortId, user: &OwnedUserId) {
+        let changed = {
+            let mut typing = self.typing.lock();
+            let Some(entry) = typing.get_mut(&room) else {
+                return;
+            };
+            let expired = entry
+                .users
+                .get(user)
+                .is_some_and(|until| *until <= Instant::now());
+            if expired {
+                entry.users.remove(user);
+                entry.serial = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
+            }
+            expired
+        };
+        if changed {
+            self.rooms.wake_members(room);
+        }
+    }
+
+    /// Who is typing in the room, if that changed after `since` (always when `since` is `None`).
+    pub fn changed_since(&self, room: ShortId, since: Option<u64>) -> Option<Vec<OwnedUserId>> {
+        let typing = self.typing.lock();
+        let entry = typing.get(&room);
+        let serial = entry.map_or(0, |e| e.serial);
+        if since.is_some_and(|s| serial <= s) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut users: Vec<OwnedUserId> = entry
+            .map(|e| {
+                e.users
+                    .iter()
+                    .filter(|(_, until)| **until > now)
+                    .map(|(u, _)| u.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        users.sort();
+        Some(users)
+    }
+}

@@ -1,0 +1,455 @@
+//! /sync over raw HTTP: initial and incremental syncs, long-poll wake-ups, gappy timelines that
+//! page on into /messages, lazy-loaded members, typing, receipts, account data, filters.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{assert_err, enc, TestServer};
+
+const PASSWORD: &str = "a long password";
+
+async fn create_room(server: &TestServer, token: &str, body: Value) -> String {
+    let (status, resp) = server
+        .post("/_matrix/client/v3/createRoom", Some(token), body)
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    resp["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn join(server: &TestServer, token: &str, room: &str) {
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(room)),
+            Some(token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn say(server: &TestServer, token: &str, room: &str, text: &str) -> String {
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/send/m.room.message/{}",
+                enc(text)
+            ),
+            Some(token),
+            json!({ "msgtype": "m.text", "body": text }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+async fn sync(server: &TestServer, token: &str, query: &str) -> Value {
+    let (status, body) = server
+        .get(&format!("/_matrix/client/v3/sync?{query}"), Some(token))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn bodies(room: &Value) -> Vec<String> {
+    room["timeline"]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_wakes_with_the_new_event_and_otherwise_times_out() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    let (_, bob, _) = server.register("bob", PASSWORD).await;
+    let (_, carol, _) = server.register("carol", PASSWORD).await;
+    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    join(&server, &bob, &room).await;
+
+    // Initial sync: the room with its state and recent timeline.
+    let first = sync(&server, &bob, "").await;
+    let joined = &first["rooms"]["join"][room.as_str()];
+    let none = Vec::new();
+    assert!(
+        joined["state"]["events"]
+            .as_array()
+            .unwrap_or(&none)
+            .iter()
+            .chain(joined["timeline"]["events"].as_array().unwrap())
+            .any(|e| e["type"] == "m.room.create"),
+        "{joined}"
+    );
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // A waiting sync is woken by alice's message and carries it.
+    let url = server.url();
+    let waiting = tokio::spawn({
+        let since = since.clone();
+        let bob = bob.clone();
+        async move {
+            let resp = reqwest::Client::new()
+                .get(format!(
+                    "{url}/_matrix/client/v3/sync?since={since}&timeout=60000"
+                ))
+                .bearer_auth(bob)
+                .send()
+                .await
+                .unwrap();
+            resp.json::<Value>().await.unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "nothing new yet: the sync must hold"
+    );
+    say(&server, &alice, &room, "wake up").await;
+    let woken = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the sync was woken")
+        .unwrap();
+    assert_eq!(
+        bodies(&woken["rooms"]["join"][room.as_str()]),
+        vec!["wake up"]
+    );
+    let next = woken["next_batch"].as_str().unwrap().to_owned();
+    assert_ne!(next, since);
+
+    // Something in a room carol is not in does not answer carol's sync: it times out empty.
+    let carol_first = sync(&server, &carol, "").await;
+    let carol_since = carol_first["next_batch"].as_str().unwrap().to_owned();
+    let url = server.url();
+    let carol_wait = tokio::spawn({
+        let carol = carol.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!(
+                    "{url}/_matrix/client/v3/sync?since={carol_since}&timeout=1500"
+                ))
+                .bearer_auth(carol)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    });
+    say(&server, &alice, &room, "not for carol").await;
+    let carol_resp = carol_wait.await.unwrap();
+    assert!(
+        carol_resp["rooms"]["join"]
+            .as_object()
+            .is_none_or(|m| m.is_empty()),
+        "{carol_resp}"
+    );
+
+    // Incremental sync with nothing new and no timeout returns at once, with nothing in it.
+    let again = sync(&server, &bob, &format!("since={next}&timeout=0")).await;
+    assert_eq!(
+        bodies(&again["rooms"]["join"][room.as_str()]),
+        vec!["not for carol"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gappy_timeline_pages_into_messages_and_members_are_lazy_loaded() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
+    let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
+    let (_, carol, _) = server.register("carol", PASSWORD).await;
+    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    join(&server, &bob, &room).await;
+    join(&server, &carol, &room).await;
+    let first = sync(&server, &carol, "").await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    for i in 0..25 {
+        say(&server, &bob, &room, &format!("m{i}")).await;
+    }
+    let filter = enc(&json!({
+        "room": { "timeline": { "limit": 5 }, "state": { "lazy_load_members": true } }
+    })
+    .to_string());
+    let resp = sync(&server, &carol, &format!("since={since}&filter={filter}")).await;
+    let joined = &resp["rooms"]["join"][room.as_str()];
+    assert_eq!(bodies(joined), vec!["m20", "m21", "m22", "m23", "m24"]);
+    assert_eq!(joined["timeline"]["limited"], true);
+    // Only bob spoke: his member event is the one carol needs (alice's is not sent).
+    let members: Vec<&str> = joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, vec![bob_id.as_str()], "{joined}");
+    assert!(!members.contains(&alice_id.as_str()));
+
+    // prev_batch continues seamlessly into /messages.
+    let prev = joined["timeline"]["prev_batch"].as_str().unwrap();
+    let (status, page) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20&from={prev}"),
+            Some(&carol),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let older: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    let expected: Vec<String> = (0..20).rev().map(|i| format!("m{i}")).collect();
+    assert_eq!(older, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_receipts_and_account_data_reach_the_other_client() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
+    let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
+    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    join(&server, &bob, &room).await;
+    let message = say(&server, &alice, &room, "hello").await;
+    let bob_since = sync(&server, &bob, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let alice_since = sync(&server, &alice, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Alice types, reads with a public and a private receipt, and sets account data.
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/{}", enc(&alice_id)),
+            Some(&alice),
+            json!({ "typing": true, "timeout": 30000 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for kind in ["m.read", "m.read.private"] {
+        let (status, body) = server
+            .post(
+                &format!(
+                    "/_matrix/client/v3/rooms/{room}/receipt/{kind}/{}",
+                    enc(&message)
+                ),
+                Some(&alice),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/org.example.settings",
+                enc(&alice_id)
+            ),
+            Some(&alice),
+            json!({ "theme": "dark" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{room}/tags/u.work",
+                enc(&alice_id)
+            ),
+            Some(&alice),
+            json!({ "order": 0.5 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Bob sees the typing notice and the public receipt, not the private one.
+    let resp = sync(&server, &bob, &format!("since={bob_since}")).await;
+    let ephemeral = resp["rooms"]["join"][room.as_str()]["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let typing = ephemeral
+        .iter()
+        .find(|e| e["type"] == "m.typing")
+        .expect("typing");
+    assert_eq!(typing["content"]["user_ids"], json!([alice_id]));
+    let receipts = ephemeral
+        .iter()
+        .find(|e| e["type"] == "m.receipt")
+        .expect("receipts");
+    let on_message = &receipts["content"][message.as_str()];
+    assert!(
+        on_message["m.read"][alice_id.as_str()]["ts"].is_u64(),
+        "{receipts}"
+    );
+    assert!(on_message.get("m.read.private").is_none(), "{receipts}");
+    // Alice's own sync has her private receipt, her account data and her tag.
+    let resp = sync(&server, &alice, &format!("since={alice_since}")).await;
+    let joined = &resp["rooms"]["join"][room.as_str()];
+    let receipts = joined["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.receipt")
+        .expect("receipts")
+        .clone();
+    assert!(receipts["content"][message.as_str()]["m.read.private"][alice_id.as_str()].is_object());
+    let global = resp["account_data"]["events"].as_array().unwrap();
+    assert!(global
+        .iter()
+        .any(|e| e["type"] == "org.example.settings" && e["content"]["theme"] == "dark"));
+    let room_data = joined["account_data"]["events"].as_array().unwrap();
+    assert!(room_data
+        .iter()
+        .any(|e| e["type"] == "m.tag" && e["content"]["tags"]["u.work"]["order"] == 0.5));
+    let (_, tags) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{room}/tags",
+                enc(&alice_id)
+            ),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(tags["tags"]["u.work"]["order"], 0.5);
+
+    // Typing stops: bob learns that too.
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/{}", enc(&alice_id)),
+            Some(&alice),
+            json!({ "typing": false }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let next = resp["next_batch"].as_str().unwrap();
+    let resp = sync(&server, &bob, &format!("since={next}")).await;
+    let typing = resp["rooms"]["join"][room.as_str()]["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.typing")
+        .expect("typing stopped")
+        .clone();
+    assert_eq!(typing["content"]["user_ids"], json!([]));
+
+    // Server-managed types and other users' data are refused.
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.fully_read",
+                enc(&alice_id)
+            ),
+            Some(&alice),
+            json!({ "event_id": message }),
+        )
+        .await;
+    assert_err(&(status, body), 405, "M_BAD_JSON");
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/org.example.settings",
+                enc(&alice_id)
+            ),
+            Some(&bob),
+        )
+        .await;
+    assert_err(&(status, body), 403, "M_FORBIDDEN");
+    let _ = bob_id;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_and_tokens_are_checked_and_survive_restart() {
+    let mut server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
+    let room = create_room(&server, &alice, json!({})).await;
+    say(&server, &alice, &room, "before").await;
+
+    // A stored filter, used by ID.
+    let (status, created) = server
+        .post(
+            &format!("/_matrix/client/v3/user/{}/filter", enc(&alice_id)),
+            Some(&alice),
+            json!({ "room": { "timeline": { "limit": 1, "types": ["m.room.message"] } } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["filter_id"].as_str().unwrap();
+    let (status, got) = server
+        .get(
+            &format!("/_matrix/client/v3/user/{}/filter/{id}", enc(&alice_id)),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(got["room"]["timeline"]["limit"], 1);
+    let resp = sync(&server, &alice, &format!("filter={id}")).await;
+    let events = resp["rooms"]["join"][room.as_str()]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["content"]["body"], "before");
+    let since = resp["next_batch"].as_str().unwrap().to_owned();
+
+    // Bad input: each refused, nothing stored.
+    let before = server.db_fingerprint();
+    assert_err(
+        &server
+            .get("/_matrix/client/v3/sync?filter=999", Some(&alice))
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_err(
+        &server
+            .get(
+                &format!("/_matrix/client/v3/user/{}/filter/999", enc(&alice_id)),
+                Some(&alice),
+            )
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/sync?filter={}", enc("{\"room\":")),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(["M_BAD_JSON", "M_INVALID_PARAM"].contains(&body["errcode"].as_str().unwrap()));
+    assert_err(
+        &server
+            .get("/_matrix/client/v3/sync?since=garbage", Some(&alice))
+            .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/user/{}/filter", enc(&alice_id)),
+            Some(&alice),
+            json!({ "room": { "timeline": { "limit": "ten" } } }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(server.db_fingerprint(), before);
+
+    // A since token from before a restart still works after it.
+    server.restart().await;
+    say(&server, &alice, &room, "after").await;
+    let resp = sync(&server, &alice, &format!("since={since}&timeout=10000")).await;
+    assert_eq!(bodies(&resp["rooms"]["join"][room.as_str()]), vec!["after"]);
+}
