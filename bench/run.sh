@@ -1,0 +1,362 @@
+#!/usr/bin/env bash
+# Benchmarks Hearth against Synapse on this machine: builds both release binaries, starts a fresh
+# Hearth and a fresh Synapse (on PostgreSQL when its server binaries are here, else SQLite), runs
+# `hearth-bench compare` for each scenario and stops everything on exit. Loopback only.
+#
+#   bench/run.sh [--install] [--sqlite] [--keep] [--send-args "..."] [--messages-args "..."]
+#
+#   --install         apt-get install postgresql when its server binaries are missing
+#   --sqlite          run Synapse on SQLite even when PostgreSQL is available
+#   --keep            keep the temporary directories (data, configs, logs) for inspection
+#   --send-args       extra options for the send scenario, e.g. "--senders 20 --messages 2000"
+#   --messages-args   extra options for the messages scenario, e.g. "--duration 10"
+#
+# Environment: VENV (Synapse virtualenv, default /root/.cache/hearth-venv), CARGO_TARGET_DIR.
+set -euo pipefail
+
+INSTALL=0
+FORCE_SQLITE=0
+KEEP=0
+SEND_ARGS=""
+MESSAGES_ARGS=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --install) INSTALL=1 ;;
+        --sqlite) FORCE_SQLITE=1 ;;
+        --keep) KEEP=1 ;;
+        --send-args) SEND_ARGS="$2"; shift ;;
+        --messages-args) MESSAGES_ARGS="$2"; shift ;;
+        -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${VENV:-/root/.cache/hearth-venv}
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+
+# --- cleanup: everything started below registers itself here -------------------------------------
+WORK=$(mktemp -d -t hearth-bench.XXXXXX)
+PGDIR=""
+PG_BIN=""
+PG_AS=()
+HEARTH_PID=""
+SYNAPSE_PID=""
+PG_STARTED=0
+
+stop_pid() {
+    local pid=$1 name=$2
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.2
+    done
+    log "$name ($pid) ignored SIGTERM for 10 s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_pid "$HEARTH_PID" hearth
+    stop_pid "$SYNAPSE_PID" synapse
+    if [[ $PG_STARTED == 1 ]]; then
+        "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PGDIR/data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+    if [[ $rc != 0 ]]; then
+        # The servers' own words are usually the quickest way to the cause.
+        for f in "$WORK/hearth.log" "$WORK/synapse/stdout.log" "$WORK/synapse/homeserver.log" \
+                 "${PGDIR:+$PGDIR/postgres.log}"; do
+            [[ -n "$f" && -s "$f" ]] || continue
+            log "last lines of $f"
+            tail -n 30 "$f" >&2 || true
+        done
+    fi
+    if [[ $KEEP == 1 ]]; then
+        log "kept $WORK${PGDIR:+ and $PGDIR}"
+    else
+        rm -rf "$WORK"
+        [[ -n "$PGDIR" ]] && rm -rf "$PGDIR"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A port the kernel just handed out and released: free unless someone races us for it.
+USED_PORTS=" "
+free_port() {
+    local port
+    while :; do
+        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        [[ $USED_PORTS == *" $port "* ]] || break
+    done
+    USED_PORTS+="$port "
+    echo "$port"
+}
+
+secret() { python3 -c 'import secrets; print(secrets.token_hex(24))'; }
+
+# Polls /versions until it answers, or fails early if the process has died.
+wait_for() {
+    local name=$1 url=$2 pid=$3 seconds=$4
+    for _ in $(seq $((seconds * 5))); do
+        if curl -fsS --noproxy '*' -o /dev/null "$url/_matrix/client/versions" 2>/dev/null; then
+            log "$name answers at $url"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || die "$name exited during startup"
+        sleep 0.2
+    done
+    die "$name did not answer $url/_matrix/client/versions within ${seconds}s"
+}
+
+# --- build -----------------------------------------------------------------------------------------
+log "building release binaries (may wait for cargo's lock on the shared target dir)"
+(cd "$ROOT" && cargo build --release -p hearth && cargo build --release -p hearth-bench)
+[[ -x "$BIN/hearth" && -x "$BIN/hearth-bench" ]] || die "binaries not found in $BIN"
+
+# --- Synapse virtualenv ----------------------------------------------------------------------------
+if [[ ! -x "$VENV/bin/synapse_homeserver" ]]; then
+    log "creating $VENV with matrix-synapse"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet matrix-synapse
+fi
+
+# --- PostgreSQL for Synapse, if we can have it -----------------------------------------------------
+find_pg_bin() {
+    local d
+    if command -v pg_ctl >/dev/null 2>&1; then
+        d=$(dirname "$(readlink -f "$(command -v pg_ctl)")")
+        [[ -x "$d/initdb" && -x "$d/postgres" ]] && { echo "$d"; return; }
+    fi
+    # Debian keeps the server binaries off PATH.
+    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        [[ -x "$d/pg_ctl" && -x "$d/initdb" ]] && { echo "$d"; return; }
+    done
+}
+
+DB_KIND=sqlite
+DB_NOTE=""
+if [[ $FORCE_SQLITE == 1 ]]; then
+    DB_NOTE="--sqlite given"
+else
+    PG_BIN=$(find_pg_bin)
+    if [[ -z "$PG_BIN" && $INSTALL == 1 ]]; then
+        log "installing postgresql with apt-get"
+        apt-get install -y postgresql >"$WORK/apt.log" 2>&1 || die "apt-get install postgresql failed (see $WORK/apt.log)"
+        PG_BIN=$(find_pg_bin)
+    fi
+    if [[ -z "$PG_BIN" ]]; then
+        DB_NOTE="no PostgreSQL server binaries (pass --install to apt-get them)"
+    elif ! "$VENV/bin/python" -c 'import psycopg2' 2>/dev/null \
+        && ! "$VENV/bin/pip" install --quiet psycopg2-binary >"$WORK/pip.log" 2>&1; then
+        DB_NOTE="psycopg2 missing and pip install psycopg2-binary failed (see $WORK/pip.log)"
+    else
+        DB_KIND=postgres
+    fi
+fi
+
+if [[ $DB_KIND == postgres ]]; then
+    # The cluster lives outside $WORK: when we are root it must belong to an unprivileged user
+    # (initdb and postgres refuse to run as root), who could not enter root's private temp dir.
+    PGDIR=$(mktemp -d -t hearth-bench-pg.XXXXXX)
+    if [[ $(id -u) == 0 ]]; then
+        id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user to run PostgreSQL"
+        chown postgres: "$PGDIR"
+        PG_AS=(runuser -u postgres --)
+    fi
+    PG_PORT=$(free_port)
+    log "starting PostgreSQL ($PG_BIN) on a unix socket in $PGDIR"
+    "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PGDIR/data" -U bench --auth=trust -E UTF8 --locale=C \
+        >"$WORK/initdb.log" 2>&1 || die "initdb failed (see $WORK/initdb.log)"
+    # -h '' disables TCP entirely; the socket directory is private to this run.
+    "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/postgres.log" -w -t 60 \
+        -o "-h '' -k $PGDIR -p $PG_PORT" start >/dev/null || die "PostgreSQL did not start"
+    PG_STARTED=1
+    psql -h "$PGDIR" -p "$PG_PORT" -U bench -d postgres -v ON_ERROR_STOP=1 -q -c \
+        "CREATE DATABASE synapse ENCODING 'UTF8' LC_COLLATE='C' LC_CTYPE='C' TEMPLATE template0" \
+        || die "CREATE DATABASE failed"
+    DB_DESC="PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') (unix socket, temp cluster)"
+else
+    DB_DESC="SQLite ($DB_NOTE)"
+    log "NOTE: Synapse runs on SQLite, not PostgreSQL: $DB_NOTE"
+fi
+
+# --- Hearth ----------------------------------------------------------------------------------------
+HEARTH_PORT=$(free_port)
+HEARTH_FED_PORT=$(free_port)
+HEARTH_SECRET=$(secret)
+HEARTH_URL="http://127.0.0.1:$HEARTH_PORT"
+log "starting Hearth on $HEARTH_URL"
+# Only Hearth's environment gets HEARTH_* (it rejects unknown ones). Rate limits exist only on
+# login/registration; raised so account setup never waits.
+env HEARTH_SERVER_NAME=bench.hearth \
+    HEARTH_LISTEN__CLIENT="127.0.0.1:$HEARTH_PORT" \
+    HEARTH_LISTEN__FEDERATION="127.0.0.1:$HEARTH_FED_PORT" \
+    HEARTH_DATABASE__PATH="$WORK/hearth-data" \
+    HEARTH_REGISTRATION__SHARED_SECRET="$HEARTH_SECRET" \
+    HEARTH_REGISTRATION__MODE=disabled \
+    HEARTH_FEDERATION__ENABLED=false \
+    HEARTH_LOG__LEVEL=warn \
+    HEARTH_RATE_LIMITS__REGISTRATION__PER_SECOND=100000 \
+    HEARTH_RATE_LIMITS__REGISTRATION__BURST=100000 \
+    HEARTH_RATE_LIMITS__LOGIN__PER_SECOND=100000 \
+    HEARTH_RATE_LIMITS__LOGIN__BURST=100000 \
+    "$BIN/hearth" >"$WORK/hearth.log" 2>&1 &
+HEARTH_PID=$!
+
+# --- Synapse ---------------------------------------------------------------------------------------
+SYNAPSE_PORT=$(free_port)
+SYNAPSE_SECRET=$(secret)
+SYNAPSE_URL="http://127.0.0.1:$SYNAPSE_PORT"
+SDIR="$WORK/synapse"
+mkdir -p "$SDIR"
+(cd "$SDIR" && "$VENV/bin/python" -m synapse.app.homeserver --server-name bench.synapse \
+    --config-path "$SDIR/homeserver.yaml" --data-directory "$SDIR" \
+    --generate-config --report-stats=no >"$SDIR/generate.log" 2>&1) \
+    || die "synapse --generate-config failed (see $SDIR/generate.log)"
+# Keep the generated log config (it sets up Synapse's request context) but only at WARNING.
+sed -i 's/level: INFO/level: WARNING/' "$SDIR/bench.synapse.log.config"
+
+if [[ $DB_KIND == postgres ]]; then
+    DATABASE_YAML="database:
+  name: psycopg2
+  args:
+    user: bench
+    dbname: synapse
+    host: $PGDIR
+    port: $PG_PORT
+    cp_min: 5
+    cp_max: 10"
+else
+    DATABASE_YAML="database:
+  name: sqlite3
+  args:
+    database: $SDIR/homeserver.db"
+fi
+
+# A second config file: Synapse merges top-level keys, later files winning, so the generated file
+# stays as Synapse wrote it. Every rate limit is raised far beyond what the scenarios can reach.
+RL='{per_second: 1000000, burst_count: 1000000}'
+cat >"$SDIR/bench.yaml" <<EOF
+listeners:
+  - port: $SYNAPSE_PORT
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: false
+    x_forwarded: false
+    resources:
+      - names: [client]
+        compress: false
+$DATABASE_YAML
+registration_shared_secret: "$SYNAPSE_SECRET"
+enable_registration: false
+report_stats: false
+# No federation: no key servers, no outbound destinations.
+trusted_key_servers: []
+suppress_key_server_warning: true
+federation_domain_whitelist: []
+rc_message: $RL
+rc_registration: $RL
+rc_registration_token_validity: $RL
+rc_login:
+  address: $RL
+  account: $RL
+  failed_attempts: $RL
+rc_joins:
+  local: $RL
+  remote: $RL
+rc_joins_per_room: $RL
+rc_invites:
+  per_room: $RL
+  per_user: $RL
+  per_issuer: $RL
+rc_third_party_invite: $RL
+rc_room_creation: $RL
+rc_admin_redaction: $RL
+rc_3pid_validation: $RL
+rc_key_requests: $RL
+rc_media_create: $RL
+rc_presence:
+  per_user: $RL
+rc_delayed_event_mgmt: $RL
+rc_reports: $RL
+rc_profile: $RL
+rc_user_directory: $RL
+EOF
+
+log "starting Synapse $("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)') on $SYNAPSE_URL ($DB_DESC)"
+(cd "$SDIR" && exec "$VENV/bin/python" -m synapse.app.homeserver \
+    -c "$SDIR/homeserver.yaml" -c "$SDIR/bench.yaml" >"$SDIR/stdout.log" 2>&1) &
+SYNAPSE_PID=$!
+
+wait_for Hearth "$HEARTH_URL" "$HEARTH_PID" 30
+# The first start of Synapse creates its schema, which takes a while on PostgreSQL.
+wait_for Synapse "$SYNAPSE_URL" "$SYNAPSE_PID" 180
+
+# --- scenarios -------------------------------------------------------------------------------------
+log "machine: $(nproc) cores; hearth $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (+ working tree)"
+log "Synapse database: $DB_DESC"
+# CPU seconds a process has used (user + system, plus its reaped children's), from /proc: the
+# figures above are per wall-clock second, this says what each server spent to reach them.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_of() {
+    local pid=$1
+    [[ -r /proc/$pid/stat ]] || { echo 0; return; }
+    # Fields after the ")" that ends the command name: utime is the 12th, cstime the 15th.
+    awk -v tck="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13 + $14 + $15) / tck }' \
+        "/proc/$pid/stat"
+}
+cpu_postgres() {
+    [[ $PG_STARTED == 1 && -r "$PGDIR/data/postmaster.pid" ]] || { echo 0; return; }
+    local master total child
+    master=$(head -n 1 "$PGDIR/data/postmaster.pid")
+    total=$(cpu_of "$master")
+    for child in $(ps -o pid= --ppid "$master"); do
+        total=$(awk -v a="$total" -v b="$(cpu_of "$child")" 'BEGIN { printf "%.2f", a + b }')
+    done
+    echo "$total"
+}
+cpu_snapshot() { echo "$(cpu_of "$HEARTH_PID") $(cpu_of "$SYNAPSE_PID") $(cpu_postgres)"; }
+
+RC=0
+CPU_REPORT=()
+run_scenario() {
+    local scenario=$1 extra=$2 before after
+    log "scenario $scenario ${extra:+($extra)}"
+    before=$(cpu_snapshot)
+    # shellcheck disable=SC2086 # extra options are meant to split into words
+    if ! "$BIN/hearth-bench" compare \
+        --hearth "$HEARTH_URL" --hearth-secret "$HEARTH_SECRET" \
+        --synapse "$SYNAPSE_URL" --synapse-secret "$SYNAPSE_SECRET" \
+        "$scenario" $extra | tee "$WORK/$scenario.out"; then
+        log "scenario $scenario reported failures"
+        RC=1
+    fi
+    after=$(cpu_snapshot)
+    # Setup (registration, fill) included; both servers idle while the other one is measured.
+    CPU_REPORT+=("$(awk -v s="$scenario" -v b="$before" -v a="$after" 'BEGIN {
+        split(b, x, " "); split(a, y, " ");
+        printf "CPU seconds used during %s (setup included): hearth %.1f, synapse %.1f, postgres %.1f",
+            s, y[1] - x[1], y[2] - x[2], y[3] - x[3] }')")
+    kill -0 "$HEARTH_PID" 2>/dev/null || { log "Hearth is no longer running"; RC=1; }
+    kill -0 "$SYNAPSE_PID" 2>/dev/null || { log "Synapse is no longer running"; RC=1; }
+}
+run_scenario send "$SEND_ARGS"
+run_scenario messages "$MESSAGES_ARGS"
+
+log "summary (Synapse on $DB_DESC)"
+for line in "${CPU_REPORT[@]}"; do log "$line"; done
+grep -h '^{"' "$WORK/send.out" "$WORK/messages.out" | grep '"type":"ratio"\|"type":"error"' >&2 || true
+if [[ -s "$WORK/hearth.log" ]]; then
+    log "Hearth logged $(wc -l <"$WORK/hearth.log") lines at warn or above; the last ones:"
+    tail -n 10 "$WORK/hearth.log" >&2
+fi
+exit "$RC"

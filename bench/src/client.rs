@@ -1,0 +1,333 @@
+//! A minimal client-server API client: only the requests the scenarios make, written against the
+//! spec (and Synapse's admin registration) rather than any one server, so every homeserver is
+//! driven by exactly the same bytes.
+
+use std::{fmt, time::Duration};
+
+use hmac::{Hmac, Mac};
+use reqwest::Method;
+use serde_json::{json, Value};
+use sha1::Sha1;
+
+/// How much of an error body is kept for the report.
+const BODY_EXCERPT: usize = 400;
+
+/// Why a request did not succeed. Kept as data so failures can be counted and shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The server answered, but not with a 200.
+    Status { status: u16, body: String },
+    /// Connection refused or reset, timeout, unreadable body.
+    Transport(String),
+    /// A 200 whose body lacks what the spec promises (e.g. no `event_id`).
+    Malformed(String),
+}
+
+impl Failure {
+    /// A short grouping key (`HTTP 500 M_UNKNOWN`, `transport`), so a thousand identical errors
+    /// are reported as one line with a count.
+    pub fn category(&self) -> String {
+        match self {
+            Failure::Status { status, body } => {
+                let errcode = serde_json::from_str::<Value>(body)
+                    .ok()
+                    .and_then(|v| v.get("errcode").and_then(Value::as_str).map(str::to_owned));
+                match errcode {
+                    Some(code) => format!("HTTP {status} {code}"),
+                    None => format!("HTTP {status}"),
+                }
+            }
+            Failure::Transport(_) => "transport".to_owned(),
+            Failure::Malformed(_) => "malformed".to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Status { status, body } => write!(f, "HTTP {status}: {body}"),
+            Failure::Transport(e) => write!(f, "transport: {e}"),
+            Failure::Malformed(e) => write!(f, "malformed response: {e}"),
+        }
+    }
+}
+
+/// A registered account and its access token.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub user_id: String,
+    pub token: String,
+}
+
+/// One event of a `/messages` chunk, reduced to what the scenarios check.
+#[derive(Debug, Clone)]
+pub struct PageEvent {
+    pub event_id: Option<String>,
+    pub kind: Option<String>,
+    pub sender: Option<String>,
+    /// `content.body`, where the scenarios embed their sequence numbers.
+    pub body: Option<String>,
+}
+
+impl PageEvent {
+    pub fn is_message(&self) -> bool {
+        self.kind.as_deref() == Some("m.room.message")
+    }
+}
+
+/// One page of `/messages`.
+#[derive(Debug)]
+pub struct Page {
+    /// The chunk in the order the server returned it (newest first for `dir=b`).
+    pub events: Vec<PageEvent>,
+    /// The token for the next page; absent at the start of the room.
+    pub end: Option<String>,
+}
+
+/// A homeserver's client API, with one connection pool shared by every simulated user. Cloning
+/// is cheap and shares the pool.
+#[derive(Clone)]
+pub struct Server {
+    http: reqwest::Client,
+    base: String,
+    shared_secret: String,
+}
+
+impl Server {
+    pub fn new(base: &str, shared_secret: &str, timeout: Duration) -> Result<Server, String> {
+        let http = reqwest::Client::builder()
+            // Loopback only: an HTTP(S)_PROXY in the environment must not reroute the load.
+            .no_proxy()
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Server {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            shared_secret: shared_secret.to_owned(),
+        })
+    }
+
+    /// Sends one request and returns the JSON body of a 200; anything else is a [`Failure`].
+    async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value, Failure> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Failure::Transport(error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Failure::Transport(error_chain(&e)))?;
+        if status != 200 {
+            let text = String::from_utf8_lossy(&bytes);
+            let body = text.chars().take(BODY_EXCERPT).collect();
+            return Err(Failure::Status { status, body });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| Failure::Malformed(format!("not JSON: {e}")))
+    }
+
+    /// `GET /versions`: the server is up.
+    pub async fn versions(&self) -> Result<Value, Failure> {
+        self.call(Method::GET, "/_matrix/client/versions", None, None)
+            .await
+    }
+
+    /// Registers a non-admin account through the shared-secret admin API (nonce, then HMAC), the
+    /// one registration path Synapse and Hearth both offer without UIAA or tokens.
+    pub async fn register(&self, username: &str, password: &str) -> Result<User, Failure> {
+        const PATH: &str = "/_synapse/admin/v1/register";
+        let nonce = self.call(Method::GET, PATH, None, None).await?;
+        let nonce = str_field(&nonce, "nonce")?;
+        let mac = registration_mac(&self.shared_secret, &nonce, username, password);
+        let body = json!({
+            "nonce": nonce,
+            "username": username,
+            "password": password,
+            "admin": false,
+            "mac": mac,
+        });
+        let resp = self.call(Method::POST, PATH, None, Some(&body)).await?;
+        Ok(User {
+            user_id: str_field(&resp, "user_id")?,
+            token: str_field(&resp, "access_token")?,
+        })
+    }
+
+    /// Creates a public room (anyone may join) and returns its ID.
+    pub async fn create_room(
+        &self,
+        user: &User,
+        room_version: Option<&str>,
+    ) -> Result<String, Failure> {
+        let mut body = json!({ "preset": "public_chat", "name": "hearth-bench" });
+        if let Some(v) = room_version {
+            body["room_version"] = json!(v);
+        }
+        let resp = self
+            .call(
+                Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(&user.token),
+                Some(&body),
+            )
+            .await?;
+        str_field(&resp, "room_id")
+    }
+
+    pub async fn join(&self, user: &User, room_id: &str) -> Result<(), Failure> {
+        let path = format!("/_matrix/client/v3/join/{}", encode(room_id));
+        self.call(Method::POST, &path, Some(&user.token), Some(&json!({})))
+            .await?;
+        Ok(())
+    }
+
+    /// Sends an `m.text` message and returns its event ID. The transaction ID must be unique per
+    /// device, or the server rightly answers with the earlier event instead of a new one.
+    pub async fn send_text(
+        &self,
+        user: &User,
+        room_id: &str,
+        txn_id: &str,
+        text: &str,
+    ) -> Result<String, Failure> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+            encode(room_id),
+            encode(txn_id)
+        );
+        let body = json!({ "msgtype": "m.text", "body": text });
+        let resp = self
+            .call(Method::PUT, &path, Some(&user.token), Some(&body))
+            .await?;
+        str_field(&resp, "event_id")
+    }
+
+    /// `GET /rooms/{room}/messages?dir=b`: one page back from `from`, or from the newest event.
+    pub async fn messages_back(
+        &self,
+        user: &User,
+        room_id: &str,
+        from: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, Failure> {
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}",
+            encode(room_id)
+        );
+        if let Some(from) = from {
+            path.push_str("&from=");
+            path.push_str(&encode(from));
+        }
+        let resp = self
+            .call(Method::GET, &path, Some(&user.token), None)
+            .await?;
+        let chunk = resp
+            .get("chunk")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Failure::Malformed("no `chunk` array".into()))?;
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        let events = chunk
+            .iter()
+            .map(|e| PageEvent {
+                event_id: text(e.get("event_id")),
+                kind: text(e.get("type")),
+                sender: text(e.get("sender")),
+                body: text(e.get("content").and_then(|c| c.get("body"))),
+            })
+            .collect();
+        Ok(Page {
+            events,
+            end: text(resp.get("end")),
+        })
+    }
+}
+
+/// The MAC of Synapse's shared-secret registration: HMAC-SHA1 over
+/// `nonce\0username\0password\0notadmin`, hex encoded.
+pub fn registration_mac(secret: &str, nonce: &str, username: &str, password: &str) -> String {
+    let mut mac =
+        Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
+    for (i, part) in [nonce, username, password, "notadmin"].iter().enumerate() {
+        if i > 0 {
+            mac.update(b"\0");
+        }
+        mac.update(part.as_bytes());
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Percent-encodes a path segment or query value: everything but RFC 3986's unreserved bytes, so
+/// the `!`, `:` and `$` of Matrix IDs and opaque tokens reach the server intact.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn str_field(v: &Value, name: &str) -> Result<String, Failure> {
+    v.get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            // The whole body could be a full /messages page; keep the report readable.
+            let body: String = v.to_string().chars().take(BODY_EXCERPT).collect();
+            Failure::Malformed(format!("no string `{name}` in {body}"))
+        })
+}
+
+/// reqwest's Display stops at the outermost error; the cause (refused, timed out) is deeper.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_matches_synapse_protocol() {
+        // hmac.new(b"secret", b"abc\0alice\0password1\0notadmin", hashlib.sha1).hexdigest()
+        assert_eq!(
+            registration_mac("secret", "abc", "alice", "password1"),
+            "f1d1e0f39e78b154b626b52ce69d66727a612ab6"
+        );
+    }
+
+    #[test]
+    fn encodes_matrix_ids() {
+        assert_eq!(encode("!abc:localhost:8448"), "%21abc%3Alocalhost%3A8448");
+        assert_eq!(encode("t1-2_3.4~"), "t1-2_3.4~");
+        assert_eq!(encode("a/b c"), "a%2Fb%20c");
+    }
+}

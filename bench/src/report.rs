@@ -1,0 +1,133 @@
+//! What a scenario measured, printed twice: aligned lines for people and one JSON line per result
+//! (lines starting with `{`) for scripts.
+
+use serde_json::{json, Map, Value};
+
+use crate::stats::Failures;
+
+/// One measured number.
+#[derive(Debug, Clone)]
+pub struct Metric {
+    /// Stable JSON key, e.g. `messages_per_sec`.
+    pub key: &'static str,
+    pub label: &'static str,
+    pub value: f64,
+    pub unit: &'static str,
+    /// Whether `compare` divides it: rates and latencies yes, counts and wall times no.
+    pub comparable: bool,
+}
+
+impl Metric {
+    pub fn new(key: &'static str, label: &'static str, value: f64, unit: &'static str) -> Metric {
+        Metric {
+            key,
+            label,
+            value,
+            unit,
+            comparable: true,
+        }
+    }
+
+    /// Shown and put in the JSON, but left out of the ratios.
+    pub fn info(self) -> Metric {
+        Metric {
+            comparable: false,
+            ..self
+        }
+    }
+}
+
+/// The result of one scenario against one server.
+#[derive(Debug)]
+pub struct Report {
+    pub scenario: &'static str,
+    /// The headline figure first: that is what `compare` puts in its summary line.
+    pub metrics: Vec<Metric>,
+    /// The parameters the figures depend on (counts, concurrency), echoed into the JSON.
+    pub params: Value,
+    pub failures: Failures,
+}
+
+impl Report {
+    pub fn metric(&self, key: &str) -> Option<f64> {
+        self.metrics.iter().find(|m| m.key == key).map(|m| m.value)
+    }
+
+    /// Prints the report of `server` (a label such as `hearth`) at `url`.
+    pub fn print(&self, server: &str, url: &str) {
+        println!("[{}] {server} ({url})", self.scenario);
+        for m in &self.metrics {
+            println!("  {:<34} {:>12} {}", m.label, fmt_num(m.value), m.unit);
+        }
+        println!("  {:<34} {:>12}", "failures", self.failures.total());
+        for (category, count, example) in self.failures.top() {
+            println!("    {count:>6} x {category}: {example}");
+        }
+        let metrics: Map<String, Value> = self
+            .metrics
+            .iter()
+            .map(|m| (m.key.to_owned(), json!(m.value)))
+            .collect();
+        let failures: Map<String, Value> = self
+            .failures
+            .top()
+            .into_iter()
+            .map(|(c, n, _)| (c.to_owned(), json!(n)))
+            .collect();
+        let line = json!({
+            "type": "figure",
+            "scenario": self.scenario,
+            "server": server,
+            "url": url,
+            "metrics": metrics,
+            "failures": self.failures.total(),
+            "failure_kinds": failures,
+            "params": self.params,
+        });
+        println!("{line}");
+    }
+}
+
+/// Prints Hearth's figures over Synapse's (or whatever the two labels are) for every metric both
+/// reports have. For rates above 1 means Hearth is faster; for latencies below 1 does.
+pub fn print_ratio(scenario: &str, a_label: &str, a: &Report, b_label: &str, b: &Report) {
+    println!("[{scenario}] ratio {a_label}/{b_label}");
+    let mut ratios = Map::new();
+    for m in a.metrics.iter().filter(|m| m.comparable) {
+        let Some(other) = b.metric(m.key) else {
+            continue;
+        };
+        let ratio = m.value / other;
+        println!(
+            "  {:<34} {:>12} / {:>12} = {:>8}x",
+            m.label,
+            fmt_num(m.value),
+            fmt_num(other),
+            fmt_num(ratio)
+        );
+        ratios.insert(m.key.to_owned(), json!(ratio));
+    }
+    let line = json!({
+        "type": "ratio",
+        "scenario": scenario,
+        "numerator": a_label,
+        "denominator": b_label,
+        "ratios": ratios,
+        "failures": { a_label: a.failures.total(), b_label: b.failures.total() },
+    });
+    println!("{line}");
+}
+
+/// Three significant-ish digits without scientific notation; `n/a` for NaN or infinity (no
+/// samples, division by zero).
+fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        "n/a".to_owned()
+    } else if v.abs() >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
