@@ -20,6 +20,7 @@ pub struct Config {
     pub federation: Federation,
     pub media: Media,
     pub well_known: WellKnown,
+    pub presence: Presence,
     pub log: Log,
 }
 
@@ -112,6 +113,27 @@ pub struct WellKnown {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct Presence {
+    /// Track and share presence at all.
+    pub enabled: bool,
+    /// A user with no activity for this long shows as unavailable.
+    pub idle_timeout: HumanDuration,
+    /// A user with no /sync for this long shows as offline.
+    pub offline_timeout: HumanDuration,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            idle_timeout: HumanDuration(Duration::from_secs(300)),
+            offline_timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// A tracing filter, e.g. "info" or "hearth=debug,info"; `RUST_LOG` wins when set.
     pub level: String,
@@ -132,6 +154,7 @@ impl Default for Config {
             federation: Federation::default(),
             media: Media::default(),
             well_known: WellKnown::default(),
+            presence: Presence::default(),
             log: Log::default(),
         }
     }

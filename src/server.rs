@@ -27,6 +27,7 @@ pub struct Server {
     pub services: Arc<Services>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
+    timer: JoinHandle<()>,
 }
 
 /// Reads the console secret, creating it (readable by the owner only) on first start.
@@ -77,6 +78,25 @@ impl Server {
 
         let router = api::client_router(services.clone());
         let (shutdown, mut shutdown_rx) = watch::channel(false);
+        // Presence timeouts run until shutdown, which waits for this task to let go of the
+        // services (and so of the database) before the serving task closes it.
+        let timer = {
+            let presence = services.presence.clone();
+            let rooms = services.rooms.clone();
+            let mut stop = shutdown_rx.clone();
+            tokio::spawn(async move {
+                let peers: Arc<dyn Fn(u64) -> Vec<u64> + Send + Sync> = Arc::new(move |user| {
+                    rooms
+                        .peers(user)
+                        .map(|p| p.into_iter().collect())
+                        .unwrap_or_default()
+                });
+                tokio::select! {
+                    _ = presence.run_timer(peers) => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            })
+        };
         let task_services = services.clone();
         let task = tokio::spawn(async move {
             let result = axum::serve(
@@ -104,6 +124,7 @@ impl Server {
             services,
             shutdown,
             task,
+            timer,
         })
     }
 
@@ -115,7 +136,13 @@ impl Server {
     /// Stops accepting requests, lets in-flight ones finish, flushes and closes the database.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.shutdown.send(true);
-        let Server { services, task, .. } = self;
+        let Server {
+            services,
+            task,
+            timer,
+            ..
+        } = self;
+        let _ = timer.await;
         // Our reference goes first so the database closes when the serving task ends.
         drop(services);
         task.await.map_err(Error::internal)?

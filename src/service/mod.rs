@@ -4,6 +4,8 @@
 pub mod account_data;
 pub mod accounts;
 pub mod filters;
+pub mod keys;
+pub mod presence;
 pub mod profiles;
 pub mod ratelimit;
 pub mod receipts;
@@ -38,6 +40,8 @@ pub struct Services {
     pub receipts: Arc<receipts::Service>,
     pub typing: Arc<typing::Service>,
     pub filters: Arc<filters::Service>,
+    pub keys: Arc<keys::Service>,
+    pub presence: Arc<presence::Service>,
     /// This server's ed25519 signing key.
     pub signing_key: Arc<hearth_federation::ServerSigningKey>,
     /// Secret of the local console (`hearth register-user` and friends), kept in the data folder.
@@ -85,6 +89,16 @@ impl Services {
         ));
         let typing = Arc::new(typing::Service::new(rooms.clone()));
         let filters = Arc::new(filters::Service::new(db.clone()));
+        let keys = Arc::new(keys::Service::new(
+            db.clone(),
+            stream.clone(),
+            rooms.clone(),
+        ));
+        let presence = Arc::new(presence::Service::new(
+            db.clone(),
+            stream.clone(),
+            config.presence.clone(),
+        ));
         Ok(Self {
             config,
             db,
@@ -100,6 +114,8 @@ impl Services {
             receipts,
             typing,
             filters,
+            keys,
+            presence,
             signing_key,
             console_secret,
             registration_nonces: Default::default(),

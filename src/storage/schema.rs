@@ -36,6 +36,14 @@ pub enum Cf {
     Receipts,
     ReceiptsByPos,
     Filters,
+    DeviceKeys,
+    OneTimeKeys,
+    FallbackKeys,
+    CrossSigningKeys,
+    KeyChanges,
+    ToDevice,
+    Presence,
+    PresenceByPos,
 }
 
 /// How a keyspace is laid out; the table below is the documentation of the database.
@@ -216,6 +224,54 @@ pub const KEYSPACES: &[Keyspace] = &[
         value: "the `receipts` key it points at",
     },
     Keyspace {
+        cf: Cf::DeviceKeys,
+        name: "device_keys",
+        key: "user (short, u64 BE) . device id (utf-8)",
+        value: "the device's signed identity keys (JSON)",
+    },
+    Keyspace {
+        cf: Cf::OneTimeKeys,
+        name: "one_time_keys",
+        key: "user (short, u64 BE) . device id . 0xff . algorithm . ':' . key id (utf-8)",
+        value: "the signed one-time key (JSON)",
+    },
+    Keyspace {
+        cf: Cf::FallbackKeys,
+        name: "fallback_keys",
+        key: "user (short, u64 BE) . device id . 0xff . algorithm (utf-8)",
+        value: "FallbackKey (JSON): key id, key, whether it was used",
+    },
+    Keyspace {
+        cf: Cf::CrossSigningKeys,
+        name: "cross_signing_keys",
+        key: "user (short, u64 BE) . usage (master | self_signing | user_signing)",
+        value: "the cross-signing key (JSON)",
+    },
+    Keyspace {
+        cf: Cf::KeyChanges,
+        name: "key_changes",
+        key: "stream position (u64 BE)",
+        value: "user whose device list or cross-signing keys changed (short, u64 BE)",
+    },
+    Keyspace {
+        cf: Cf::ToDevice,
+        name: "to_device",
+        key: "user (short, u64 BE) . device id . 0xff . stream position (u64 BE)",
+        value: "ToDeviceMessage (JSON): sender, type, content",
+    },
+    Keyspace {
+        cf: Cf::Presence,
+        name: "presence",
+        key: "user (short, u64 BE)",
+        value: "stream position (u64 BE) . Stored presence (JSON): state, status message, last active",
+    },
+    Keyspace {
+        cf: Cf::PresenceByPos,
+        name: "presence_by_pos",
+        key: "stream position (u64 BE)",
+        value: "user (short, u64 BE)",
+    },
+    Keyspace {
         cf: Cf::Filters,
         name: "filters",
         key: "user (short, u64 BE) . filter id (u64 BE)",
@@ -338,7 +394,7 @@ pub mod key {
         user.to_be_bytes()
     }
 
-    fn user_and_str(user: ShortId, s: &str) -> Vec<u8> {
+    pub fn user_and_str(user: ShortId, s: &str) -> Vec<u8> {
         let mut k = Vec::with_capacity(8 + s.len());
         k.extend_from_slice(&user.to_be_bytes());
         k.extend_from_slice(s.as_bytes());
@@ -389,6 +445,21 @@ pub mod key {
             std::str::from_utf8(&rest[..sep]).ok()?,
             std::str::from_utf8(&rest[sep + 1..]).ok()?,
         ))
+    }
+
+    /// user . device . 0xff, the prefix of a device's one-time keys, fallback keys and inbox.
+    pub fn device_prefix(user: ShortId, device: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(9 + device.len());
+        k.extend_from_slice(&user.to_be_bytes());
+        k.extend_from_slice(device.as_bytes());
+        k.push(0xff);
+        k
+    }
+
+    pub fn device_item(user: ShortId, device: &str, item: &[u8]) -> Vec<u8> {
+        let mut k = device_prefix(user, device);
+        k.extend_from_slice(item);
+        k
     }
 
     pub fn split_user_key(key: &[u8]) -> Option<(ShortId, &str)> {

@@ -7,6 +7,7 @@ mod accounts_sdk;
 mod admin;
 mod bad_input;
 mod directory;
+mod e2ee_sdk;
 mod history_sdk;
 mod persistence;
 mod relations;

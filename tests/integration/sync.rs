@@ -453,3 +453,74 @@ async fn filters_and_tokens_are_checked_and_survive_restart() {
     let resp = sync(&server, &alice, &format!("since={since}&timeout=10000")).await;
     assert_eq!(bodies(&resp["rooms"]["join"][room.as_str()]), vec!["after"]);
 }
+
+fn presence_of(resp: &Value, user: &str) -> Option<Value> {
+    resp["presence"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["sender"] == user)
+        .map(|e| e["content"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_goes_online_then_unavailable_then_offline() {
+    use hearth::config::HumanDuration;
+    let server = TestServer::start_with(|c| {
+        c.presence.idle_timeout = HumanDuration(Duration::from_millis(600));
+        c.presence.offline_timeout = HumanDuration(Duration::from_millis(1500));
+    })
+    .await;
+    let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
+    let (_, bob, _) = server.register("bob", PASSWORD).await;
+    let (_, carol, _) = server.register("carol", PASSWORD).await;
+    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    join(&server, &bob, &room).await;
+
+    // Alice's sync makes her online; bob (who shares a room) sees it, with her status message.
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice_id)),
+            Some(&alice),
+            json!({ "presence": "online", "status_msg": "at lunch" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    sync(&server, &alice, "timeout=0").await;
+    let mut resp = sync(&server, &bob, "set_presence=offline").await;
+    let online = presence_of(&resp, &alice_id).expect("alice's presence");
+    assert_eq!(online["presence"], "online");
+    assert_eq!(online["status_msg"], "at lunch");
+    let (status, got) = server
+        .get(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice_id)),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(got["presence"], "online");
+    // Carol shares no room with alice: no presence for her.
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice_id)),
+            Some(&carol),
+        )
+        .await;
+    assert_err(&(status, body), 403, "M_FORBIDDEN");
+
+    // Alice stops: bob's waiting syncs are woken by her turning unavailable, then offline.
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("offline") {
+        let since = resp["next_batch"].as_str().unwrap().to_owned();
+        resp = sync(
+            &server,
+            &bob,
+            &format!("since={since}&timeout=20000&set_presence=offline"),
+        )
+        .await;
+        if let Some(p) = presence_of(&resp, &alice_id) {
+            seen.push(p["presence"].as_str().unwrap().to_owned());
+        }
+        assert!(seen.len() < 5, "{seen:?}");
+    }
+    assert_eq!(seen, vec!["unavailable", "offline"]);
+}

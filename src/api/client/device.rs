@@ -112,6 +112,10 @@ async fn delete(
         .sessions
         .delete_devices(session.user, std::slice::from_ref(&req.body.device_id))
         .await?;
+    services
+        .keys
+        .delete_device(session.user, req.body.device_id.as_str())
+        .await?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -133,5 +137,11 @@ async fn delete_many(
         .sessions
         .delete_devices(session.user, &req.body.devices)
         .await?;
+    for device in &req.body.devices {
+        services
+            .keys
+            .delete_device(session.user, device.as_str())
+            .await?;
+    }
     Ok(delete_devices::v3::Response::new())
 }

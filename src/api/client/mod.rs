@@ -5,7 +5,9 @@ mod account_data;
 mod device;
 mod directory;
 mod discovery;
+mod keys;
 mod membership;
+mod presence;
 mod profile;
 mod receipts;
 mod relations;
@@ -29,5 +31,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = sync::routes(router);
     let router = account_data::routes(router);
     let router = receipts::routes(router);
+    let router = keys::routes(router);
+    let router = presence::routes(router);
     profile::routes(router)
 }

@@ -62,11 +62,13 @@ async fn sync_events(
         sync::Request {
             user_id: &session.user_id,
             user: session.user,
+            device_id: session.device_id.as_str(),
             since,
             filter,
             full_state: b.full_state,
             timeout: b.timeout.unwrap_or_default().min(MAX_TIMEOUT),
             use_state_after: b.use_state_after,
+            set_presence: b.set_presence.clone(),
         },
     )
     .await?;

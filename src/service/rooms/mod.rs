@@ -384,6 +384,22 @@ impl Service {
         Ok(out)
     }
 
+    /// The user and everyone sharing a joined room with them: who sees their presence and keys.
+    pub fn peers(&self, user: ShortId) -> Result<std::collections::BTreeSet<ShortId>> {
+        let mut out = std::collections::BTreeSet::from([user]);
+        for (room, m) in self.memberships(user)? {
+            if m.membership() != MembershipState::Join {
+                continue;
+            }
+            for (member, mm) in self.members(room)? {
+                if mm.membership() == MembershipState::Join {
+                    out.insert(member);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Members of a room: (user short, membership).
     pub fn members(&self, room: ShortId) -> Result<Vec<(ShortId, Membership)>> {
         let mut out = Vec::new();
@@ -447,6 +463,39 @@ impl Service {
     }
 
     /// The stored transaction's event, if this device already sent it.
+    /// Whether a device already used a transaction ID (for sends without an event, such as
+    /// to-device messages; `room` 0).
+    pub fn txn_seen(
+        &self,
+        user: ShortId,
+        device_id: &str,
+        room: ShortId,
+        txn_id: &str,
+    ) -> Result<bool> {
+        Ok(self
+            .db
+            .get(Cf::TxnIds, &key::txn_id(user, device_id, room, txn_id))?
+            .is_some())
+    }
+
+    /// Records a transaction ID as used (see `txn_seen`).
+    pub async fn record_txn(
+        &self,
+        user: ShortId,
+        device_id: &str,
+        room: ShortId,
+        txn_id: &str,
+    ) -> Result<()> {
+        let mut b = crate::storage::Batch::new();
+        b.put(
+            Cf::TxnIds,
+            key::txn_id(user, device_id, room, txn_id),
+            Vec::new(),
+        );
+        self.db.write(b).await?;
+        Ok(())
+    }
+
     pub fn txn_event(
         &self,
         user: ShortId,

@@ -57,11 +57,23 @@ impl Since {
 pub struct Request<'a> {
     pub user_id: &'a UserId,
     pub user: ShortId,
+    pub device_id: &'a str,
     pub since: Option<Since>,
     pub filter: FilterDefinition,
     pub full_state: bool,
     pub timeout: Duration,
     pub use_state_after: bool,
+    pub set_presence: ruma::presence::PresenceState,
+}
+
+/// Marks the end of a /sync for presence, however the request ends (a client hanging up
+/// drops the future).
+struct SyncInFlight<'a>(&'a Services, ShortId);
+
+impl Drop for SyncInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.presence.sync_ended(self.1);
+    }
 }
 
 /// Default number of timeline events per room.
@@ -82,6 +94,22 @@ const STRIPPED_STATE: &[&str] = &[
 /// Answers a /sync, waiting up to the timeout for something new when `since` is given.
 pub async fn sync(services: &Services, req: Request<'_>) -> Result<v3::Response> {
     let deadline = tokio::time::Instant::now() + req.timeout;
+    let _in_flight = if services.presence.enabled() {
+        let rooms = services.rooms.clone();
+        let peers = move |u: ShortId| {
+            rooms
+                .peers(u)
+                .map(|p| p.into_iter().collect())
+                .unwrap_or_default()
+        };
+        services
+            .presence
+            .sync_started(req.user, &req.set_presence, &peers)
+            .await?;
+        Some(SyncInFlight(services, req.user))
+    } else {
+        None
+    };
     // Subscribe before reading, so a change between the read and the wait still wakes us.
     let mut wake = services.stream.subscribe(req.user);
     loop {
@@ -89,7 +117,7 @@ pub async fn sync(services: &Services, req: Request<'_>) -> Result<v3::Response>
             pos: services.stream.current(),
             typing: services.typing.serial(),
         };
-        let (response, has_data) = build(services, &req, upto)?;
+        let (response, has_data) = build(services, &req, upto).await?;
         let waiting_allowed = req.since.is_some() && !req.full_state;
         if has_data || !waiting_allowed || tokio::time::Instant::now() >= deadline {
             return Ok(response);
@@ -102,7 +130,7 @@ pub async fn sync(services: &Services, req: Request<'_>) -> Result<v3::Response>
                     pos: services.stream.current(),
                     typing: services.typing.serial(),
                 };
-                let (response, _) = build(services, &req, upto)?;
+                let (response, _) = build(services, &req, upto).await?;
                 return Ok(response);
             }
         }
@@ -174,11 +202,70 @@ struct RoomView {
     has_members_change: bool,
 }
 
-fn build(services: &Services, req: &Request<'_>, upto: Since) -> Result<(v3::Response, bool)> {
+async fn build(
+    services: &Services,
+    req: &Request<'_>,
+    upto: Since,
+) -> Result<(v3::Response, bool)> {
     let mut response = v3::Response::new(upto.token());
     let mut has_data = false;
     let since_pos = req.since.map(|s| s.pos);
     let rooms = &services.rooms;
+
+    // To-device messages: what the client's `since` acknowledges is dropped now.
+    for message in services
+        .keys
+        .to_device_inbox(req.user, req.device_id, since_pos, upto.pos)
+        .await?
+    {
+        response.to_device.events.push(raw(&json!({
+            "sender": message.sender,
+            "type": message.kind,
+            "content": message.content,
+        }))?);
+        has_data = true;
+    }
+    // Keys: one-time key counts and fallback keys of this device; whose device lists changed.
+    for (algorithm, n) in services.keys.one_time_key_counts(req.user, req.device_id)? {
+        response
+            .device_one_time_keys_count
+            .insert(algorithm.as_str().into(), UInt::new_saturating(n));
+    }
+    response.device_unused_fallback_key_types = Some(
+        services
+            .keys
+            .unused_fallback_types(req.user, req.device_id)?
+            .iter()
+            .map(|a| a.as_str().into())
+            .collect(),
+    );
+    if services.presence.enabled() {
+        for user in services.presence.changes(since_pos, upto.pos)? {
+            if !services.keys.share_a_room(req.user, user)? {
+                continue;
+            }
+            let Some(stored) = services.presence.get(user)? else {
+                continue;
+            };
+            let ago = services.presence.last_active_ago(user, &stored);
+            let user_id = rooms.user_id_of(user)?;
+            response
+                .presence
+                .events
+                .push(raw(&crate::service::presence::event(
+                    &user_id, &stored, ago,
+                ))?);
+            has_data = true;
+        }
+    }
+    if let Some(since) = since_pos {
+        for user in services.keys.changed_users(since, upto.pos)? {
+            if services.keys.share_a_room(req.user, user)? {
+                response.device_lists.changed.push(rooms.user_id_of(user)?);
+                has_data = true;
+            }
+        }
+    }
 
     // Account data, global and per room.
     let mut room_account_data: BTreeMap<ShortId, Vec<JsonValue>> = BTreeMap::new();

@@ -54,12 +54,15 @@ impl Service {
                     let t = t.min(MAX_TIMEOUT);
                     let until = Instant::now() + t;
                     let was = entry.users.insert(user.clone(), until).is_some();
-                    let me = self.clone();
+                    // One timer per typing notice, no sweeping loop; it holds no strong reference,
+                    // so a server shutting down is not kept alive by it.
+                    let me = Arc::downgrade(self);
                     let who = user.clone();
-                    // One timer per typing notice: no sweeping loop.
                     tokio::spawn(async move {
                         tokio::time::sleep(t).await;
-                        me.expire(room, &who);
+                        if let Some(me) = me.upgrade() {
+                            me.expire(room, &who);
+                        }
                     });
                     !was
                 }

@@ -26,6 +26,7 @@ pub enum Purpose {
     ChangePassword,
     Deactivate,
     DeleteDevices,
+    CrossSigning,
 }
 
 struct UiaaSession {

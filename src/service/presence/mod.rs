@@ -1,0 +1,296 @@
+//! Presence: online, unavailable (idle) and offline, with a status message and the time of last
+//! activity, shared with users who share a room. Activity and syncs are tracked in memory; a
+//! change of state is written with a stream position so /sync sends only what changed. One timer
+//! task sleeps until the next idle or offline deadline.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use parking_lot::Mutex;
+use ruma::{presence::PresenceState, OwnedUserId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::{
+    config,
+    error::{Error, Result},
+    service::{now_ms, stream::Stream},
+    storage::{decode_u64, schema::key, Batch, Cf, Db, ShortId},
+};
+
+/// Who to wake about a user's presence change, computed only when something is written.
+pub type Peers<'a> = dyn Fn(ShortId) -> Vec<ShortId> + Send + Sync + 'a;
+
+/// A user's presence as stored and sent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Stored {
+    pub presence: PresenceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_msg: Option<String>,
+    pub last_active_ts: u64,
+}
+
+#[derive(Default)]
+struct Live {
+    last_active: u64,
+    last_sync: u64,
+    syncing: u32,
+}
+
+pub struct Service {
+    db: Db,
+    stream: Arc<Stream>,
+    config: config::Presence,
+    live: Mutex<HashMap<ShortId, Live>>,
+    timer: Notify,
+    write: tokio::sync::Mutex<()>,
+}
+
+impl Service {
+    pub fn new(db: Db, stream: Arc<Stream>, config: config::Presence) -> Self {
+        Self {
+            db,
+            stream,
+            config,
+            live: Mutex::new(HashMap::new()),
+            timer: Notify::new(),
+            write: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    pub fn get(&self, user: ShortId) -> Result<Option<Stored>> {
+        match self.db.get(Cf::Presence, &key::u64_key(user))? {
+            Some(v) => Ok(Some(decode(&v)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a new presence if it differs from the stored one; wakes the user's peers.
+    async fn store(&self, user: ShortId, new: Stored, peers: &Peers<'_>) -> Result<()> {
+        let _guard = self.write.lock().await;
+        let k = key::u64_key(user);
+        let mut batch = Batch::new();
+        if let Some(old) = self.db.get(Cf::Presence, &k)? {
+            let (old_pos, old) = decode(&old)?;
+            // Only the state and message count as changes; activity alone is not written.
+            if old.presence == new.presence && old.status_msg == new.status_msg {
+                return Ok(());
+            }
+            batch.delete(Cf::PresenceByPos, key::u64_key(old_pos));
+        }
+        let pos = self.stream.allocate_position_in(&mut batch);
+        let mut value = pos.to_be_bytes().to_vec();
+        value.extend_from_slice(&serde_json::to_vec(&new).map_err(Error::internal)?);
+        batch.put(Cf::Presence, k, value);
+        batch.put(Cf::PresenceByPos, key::u64_key(pos), user.to_be_bytes());
+        let written = self.db.write(batch).await;
+        self.stream.complete(&[pos]);
+        written?;
+        self.stream.wake(peers(user));
+        Ok(())
+    }
+
+    /// Sets presence explicitly (PUT /presence); activity is now.
+    pub async fn set(
+        &self,
+        user: ShortId,
+        presence: PresenceState,
+        status_msg: Option<String>,
+        peers: &Peers<'_>,
+    ) -> Result<()> {
+        let now = now_ms();
+        if presence == PresenceState::Online {
+            self.live.lock().entry(user).or_default().last_active = now;
+            self.timer.notify_one();
+        }
+        self.store(
+            user,
+            Stored {
+                presence,
+                status_msg,
+                last_active_ts: now,
+            },
+            peers,
+        )
+        .await
+    }
+
+    /// A /sync starts: with `set_presence` online (the default) the user is online and active.
+    pub async fn sync_started(
+        &self,
+        user: ShortId,
+        set: &PresenceState,
+        peers: &Peers<'_>,
+    ) -> Result<()> {
+        let now = now_ms();
+        {
+            let mut live = self.live.lock();
+            let l = live.entry(user).or_default();
+            l.syncing += 1;
+            l.last_sync = now;
+            if *set == PresenceState::Online {
+                l.last_active = now;
+            }
+        }
+        self.timer.notify_one();
+        if *set == PresenceState::Offline {
+            return Ok(());
+        }
+        let status_msg = self.get(user)?.and_then(|s| s.status_msg);
+        self.store(
+            user,
+            Stored {
+                presence: set.clone(),
+                status_msg,
+                last_active_ts: now,
+            },
+            peers,
+        )
+        .await
+    }
+
+    /// A /sync ended; the offline countdown starts when no other is in flight.
+    pub fn sync_ended(&self, user: ShortId) {
+        let mut live = self.live.lock();
+        if let Some(l) = live.get_mut(&user) {
+            l.syncing = l.syncing.saturating_sub(1);
+            l.last_sync = now_ms();
+        }
+        drop(live);
+        self.timer.notify_one();
+    }
+
+    /// Milliseconds since the user was last active, as this process saw it (or as stored).
+    pub fn last_active_ago(&self, user: ShortId, stored: &Stored) -> u64 {
+        let seen = self
+            .live
+            .lock()
+            .get(&user)
+            .map_or(stored.last_active_ts, |l| {
+                l.last_active.max(stored.last_active_ts)
+            });
+        now_ms().saturating_sub(seen)
+    }
+
+    /// Users whose presence changed in (since, upto] (every user with a presence when `since` is
+    /// `None`).
+    pub fn changes(&self, since: Option<u64>, upto: u64) -> Result<Vec<ShortId>> {
+        let rows = self.db.scan_range(
+            Cf::PresenceByPos,
+            &key::u64_key(since.map_or(0, |s| s.saturating_add(1))),
+            &key::u64_key(upto.saturating_add(1)),
+            false,
+        );
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for row in rows {
+            let (_, v) = row?;
+            let user = decode_u64(Cf::PresenceByPos, &v)?;
+            if seen.insert(user) {
+                out.push(user);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies due idle and offline transitions; returns how long until the next one.
+    async fn tick(&self, peers: &Peers<'_>) -> Option<Duration> {
+        let now = now_ms();
+        let idle = self.config.idle_timeout.0.as_millis() as u64;
+        let offline = self.config.offline_timeout.0.as_millis() as u64;
+        let mut due = Vec::new();
+        let mut next: Option<u64> = None;
+        {
+            let live = self.live.lock();
+            for (user, l) in live.iter() {
+                let idle_at = l.last_active + idle;
+                let offline_at = (l.syncing == 0).then_some(l.last_sync + offline);
+                if offline_at.is_some_and(|t| t <= now) {
+                    due.push((*user, PresenceState::Offline));
+                    continue;
+                }
+                if idle_at <= now {
+                    due.push((*user, PresenceState::Unavailable));
+                } else {
+                    next = Some(next.map_or(idle_at, |n| n.min(idle_at)));
+                }
+                if let Some(t) = offline_at {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
+            }
+        }
+        for (user, state) in due {
+            let Ok(Some(current)) = self.get(user) else {
+                continue;
+            };
+            let downgrade = match state {
+                PresenceState::Offline => current.presence != PresenceState::Offline,
+                _ => current.presence == PresenceState::Online,
+            };
+            if state == PresenceState::Offline {
+                self.live.lock().remove(&user);
+            }
+            if downgrade {
+                let new = Stored {
+                    presence: state,
+                    status_msg: current.status_msg.clone(),
+                    last_active_ts: current.last_active_ts,
+                };
+                if let Err(e) = self.store(user, new, peers).await {
+                    tracing::warn!("presence timeout not stored: {e}");
+                }
+            }
+        }
+        next.map(|t| Duration::from_millis(t.saturating_sub(now_ms()).max(1)))
+    }
+
+    /// The timer task: sleeps until the next deadline, or until activity moves one.
+    pub async fn run_timer(
+        self: Arc<Self>,
+        peers: Arc<dyn Fn(ShortId) -> Vec<ShortId> + Send + Sync>,
+    ) {
+        loop {
+            let wait = self.tick(&*peers).await;
+            match wait {
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = self.timer.notified() => {}
+                    }
+                }
+                None => self.timer.notified().await,
+            }
+        }
+    }
+}
+
+fn decode(v: &[u8]) -> Result<(u64, Stored)> {
+    let (pos, json) = v
+        .split_at_checked(8)
+        .ok_or_else(|| Error::internal("corrupt presence"))?;
+    Ok((
+        decode_u64(Cf::Presence, pos)?,
+        serde_json::from_slice(json)
+            .map_err(|e| Error::internal(format!("corrupt presence: {e}")))?,
+    ))
+}
+
+/// The m.presence event of a user, as /sync and GET /presence show it.
+pub fn event(user_id: &OwnedUserId, stored: &Stored, last_active_ago: u64) -> serde_json::Value {
+    let mut content = serde_json::json!({
+        "presence": stored.presence.as_str(),
+        "last_active_ago": last_active_ago,
+        "currently_active": stored.presence == PresenceState::Online,
+    });
+    if let Some(m) = &stored.status_msg {
+        content["status_msg"] = m.as_str().into();
+    }
+    serde_json::json!({ "type": "m.presence", "sender": user_id, "content": content })
+}

@@ -1,0 +1,112 @@
+//! End-to-end encryption as real clients do it (matrix-sdk): keys uploaded on sync, queried and
+//! claimed, room keys shared over to-device messages, messages decrypted from /sync.
+
+use std::time::Duration;
+
+use matrix_sdk::{
+    config::SyncSettings,
+    room::MessagesOptions,
+    ruma::{api::client::room::create_room, events::room::message::RoomMessageEventContent, uint},
+    Client,
+};
+
+use crate::common::TestServer;
+
+async fn logged_in(server: &TestServer, name: &str) -> Client {
+    server.register(name, "a long password").await;
+    let client = Client::builder()
+        .homeserver_url(server.url())
+        .build()
+        .await
+        .expect("client builds");
+    client
+        .matrix_auth()
+        .login_username(name, "a long password")
+        .send()
+        .await
+        .expect("login");
+    client
+}
+
+fn settings() -> SyncSettings {
+    SyncSettings::default().timeout(Duration::from_millis(200))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_message_is_decrypted_by_the_other_member() {
+    let server = TestServer::start().await;
+    let alice = logged_in(&server, "alice").await;
+    let bob = logged_in(&server, "bob").await;
+    // The first syncs upload each device's identity and one-time keys.
+    alice.sync_once(settings()).await.expect("alice syncs");
+    bob.sync_once(settings()).await.expect("bob syncs");
+    let counts = server
+        .get(
+            "/_matrix/client/v3/sync?timeout=0",
+            Some(bob.access_token().as_deref().unwrap()),
+        )
+        .await
+        .1;
+    assert!(
+        counts["device_one_time_keys_count"]["signed_curve25519"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "bob's device uploaded one-time keys: {counts}"
+    );
+
+    let room = alice
+        .create_room(create_room::v3::Request::new())
+        .await
+        .expect("createRoom");
+    room.enable_encryption().await.expect("encryption enabled");
+    let bob_id = bob.user_id().unwrap().to_owned();
+    room.invite_user_by_id(&bob_id).await.expect("invite");
+    bob.sync_once(settings())
+        .await
+        .expect("bob sees the invite");
+    bob.join_room_by_id(room.room_id())
+        .await
+        .expect("bob joins");
+    alice
+        .sync_once(settings())
+        .await
+        .expect("alice sees bob join");
+
+    room.send(RoomMessageEventContent::text_plain("the secret plan"))
+        .await
+        .expect("encrypted send");
+    // What the server stored is ciphertext.
+    let (_, page) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+                room.room_id()
+            ),
+            Some(bob.access_token().as_deref().unwrap()),
+        )
+        .await;
+    assert_eq!(page["chunk"][0]["type"], "m.room.encrypted", "{page}");
+    assert!(!page.to_string().contains("the secret plan"));
+
+    // Bob's next sync brings the room key (to-device) and the message; he reads it.
+    bob.sync_once(settings())
+        .await
+        .expect("bob syncs the message");
+    let bob_room = bob.get_room(room.room_id()).expect("bob knows the room");
+    let mut options = MessagesOptions::backward();
+    options.limit = uint!(5);
+    let messages = bob_room.messages(options).await.expect("/messages");
+    let decrypted = messages
+        .chunk
+        .iter()
+        .find(|ev| ev.encryption_info().is_some())
+        .expect("a decrypted event");
+    let body: String = decrypted
+        .raw()
+        .get_field::<serde_json::Value>("content")
+        .unwrap()
+        .and_then(|c| c["body"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    assert_eq!(body, "the secret plan");
+}
