@@ -28,6 +28,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
     timer: JoinHandle<()>,
+    pusher: JoinHandle<()>,
 }
 
 /// Reads the console secret, creating it (readable by the owner only) on first start.
@@ -97,6 +98,19 @@ impl Server {
                 }
             })
         };
+        // Push rule evaluation of persisted events, off the request path.
+        let pusher = {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            services.rooms.set_event_listener(tx);
+            let push = services.push.clone();
+            let mut stop = shutdown_rx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = push.run(rx) => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            })
+        };
         let task_services = services.clone();
         let task = tokio::spawn(async move {
             let result = axum::serve(
@@ -125,6 +139,7 @@ impl Server {
             shutdown,
             task,
             timer,
+            pusher,
         })
     }
 
@@ -140,9 +155,11 @@ impl Server {
             services,
             task,
             timer,
+            pusher,
             ..
         } = self;
         let _ = timer.await;
+        let _ = pusher.await;
         // Our reference goes first so the database closes when the serving task ends.
         drop(services);
         task.await.map_err(Error::internal)?

@@ -7,6 +7,7 @@ pub mod filters;
 pub mod keys;
 pub mod presence;
 pub mod profiles;
+pub mod push;
 pub mod ratelimit;
 pub mod receipts;
 pub mod registration_tokens;
@@ -42,6 +43,7 @@ pub struct Services {
     pub filters: Arc<filters::Service>,
     pub keys: Arc<keys::Service>,
     pub presence: Arc<presence::Service>,
+    pub push: Arc<push::Service>,
     /// This server's ed25519 signing key.
     pub signing_key: Arc<hearth_federation::ServerSigningKey>,
     /// Secret of the local console (`hearth register-user` and friends), kept in the data folder.
@@ -99,6 +101,13 @@ impl Services {
             stream.clone(),
             config.presence.clone(),
         ));
+        let push = Arc::new(push::Service::new(
+            db.clone(),
+            stream.clone(),
+            rooms.clone(),
+            account_data.clone(),
+            receipts.clone(),
+        ));
         Ok(Self {
             config,
             db,
@@ -116,6 +125,7 @@ impl Services {
             filters,
             keys,
             presence,
+            push,
             signing_key,
             console_secret,
             registration_nonces: Default::default(),

@@ -44,6 +44,7 @@ pub enum Cf {
     ToDevice,
     Presence,
     PresenceByPos,
+    Notifications,
 }
 
 /// How a keyspace is laid out; the table below is the documentation of the database.
@@ -272,6 +273,12 @@ pub const KEYSPACES: &[Keyspace] = &[
         value: "user (short, u64 BE)",
     },
     Keyspace {
+        cf: Cf::Notifications,
+        name: "notifications",
+        key: "user (short, u64 BE) . room (short, u64 BE) . event (short = stream position, u64 BE)",
+        value: "StoredNotification (JSON): actions, highlight, thread root, timestamp",
+    },
+    Keyspace {
         cf: Cf::Filters,
         name: "filters",
         key: "user (short, u64 BE) . filter id (u64 BE)",
@@ -445,6 +452,14 @@ pub mod key {
             std::str::from_utf8(&rest[..sep]).ok()?,
             std::str::from_utf8(&rest[sep + 1..]).ok()?,
         ))
+    }
+
+    pub fn notification(user: ShortId, room: ShortId, event: ShortId) -> [u8; 24] {
+        let mut k = [0u8; 24];
+        k[..8].copy_from_slice(&user.to_be_bytes());
+        k[8..16].copy_from_slice(&room.to_be_bytes());
+        k[16..].copy_from_slice(&event.to_be_bytes());
+        k
     }
 
     /// user . device . 0xff, the prefix of a device's one-time keys, fallback keys and inbox.

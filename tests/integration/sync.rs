@@ -524,3 +524,203 @@ async fn presence_goes_online_then_unavailable_then_offline() {
     }
     assert_eq!(seen, vec!["unavailable", "offline"]);
 }
+
+/// Syncs until the room's counts satisfy `done` (counts are computed just after the events
+/// land, so a sync may come first; each further sync waits to be woken).
+async fn sync_until_counts(
+    server: &TestServer,
+    token: &str,
+    room: &str,
+    since: &mut String,
+    filter: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..20 {
+        let resp = sync(
+            server,
+            token,
+            &format!("since={since}&timeout=10000&filter={filter}"),
+        )
+        .await;
+        *since = resp["next_batch"].as_str().unwrap().to_owned();
+        let joined = &resp["rooms"]["join"][room];
+        if !joined.is_null() && done(joined) {
+            return joined.clone();
+        }
+    }
+    panic!("the counts never matched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_rules_produce_unread_counts_and_notifications() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
+    let (_, bob, _) = server.register("bob", PASSWORD).await;
+    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    join(&server, &bob, &room).await;
+    let first = sync(&server, &alice, "").await;
+    // The first sync carries the default push rules.
+    let rules = first["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.push_rules")
+        .expect("push rules")
+        .clone();
+    assert!(rules["content"]["global"]["override"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["rule_id"] == ".m.rule.is_user_mention"));
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+    let plain = enc("{}");
+
+    // Two plain messages and one that mentions alice: three notifications, one highlight.
+    say(&server, &bob, &room, "one").await;
+    say(&server, &bob, &room, "two").await;
+    let (status, mention) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/m3"),
+            Some(&bob),
+            json!({ "msgtype": "m.text", "body": "alice, look", "m.mentions": { "user_ids": [alice_id] } }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mention = mention["event_id"].as_str().unwrap().to_owned();
+    let joined = sync_until_counts(&server, &alice, &room, &mut since, &plain, |j| {
+        j["unread_notifications"]["notification_count"] == 3
+    })
+    .await;
+    assert_eq!(joined["unread_notifications"]["highlight_count"], 1);
+    // Bob's own messages never count for him.
+    let bob_view = sync(&server, &bob, "").await;
+    assert_eq!(
+        bob_view["rooms"]["join"][room.as_str()]["unread_notifications"]["notification_count"],
+        0
+    );
+
+    // /notifications lists them, newest first; only=highlight narrows to the mention.
+    let (status, list) = server
+        .get(
+            "/_matrix/client/v3/notifications?only=highlight",
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let listed = list["notifications"].as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["event"]["event_id"], mention.as_str());
+    assert_eq!(listed[0]["read"], false);
+
+    // Reading up to the mention clears the counts.
+    let (status, _) = server
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/receipt/m.read/{}",
+                enc(&mention)
+            ),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    sync_until_counts(&server, &alice, &room, &mut since, &plain, |j| {
+        j["unread_notifications"]["notification_count"] == 0
+    })
+    .await;
+
+    // Thread replies are counted per thread when the client asks for that.
+    let threaded = enc(r#"{"room":{"timeline":{"unread_thread_notifications":true}}}"#);
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"),
+            Some(&bob),
+            json!({ "msgtype": "m.text", "body": "in thread",
+                    "m.relates_to": { "rel_type": "m.thread", "event_id": mention } }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let joined = sync_until_counts(&server, &alice, &room, &mut since, &threaded, |j| {
+        j["unread_thread_notifications"][mention.as_str()]["notification_count"] == 1
+    })
+    .await;
+    assert_eq!(joined["unread_notifications"]["notification_count"], 0);
+
+    // A room rule with no actions silences the room.
+    let rule = format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room));
+    let (status, body) = server
+        .put(&rule, Some(&alice), json!({ "actions": [] }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, got) = server.get(&rule, Some(&alice)).await;
+    assert_eq!(status, 200);
+    assert_eq!(got["actions"], json!([]));
+    say(&server, &bob, &room, "muted").await;
+    // Mentions are override rules and still notify; once this one is counted, the muted message
+    // before it (evaluated in order) has been evaluated too.
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/m4"),
+            Some(&bob),
+            json!({ "msgtype": "m.text", "body": "alice!", "m.mentions": { "user_ids": [alice_id] } }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    sync_until_counts(&server, &alice, &room, &mut since, &threaded, |j| {
+        j["unread_notifications"]["highlight_count"] == 1
+    })
+    .await;
+    let (_, list) = server
+        .get("/_matrix/client/v3/notifications", Some(&alice))
+        .await;
+    assert!(
+        list["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["event"]["content"]["body"] != "muted"),
+        "{list}"
+    );
+    let (status, _) = server
+        .put(
+            &format!("{rule}/enabled"),
+            Some(&alice),
+            json!({ "enabled": false }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, enabled) = server.get(&format!("{rule}/enabled"), Some(&alice)).await;
+    assert_eq!(enabled["enabled"], false);
+
+    // Bad input.
+    assert_err(
+        &server
+            .get(
+                "/_matrix/client/v3/pushrules/global/override/no.such.rule",
+                Some(&alice),
+            )
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+    let (status, _) = server
+        .put(
+            "/_matrix/client/v3/pushrules/global/override/.m.mine",
+            Some(&alice),
+            json!({ "actions": [], "conditions": [] }),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_err(
+        &server
+            .request(
+                reqwest::Method::DELETE,
+                "/_matrix/client/v3/pushrules/global/override/.m.rule.master",
+                Some(&alice),
+                None,
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+}

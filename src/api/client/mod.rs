@@ -9,6 +9,7 @@ mod keys;
 mod membership;
 mod presence;
 mod profile;
+mod push;
 mod receipts;
 mod relations;
 mod room;
@@ -33,5 +34,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = receipts::routes(router);
     let router = keys::routes(router);
     let router = presence::routes(router);
+    let router = push::routes(router);
     profile::routes(router)
 }

@@ -134,6 +134,9 @@ pub struct Service {
     server_name: OwnedServerName,
     signing_key: Arc<hearth_federation::ServerSigningKey>,
     stream: Arc<Stream>,
+    /// Where persisted events go next (push rule evaluation), set once at start.
+    event_listener:
+        std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<(ShortId, Vec<ShortId>)>>,
     /// One writer at a time per room keeps prev_events, depth and state consistent.
     room_locks: Mutex<HashMap<ShortId, Arc<pipeline::RoomSlot>>>,
     /// Serialises alias creation and deletion (check, then write).
@@ -155,9 +158,24 @@ impl Service {
             server_name,
             signing_key,
             stream,
+            event_listener: std::sync::OnceLock::new(),
             room_locks: Mutex::new(HashMap::new()),
             alias_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Sends every persisted event's (room, positions) to `tx`, after it is durable.
+    pub fn set_event_listener(
+        &self,
+        tx: tokio::sync::mpsc::UnboundedSender<(ShortId, Vec<ShortId>)>,
+    ) {
+        let _ = self.event_listener.set(tx);
+    }
+
+    fn persisted(&self, room: ShortId, events: Vec<ShortId>) {
+        if let Some(tx) = self.event_listener.get() {
+            let _ = tx.send((room, events));
+        }
     }
 
     pub fn server_name(&self) -> &OwnedServerName {

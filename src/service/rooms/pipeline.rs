@@ -306,6 +306,16 @@ impl Service {
         self.stream.wake(users);
     }
 
+    /// The room's current power levels.
+    pub fn current_power_levels(&self, room: ShortId) -> Result<Option<RoomPowerLevels>> {
+        let Some(meta) = self.meta(room)? else {
+            return Ok(None);
+        };
+        let rules = Self::rules(&meta.version)?;
+        let state = self.state.load(meta.state_group)?;
+        Ok(Some(self.power_levels(&rules, &state)?))
+    }
+
     /// A joined local member who may invite, to vouch for a restricted join
     /// (`join_authorised_via_users_server`); the most powerful such member is chosen.
     pub fn authorising_user(&self, room: ShortId) -> Result<Option<OwnedUserId>> {
@@ -584,6 +594,7 @@ impl Service {
         match written {
             Ok(()) => {
                 self.wake_room(room, &[]);
+                self.persisted(room, positions.clone());
                 tracing::debug!(room_id = %meta.room_id, events = accepted.len(), "event group persisted");
                 for (reply, sent) in accepted {
                     let _ = reply.send(Ok(sent));
@@ -619,6 +630,7 @@ impl Service {
         written?;
         *meta = new_meta;
         self.wake_room(room, &[sent.short]);
+        self.persisted(room, vec![sent.short]);
         Ok(sent)
     }
 

@@ -269,6 +269,7 @@ async fn build(
 
     // Account data, global and per room.
     let mut room_account_data: BTreeMap<ShortId, Vec<JsonValue>> = BTreeMap::new();
+    let mut has_push_rules = false;
     let account_filter = &req.filter.account_data;
     for entry in services
         .account_data
@@ -282,6 +283,9 @@ async fn build(
         {
             continue;
         }
+        if entry.room == account_data::GLOBAL && entry.kind == "m.push_rules" {
+            has_push_rules = true;
+        }
         let event = json!({ "type": entry.kind, "content": entry.content });
         if entry.room == account_data::GLOBAL {
             response.account_data.events.push(raw(&event)?);
@@ -289,6 +293,15 @@ async fn build(
         } else {
             room_account_data.entry(entry.room).or_default().push(event);
         }
+    }
+
+    // Clients expect their push rules on the first sync, defaults included.
+    if since_pos.is_none() && !has_push_rules {
+        let ruleset = services.push.ruleset(req.user, req.user_id)?;
+        response.account_data.events.push(raw(&json!({
+            "type": "m.push_rules",
+            "content": { "global": *ruleset },
+        }))?);
     }
 
     for (room, membership) in rooms.memberships(req.user)? {
@@ -343,6 +356,27 @@ async fn build(
                 }
                 if fresh || view.has_members_change {
                     joined.summary = summary(services, room, req.user)?;
+                }
+                // Unread counts, after the user's receipts; the room is resent when they grew.
+                let by_thread = req.filter.room.timeline.unread_thread_notifications;
+                let counts = services.push.counts(req.user, room, by_thread)?;
+                joined.unread_notifications.notification_count =
+                    Some(UInt::new_saturating(counts.notifications));
+                joined.unread_notifications.highlight_count =
+                    Some(UInt::new_saturating(counts.highlights));
+                for (root, (n, h)) in counts.threads {
+                    let Ok(root) = ruma::OwnedEventId::try_from(root) else {
+                        continue;
+                    };
+                    let mut c =
+                        ruma::api::client::sync::sync_events::UnreadNotificationsCount::new();
+                    c.notification_count = Some(UInt::new_saturating(n));
+                    c.highlight_count = Some(UInt::new_saturating(h));
+                    joined.unread_thread_notifications.insert(root, c);
+                }
+                if since_pos.is_some_and(|s| services.push.counts_changed_since(req.user, room, s))
+                {
+                    room_has_data = true;
                 }
                 if !room_has_data {
                     continue;
