@@ -45,6 +45,7 @@ pub enum Cf {
     Presence,
     PresenceByPos,
     Notifications,
+    EventTxn,
 }
 
 /// How a keyspace is laid out; the table below is the documentation of the database.
@@ -277,6 +278,12 @@ pub const KEYSPACES: &[Keyspace] = &[
         name: "notifications",
         key: "user (short, u64 BE) . room (short, u64 BE) . event (short = stream position, u64 BE)",
         value: "StoredNotification (JSON): actions, highlight, thread root, timestamp",
+    },
+    Keyspace {
+        cf: Cf::EventTxn,
+        name: "event_txn",
+        key: "event (short, u64 BE)",
+        value: "device id (utf-8) . 0xff . transaction id (utf-8) of the sender's request",
     },
     Keyspace {
         cf: Cf::Filters,

@@ -147,15 +147,25 @@ async fn a_cross_signed_second_device_decrypts_new_messages() {
     room.enable_encryption().await.expect("encryption enabled");
     let bob_id = bob.user_id().unwrap().to_owned();
     room.invite_user_by_id(&bob_id).await.expect("invite");
-    bob.sync_once(settings()).await.expect("bob sees the invite");
-    bob.join_room_by_id(room.room_id()).await.expect("bob joins");
+    bob.sync_once(settings())
+        .await
+        .expect("bob sees the invite");
+    bob.join_room_by_id(room.room_id())
+        .await
+        .expect("bob joins");
 
     // Bob logs in on a second device and signs it from the first with his self-signing key.
     let bob2 = second_device(&server, "bob").await;
-    bob2.sync_once(settings()).await.expect("bob's second device syncs");
+    bob2.sync_once(settings())
+        .await
+        .expect("bob's second device syncs");
     let bob2_device = bob2.device_id().unwrap().to_owned();
-    bob.sync_once(settings()).await.expect("bob learns of his new device");
-    bob.sync_once(settings()).await.expect("bob queried its keys");
+    bob.sync_once(settings())
+        .await
+        .expect("bob learns of his new device");
+    bob.sync_once(settings())
+        .await
+        .expect("bob queried its keys");
     let device = bob
         .encryption()
         .get_device(&bob_id, &bob2_device)
@@ -174,12 +184,19 @@ async fn a_cross_signed_second_device_decrypts_new_messages() {
         .await
         .expect("device store")
         .expect("alice sees bob's second device");
-    assert!(seen.is_cross_signed_by_owner(), "bob's new device is cross-signed");
+    assert!(
+        seen.is_cross_signed_by_owner(),
+        "bob's new device is cross-signed"
+    );
 
-    room.send(RoomMessageEventContent::text_plain("for both of bob's devices"))
+    room.send(RoomMessageEventContent::text_plain(
+        "for both of bob's devices",
+    ))
+    .await
+    .expect("encrypted send");
+    bob2.sync_once(settings())
         .await
-        .expect("encrypted send");
-    bob2.sync_once(settings()).await.expect("bob's second device syncs");
+        .expect("bob's second device syncs");
     let bob2_room = bob2.get_room(room.room_id()).expect("the room");
     let mut options = MessagesOptions::backward();
     options.limit = uint!(5);

@@ -724,3 +724,154 @@ async fn push_rules_produce_unread_counts_and_notifications() {
         "M_BAD_JSON",
     );
 }
+
+fn device_keys(user_id: &str, device_id: &str) -> Value {
+    json!({
+        "user_id": user_id,
+        "device_id": device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            format!("curve25519:{device_id}"): "3C5BFWi2Y8MaVvjM8M22DBmh24PmgR0nPvJOIArzgyI",
+            format!("ed25519:{device_id}"): "lEuiRJBit0IG6nUf5pUzWTUEsRVVe/HJkoKuEww9ULI",
+        },
+        "signatures": { user_id: { format!("ed25519:{device_id}"): "dSO80A01XiigH3uBiDVx/EjzaoycHcjq9lfQX0uWsqxl2giMIiSPR8a4d291W1ihKJL/a+myXS367WT6NAIcBA" } },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_lists_keys_and_transaction_ids() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
+    let (bob_id, bob, bob_device) = server.register("bob", PASSWORD).await;
+    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    join(&server, &bob, &room).await;
+    let mut since = sync(&server, &alice, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Keys for another device or another user are refused, and change nothing.
+    let before = server.db_fingerprint();
+    for keys in [
+        device_keys(&bob_id, "NOTMINE"),
+        device_keys(&alice_id, &bob_device),
+    ] {
+        let resp = server
+            .post(
+                "/_matrix/client/v3/keys/upload",
+                Some(&bob),
+                json!({ "device_keys": keys }),
+            )
+            .await;
+        assert_err(&resp, 400, "M_INVALID_PARAM");
+    }
+    // Claiming keys of devices that do not exist gives empty results, not an error.
+    let (status, claimed) = server
+        .post(
+            "/_matrix/client/v3/keys/claim",
+            Some(&alice),
+            json!({ "one_time_keys": { bob_id.clone(): { "NOSUCHDEVICE": "signed_curve25519" },
+                                       "@nobody:localhost:8448": { "X": "signed_curve25519" } } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{claimed}");
+    assert!(
+        claimed["one_time_keys"]
+            .as_object()
+            .is_none_or(|m| m.is_empty()),
+        "{claimed}"
+    );
+    assert_eq!(server.db_fingerprint(), before);
+
+    // Bob's real upload reaches alice as a device-list change; his keys and one-time key too.
+    let (status, counts) = server
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            Some(&bob),
+            json!({
+                "device_keys": device_keys(&bob_id, &bob_device),
+                "one_time_keys": { "signed_curve25519:AAAAAQ": { "key": "zKbLg+NrIjpnagy+pIY6uPL4ZwEG2v+8F9lmgsnlZzs", "signatures": {} } },
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{counts}");
+    assert_eq!(counts["one_time_key_counts"]["signed_curve25519"], 1);
+    let resp = sync(&server, &alice, &format!("since={since}")).await;
+    assert!(resp["device_lists"]["changed"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(bob_id)));
+    since = resp["next_batch"].as_str().unwrap().to_owned();
+    let (_, queried) = server
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&alice),
+            json!({ "device_keys": { bob_id.clone(): [] } }),
+        )
+        .await;
+    assert_eq!(
+        queried["device_keys"][bob_id.as_str()][bob_device.as_str()]["keys"],
+        device_keys(&bob_id, &bob_device)["keys"]
+    );
+    let (_, claimed) = server
+        .post(
+            "/_matrix/client/v3/keys/claim",
+            Some(&alice),
+            json!({ "one_time_keys": { bob_id.clone(): { bob_device.clone(): "signed_curve25519" } } }),
+        )
+        .await;
+    assert!(
+        claimed["one_time_keys"][bob_id.as_str()][bob_device.as_str()]["signed_curve25519:AAAAAQ"]
+            .is_object(),
+        "{claimed}"
+    );
+
+    // Bob leaves the only room they share: his device list is "left" for alice.
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let resp = sync(&server, &alice, &format!("since={since}")).await;
+    assert!(
+        resp["device_lists"]["left"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(bob_id)),
+        "{resp}"
+    );
+
+    // The sending device sees its transaction ID on its own event; nobody else does.
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/my-txn-1"),
+            Some(&alice),
+            json!({ "msgtype": "m.text", "body": "mine" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let resp = sync(
+        &server,
+        &alice,
+        &format!("since={}", resp["next_batch"].as_str().unwrap()),
+    )
+    .await;
+    let mine = resp["rooms"]["join"][room.as_str()]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["content"]["body"] == "mine")
+        .unwrap()
+        .clone();
+    assert_eq!(mine["unsigned"]["transaction_id"], "my-txn-1");
+    let (_, page) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(page["chunk"][0]["unsigned"]["transaction_id"], "my-txn-1");
+}

@@ -447,9 +447,20 @@ async fn messages(
             if !event_matches(filter, &stored) || !services.rooms.can_see(&mut viewer, pos)? {
                 continue;
             }
-            if let Some(json) = client_json(&services, pos, &body.room_id, &session.user_id)? {
-                if let Some(sender) = json.get("sender").and_then(JsonValue::as_str) {
-                    senders.insert(sender.to_owned());
+            if let Some(mut json) = client_json(&services, pos, &body.room_id, &session.user_id)? {
+                if let Some(sender) = json
+                    .get("sender")
+                    .and_then(JsonValue::as_str)
+                    .map(str::to_owned)
+                {
+                    if sender == session.user_id.as_str() {
+                        services.rooms.add_transaction_id(
+                            pos,
+                            session.device_id.as_str(),
+                            &mut json,
+                        )?;
+                    }
+                    senders.insert(sender);
                 }
                 chunk.push(to_raw(&json)?);
             }

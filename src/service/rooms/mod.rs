@@ -481,6 +481,35 @@ impl Service {
     }
 
     /// The stored transaction's event, if this device already sent it.
+    /// The sending device and transaction ID of an event sent by a local client.
+    pub fn event_txn(&self, short: ShortId) -> Result<Option<(String, String)>> {
+        let Some(v) = self.db.get(Cf::EventTxn, &key::u64_key(short))? else {
+            return Ok(None);
+        };
+        let Some(sep) = v.iter().position(|b| *b == 0xff) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            String::from_utf8_lossy(&v[..sep]).into_owned(),
+            String::from_utf8_lossy(&v[sep + 1..]).into_owned(),
+        )))
+    }
+
+    /// Adds `unsigned.transaction_id` to an event the given device sent.
+    pub fn add_transaction_id(
+        &self,
+        short: ShortId,
+        device_id: &str,
+        json: &mut serde_json::Value,
+    ) -> Result<()> {
+        if let Some((device, txn)) = self.event_txn(short)? {
+            if device == device_id {
+                json["unsigned"]["transaction_id"] = txn.into();
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a device already used a transaction ID (for sends without an event, such as
     /// to-device messages; `room` 0).
     pub fn txn_seen(

@@ -808,6 +808,11 @@ impl Service {
                 key::txn_id(t.user, t.device_id, room, t.txn_id),
                 event_id.as_str().as_bytes().to_vec(),
             );
+            // The way back, so the sending device sees its transaction ID on the event.
+            let mut v = t.device_id.as_bytes().to_vec();
+            v.push(0xff);
+            v.extend_from_slice(t.txn_id.as_bytes());
+            batch.put(Cf::EventTxn, key::u64_key(short), v);
         }
         let mut new_meta = meta.clone();
         new_meta.extremities = vec![event_id.clone()];

@@ -200,6 +200,8 @@ struct RoomView {
     state: State,
     has_data: bool,
     has_members_change: bool,
+    /// (user, membership) of the member events in the timeline.
+    member_changes: Vec<(String, String)>,
 }
 
 async fn build(
@@ -304,6 +306,10 @@ async fn build(
         }))?);
     }
 
+    // Device-list bookkeeping from membership changes seen below: (user, still shares a room?).
+    let mut joined_users: BTreeSet<String> = BTreeSet::new();
+    let mut maybe_left: BTreeSet<String> = BTreeSet::new();
+
     for (room, membership) in rooms.memberships(req.user)? {
         // A membership written after the published position shows up in a later sync.
         if membership.event > upto.pos {
@@ -324,6 +330,29 @@ async fn build(
                 };
                 let mut joined = JoinedRoom::new();
                 let view = room_view(services, req, room, &room_id, &window, since_pos)?;
+                if !fresh {
+                    for (user, m) in &view.member_changes {
+                        if user == req.user_id.as_str() {
+                            continue;
+                        }
+                        match m.as_str() {
+                            "join" => {
+                                joined_users.insert(user.clone());
+                            }
+                            "leave" | "ban" => {
+                                maybe_left.insert(user.clone());
+                            }
+                            _ => {}
+                        }
+                    }
+                } else if changed && since_pos.is_some() {
+                    // Newly joined: everyone in the room may have keys we do not track yet.
+                    for (member, m) in rooms.members(room)? {
+                        if m.membership() == MembershipState::Join && member != req.user {
+                            joined_users.insert(rooms.user_id_of(member)?.to_string());
+                        }
+                    }
+                }
                 let mut room_has_data = view.has_data || fresh;
                 // Ephemeral: typing and receipts.
                 if let Some(users) = services
@@ -418,6 +447,13 @@ async fn build(
                     upto: membership.event,
                 };
                 let view = room_view(services, req, room, &room_id, &window, since_pos)?;
+                if since_pos.is_some() && changed {
+                    for (member, m) in rooms.members(room)? {
+                        if m.membership() == MembershipState::Join {
+                            maybe_left.insert(rooms.user_id_of(member)?.to_string());
+                        }
+                    }
+                }
                 let mut left = LeftRoom::new();
                 left.timeline = view.timeline;
                 left.state = view.state;
@@ -428,6 +464,34 @@ async fn build(
                 has_data = true;
             }
             _ => {}
+        }
+    }
+    if since_pos.is_some() {
+        let already: BTreeSet<String> = response
+            .device_lists
+            .changed
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
+        for user in joined_users {
+            if !already.contains(&user) {
+                if let Ok(id) = ruma::OwnedUserId::try_from(user) {
+                    response.device_lists.changed.push(id);
+                    has_data = true;
+                }
+            }
+        }
+        for user in maybe_left {
+            let Ok(id) = ruma::OwnedUserId::try_from(user) else {
+                continue;
+            };
+            let Some(short) = services.users.short_id(&id)? else {
+                continue;
+            };
+            if short != req.user && !services.keys.share_a_room(req.user, short)? {
+                response.device_lists.left.push(id);
+                has_data = true;
+            }
         }
     }
     Ok((response, has_data))
@@ -468,11 +532,14 @@ fn room_view(
             if !rooms.can_see(&mut viewer, pos)? {
                 continue;
             }
-            let Some(json) = rooms.client_event_json(pos, room_id, req.user_id)? else {
+            let Some(mut json) = rooms.client_event_json(pos, room_id, req.user_id)? else {
                 continue;
             };
             if !event_passes(filter, &json) {
                 continue;
+            }
+            if json.get("sender").and_then(JsonValue::as_str) == Some(req.user_id.as_str()) {
+                rooms.add_transaction_id(pos, req.device_id, &mut json)?;
             }
             if picked.len() == limit {
                 limited = true;
@@ -488,6 +555,7 @@ fn room_view(
 
     let mut senders = BTreeSet::new();
     let mut has_members_change = false;
+    let mut member_changes = Vec::new();
     let mut timeline = Timeline::new();
     for (_, json) in &picked {
         if let Some(s) = json.get("sender").and_then(JsonValue::as_str) {
@@ -495,6 +563,13 @@ fn room_view(
         }
         if json.get("type").and_then(JsonValue::as_str) == Some("m.room.member") {
             has_members_change = true;
+            if let (Some(target), Some(m)) = (
+                json.get("state_key").and_then(JsonValue::as_str),
+                json.pointer("/content/membership")
+                    .and_then(JsonValue::as_str),
+            ) {
+                member_changes.push((target.to_owned(), m.to_owned()));
+            }
         }
         timeline.events.push(raw(json)?);
     }
@@ -595,6 +670,7 @@ fn room_view(
         state,
         has_data,
         has_members_change,
+        member_changes,
     })
 }
 
