@@ -46,6 +46,7 @@ pub enum Cf {
     PresenceByPos,
     Notifications,
     EventTxn,
+    Forgotten,
 }
 
 /// How a keyspace is laid out; the table below is the documentation of the database.
@@ -284,6 +285,12 @@ pub const KEYSPACES: &[Keyspace] = &[
         name: "event_txn",
         key: "event (short, u64 BE)",
         value: "device id (utf-8) . 0xff . transaction id (utf-8) of the sender's request",
+    },
+    Keyspace {
+        cf: Cf::Forgotten,
+        name: "forgotten",
+        key: "user (short, u64 BE) . room (short, u64 BE)",
+        value: "empty: the user left and forgot the room (cleared when they rejoin or are invited)",
     },
     Keyspace {
         cf: Cf::Filters,

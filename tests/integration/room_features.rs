@@ -571,3 +571,70 @@ async fn lazy_loading_returns_only_the_senders_members() {
     assert_eq!(members_of(&full["state"]).len(), 3);
     assert!(members_of(&full["state"]).contains(&alice_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_a_room_ends_access_to_it() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    let (_, bob, _) = server.register("bob", PASSWORD).await;
+    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    assert_eq!(join(&server, &bob, &room).await.0, 200);
+    say(&server, &alice, &room, "hello").await;
+    let forget = |token: String| {
+        let server = &server;
+        let room = room.clone();
+        async move {
+            server
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{room}/forget"),
+                    Some(&token),
+                    json!({}),
+                )
+                .await
+        }
+    };
+    // Members must leave first.
+    assert_eq!(forget(bob.clone()).await.0, 400);
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        messages(&server, &bob, &room).await.1,
+        vec!["hello".to_owned()]
+    );
+    assert_eq!(forget(bob.clone()).await.0, 200);
+    // Forgotten: no history, no state, and no place among left rooms in /sync.
+    let (status, _) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/state"),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let filter = enc(r#"{"room":{"include_leave":true}}"#);
+    let (_, synced) = server
+        .get(
+            &format!("/_matrix/client/v3/sync?filter={filter}"),
+            Some(&bob),
+        )
+        .await;
+    assert!(
+        synced["rooms"]["leave"].get(room.as_str()).is_none(),
+        "{synced}"
+    );
+    // Joining again brings it back.
+    assert_eq!(join(&server, &bob, &room).await.0, 200);
+    assert_eq!(messages(&server, &bob, &room).await.0, 200);
+}

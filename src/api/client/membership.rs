@@ -325,7 +325,10 @@ async fn forget(
                 .with_code(crate::error::ErrorCode::Unknown))
         }
         None => Err(Error::not_found("You were never in this room")),
-        _ => Ok(forget_room::v3::Response::new()),
+        _ => {
+            services.rooms.forget(session.user, room).await?;
+            Ok(forget_room::v3::Response::new())
+        }
     }
 }
 

@@ -72,8 +72,15 @@ impl Service {
             if m.membership() == MembershipState::Join {
                 return Ok((room, Access::Joined));
             }
-            // Knocking gives no access to history.
-            if m.membership() != MembershipState::Knock {
+            // Knocking gives no access to history, and a forgotten room is gone for the user.
+            let forgotten = match self
+                .shortids
+                .get(crate::storage::IdKind::User, user.as_str())?
+            {
+                Some(u) => self.is_forgotten(u, room)?,
+                None => false,
+            };
+            if m.membership() != MembershipState::Knock && !forgotten {
                 return Ok((room, Access::Former(m.event)));
             }
         }

@@ -359,6 +359,21 @@ impl Service {
         Ok(self.membership(user, room)?.map(|m| m.membership()))
     }
 
+    /// Forgets a room the user left: its history and state are no longer theirs to read.
+    pub async fn forget(&self, user: ShortId, room: ShortId) -> Result<()> {
+        let mut b = crate::storage::Batch::new();
+        b.put(Cf::Forgotten, key::pair(user, room), Vec::new());
+        self.db.write(b).await?;
+        Ok(())
+    }
+
+    pub fn is_forgotten(&self, user: ShortId, room: ShortId) -> Result<bool> {
+        Ok(self
+            .db
+            .get(Cf::Forgotten, &key::pair(user, room))?
+            .is_some())
+    }
+
     /// The membership index entry of a user (by ID) in a room.
     pub fn membership_of_full(
         &self,

@@ -778,6 +778,8 @@ impl Service {
                 };
                 batch.put(Cf::Memberships, key::pair(user, room), m.encode());
                 batch.put(Cf::RoomMembers, key::pair(room, user), m.encode());
+                // Any new membership brings a forgotten room back.
+                batch.delete(Cf::Forgotten, key::pair(user, room));
             }
         }
         batch.put(

@@ -438,7 +438,7 @@ async fn build(
                 } else {
                     req.filter.room.include_leave
                 };
-                if !show {
+                if !show || rooms.is_forgotten(req.user, room)? {
                     continue;
                 }
                 // Rejected invites and withdrawn knocks have nothing to show but the leave.
