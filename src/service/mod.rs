@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod filters;
+pub mod key_backup;
 pub mod keys;
 pub mod presence;
 pub mod profiles;
@@ -41,6 +42,7 @@ pub struct Services {
     pub typing: Arc<typing::Service>,
     pub filters: Arc<filters::Service>,
     pub keys: Arc<keys::Service>,
+    pub key_backup: Arc<key_backup::Service>,
     pub presence: Arc<presence::Service>,
     /// This server's ed25519 signing key.
     pub signing_key: Arc<hearth_federation::ServerSigningKey>,
@@ -94,6 +96,7 @@ impl Services {
             stream.clone(),
             rooms.clone(),
         ));
+        let key_backup = Arc::new(key_backup::Service::new(db.clone()));
         let presence = Arc::new(presence::Service::new(
             db.clone(),
             stream.clone(),
@@ -115,6 +118,7 @@ impl Services {
             typing,
             filters,
             keys,
+            key_backup,
             presence,
             signing_key,
             console_secret,

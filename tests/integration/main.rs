@@ -9,6 +9,7 @@ mod bad_input;
 mod directory;
 mod e2ee_sdk;
 mod history_sdk;
+mod key_backup;
 mod persistence;
 mod relations;
 mod room_features;
