@@ -301,7 +301,7 @@ impl Service {
     ) -> Result<(String, u64)> {
         let _guard = self.write.lock().await;
         let (n, mut stored) = self.live(user, version)?.ok_or_else(unknown_version)?;
-        // A version that exists is live, so there is a current one.
+        // Only the newest live version takes keys; older ones can still be read and cleared.
         if let Some((current, _)) = self.current(user)?.filter(|(c, _)| *c != n) {
             return Err(Error::new(
                 http::StatusCode::FORBIDDEN,
