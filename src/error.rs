@@ -13,12 +13,16 @@ use crate::storage::StorageError;
 #[derive(Clone, Debug, PartialEq)]
 pub enum ErrorCode {
     Forbidden,
-    UnknownToken { soft_logout: bool },
+    UnknownToken {
+        soft_logout: bool,
+    },
     MissingToken,
     BadJson,
     NotJson,
     NotFound,
-    LimitExceeded { retry_after_ms: u64 },
+    LimitExceeded {
+        retry_after_ms: u64,
+    },
     Unrecognized,
     Unknown,
     UserInUse,
@@ -36,6 +40,10 @@ pub enum ErrorCode {
     RoomInUse,
     BadAlias,
     DuplicateAnnotation,
+    /// A key backup write named a version other than the current one.
+    WrongRoomKeysVersion {
+        current_version: String,
+    },
 }
 
 impl ErrorCode {
@@ -65,6 +73,7 @@ impl ErrorCode {
             Self::KeyTooLarge => "M_KEY_TOO_LARGE",
             Self::RoomInUse => "M_ROOM_IN_USE",
             Self::BadAlias => "M_BAD_ALIAS",
+            Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
         }
     }
 }
@@ -191,6 +200,9 @@ impl IntoResponse for Error {
                     }
                     ErrorCode::UnknownToken { soft_logout: true } => {
                         body["soft_logout"] = true.into();
+                    }
+                    ErrorCode::WrongRoomKeysVersion { current_version } => {
+                        body["current_version"] = current_version.into();
                     }
                     _ => {}
                 }

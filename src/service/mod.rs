@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod filters;
+pub mod key_backup;
 pub mod keys;
 pub mod presence;
 pub mod profiles;
@@ -42,6 +43,7 @@ pub struct Services {
     pub typing: Arc<typing::Service>,
     pub filters: Arc<filters::Service>,
     pub keys: Arc<keys::Service>,
+    pub key_backup: Arc<key_backup::Service>,
     pub presence: Arc<presence::Service>,
     pub push: Arc<push::Service>,
     /// This server's ed25519 signing key.
@@ -96,6 +98,7 @@ impl Services {
             stream.clone(),
             rooms.clone(),
         ));
+        let key_backup = Arc::new(key_backup::Service::new(db.clone()));
         let presence = Arc::new(presence::Service::new(
             db.clone(),
             stream.clone(),
@@ -124,6 +127,7 @@ impl Services {
             typing,
             filters,
             keys,
+            key_backup,
             presence,
             push,
             signing_key,

@@ -47,6 +47,8 @@ pub enum Cf {
     Notifications,
     EventTxn,
     Forgotten,
+    BackupVersions,
+    BackupKeys,
 }
 
 /// How a keyspace is laid out; the table below is the documentation of the database.
@@ -298,6 +300,18 @@ pub const KEYSPACES: &[Keyspace] = &[
         key: "user (short, u64 BE) . filter id (u64 BE)",
         value: "filter definition (JSON)",
     },
+    Keyspace {
+        cf: Cf::BackupVersions,
+        name: "backup_versions",
+        key: "user (short, u64 BE) . backup version (u64 BE)",
+        value: "BackupVersion (JSON): algorithm, auth_data, key count, etag, deleted flag",
+    },
+    Keyspace {
+        cf: Cf::BackupKeys,
+        name: "backup_keys",
+        key: "user (short, u64 BE) . backup version (u64 BE) . room ID (utf-8) . 0xff . session ID (utf-8)",
+        value: "the backed-up session key (KeyBackupData JSON)",
+    },
 ];
 
 impl Cf {
@@ -495,6 +509,37 @@ pub mod key {
         let (u, rest) = key.split_at_checked(8)?;
         let user = ShortId::from_be_bytes(u.try_into().ok()?);
         Some((user, std::str::from_utf8(rest).ok()?))
+    }
+
+    /// user . version: a backup version's record, and the prefix of all its keys.
+    pub fn backup_version(user: ShortId, version: u64) -> [u8; 16] {
+        pair(user, version)
+    }
+
+    /// user . version . room ID . 0xff, the prefix of a room's keys in a backup version. Room IDs
+    /// are stored as strings: clients back up keys of rooms this server may never have seen.
+    pub fn backup_room_prefix(user: ShortId, version: u64, room_id: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(17 + room_id.len());
+        k.extend_from_slice(&pair(user, version));
+        k.extend_from_slice(room_id.as_bytes());
+        k.push(0xff);
+        k
+    }
+
+    pub fn backup_key(user: ShortId, version: u64, room_id: &str, session_id: &str) -> Vec<u8> {
+        let mut k = backup_room_prefix(user, version, room_id);
+        k.extend_from_slice(session_id.as_bytes());
+        k
+    }
+
+    /// (room ID, session ID) of a `backup_keys` key.
+    pub fn split_backup_key(k: &[u8]) -> Option<(&str, &str)> {
+        let rest = k.get(16..)?;
+        let sep = rest.iter().position(|b| *b == 0xff)?;
+        Some((
+            std::str::from_utf8(&rest[..sep]).ok()?,
+            std::str::from_utf8(&rest[sep + 1..]).ok()?,
+        ))
     }
 
     pub fn token(token_hash: &[u8; 32]) -> [u8; 32] {

@@ -9,6 +9,8 @@ mod bad_input;
 mod directory;
 mod e2ee_sdk;
 mod history_sdk;
+mod key_backup;
+mod key_backup_sdk;
 mod persistence;
 mod relations;
 mod room_features;

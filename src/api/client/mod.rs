@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod backup;
 mod device;
 mod directory;
 mod discovery;
@@ -33,6 +34,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = account_data::routes(router);
     let router = receipts::routes(router);
     let router = keys::routes(router);
+    let router = backup::routes(router);
     let router = presence::routes(router);
     let router = push::routes(router);
     profile::routes(router)
