@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod federation_listener;
 pub mod server;
 pub mod service;
 pub mod storage;

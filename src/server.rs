@@ -29,6 +29,9 @@ pub struct Server {
     task: JoinHandle<Result<()>>,
     timer: JoinHandle<()>,
     pusher: JoinHandle<()>,
+    federation: Option<JoinHandle<()>>,
+    /// Where the federation listener is bound, when federation is on.
+    pub federation_addr: Option<SocketAddr>,
 }
 
 /// Reads the console secret, creating it (readable by the owner only) on first start.
@@ -65,6 +68,20 @@ impl Server {
         let client_addr = listener.local_addr().map_err(Error::internal)?;
         // With port 0 the OS picks one; what clients are told must be the real one.
         config.listen.client = client_addr;
+        let federation_listener = if config.federation.enabled {
+            let l = TcpListener::bind(config.listen.federation)
+                .await
+                .map_err(|e| {
+                    Error::internal(format!(
+                        "cannot listen on {}: {e}",
+                        config.listen.federation
+                    ))
+                })?;
+            config.listen.federation = l.local_addr().map_err(Error::internal)?;
+            Some(l)
+        } else {
+            None
+        };
         let config = Arc::new(config);
         let data: PathBuf = config.database.path.clone();
         std::fs::create_dir_all(&data)
@@ -97,6 +114,19 @@ impl Server {
                     _ = stop.wait_for(|s| *s) => {}
                 }
             })
+        };
+        let federation = match federation_listener {
+            Some(l) => {
+                let tls = crate::federation_listener::tls_config(&config)?;
+                let router = api::federation_router(services.clone());
+                Some(tokio::spawn(crate::federation_listener::serve(
+                    l,
+                    tls,
+                    router,
+                    shutdown_rx.clone(),
+                )))
+            }
+            None => None,
         };
         // Push rule evaluation of persisted events, off the request path.
         let pusher = {
@@ -140,6 +170,11 @@ impl Server {
             task,
             timer,
             pusher,
+            federation,
+            federation_addr: config
+                .federation
+                .enabled
+                .then_some(config.listen.federation),
         })
     }
 
@@ -156,10 +191,14 @@ impl Server {
             task,
             timer,
             pusher,
+            federation,
             ..
         } = self;
         let _ = timer.await;
         let _ = pusher.await;
+        if let Some(f) = federation {
+            let _ = f.await;
+        }
         // Our reference goes first so the database closes when the serving task ends.
         drop(services);
         task.await.map_err(Error::internal)?

@@ -1,8 +1,10 @@
 //! The Matrix server-server protocol as a library: server signing keys, canonical JSON signing
-//! and verification, and PDU hashing, redaction and event IDs per room version. It holds no
-//! storage and no HTTP server; X-Matrix, discovery and the outgoing client come with federation.
+//! and verification, PDU hashing, redaction and event IDs per room version, published server
+//! keys, and X-Matrix request authentication. It holds no storage and no HTTP server.
 
 pub mod keys;
 pub mod pdu;
+pub mod server_keys;
+pub mod xmatrix;
 
 pub use keys::ServerSigningKey;

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod federation;
 pub mod ruma;
 
 use std::{future::Future, sync::Arc};
@@ -25,6 +26,18 @@ use self::ruma::{AuthKind, Ruma, RumaResponse};
 use crate::{error::Error, service::Services};
 
 pub type AppState = Arc<Services>;
+
+/// The federation listener's router: server-server and key APIs (and nothing of the client API).
+pub fn federation_router(services: AppState) -> Router {
+    federation::routes(Router::new())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(services)
+        .layer(CatchPanicLayer::custom(|_| {
+            Error::internal("handler panicked").into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+}
 
 /// Registers a ruma endpoint's handler on every path of its version history.
 pub trait RouterExt {

@@ -33,6 +33,8 @@ pub enum AuthRequirement {
     None,
     AccessToken,
     AccessTokenOptional,
+    /// A federation request signed by its origin (X-Matrix).
+    ServerSignatures,
 }
 
 pub trait AuthKind {
@@ -60,11 +62,17 @@ impl AuthKind for AppserviceTokenOptional {
     const REQUIREMENT: AuthRequirement = AuthRequirement::AccessTokenOptional;
 }
 
+impl AuthKind for ruma::api::federation::authentication::ServerSignatures {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::ServerSignatures;
+}
+
 /// A parsed, authenticated request.
 pub struct Ruma<T> {
     pub body: T,
     pub session: Option<Session>,
     pub client_ip: IpAddr,
+    /// The server that signed a federation request.
+    pub origin: Option<ruma::OwnedServerName>,
 }
 
 impl<T> Ruma<T> {
@@ -259,9 +267,14 @@ where
         }
         let client_ip = client_ip(&parts);
 
-        let token = access_token(&parts)?;
+        // Federation requests carry X-Matrix in Authorization, not an access token.
+        let token = if T::Authentication::REQUIREMENT == AuthRequirement::ServerSignatures {
+            None
+        } else {
+            access_token(&parts)?
+        };
         let session = match (T::Authentication::REQUIREMENT, token) {
-            (AuthRequirement::None, _) => None,
+            (AuthRequirement::None | AuthRequirement::ServerSignatures, _) => None,
             (AuthRequirement::AccessToken, None) => {
                 return Err(Error::new(
                     StatusCode::UNAUTHORIZED,
@@ -278,6 +291,11 @@ where
 
         let limit = services.config.limits.max_request_size.0 as usize;
         let bytes = read_body(&parts, body, limit).await?;
+        let origin = if T::Authentication::REQUIREMENT == AuthRequirement::ServerSignatures {
+            Some(services.federation.authenticate(&parts, &bytes).await?)
+        } else {
+            None
+        };
         for path in T::PATH_BUILDER.all_paths() {
             add_query_defaults(&mut parts, path);
         }
@@ -287,6 +305,7 @@ where
             body,
             session,
             client_ip,
+            origin,
         })
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod federation;
 pub mod filters;
 pub mod key_backup;
 pub mod keys;
@@ -46,6 +47,7 @@ pub struct Services {
     pub key_backup: Arc<key_backup::Service>,
     pub presence: Arc<presence::Service>,
     pub push: Arc<push::Service>,
+    pub federation: Arc<federation::Service>,
     /// This server's ed25519 signing key.
     pub signing_key: Arc<hearth_federation::ServerSigningKey>,
     /// Secret of the local console (`hearth register-user` and friends), kept in the data folder.
@@ -111,6 +113,11 @@ impl Services {
             account_data.clone(),
             receipts.clone(),
         ));
+        let federation = Arc::new(federation::Service::new(
+            db.clone(),
+            config.clone(),
+            signing_key.clone(),
+        )?);
         Ok(Self {
             config,
             db,
@@ -130,6 +137,7 @@ impl Services {
             key_backup,
             presence,
             push,
+            federation,
             signing_key,
             console_secret,
             registration_nonces: Default::default(),

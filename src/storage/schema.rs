@@ -49,6 +49,7 @@ pub enum Cf {
     Forgotten,
     BackupVersions,
     BackupKeys,
+    ServerKeys,
 }
 
 /// How a keyspace is laid out; the table below is the documentation of the database.
@@ -293,6 +294,12 @@ pub const KEYSPACES: &[Keyspace] = &[
         name: "forgotten",
         key: "user (short, u64 BE) . room (short, u64 BE)",
         value: "empty: the user left and forgot the room (cleared when they rejoin or are invited)",
+    },
+    Keyspace {
+        cf: Cf::ServerKeys,
+        name: "server_keys",
+        key: "server name (utf-8)",
+        value: "CachedKeys (JSON): verified keys, the server's signed response, when fetched",
     },
     Keyspace {
         cf: Cf::Filters,

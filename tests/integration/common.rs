@@ -21,6 +21,9 @@ pub struct TestServer {
 pub fn test_config(data: PathBuf) -> Config {
     let mut config = Config::default();
     config.listen.client = "127.0.0.1:0".parse().unwrap();
+    // Federation tests turn it on with a port of their own (see `start_federating`).
+    config.federation.enabled = false;
+    config.listen.federation = "127.0.0.1:0".parse().unwrap();
     config.database.path = data;
     config.database.cache_size = hearth::config::ByteSize(8 << 20);
     config.registration.shared_secret = SHARED_SECRET.into();
@@ -53,6 +56,37 @@ impl TestServer {
             _dir: Some(dir),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// A server that federates: its name is `127.0.0.1:<its federation port>`, so peers reach
+    /// it without discovery; certificates are self-signed, so peers do not check them.
+    pub async fn start_federating() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Self::start_with(|c| {
+            c.federation.enabled = true;
+            c.federation.verify_certificates = false;
+            c.listen.federation = format!("127.0.0.1:{port}").parse().unwrap();
+            c.server_name = format!("127.0.0.1:{port}").try_into().unwrap();
+        })
+        .await
+    }
+
+    pub fn services(&self) -> &std::sync::Arc<hearth::service::Services> {
+        &self.server.as_ref().expect("running").services
+    }
+
+    pub fn federation_url(&self) -> String {
+        format!(
+            "https://{}",
+            self.server
+                .as_ref()
+                .expect("running")
+                .federation_addr
+                .expect("federation is on")
+        )
     }
 
     pub fn url(&self) -> String {

@@ -8,6 +8,7 @@ mod admin;
 mod bad_input;
 mod directory;
 mod e2ee_sdk;
+mod federation;
 mod history_sdk;
 mod key_backup;
 mod key_backup_sdk;

@@ -1,0 +1,250 @@
+//! Federation plumbing: our published keys, peers' keys (fetched, verified, cached in RocksDB),
+//! X-Matrix authentication of incoming requests, and signed outgoing requests.
+
+use std::{sync::Arc, time::Duration};
+
+use hearth_federation::{
+    server_keys::{self, ServerKeys},
+    xmatrix, ServerSigningKey,
+};
+use ruma::{CanonicalJsonObject, OwnedServerName, ServerName};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as JsonValue;
+
+use crate::{
+    config::Config,
+    error::{Error, ErrorCode, Result},
+    service::now_ms,
+    storage::{Batch, Cf, Db},
+};
+
+/// How long our published keys may be cached by others.
+const OWN_KEY_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// Peers' keys are used at most this long after fetching, whatever they claim (spec: 7 days).
+const MAX_CACHE: u64 = 7 * 24 * 3600 * 1000;
+/// Longest wait for a peer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Serialize, Deserialize)]
+struct CachedKeys {
+    keys: ServerKeys,
+    /// The server's own signed response, as notaries pass it on.
+    raw: CanonicalJsonObject,
+    fetched_ts: u64,
+}
+
+pub struct Service {
+    db: Db,
+    config: Arc<Config>,
+    key: Arc<ServerSigningKey>,
+    http: reqwest::Client,
+    /// One fetch per server at a time; concurrent requests from a new peer share it.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+fn unauthorized(why: impl std::fmt::Display) -> Error {
+    Error::new(
+        http::StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthorized,
+        format!("Request authentication failed: {why}"),
+    )
+}
+
+impl Service {
+    pub fn new(db: Db, config: Arc<Config>, key: Arc<ServerSigningKey>) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .danger_accept_invalid_certs(!config.federation.verify_certificates)
+            .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::internal(format!("federation client: {e}")))?;
+        Ok(Self {
+            db,
+            config,
+            key,
+            http,
+            fetching: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn server_name(&self) -> &ServerName {
+        &self.config.server_name
+    }
+
+    /// Our signed /_matrix/key/v2/server response.
+    pub fn own_keys(&self) -> Result<CanonicalJsonObject> {
+        let until = now_ms() + OWN_KEY_VALIDITY.as_millis() as u64;
+        server_keys::key_response(&self.key, self.server_name(), until).map_err(Error::internal)
+    }
+
+    /// Where to reach a server's federation API. Server names that are IP literals or carry a
+    /// port are used as they are; others go to port 8448 (well-known and SRV discovery next).
+    fn base_url(&self, server: &ServerName) -> String {
+        match server.port() {
+            Some(_) => format!("https://{server}"),
+            None => format!("https://{}:8448", server.host()),
+        }
+    }
+
+    /// A peer's keys, from the cache while valid, else fetched from the peer and verified. With
+    /// `key_id`, a cached set without that key is refreshed (the peer may have rotated).
+    pub async fn server_keys(
+        &self,
+        server: &ServerName,
+        key_id: Option<&str>,
+    ) -> Result<(ServerKeys, CanonicalJsonObject)> {
+        if server == self.server_name() {
+            let own = self.own_keys()?;
+            let keys = server_keys::verify_key_response(&own, server).map_err(Error::internal)?;
+            return Ok((keys, own));
+        }
+        let fresh = |c: &CachedKeys| {
+            let now = now_ms();
+            c.keys.valid_until_ts.min(c.fetched_ts + MAX_CACHE) > now
+                && key_id.is_none_or(|id| c.keys.public_key(id).is_some())
+        };
+        if let Some(cached) = self.cached(server)? {
+            if fresh(&cached) {
+                return Ok((cached.keys, cached.raw));
+            }
+        }
+        let _guard = self.fetching.lock().await;
+        if let Some(cached) = self.cached(server)? {
+            if fresh(&cached) {
+                return Ok((cached.keys, cached.raw));
+            }
+        }
+        let url = format!("{}/_matrix/key/v2/server", self.base_url(server));
+        let response =
+            self.http.get(&url).send().await.map_err(|e| {
+                Error::not_found(format!("Cannot reach {server} for its keys: {e}"))
+            })?;
+        if !response.status().is_success() {
+            return Err(Error::not_found(format!(
+                "{server} answered {} for its keys",
+                response.status()
+            )));
+        }
+        let raw: CanonicalJsonObject = response
+            .json()
+            .await
+            .map_err(|e| Error::not_found(format!("Unreadable keys from {server}: {e}")))?;
+        let keys = server_keys::verify_key_response(&raw, server)
+            .map_err(|e| Error::not_found(e.to_string()))?;
+        let cached = CachedKeys {
+            keys: keys.clone(),
+            raw: raw.clone(),
+            fetched_ts: now_ms(),
+        };
+        let mut b = Batch::new();
+        b.put(
+            Cf::ServerKeys,
+            server.as_str().as_bytes().to_vec(),
+            serde_json::to_vec(&cached).map_err(Error::internal)?,
+        );
+        self.db.write(b).await?;
+        Ok((keys, raw))
+    }
+
+    fn cached(&self, server: &ServerName) -> Result<Option<CachedKeys>> {
+        match self.db.get(Cf::ServerKeys, server.as_str().as_bytes())? {
+            // An unreadable cache entry is refetched rather than trusted.
+            Some(v) => Ok(serde_json::from_slice(&v).ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// Authenticates an incoming federation request by its X-Matrix signature; returns the
+    /// origin. Every failure is 401 M_UNAUTHORIZED.
+    pub async fn authenticate(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+    ) -> Result<OwnedServerName> {
+        let mut request = http::Request::builder()
+            .method(parts.method.clone())
+            .uri(parts.uri.clone())
+            .body(body)
+            .map_err(Error::internal)?;
+        *request.headers_mut() = parts.headers.clone();
+        let header = xmatrix::parse(&request).map_err(unauthorized)?;
+        let origin = header.origin.clone();
+        if origin == *self.server_name() {
+            return Err(unauthorized("requests from our own name are not accepted"));
+        }
+        let (keys, _) = self
+            .server_keys(&origin, Some(header.key.as_str()))
+            .await
+            .map_err(|e| unauthorized(format!("no key {} for {origin}: {e}", header.key)))?;
+        xmatrix::verify_request(
+            &header,
+            &request,
+            self.server_name(),
+            &keys.key_map(&origin),
+        )
+        .map_err(unauthorized)?;
+        Ok(origin)
+    }
+
+    /// A signed GET to a peer's federation API; the JSON body of a 2xx answer.
+    pub async fn get_json(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+    ) -> Result<JsonValue> {
+        self.request_json(destination, http::Method::GET, path_and_query, None)
+            .await
+    }
+
+    /// A signed request to a peer's federation API.
+    pub async fn request_json(
+        &self,
+        destination: &ServerName,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&JsonValue>,
+    ) -> Result<JsonValue> {
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(Error::internal)?,
+            None => Vec::new(),
+        };
+        let signed = http::Request::builder()
+            .method(method.clone())
+            .uri(path_and_query)
+            .body(bytes.clone())
+            .map_err(|e| Error::internal(format!("request to {destination}: {e}")))?;
+        let auth = xmatrix::sign_request(&self.key, self.server_name(), destination, &signed)
+            .map_err(Error::internal)?;
+        let url = format!("{}{path_and_query}", self.base_url(destination));
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header(http::header::AUTHORIZATION, auth);
+        if body.is_some() {
+            req = req
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(bytes);
+        }
+        let response = req
+            .send()
+            .await
+            .map_err(|e| Error::not_found(format!("Cannot reach {destination}: {e}")))?;
+        let status = response.status();
+        let json: JsonValue = response
+            .json()
+            .await
+            .map_err(|e| Error::not_found(format!("Unreadable answer from {destination}: {e}")))?;
+        if !status.is_success() {
+            let code = json
+                .get("errcode")
+                .and_then(JsonValue::as_str)
+                .unwrap_or("");
+            return Err(Error::new(
+                http::StatusCode::BAD_GATEWAY,
+                ErrorCode::Unknown,
+                format!("{destination} answered {status} {code}"),
+            ));
+        }
+        Ok(json)
+    }
+}
