@@ -2,6 +2,7 @@
 //! and verification, PDU hashing, redaction and event IDs per room version, published server
 //! keys, and X-Matrix request authentication. It holds no storage and no HTTP server.
 
+pub mod discovery;
 pub mod keys;
 pub mod pdu;
 pub mod server_keys;

@@ -1,12 +1,19 @@
 //! Federation plumbing: our published keys, peers' keys (fetched, verified, cached in RocksDB),
 //! X-Matrix authentication of incoming requests, and signed outgoing requests.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use hearth_federation::{
+    discovery::{self, Destination, NetLookup},
     server_keys::{self, ServerKeys},
     xmatrix, ServerSigningKey,
 };
+use parking_lot::Mutex;
 use ruma::{CanonicalJsonObject, OwnedServerName, ServerName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
@@ -40,6 +47,33 @@ pub struct Service {
     http: reqwest::Client,
     /// One fetch per server at a time; concurrent requests from a new peer share it.
     fetching: tokio::sync::Mutex<()>,
+    lookup: NetLookup,
+    /// Resolved destinations, until their well-known or DNS answers expire.
+    destinations: Mutex<HashMap<OwnedServerName, (Destination, Instant)>>,
+    /// Certificate names whose connections go to another host (SRV targets, delegations).
+    overrides: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// Most destinations kept; beyond this the cache starts over.
+const DESTINATION_CACHE: usize = 10_000;
+
+/// reqwest's DNS, with SRV targets substituted for the names certificates are checked against.
+struct OverrideResolver(Arc<Mutex<HashMap<String, String>>>);
+
+impl reqwest::dns::Resolve for OverrideResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = self
+            .0
+            .lock()
+            .get(name.as_str())
+            .cloned()
+            .unwrap_or_else(|| name.as_str().to_owned());
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 fn unauthorized(why: impl std::fmt::Display) -> Error {
@@ -52,8 +86,11 @@ fn unauthorized(why: impl std::fmt::Display) -> Error {
 
 impl Service {
     pub fn new(db: Db, config: Arc<Config>, key: Arc<ServerSigningKey>) -> Result<Self> {
+        let verify = config.federation.verify_certificates;
+        let overrides = Arc::new(Mutex::new(HashMap::new()));
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            .dns_resolver(Arc::new(OverrideResolver(overrides.clone())))
             .danger_accept_invalid_certs(!config.federation.verify_certificates)
             .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -64,6 +101,9 @@ impl Service {
             key,
             http,
             fetching: tokio::sync::Mutex::new(()),
+            lookup: NetLookup::new(verify),
+            destinations: Mutex::new(HashMap::new()),
+            overrides,
         })
     }
 
@@ -77,13 +117,36 @@ impl Service {
         server_keys::key_response(&self.key, self.server_name(), until).map_err(Error::internal)
     }
 
-    /// Where to reach a server's federation API. Server names that are IP literals or carry a
-    /// port are used as they are; others go to port 8448 (well-known and SRV discovery next).
-    fn base_url(&self, server: &ServerName) -> String {
-        match server.port() {
-            Some(_) => format!("https://{server}"),
-            None => format!("https://{}:8448", server.host()),
+    /// Where to reach a server's federation API (the spec's discovery order, cached), as a base
+    /// URL whose host is the name the certificate must carry, and the Host header to send.
+    async fn base_url(&self, server: &ServerName) -> (String, String) {
+        let cached = self
+            .destinations
+            .lock()
+            .get(server)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(d, _)| d.clone());
+        let dest = match cached {
+            Some(d) => d,
+            None => {
+                let (d, ttl) = discovery::resolve(&self.lookup, server).await;
+                let mut cache = self.destinations.lock();
+                if cache.len() >= DESTINATION_CACHE {
+                    cache.clear();
+                }
+                cache.insert(server.to_owned(), (d.clone(), Instant::now() + ttl));
+                d
+            }
+        };
+        if dest.connect_host != dest.tls_name {
+            self.overrides
+                .lock()
+                .insert(dest.tls_name.clone(), dest.connect_host.clone());
         }
+        (
+            format!("https://{}:{}", dest.tls_name, dest.port),
+            dest.host_header,
+        )
     }
 
     /// A peer's keys, from the cache while valid, else fetched from the peer and verified. With
@@ -114,11 +177,15 @@ impl Service {
                 return Ok((cached.keys, cached.raw));
             }
         }
-        let url = format!("{}/_matrix/key/v2/server", self.base_url(server));
-        let response =
-            self.http.get(&url).send().await.map_err(|e| {
-                Error::not_found(format!("Cannot reach {server} for its keys: {e}"))
-            })?;
+        let (base, host) = self.base_url(server).await;
+        let url = format!("{base}/_matrix/key/v2/server");
+        let response = self
+            .http
+            .get(&url)
+            .header(http::header::HOST, host)
+            .send()
+            .await
+            .map_err(|e| Error::not_found(format!("Cannot reach {server} for its keys: {e}")))?;
         if !response.status().is_success() {
             return Err(Error::not_found(format!(
                 "{server} answered {} for its keys",
@@ -215,10 +282,12 @@ impl Service {
             .map_err(|e| Error::internal(format!("request to {destination}: {e}")))?;
         let auth = xmatrix::sign_request(&self.key, self.server_name(), destination, &signed)
             .map_err(Error::internal)?;
-        let url = format!("{}{path_and_query}", self.base_url(destination));
+        let (base, host) = self.base_url(destination).await;
+        let url = format!("{base}{path_and_query}");
         let mut req = self
             .http
             .request(method, &url)
+            .header(http::header::HOST, host)
             .header(http::header::AUTHORIZATION, auth);
         if body.is_some() {
             req = req
