@@ -174,6 +174,84 @@ pub fn max_age(cache_control: Option<&str>) -> Duration {
         .min(WELL_KNOWN_MAX_TTL)
 }
 
+/// Discovery over the network: well-known over HTTPS (certificates checked as configured) and
+/// SRV through the system's DNS configuration.
+pub struct NetLookup {
+    http: reqwest::Client,
+    dns: Option<hickory_resolver::TokioResolver>,
+}
+
+impl NetLookup {
+    pub fn new(verify_certificates: bool) -> Self {
+        let http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(!verify_certificates)
+            .timeout(Duration::from_secs(10))
+            // Well-known answers must not redirect elsewhere more than a little.
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .unwrap_or_default();
+        let dns = hickory_resolver::Resolver::builder_tokio()
+            .and_then(|b| b.build())
+            .map_err(|e| tracing::warn!("no DNS resolver for SRV lookups: {e}"))
+            .ok();
+        Self { http, dns }
+    }
+}
+
+impl Lookup for NetLookup {
+    async fn well_known(&self, host: &str) -> Option<(String, Duration)> {
+        let response = self
+            .http
+            .get(format!("https://{host}/.well-known/matrix/server"))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let ttl = max_age(
+            response
+                .headers()
+                .get(http::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok()),
+        );
+        // Small bodies only: a well-known answer is one short field.
+        let body = response.bytes().await.ok()?;
+        if body.len() > 64 * 1024 {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let server = json.get("m.server")?.as_str()?;
+        // It must itself be a valid server name.
+        ServerName::parse(server).ok()?;
+        Some((server.to_owned(), ttl))
+    }
+
+    async fn srv(&self, name: &str) -> Vec<(String, u16)> {
+        let Some(dns) = &self.dns else {
+            return Vec::new();
+        };
+        let Ok(lookup) = dns.srv_lookup(name).await else {
+            return Vec::new();
+        };
+        let mut records: Vec<_> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_resolver::proto::rr::RData::SRV(srv) => Some((
+                    srv.priority,
+                    std::cmp::Reverse(srv.weight),
+                    srv.target.to_utf8(),
+                    srv.port,
+                )),
+                _ => None,
+            })
+            .collect();
+        records.sort();
+        records.into_iter().map(|(_, _, t, p)| (t, p)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -296,83 +374,5 @@ mod tests {
         );
         assert_eq!(max_age(None), WELL_KNOWN_DEFAULT_TTL);
         assert_eq!(max_age(Some("max-age=99999999")), WELL_KNOWN_MAX_TTL);
-    }
-}
-
-/// Discovery over the network: well-known over HTTPS (certificates checked as configured) and
-/// SRV through the system's DNS configuration.
-pub struct NetLookup {
-    http: reqwest::Client,
-    dns: Option<hickory_resolver::TokioResolver>,
-}
-
-impl NetLookup {
-    pub fn new(verify_certificates: bool) -> Self {
-        let http = reqwest::Client::builder()
-            .danger_accept_invalid_certs(!verify_certificates)
-            .timeout(Duration::from_secs(10))
-            // Well-known answers must not redirect elsewhere more than a little.
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .unwrap_or_default();
-        let dns = hickory_resolver::Resolver::builder_tokio()
-            .and_then(|b| b.build())
-            .map_err(|e| tracing::warn!("no DNS resolver for SRV lookups: {e}"))
-            .ok();
-        Self { http, dns }
-    }
-}
-
-impl Lookup for NetLookup {
-    async fn well_known(&self, host: &str) -> Option<(String, Duration)> {
-        let response = self
-            .http
-            .get(format!("https://{host}/.well-known/matrix/server"))
-            .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let ttl = max_age(
-            response
-                .headers()
-                .get(http::header::CACHE_CONTROL)
-                .and_then(|v| v.to_str().ok()),
-        );
-        // Small bodies only: a well-known answer is one short field.
-        let body = response.bytes().await.ok()?;
-        if body.len() > 64 * 1024 {
-            return None;
-        }
-        let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        let server = json.get("m.server")?.as_str()?;
-        // It must itself be a valid server name.
-        ServerName::parse(server).ok()?;
-        Some((server.to_owned(), ttl))
-    }
-
-    async fn srv(&self, name: &str) -> Vec<(String, u16)> {
-        let Some(dns) = &self.dns else {
-            return Vec::new();
-        };
-        let Ok(lookup) = dns.srv_lookup(name).await else {
-            return Vec::new();
-        };
-        let mut records: Vec<_> = lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                hickory_resolver::proto::rr::RData::SRV(srv) => Some((
-                    srv.priority,
-                    std::cmp::Reverse(srv.weight),
-                    srv.target.to_utf8(),
-                    srv.port,
-                )),
-                _ => None,
-            })
-            .collect();
-        records.sort();
-        records.into_iter().map(|(_, _, t, p)| (t, p)).collect()
     }
 }
