@@ -29,6 +29,7 @@ pub struct Server {
     task: JoinHandle<Result<()>>,
     timer: JoinHandle<()>,
     pusher: JoinHandle<()>,
+    retention: JoinHandle<()>,
 }
 
 /// Reads the console secret, creating it (readable by the owner only) on first start.
@@ -111,6 +112,18 @@ impl Server {
                 }
             })
         };
+        // Media retention (expired uploads, cached remote media, unused /create IDs, URL
+        // previews); like the timer, it lets go of the database at shutdown.
+        let retention = {
+            let media = services.media.clone();
+            let mut stop = shutdown_rx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = media.run_retention() => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            })
+        };
         let task_services = services.clone();
         let task = tokio::spawn(async move {
             let result = axum::serve(
@@ -140,6 +153,7 @@ impl Server {
             task,
             timer,
             pusher,
+            retention,
         })
     }
 
@@ -156,10 +170,12 @@ impl Server {
             task,
             timer,
             pusher,
+            retention,
             ..
         } = self;
         let _ = timer.await;
         let _ = pusher.await;
+        let _ = retention.await;
         // Our reference goes first so the database closes when the serving task ends.
         drop(services);
         task.await.map_err(Error::internal)?

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod filters;
 pub mod key_backup;
 pub mod keys;
+pub mod media;
 pub mod presence;
 pub mod profiles;
 pub mod push;
@@ -46,6 +47,7 @@ pub struct Services {
     pub key_backup: Arc<key_backup::Service>,
     pub presence: Arc<presence::Service>,
     pub push: Arc<push::Service>,
+    pub media: Arc<media::Service>,
     /// This server's ed25519 signing key.
     pub signing_key: Arc<hearth_federation::ServerSigningKey>,
     /// Secret of the local console (`hearth register-user` and friends), kept in the data folder.
@@ -111,6 +113,17 @@ impl Services {
             account_data.clone(),
             receipts.clone(),
         ));
+        let media_folder = config.media.folder(&config.database);
+        let media_store = media::FsStore::open(&media_folder).map_err(|e| {
+            crate::Error::internal(format!("cannot open {}: {e}", media_folder.display()))
+        })?;
+        let media = Arc::new(media::Service::new(
+            db.clone(),
+            Arc::new(media_store),
+            users.clone(),
+            config.server_name.clone(),
+            config.media.clone(),
+        ));
         Ok(Self {
             config,
             db,
@@ -130,6 +143,7 @@ impl Services {
             key_backup,
             presence,
             push,
+            media,
             signing_key,
             console_secret,
             registration_nonces: Default::default(),
