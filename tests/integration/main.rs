@@ -11,6 +11,8 @@ mod e2ee_sdk;
 mod history_sdk;
 mod key_backup;
 mod key_backup_sdk;
+mod media;
+mod media_sdk;
 mod persistence;
 mod relations;
 mod room_features;
