@@ -279,6 +279,64 @@ mod tests {
         );
     }
 
+    fn encoded(w: u32, h: u32, format: ImageFormat) -> Vec<u8> {
+        let img = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([x as u8, y as u8, 9, 255]));
+        let img = if format == ImageFormat::Jpeg {
+            DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(img).to_rgb8())
+        } else {
+            DynamicImage::ImageRgba8(img)
+        };
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), format).unwrap();
+        out
+    }
+
+    fn animated_gif(w: u32, h: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        {
+            let mut encoder = image::codecs::gif::GifEncoder::new(&mut out);
+            for shade in [0u8, 200] {
+                let frame = image::RgbaImage::from_pixel(w, h, image::Rgba([shade, 0, 0, 255]));
+                encoder.encode_frame(image::Frame::new(frame)).unwrap();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn jpeg_webp_and_gif_inputs_are_thumbnailed() {
+        for (format, out_type) in [
+            (ImageFormat::Jpeg, "image/jpeg"),
+            (ImageFormat::WebP, "image/png"),
+            (ImageFormat::Gif, "image/png"),
+        ] {
+            let source = encoded(200, 100, format);
+            assert_eq!(output_type(&source), Some(out_type), "{format:?}");
+            match generate(&source, 32, 32, Method::Crop, false).unwrap() {
+                Outcome::Thumbnail(t) => {
+                    assert_eq!((t.width, t.height, t.content_type), (32, 32, out_type));
+                }
+                Outcome::Original => panic!("{format:?} was not thumbnailed"),
+            }
+        }
+        // An animated GIF: its first frame when still is asked for, the original when animated.
+        let gif = animated_gif(100, 100);
+        assert_eq!(
+            dims(generate(&gif, 32, 32, Method::Scale, false).unwrap()),
+            (32, 32)
+        );
+        assert!(matches!(
+            generate(&gif, 32, 32, Method::Scale, true).unwrap(),
+            Outcome::Original
+        ));
+        // A still image asked for animated is thumbnailed as usual.
+        let still = encoded(100, 100, ImageFormat::Png);
+        assert_eq!(
+            dims(generate(&still, 32, 32, Method::Scale, true).unwrap()),
+            (32, 32)
+        );
+    }
+
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
         assert!(matches!(
