@@ -905,3 +905,19 @@ async fn url_preview_reads_opengraph_when_loopback_is_allowed() {
         .await;
     assert_eq!((status, &again), (200, &preview));
 }
+
+#[tokio::test]
+async fn media_survives_a_restart_and_the_retention_job_lets_the_database_go() {
+    let mut server = TestServer::start_with(|c| {
+        // A retention job with something scheduled is running at shutdown.
+        c.media.retention.local_max_age = MaxAge(Some(Duration::from_secs(3600)));
+    })
+    .await;
+    let (_, token, _) = server.register("alice", "a long password").await;
+    let id = upload_ok(&server, &token, "text/plain", b"kept".to_vec()).await;
+    // The restart reopens the RocksDB folder, which fails while anything still holds it.
+    server.restart().await;
+    let resp = fetch(&server, &download_path(&server, &id), Some(&token), &[]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"kept");
+}
