@@ -99,7 +99,45 @@ pub struct Federation {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Media {
+    /// Largest upload; also the largest remote file or preview image stored.
     pub max_upload_size: ByteSize,
+    /// Folder of the media files; empty = `<database.path>/media`.
+    pub path: String,
+    /// Serve the deprecated unauthenticated `/_matrix/media/v3/download` and `/thumbnail`; when
+    /// off they answer 404 M_NOT_FOUND, as the spec allows for frozen legacy media.
+    pub legacy_endpoints: bool,
+    /// Total size of the media a user may have uploaded; 0 = no quota.
+    pub user_quota: ByteSize,
+    /// How long an ID from `POST /_matrix/media/v1/create` waits for its upload.
+    pub unused_expiry: HumanDuration,
+    /// Most unexpired IDs from `/create` a user may have waiting for an upload.
+    pub max_pending_uploads: u32,
+    pub retention: MediaRetention,
+    pub url_preview: UrlPreview,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaRetention {
+    /// Local media older than this is deleted; empty or 0 = kept forever.
+    pub local_max_age: MaxAge,
+    /// Cached remote media older than this is deleted; empty or 0 = kept forever.
+    pub remote_max_age: MaxAge,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UrlPreview {
+    pub enabled: bool,
+    /// CIDR ranges never fetched, in addition to the built-in private, loopback, link-local and
+    /// other non-public ranges.
+    pub deny: Vec<String>,
+    /// CIDR ranges fetched even when denied (built-in or `deny`).
+    pub allow: Vec<String>,
+    /// Largest page or image fetched.
+    pub max_size: ByteSize,
+    /// Time limit of one preview, redirects and image included.
+    pub timeout: HumanDuration,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -238,8 +276,46 @@ impl Default for Media {
     fn default() -> Self {
         Self {
             max_upload_size: ByteSize(50 << 20),
+            path: String::new(),
+            legacy_endpoints: true,
+            user_quota: ByteSize(0),
+            unused_expiry: HumanDuration(Duration::from_secs(24 * 3600)),
+            max_pending_uploads: 50,
+            retention: MediaRetention::default(),
+            url_preview: UrlPreview::default(),
         }
     }
+}
+
+impl Default for UrlPreview {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            deny: Vec::new(),
+            allow: Vec::new(),
+            max_size: ByteSize(10 << 20),
+            timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Media {
+    /// The folder of the media files.
+    pub fn folder(&self, database: &Database) -> PathBuf {
+        if self.path.is_empty() {
+            database.path.join("media")
+        } else {
+            PathBuf::from(&self.path)
+        }
+    }
+}
+
+/// Parses a CIDR range; a bare address is a range of one.
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{s}` is not a CIDR range like 10.0.0.0/8 or an address"))
 }
 
 impl Default for Log {
@@ -320,6 +396,29 @@ impl Config {
         }
         if self.limits.max_request_size.0 < 1024 {
             return bad("limits.max_request_size", "must be at least 1K");
+        }
+        if self.media.max_upload_size.0 == 0 {
+            return bad("media.max_upload_size", "must be more than 0");
+        }
+        if self.media.unused_expiry.0.is_zero() {
+            return bad("media.unused_expiry", "must be more than 0");
+        }
+        let preview = &self.media.url_preview;
+        for (name, list) in [
+            ("media.url_preview.deny", &preview.deny),
+            ("media.url_preview.allow", &preview.allow),
+        ] {
+            for item in list {
+                if let Err(reason) = parse_cidr(item) {
+                    return bad(name, &reason);
+                }
+            }
+        }
+        if preview.timeout.0.is_zero() || preview.max_size.0 == 0 {
+            return bad(
+                "media.url_preview",
+                "timeout and max_size must be more than 0",
+            );
         }
         Ok(())
     }
@@ -462,6 +561,53 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// An age limit: a duration like `30d`, or empty (or 0) for none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaxAge(pub Option<Duration>);
+
+impl FromStr for MaxAge {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s.trim_start_matches('0').is_empty() {
+            return Ok(MaxAge(None));
+        }
+        let d = s.parse::<HumanDuration>()?.0;
+        Ok(MaxAge((!d.is_zero()).then_some(d)))
+    }
+}
+
+impl fmt::Display for MaxAge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(d) => HumanDuration(d).fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Serialize for MaxAge {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxAge {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(0) => Ok(MaxAge(None)),
+            Raw::N(_) => Err(de::Error::custom("needs a unit, like 30d")),
+            Raw::S(s) => s.parse().map_err(de::Error::custom),
+        }
+    }
+}
+
 /// A duration written like `500ms`, `30s`, `5m`, `12h` or `7d`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -593,5 +739,52 @@ mod tests {
         assert_eq!("1536".parse::<ByteSize>().unwrap().0, 1536);
         assert_eq!("5m".parse::<HumanDuration>().unwrap().0.as_secs(), 300);
         assert!("5".parse::<HumanDuration>().is_err());
+        assert_eq!("".parse::<MaxAge>().unwrap(), MaxAge(None));
+        assert_eq!("0".parse::<MaxAge>().unwrap(), MaxAge(None));
+        assert_eq!("0s".parse::<MaxAge>().unwrap(), MaxAge(None));
+        assert_eq!("2d".parse::<MaxAge>().unwrap().to_string(), "2d");
+    }
+
+    #[test]
+    fn example_file_shows_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let example = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(
+            toml::Value::try_from(&example).unwrap(),
+            toml::Value::try_from(Config::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn media_options_load_and_validate() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HEARTH_MEDIA__RETENTION__LOCAL_MAX_AGE", "30d"),
+                (
+                    "HEARTH_MEDIA__URL_PREVIEW__ALLOW",
+                    "[\"127.0.0.1/32\", \"::1\"]",
+                ),
+                ("HEARTH_MEDIA__LEGACY_ENDPOINTS", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.media.retention.local_max_age.0,
+            Some(Duration::from_secs(30 * 86400))
+        );
+        assert_eq!(c.media.retention.remote_max_age.0, None);
+        assert_eq!(c.media.url_preview.allow.len(), 2);
+        assert!(!c.media.legacy_endpoints);
+        assert_eq!(
+            c.media.folder(&c.database),
+            PathBuf::from("./hearth-data/media")
+        );
+        let e = Config::load(
+            None,
+            env(&[("HEARTH_MEDIA__URL_PREVIEW__DENY", "[\"10.0.0.0/33\"]")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("media.url_preview.deny"), "{e}");
     }
 }

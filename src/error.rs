@@ -40,6 +40,10 @@ pub enum ErrorCode {
     RoomInUse,
     BadAlias,
     DuplicateAnnotation,
+    /// An async upload to a media ID that already has content.
+    CannotOverwriteMedia,
+    /// Media created with /create whose content has not arrived in time.
+    NotYetUploaded,
     /// A key backup write named a version other than the current one.
     WrongRoomKeysVersion {
         current_version: String,
@@ -74,6 +78,8 @@ impl ErrorCode {
             Self::RoomInUse => "M_ROOM_IN_USE",
             Self::BadAlias => "M_BAD_ALIAS",
             Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
+            Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
+            Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
         }
     }
 }

@@ -32,6 +32,7 @@ pub struct Server {
     federation: Option<JoinHandle<()>>,
     /// Where the federation listener is bound, when federation is on.
     pub federation_addr: Option<SocketAddr>,
+    retention: JoinHandle<()>,
 }
 
 /// Reads the console secret, creating it (readable by the owner only) on first start.
@@ -141,6 +142,18 @@ impl Server {
                 }
             })
         };
+        // Media retention (expired uploads, cached remote media, unused /create IDs, URL
+        // previews); like the timer, it lets go of the database at shutdown.
+        let retention = {
+            let media = services.media.clone();
+            let mut stop = shutdown_rx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = media.run_retention() => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            })
+        };
         let task_services = services.clone();
         let task = tokio::spawn(async move {
             let result = axum::serve(
@@ -175,6 +188,7 @@ impl Server {
                 .federation
                 .enabled
                 .then_some(config.listen.federation),
+            retention,
         })
     }
 
@@ -192,6 +206,7 @@ impl Server {
             timer,
             pusher,
             federation,
+            retention,
             ..
         } = self;
         let _ = timer.await;
@@ -199,6 +214,7 @@ impl Server {
         if let Some(f) = federation {
             let _ = f.await;
         }
+        let _ = retention.await;
         // Our reference goes first so the database closes when the serving task ends.
         drop(services);
         task.await.map_err(Error::internal)?

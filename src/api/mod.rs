@@ -131,6 +131,8 @@ pub fn client_router(services: AppState) -> Router {
             http::header::AUTHORIZATION,
             http::header::CONTENT_TYPE,
             http::header::ACCEPT,
+            // Media downloads answer range requests.
+            http::header::RANGE,
             http::HeaderName::from_static("x-requested-with"),
         ]);
     let router = client::routes(Router::new());

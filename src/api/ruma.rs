@@ -242,6 +242,53 @@ fn json_data_error(message: &str) -> Error {
     }
 }
 
+/// Authenticates a request as `requirement` asks, and records the device as seen.
+pub fn authenticate(
+    parts: &http::request::Parts,
+    services: &Services,
+    requirement: AuthRequirement,
+) -> Result<Option<Session>, Error> {
+    // Federation requests carry X-Matrix in Authorization, not an access token.
+    if requirement == AuthRequirement::ServerSignatures {
+        return Ok(None);
+    }
+    let token = access_token(parts)?;
+    let session = match (requirement, token) {
+        (AuthRequirement::None | AuthRequirement::ServerSignatures, _) => None,
+        (AuthRequirement::AccessToken, None) => {
+            return Err(Error::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::MissingToken,
+                "Missing access token",
+            ))
+        }
+        (_, Some(token)) => Some(services.sessions.authenticate(&token)?),
+        (AuthRequirement::AccessTokenOptional, None) => None,
+    };
+    if let Some(s) = &session {
+        services.sessions.touch(s, client_ip(parts).to_string());
+    }
+    Ok(session)
+}
+
+/// The session of an endpoint that needs an access token but reads its body (or writes its
+/// response) itself, outside ruma's types: media uploads and downloads, whose bodies are binary,
+/// streamed and limited by `media.max_upload_size` instead of `limits.max_request_size`.
+pub struct Authenticated(pub Session);
+
+impl FromRequestParts<Arc<Services>> for Authenticated {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        services: &Arc<Services>,
+    ) -> Result<Self, Error> {
+        authenticate(parts, services, AuthRequirement::AccessToken)?
+            .map(Authenticated)
+            .ok_or_else(|| Error::internal("authenticated request without a session"))
+    }
+}
+
 impl<T> FromRequest<Arc<Services>> for Ruma<T>
 where
     T: IncomingRequest + Send,
@@ -266,28 +313,7 @@ where
             path_args.push(String::new());
         }
         let client_ip = client_ip(&parts);
-
-        // Federation requests carry X-Matrix in Authorization, not an access token.
-        let token = if T::Authentication::REQUIREMENT == AuthRequirement::ServerSignatures {
-            None
-        } else {
-            access_token(&parts)?
-        };
-        let session = match (T::Authentication::REQUIREMENT, token) {
-            (AuthRequirement::None | AuthRequirement::ServerSignatures, _) => None,
-            (AuthRequirement::AccessToken, None) => {
-                return Err(Error::new(
-                    StatusCode::UNAUTHORIZED,
-                    ErrorCode::MissingToken,
-                    "Missing access token",
-                ))
-            }
-            (_, Some(token)) => Some(services.sessions.authenticate(&token)?),
-            (AuthRequirement::AccessTokenOptional, None) => None,
-        };
-        if let Some(s) = &session {
-            services.sessions.touch(s, client_ip.to_string());
-        }
+        let session = authenticate(&parts, services, T::Authentication::REQUIREMENT)?;
 
         let limit = services.config.limits.max_request_size.0 as usize;
         let bytes = read_body(&parts, body, limit).await?;

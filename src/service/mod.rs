@@ -7,6 +7,7 @@ pub mod federation;
 pub mod filters;
 pub mod key_backup;
 pub mod keys;
+pub mod media;
 pub mod presence;
 pub mod profiles;
 pub mod push;
@@ -48,6 +49,7 @@ pub struct Services {
     pub presence: Arc<presence::Service>,
     pub push: Arc<push::Service>,
     pub federation: Arc<federation::Service>,
+    pub media: Arc<media::Service>,
     /// This server's ed25519 signing key.
     pub signing_key: Arc<hearth_federation::ServerSigningKey>,
     /// Secret of the local console (`hearth register-user` and friends), kept in the data folder.
@@ -118,6 +120,17 @@ impl Services {
             config.clone(),
             signing_key.clone(),
         )?);
+        let media_folder = config.media.folder(&config.database);
+        let media_store = media::FsStore::open(&media_folder).map_err(|e| {
+            crate::Error::internal(format!("cannot open {}: {e}", media_folder.display()))
+        })?;
+        let media = Arc::new(media::Service::new(
+            db.clone(),
+            Arc::new(media_store),
+            users.clone(),
+            config.server_name.clone(),
+            config.media.clone(),
+        ));
         Ok(Self {
             config,
             db,
@@ -138,6 +151,7 @@ impl Services {
             presence,
             push,
             federation,
+            media,
             signing_key,
             console_secret,
             registration_nonces: Default::default(),

@@ -50,6 +50,13 @@ pub enum Cf {
     BackupVersions,
     BackupKeys,
     ServerKeys,
+    Media,
+    MediaThumbnails,
+    MediaRefs,
+    MediaExpiry,
+    MediaPending,
+    MediaUsage,
+    UrlPreviews,
 }
 
 /// How a keyspace is laid out; the table below is the documentation of the database.
@@ -319,6 +326,49 @@ pub const KEYSPACES: &[Keyspace] = &[
         key: "user (short, u64 BE) . backup version (u64 BE) . room ID (utf-8) . 0xff . session ID (utf-8)",
         value: "the backed-up session key (KeyBackupData JSON)",
     },
+    Keyspace {
+        cf: Cf::Media,
+        name: "media",
+        key: "server name (utf-8) . 0xff . media id (utf-8)",
+        value: "MediaRecord (JSON): content hash (none while a /create awaits its upload), type, \
+                filename, size, uploader, created time",
+    },
+    Keyspace {
+        cf: Cf::MediaThumbnails,
+        name: "media_thumbnails",
+        key: "media key . 0xff . width (u32 BE) . height (u32 BE) . method (u8) . content type (utf-8)",
+        value: "ThumbnailRecord (JSON): content hash, type, size, actual width and height",
+    },
+    Keyspace {
+        cf: Cf::MediaRefs,
+        name: "media_refs",
+        key: "content hash (sha256, 32 bytes) . media key or thumbnail key",
+        value: "empty: who uses a stored file; the file goes when its last row does",
+    },
+    Keyspace {
+        cf: Cf::MediaExpiry,
+        name: "media_expiry",
+        key: "kind (u8: local, remote, pending /create, url preview) . time (ms, u64 BE) . subject",
+        value: "empty: what the retention job may delete, oldest first (subject: media key or URL)",
+    },
+    Keyspace {
+        cf: Cf::MediaPending,
+        name: "media_pending",
+        key: "user (short, u64 BE) . media id (utf-8)",
+        value: "expiry time (ms, u64 BE) of a /create that awaits its upload",
+    },
+    Keyspace {
+        cf: Cf::MediaUsage,
+        name: "media_usage",
+        key: "user (short, u64 BE)",
+        value: "bytes of local media the user uploaded (u64 BE), for the quota",
+    },
+    Keyspace {
+        cf: Cf::UrlPreviews,
+        name: "url_previews",
+        key: "url (utf-8)",
+        value: "CachedPreview (JSON): fetch time, OpenGraph data",
+    },
 ];
 
 impl Cf {
@@ -555,5 +605,82 @@ pub mod key {
 
     pub fn registration_token(token: &str) -> Vec<u8> {
         token.as_bytes().to_vec()
+    }
+
+    /// server name . 0xff . media id: a media item, and the prefix of its thumbnails.
+    pub fn media(server_name: &str, media_id: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(1 + server_name.len() + media_id.len());
+        k.extend_from_slice(server_name.as_bytes());
+        k.push(0xff);
+        k.extend_from_slice(media_id.as_bytes());
+        k
+    }
+
+    /// (server name, media id) of a `media` key.
+    pub fn split_media(k: &[u8]) -> Option<(&str, &str)> {
+        let sep = k.iter().position(|b| *b == 0xff)?;
+        Some((
+            std::str::from_utf8(&k[..sep]).ok()?,
+            std::str::from_utf8(&k[sep + 1..]).ok()?,
+        ))
+    }
+
+    /// The prefix of all thumbnails of a media item.
+    pub fn media_thumbnail_prefix(media: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(media.len() + 1);
+        k.extend_from_slice(media);
+        k.push(0xff);
+        k
+    }
+
+    pub fn media_thumbnail(
+        media: &[u8],
+        width: u32,
+        height: u32,
+        method: u8,
+        content_type: &str,
+    ) -> Vec<u8> {
+        let mut k = media_thumbnail_prefix(media);
+        k.extend_from_slice(&width.to_be_bytes());
+        k.extend_from_slice(&height.to_be_bytes());
+        k.push(method);
+        k.extend_from_slice(content_type.as_bytes());
+        k
+    }
+
+    /// content hash . user: the user's (a media or thumbnail key) reference to a stored file.
+    pub fn media_ref(hash: &[u8; 32], user: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(32 + user.len());
+        k.extend_from_slice(hash);
+        k.extend_from_slice(user);
+        k
+    }
+
+    /// Kinds of rows in `media_expiry`.
+    pub const MEDIA_EXPIRY_LOCAL: u8 = 0;
+    pub const MEDIA_EXPIRY_REMOTE: u8 = 1;
+    pub const MEDIA_EXPIRY_PENDING: u8 = 2;
+    pub const MEDIA_EXPIRY_PREVIEW: u8 = 3;
+
+    pub fn media_expiry(kind: u8, time_ms: u64, subject: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(9 + subject.len());
+        k.push(kind);
+        k.extend_from_slice(&time_ms.to_be_bytes());
+        k.extend_from_slice(subject);
+        k
+    }
+
+    /// (time, subject) of a `media_expiry` key.
+    pub fn split_media_expiry(k: &[u8]) -> Option<(u64, &[u8])> {
+        let time = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+        Some((time, k.get(9..)?))
+    }
+
+    pub fn media_pending(user: ShortId, media_id: &str) -> Vec<u8> {
+        user_and_str(user, media_id)
+    }
+
+    pub fn url_preview(url: &str) -> Vec<u8> {
+        url.as_bytes().to_vec()
     }
 }

@@ -12,6 +12,8 @@ mod federation;
 mod history_sdk;
 mod key_backup;
 mod key_backup_sdk;
+mod media;
+mod media_sdk;
 mod persistence;
 mod relations;
 mod room_features;

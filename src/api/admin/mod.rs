@@ -1,7 +1,8 @@
 //! The Synapse-compatible admin API subset Hearth serves: shared-secret registration, user
-//! create/modify/query, and registration tokens. Callers are server admins (by access token) or
+//! create/modify/query, registration tokens and media purges. Callers are server admins (by access token) or
 //! the local console (by the secret in the data folder, used by `hearth` CLI commands).
 
+mod media;
 mod register;
 mod tokens;
 mod users;
@@ -39,6 +40,14 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(
             "/_synapse/admin/v1/registration_tokens/new",
             axum::routing::post(tokens::create),
+        )
+        .route(
+            "/_synapse/admin/v1/purge_media_cache",
+            axum::routing::post(media::purge_media_cache),
+        )
+        .route(
+            "/_synapse/admin/v1/media/delete",
+            axum::routing::post(media::delete_local_media),
         )
         .route(
             "/_synapse/admin/v1/registration_tokens/{token}",

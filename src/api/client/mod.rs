@@ -7,6 +7,7 @@ mod device;
 mod directory;
 mod discovery;
 mod keys;
+mod media;
 mod membership;
 mod presence;
 mod profile;
@@ -34,6 +35,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = account_data::routes(router);
     let router = receipts::routes(router);
     let router = keys::routes(router);
+    let router = media::routes(router);
     let router = backup::routes(router);
     let router = presence::routes(router);
     let router = push::routes(router);

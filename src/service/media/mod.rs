@@ -1,0 +1,906 @@
+//! The media repository: uploads (direct, and asynchronous via `/create`), downloads, thumbnails,
+//! URL previews, per-user quotas and retention. Metadata lives in RocksDB (the `media*` keyspaces);
+//! bytes live in a `MediaStore`, addressed by content hash and shared by every media item with the
+//! same content: a file is deleted when the last row referring to it (`media_refs`) goes.
+//!
+//! This module knows nothing of HTTP headers or ranges; `api::client::media` turns its answers into
+//! responses. Remote media is not fetched yet: `fetch_remote` is where federation will plug in.
+
+pub mod preview;
+pub mod store;
+pub mod thumbnail;
+
+use std::{ops::Range, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use ruma::{OwnedMxcUri, OwnedServerName, OwnedUserId, ServerName, UserId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, Notify, Semaphore};
+
+pub use self::store::{ByteStream, ContentHash, FsStore, MediaStore};
+use self::{
+    preview::AddressPolicy,
+    thumbnail::{Method, Outcome, ThumbnailError},
+};
+use crate::{
+    config,
+    error::{Error, ErrorCode, Result},
+    service::{now_ms, random_string, users},
+    storage::{
+        decode_json, decode_u64, encode_json,
+        schema::key::{
+            self, media, media_expiry, media_pending, media_ref, media_thumbnail,
+            media_thumbnail_prefix, split_media, split_media_expiry, url_preview,
+            MEDIA_EXPIRY_LOCAL, MEDIA_EXPIRY_PENDING, MEDIA_EXPIRY_PREVIEW, MEDIA_EXPIRY_REMOTE,
+        },
+        Batch, Cf, Db, ShortId,
+    },
+};
+
+/// Length of generated media IDs (letters and digits: about 143 bits).
+const MEDIA_ID_LEN: usize = 24;
+/// Longest wait for the content of a `/create`d media ID, whatever the client asks.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How long a fetched URL preview is served from the cache.
+const PREVIEW_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Thumbnails decoded at once; each may hold a large decoded image in memory.
+const THUMBNAIL_SLOTS: usize = 2;
+/// Lock stripes for content hashes and users.
+const STRIPES: usize = 64;
+/// Expired rows handled per scan, so a large backlog is not read into memory at once.
+const PURGE_BATCH: usize = 500;
+/// Bytes read from a file to recognise its format.
+const SNIFF_LEN: u64 = 64;
+
+/// A media item's metadata.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MediaRecord {
+    /// SHA-256 (hex) of the content; `None` while a `/create`d ID awaits its upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    pub size: u64,
+    /// The local user who uploaded it; `None` for remote media and URL preview images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploader: Option<OwnedUserId>,
+    /// Upload time, or for remote media the time it was cached.
+    pub created_ts: u64,
+    /// For a `/create`d ID: when it expires unless uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unused_expires_at: Option<u64>,
+    #[serde(default)]
+    pub remote: bool,
+}
+
+impl MediaRecord {
+    pub fn hash(&self) -> Option<ContentHash> {
+        self.content_hash.as_deref().and_then(ContentHash::from_hex)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThumbnailRecord {
+    pub content_hash: String,
+    pub content_type: String,
+    pub size: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedPreview {
+    fetched_ts: u64,
+    data: serde_json::Value,
+}
+
+/// Content ready to be served.
+pub struct Content {
+    pub hash: ContentHash,
+    pub size: u64,
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+}
+
+pub struct Service {
+    db: Db,
+    store: Arc<dyn MediaStore>,
+    users: Arc<users::Service>,
+    server_name: OwnedServerName,
+    config: config::Media,
+    preview_policy: AddressPolicy,
+    /// Woken when content arrives for a `/create`d ID.
+    uploaded: Notify,
+    /// Woken when something new may expire, so the retention job reschedules.
+    expiry_changed: Notify,
+    /// Serialise "put file + add reference" against "last reference gone + delete file".
+    content_locks: Vec<Mutex<()>>,
+    /// Serialise a user's quota check and usage update, and the upload to a `/create`d ID.
+    user_locks: Vec<Mutex<()>>,
+    thumbnail_slots: Semaphore,
+}
+
+/// Media IDs are letters, digits, `_` and `-` (the spec's rule against path traversal).
+pub fn is_valid_media_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks the server name and media ID of a request path.
+pub fn parse_media_path(server_name: &str, media_id: &str) -> Result<OwnedServerName> {
+    let server = ServerName::parse(server_name)
+        .map_err(|e| Error::invalid_param(format!("Invalid server name: {e}")))?;
+    if !is_valid_media_id(media_id) {
+        return Err(Error::invalid_param(
+            "Invalid media ID: only A-Z, a-z, 0-9, _ and - are allowed",
+        ));
+    }
+    Ok(server)
+}
+
+fn io_error(e: std::io::Error) -> Error {
+    Error::internal(format!("media store: {e}"))
+}
+
+fn stripe<T>(locks: &[T], n: u64) -> &T {
+    &locks[(n % locks.len() as u64) as usize]
+}
+
+impl Service {
+    pub fn new(
+        db: Db,
+        store: Arc<dyn MediaStore>,
+        users: Arc<users::Service>,
+        server_name: OwnedServerName,
+        config: config::Media,
+    ) -> Self {
+        Self {
+            db,
+            store,
+            users,
+            server_name,
+            preview_policy: AddressPolicy::new(&config.url_preview),
+            config,
+            uploaded: Notify::new(),
+            expiry_changed: Notify::new(),
+            content_locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            user_locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            thumbnail_slots: Semaphore::new(THUMBNAIL_SLOTS),
+        }
+    }
+
+    pub fn max_upload_size(&self) -> u64 {
+        self.config.max_upload_size.0
+    }
+
+    pub fn legacy_endpoints(&self) -> bool {
+        self.config.legacy_endpoints
+    }
+
+    pub fn is_local(&self, server: &ServerName) -> bool {
+        server.as_str() == self.server_name.as_str()
+    }
+
+    fn content_lock(&self, hash: ContentHash) -> &Mutex<()> {
+        stripe(
+            &self.content_locks,
+            u64::from_be_bytes(hash.0[..8].try_into().unwrap_or_default()),
+        )
+    }
+
+    fn mxc(&self, media_id: &str) -> OwnedMxcUri {
+        format!("mxc://{}/{media_id}", self.server_name).into()
+    }
+
+    fn record(&self, media_key: &[u8]) -> Result<Option<MediaRecord>> {
+        Ok(self.db.get_json(Cf::Media, media_key)?)
+    }
+
+    fn usage(&self, user: ShortId) -> Result<u64> {
+        Ok(self
+            .db
+            .get(Cf::MediaUsage, &key::user(user))?
+            .map(|v| decode_u64(Cf::MediaUsage, &v))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    /// Refuses an upload of `incoming` bytes that would take the user over the quota.
+    pub fn check_quota(&self, user: ShortId, incoming: u64) -> Result<()> {
+        let quota = self.config.user_quota.0;
+        if quota > 0 && self.usage(user)?.saturating_add(incoming) > quota {
+            // The spec's answer for "the user has reached a quota for uploaded content".
+            return Err(Error::forbidden("Media quota exceeded"));
+        }
+        Ok(())
+    }
+
+    /// Stores `data` and adds `reference` to it (in `batch`, written here), holding the content
+    /// lock so a concurrent purge cannot delete the file in between.
+    async fn put_referenced(
+        &self,
+        hash: ContentHash,
+        data: Bytes,
+        mut batch: Batch,
+        reference: &[u8],
+    ) -> Result<()> {
+        let _content = self.content_lock(hash).lock().await;
+        self.store.put(hash, data).await.map_err(io_error)?;
+        batch.put(Cf::MediaRefs, media_ref(&hash.0, reference), Vec::new());
+        self.db.write(batch).await?;
+        Ok(())
+    }
+
+    /// Deletes the files among `hashes` that nothing refers to any more.
+    async fn release(&self, hashes: impl IntoIterator<Item = ContentHash>) -> Result<()> {
+        for hash in hashes {
+            let _content = self.content_lock(hash).lock().await;
+            if self
+                .db
+                .scan_prefix(Cf::MediaRefs, &hash.0)
+                .next()
+                .transpose()?
+                .is_none()
+            {
+                self.store.delete(hash).await.map_err(io_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads new local media; returns its `mxc://` URI.
+    pub async fn upload(
+        &self,
+        uploader: Option<(&UserId, ShortId)>,
+        content_type: Option<String>,
+        filename: Option<String>,
+        data: Bytes,
+    ) -> Result<OwnedMxcUri> {
+        let media_id = random_string(MEDIA_ID_LEN);
+        let _user = match uploader {
+            Some((_, short)) => Some(stripe(&self.user_locks, short).lock().await),
+            None => None,
+        };
+        if let Some((_, short)) = uploader {
+            self.check_quota(short, data.len() as u64)?;
+        }
+        let record = MediaRecord {
+            content_hash: None,
+            content_type,
+            filename,
+            size: 0,
+            uploader: uploader.map(|(u, _)| u.to_owned()),
+            created_ts: now_ms(),
+            unused_expires_at: None,
+            remote: false,
+        };
+        self.store_content(&media_id, record, uploader.map(|(_, s)| s), data)
+            .await?;
+        Ok(self.mxc(&media_id))
+    }
+
+    /// Writes content and the record that points at it; the caller holds the uploader's lock.
+    async fn store_content(
+        &self,
+        media_id: &str,
+        mut record: MediaRecord,
+        uploader: Option<ShortId>,
+        data: Bytes,
+    ) -> Result<()> {
+        let hashed = data.clone();
+        let hash = tokio::task::spawn_blocking(move || ContentHash::of(&hashed))
+            .await
+            .map_err(Error::internal)?;
+        let media_key = media(self.server_name.as_str(), media_id);
+        record.content_hash = Some(hash.to_hex());
+        record.size = data.len() as u64;
+        record.created_ts = now_ms();
+        let mut batch = Batch::new();
+        if let Some(expires) = record.unused_expires_at.take() {
+            batch.delete(
+                Cf::MediaExpiry,
+                media_expiry(MEDIA_EXPIRY_PENDING, expires, &media_key),
+            );
+        }
+        batch.put(
+            Cf::MediaExpiry,
+            media_expiry(MEDIA_EXPIRY_LOCAL, record.created_ts, &media_key),
+            Vec::new(),
+        );
+        if let Some(user) = uploader {
+            batch.delete(Cf::MediaPending, media_pending(user, media_id));
+            batch.put(
+                Cf::MediaUsage,
+                key::user(user),
+                self.usage(user)?.saturating_add(record.size).to_be_bytes(),
+            );
+        }
+        batch.put(Cf::Media, media_key.clone(), encode_json(&record));
+        self.put_referenced(hash, data, batch, &media_key).await?;
+        self.expiry_changed.notify_one();
+        tracing::debug!(media_id, size = record.size, "media stored");
+        Ok(())
+    }
+
+    /// Reserves a media ID for a later upload (`POST /_matrix/media/v1/create`).
+    pub async fn create_pending(
+        &self,
+        user_id: &UserId,
+        user: ShortId,
+    ) -> Result<(OwnedMxcUri, u64)> {
+        let _user = stripe(&self.user_locks, user).lock().await;
+        let now = now_ms();
+        let max = self.config.max_pending_uploads as usize;
+        let waiting: Vec<u64> = self
+            .db
+            .scan_prefix(Cf::MediaPending, &key::user_prefix(user))
+            .filter_map(|r| r.ok())
+            .filter_map(|(_, v)| decode_u64(Cf::MediaPending, &v).ok())
+            .filter(|t| *t > now)
+            .take(max)
+            .collect();
+        if waiting.len() >= max {
+            // The spec's answer: 429 until one of them is uploaded or expires.
+            let first = waiting.iter().min().copied().unwrap_or(now);
+            return Err(Error::limit_exceeded(first.saturating_sub(now).max(1000)));
+        }
+        let media_id = random_string(MEDIA_ID_LEN);
+        let expires = now + self.config.unused_expiry.0.as_millis() as u64;
+        let media_key = media(self.server_name.as_str(), &media_id);
+        let record = MediaRecord {
+            content_hash: None,
+            content_type: None,
+            filename: None,
+            size: 0,
+            uploader: Some(user_id.to_owned()),
+            created_ts: now,
+            unused_expires_at: Some(expires),
+            remote: false,
+        };
+        let mut batch = Batch::new();
+        batch.put(Cf::Media, media_key.clone(), encode_json(&record));
+        batch.put(
+            Cf::MediaPending,
+            media_pending(user, &media_id),
+            expires.to_be_bytes(),
+        );
+        batch.put(
+            Cf::MediaExpiry,
+            media_expiry(MEDIA_EXPIRY_PENDING, expires, &media_key),
+            Vec::new(),
+        );
+        self.db.write(batch).await?;
+        self.expiry_changed.notify_one();
+        Ok((self.mxc(&media_id), expires))
+    }
+
+    /// Looks up a `/create`d ID for its upload, with the spec's errors; the caller holds the
+    /// user's lock so two uploads to one ID cannot both pass.
+    fn pending_for(
+        &self,
+        user_id: &UserId,
+        server: &ServerName,
+        media_id: &str,
+    ) -> Result<MediaRecord> {
+        let record = self
+            .is_local(server)
+            .then(|| self.record(&media(server.as_str(), media_id)))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| Error::not_found("Unknown media ID"))?;
+        if record.uploader.as_deref() != Some(user_id) {
+            return Err(Error::forbidden(
+                "This media ID was created by another user",
+            ));
+        }
+        if record.content_hash.is_some() {
+            return Err(Error::new(
+                http::StatusCode::CONFLICT,
+                ErrorCode::CannotOverwriteMedia,
+                "Media already uploaded",
+            ));
+        }
+        if record.unused_expires_at.is_some_and(|t| t <= now_ms()) {
+            return Err(Error::not_found("The media ID has expired"));
+        }
+        Ok(record)
+    }
+
+    /// Checks that the user may upload to a `/create`d ID, before its body is read.
+    pub fn check_pending(
+        &self,
+        user_id: &UserId,
+        server: &ServerName,
+        media_id: &str,
+    ) -> Result<()> {
+        self.pending_for(user_id, server, media_id).map(|_| ())
+    }
+
+    /// Uploads content to a `/create`d ID (`PUT /_matrix/media/v3/upload/{server}/{id}`).
+    pub async fn upload_pending(
+        &self,
+        (user_id, user): (&UserId, ShortId),
+        server: &ServerName,
+        media_id: &str,
+        content_type: Option<String>,
+        filename: Option<String>,
+        data: Bytes,
+    ) -> Result<()> {
+        let _user = stripe(&self.user_locks, user).lock().await;
+        let mut record = self.pending_for(user_id, server, media_id)?;
+        self.check_quota(user, data.len() as u64)?;
+        record.content_type = content_type;
+        record.filename = filename;
+        self.store_content(media_id, record, Some(user), data)
+            .await?;
+        self.uploaded.notify_waiters();
+        Ok(())
+    }
+
+    /// The content of a media item, waiting up to `wait` for a `/create`d ID's upload.
+    pub async fn content(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        wait: Duration,
+    ) -> Result<Content> {
+        let record = if self.is_local(server) {
+            self.local_record(media_id, wait.min(MAX_WAIT)).await?
+        } else {
+            self.fetch_remote(server, media_id).await?
+        };
+        let hash = record
+            .hash()
+            .ok_or_else(|| Error::internal("media record without content"))?;
+        Ok(Content {
+            hash,
+            size: record.size,
+            content_type: record.content_type,
+            filename: record.filename,
+        })
+    }
+
+    async fn local_record(&self, media_id: &str, wait: Duration) -> Result<MediaRecord> {
+        let media_key = media(self.server_name.as_str(), media_id);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the read, so an upload between the read and the wait still wakes us.
+            let uploaded = self.uploaded.notified();
+            tokio::pin!(uploaded);
+            uploaded.as_mut().enable();
+            let record = self
+                .record(&media_key)?
+                .ok_or_else(|| Error::not_found("Media not found"))?;
+            if record.content_hash.is_some() {
+                return Ok(record);
+            }
+            if record.unused_expires_at.is_some_and(|t| t <= now_ms()) {
+                return Err(Error::not_found("Media not found"));
+            }
+            if tokio::time::timeout_at(deadline, uploaded).await.is_err() {
+                return Err(Error::new(
+                    http::StatusCode::GATEWAY_TIMEOUT,
+                    ErrorCode::NotYetUploaded,
+                    "Content has not yet been uploaded",
+                ));
+            }
+        }
+    }
+
+    /// Media of another server. Fetching it over federation (and caching it here, under the
+    /// `MEDIA_EXPIRY_REMOTE` retention) comes later; until then it is unknown.
+    async fn fetch_remote(&self, server: &ServerName, media_id: &str) -> Result<MediaRecord> {
+        tracing::debug!(%server, media_id, "remote media requested; federation fetch not available");
+        Err(Error::not_found("Remote media is not available"))
+    }
+
+    /// The bytes of stored content, or of a range of it.
+    pub async fn open(&self, hash: ContentHash, range: Option<Range<u64>>) -> Result<ByteStream> {
+        self.store
+            .get(hash, range)
+            .await
+            .map_err(io_error)?
+            .ok_or_else(|| Error::internal(format!("media file {} is missing", hash.to_hex())))
+    }
+
+    /// A thumbnail of a media item (generated once, then served from the store), or the original
+    /// content when it is already small enough, or animated and `animated` was asked for.
+    pub async fn thumbnail(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        (width, height): (u32, u32),
+        method: Method,
+        animated: bool,
+        wait: Duration,
+    ) -> Result<Content> {
+        let original = self.content(server, media_id, wait).await?;
+        // Large originals are not decoded at all: the spec's 413 for "too large to thumbnail".
+        let limit = self.config.max_upload_size.0;
+        if original.size > limit {
+            return Err(Error::too_large("Content is too large to thumbnail"));
+        }
+        // The format (and so the thumbnail's type, part of its key) from the first bytes only:
+        // a cached thumbnail is served without reading the original.
+        let mut head = Vec::new();
+        {
+            use futures_util::StreamExt;
+            let mut stream = self.open(original.hash, Some(0..SNIFF_LEN)).await?;
+            while let Some(chunk) = stream.next().await {
+                head.extend_from_slice(&chunk.map_err(io_error)?);
+            }
+        }
+        let cannot = || {
+            Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ErrorCode::Unknown,
+                "Cannot generate thumbnails for the requested content",
+            )
+        };
+        let out_type = thumbnail::output_type(&head).ok_or_else(cannot)?;
+        // When the original is served as its own thumbnail, its type is what it is, whatever
+        // the uploader claimed (the spec allows only image types here).
+        let original = Content {
+            content_type: image::guess_format(&head)
+                .ok()
+                .map(|f| f.to_mime_type().to_owned()),
+            ..original
+        };
+        let media_key = media(server.as_str(), media_id);
+        let thumb_key = media_thumbnail(&media_key, width, height, method.as_u8(), out_type);
+        // An animated request may be answered with the original instead, decided while generating.
+        if !animated {
+            if let Some(t) = self
+                .db
+                .get_json::<ThumbnailRecord>(Cf::MediaThumbnails, &thumb_key)?
+            {
+                if let Some(hash) = ContentHash::from_hex(&t.content_hash) {
+                    return Ok(Content {
+                        hash,
+                        size: t.size,
+                        content_type: Some(t.content_type),
+                        filename: None,
+                    });
+                }
+            }
+        }
+
+        let _slot = self
+            .thumbnail_slots
+            .acquire()
+            .await
+            .map_err(Error::internal)?;
+        let source = store::read_all(&*self.store, original.hash, limit)
+            .await
+            .map_err(io_error)?
+            .ok_or_else(|| Error::internal("media file is missing"))?;
+        let outcome = tokio::task::spawn_blocking(move || {
+            thumbnail::generate(&source, width, height, method, animated)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("thumbnail task: {e}")))?;
+        let thumb = match outcome {
+            Ok(Outcome::Original) => return Ok(original),
+            Ok(Outcome::Thumbnail(t)) => t,
+            Err(ThumbnailError::TooLarge) => {
+                return Err(Error::too_large("Content is too large to thumbnail"))
+            }
+            Err(ThumbnailError::NotAnImage) => return Err(cannot()),
+            Err(ThumbnailError::Corrupt(reason)) => {
+                tracing::debug!(media_id, %reason, "cannot thumbnail");
+                return Err(cannot());
+            }
+        };
+        let data = Bytes::from(thumb.data);
+        let hash = ContentHash::of(&data);
+        let record = ThumbnailRecord {
+            content_hash: hash.to_hex(),
+            content_type: thumb.content_type.to_owned(),
+            size: data.len() as u64,
+            width: thumb.width,
+            height: thumb.height,
+        };
+        let mut batch = Batch::new();
+        batch.put(Cf::MediaThumbnails, thumb_key.clone(), encode_json(&record));
+        // The original may have been purged while we worked: then keep nothing.
+        if self.record(&media_key)?.is_some() {
+            self.put_referenced(hash, data, batch, &thumb_key).await?;
+        }
+        Ok(Content {
+            hash,
+            size: record.size,
+            content_type: Some(record.content_type),
+            filename: None,
+        })
+    }
+
+    /// Deletes a media item, its thumbnails, and the files nothing else uses.
+    async fn delete_media(&self, media_key: &[u8]) -> Result<bool> {
+        let Some(record) = self.record(media_key)? else {
+            return Ok(false);
+        };
+        let user = match &record.uploader {
+            Some(u) if !record.remote => self.users.short_id(u)?,
+            _ => None,
+        };
+        let _user = match user {
+            Some(short) => Some(stripe(&self.user_locks, short).lock().await),
+            None => None,
+        };
+        let mut batch = Batch::new();
+        let mut hashes = Vec::new();
+        for row in self
+            .db
+            .scan_prefix(Cf::MediaThumbnails, &media_thumbnail_prefix(media_key))
+        {
+            let (k, v) = row?;
+            let t: ThumbnailRecord = decode_json(Cf::MediaThumbnails, &v)?;
+            if let Some(hash) = ContentHash::from_hex(&t.content_hash) {
+                batch.delete(Cf::MediaRefs, media_ref(&hash.0, &k));
+                hashes.push(hash);
+            }
+            batch.delete(Cf::MediaThumbnails, k);
+        }
+        if let Some(hash) = record.hash() {
+            batch.delete(Cf::MediaRefs, media_ref(&hash.0, media_key));
+            hashes.push(hash);
+        }
+        let kind = if record.remote {
+            MEDIA_EXPIRY_REMOTE
+        } else {
+            MEDIA_EXPIRY_LOCAL
+        };
+        batch.delete(
+            Cf::MediaExpiry,
+            media_expiry(kind, record.created_ts, media_key),
+        );
+        if let Some(expires) = record.unused_expires_at {
+            batch.delete(
+                Cf::MediaExpiry,
+                media_expiry(MEDIA_EXPIRY_PENDING, expires, media_key),
+            );
+        }
+        if let Some(short) = user {
+            if let Some((_, media_id)) = split_media(media_key) {
+                batch.delete(Cf::MediaPending, media_pending(short, media_id));
+            }
+            batch.put(
+                Cf::MediaUsage,
+                key::user(short),
+                self.usage(short)?.saturating_sub(record.size).to_be_bytes(),
+            );
+        }
+        batch.delete(Cf::Media, media_key.to_vec());
+        self.db.write(batch).await?;
+        self.release(hashes).await?;
+        Ok(true)
+    }
+
+    /// Deletes everything of one expiry kind dated before `before_ts`; returns the media IDs (or
+    /// URLs) deleted.
+    pub async fn purge(&self, kind: u8, before_ts: u64) -> Result<Vec<String>> {
+        let mut deleted = Vec::new();
+        loop {
+            let rows: Vec<Vec<u8>> = self
+                .db
+                .scan_range(
+                    Cf::MediaExpiry,
+                    &media_expiry(kind, 0, &[]),
+                    &media_expiry(kind, before_ts, &[]),
+                    false,
+                )
+                .take(PURGE_BATCH)
+                .map(|r| r.map(|(k, _)| k))
+                .collect::<Result<_, _>>()?;
+            let done = rows.len() < PURGE_BATCH;
+            for row in rows {
+                let subject = split_media_expiry(&row)
+                    .map(|(_, s)| s.to_vec())
+                    .unwrap_or_default();
+                let mut batch = Batch::new();
+                if kind == MEDIA_EXPIRY_PREVIEW {
+                    deleted.push(String::from_utf8_lossy(&subject).into_owned());
+                    batch.delete(Cf::UrlPreviews, subject);
+                } else if self.delete_media(&subject).await? {
+                    if let Some((_, id)) = split_media(&subject) {
+                        deleted.push(id.to_owned());
+                    }
+                }
+                // Also when the media went some other way and this row is all that is left.
+                batch.delete(Cf::MediaExpiry, row);
+                self.db.write(batch).await?;
+            }
+            if done {
+                break;
+            }
+        }
+        if !deleted.is_empty() {
+            tracing::info!(kind, count = deleted.len(), "media purged");
+        }
+        Ok(deleted)
+    }
+
+    /// The age limit of each expiry kind, for the retention job.
+    fn max_ages(&self) -> [(u8, Option<u64>); 4] {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        [
+            (
+                MEDIA_EXPIRY_LOCAL,
+                ms(self.config.retention.local_max_age.0),
+            ),
+            (
+                MEDIA_EXPIRY_REMOTE,
+                ms(self.config.retention.remote_max_age.0),
+            ),
+            // Pending rows are dated by their expiry time already.
+            (MEDIA_EXPIRY_PENDING, Some(0)),
+            (MEDIA_EXPIRY_PREVIEW, Some(PREVIEW_TTL_MS)),
+        ]
+    }
+
+    /// Purges whatever has expired; returns when the next thing will (`None`: nothing will).
+    pub async fn expire_due(&self) -> Result<Option<u64>> {
+        let mut next: Option<u64> = None;
+        for (kind, max_age) in self.max_ages() {
+            let Some(age) = max_age else { continue };
+            let cutoff = now_ms().saturating_sub(age);
+            self.purge(kind, cutoff.saturating_add(1)).await?;
+            let first = self
+                .db
+                .scan_prefix(Cf::MediaExpiry, &[kind])
+                .next()
+                .transpose()?
+                .and_then(|(k, _)| split_media_expiry(&k).map(|(t, _)| t));
+            if let Some(t) = first {
+                let due = t.saturating_add(age);
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        Ok(next)
+    }
+
+    /// The retention job: sleeps until the next expiry, purges, repeats. Runs until dropped
+    /// (the server selects it against shutdown).
+    pub async fn run_retention(self: Arc<Self>) {
+        loop {
+            // Registered first, so something stored during the pass reschedules us.
+            let changed = self.expiry_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wait = match self.expire_due().await {
+                Ok(Some(due)) => Some(Duration::from_millis(due.saturating_sub(now_ms()))),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "media retention pass failed");
+                    Some(Duration::from_secs(60))
+                }
+            };
+            match wait {
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+
+    /// An OpenGraph preview of `url`, from the cache when fetched within the last day.
+    pub async fn preview(&self, url: &str) -> Result<serde_json::Value> {
+        if !self.config.url_preview.enabled {
+            return Err(Error::not_found("URL previews are disabled"));
+        }
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| Error::invalid_param(format!("Invalid URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(Error::invalid_param(
+                "Only http and https URLs are previewed",
+            ));
+        }
+        let cache_key = url_preview(parsed.as_str());
+        let now = now_ms();
+        let cached: Option<CachedPreview> = self.db.get_json(Cf::UrlPreviews, &cache_key)?;
+        if let Some(c) = &cached {
+            if now.saturating_sub(c.fetched_ts) < PREVIEW_TTL_MS {
+                return Ok(c.data.clone());
+            }
+        }
+        let data = tokio::time::timeout(
+            self.config.url_preview.timeout.0,
+            self.fetch_preview(parsed.as_str()),
+        )
+        .await
+        .map_err(|_| {
+            Error::new(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::Unknown,
+                "Timed out fetching the URL",
+            )
+        })??;
+        let mut batch = Batch::new();
+        if let Some(old) = cached {
+            batch.delete(
+                Cf::MediaExpiry,
+                media_expiry(MEDIA_EXPIRY_PREVIEW, old.fetched_ts, &cache_key),
+            );
+        }
+        batch.put(
+            Cf::MediaExpiry,
+            media_expiry(MEDIA_EXPIRY_PREVIEW, now, &cache_key),
+            Vec::new(),
+        );
+        batch.put(
+            Cf::UrlPreviews,
+            cache_key,
+            encode_json(&CachedPreview {
+                fetched_ts: now,
+                data: data.clone(),
+            }),
+        );
+        self.db.write(batch).await?;
+        self.expiry_changed.notify_one();
+        Ok(data)
+    }
+
+    async fn fetch_preview(&self, url: &str) -> Result<serde_json::Value> {
+        let max = self.config.url_preview.max_size.0;
+        let page = preview::fetch(&self.preview_policy, url, max).await?;
+        let mut out = serde_json::Map::new();
+        let image_url = if preview::is_html(&page.content_type) {
+            let html = String::from_utf8_lossy(&page.body);
+            let mut og = preview::parse_html(&html, &page.url);
+            let image = og.remove("og:image");
+            // Dimensions and type are set from the image we store, not trusted from the page.
+            og.retain(|k, _| !k.starts_with("og:image"));
+            for (k, v) in og {
+                out.insert(k, v.into());
+            }
+            image
+        } else {
+            None
+        };
+        let image = match image_url {
+            Some(u) => {
+                match preview::fetch(&self.preview_policy, &u, max.min(self.max_upload_size()))
+                    .await
+                {
+                    Ok(fetched) => Some(fetched.body),
+                    Err(e) => {
+                        tracing::debug!(error = %e, url = %u, "og:image not fetched");
+                        None
+                    }
+                }
+            }
+            // A URL that is itself an image previews as that image.
+            None if page.content_type.starts_with("image/") => Some(page.body),
+            None => None,
+        };
+        if let Some(body) = image.filter(|b| b.len() as u64 <= self.max_upload_size()) {
+            let sniffed = body.clone();
+            let info = tokio::task::spawn_blocking(move || {
+                let dims = thumbnail::dimensions(&sniffed)?;
+                let format = image::guess_format(&sniffed).ok()?;
+                Some((dims, format.to_mime_type()))
+            })
+            .await
+            .map_err(Error::internal)?;
+            if let Some(((w, h), mime)) = info {
+                let size = body.len();
+                let mxc = self.upload(None, Some(mime.to_owned()), None, body).await?;
+                out.insert("og:image".into(), mxc.to_string().into());
+                out.insert("og:image:type".into(), mime.into());
+                out.insert("og:image:width".into(), w.into());
+                out.insert("og:image:height".into(), h.into());
+                out.insert("matrix:image:size".into(), size.into());
+            }
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
