@@ -248,3 +248,55 @@ pub fn assert_err(resp: &(u16, Value), status: u16, errcode: &str) {
     assert_eq!(resp.0, status, "status of {}", resp.1);
     assert_eq!(resp.1["errcode"], errcode, "errcode of {}", resp.1);
 }
+
+/// Password of the accounts the helpers below create.
+pub const TEST_PASSWORD: &str = "a long password";
+
+impl TestServer {
+    /// Creates a room; its ID.
+    pub async fn create_room(&self, token: &str, body: Value) -> String {
+        let (status, resp) = self
+            .post("/_matrix/client/v3/createRoom", Some(token), body)
+            .await;
+        assert_eq!(status, 200, "{resp}");
+        resp["room_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends a text message whose transaction ID is its text; the event ID.
+    pub async fn say(&self, token: &str, room: &str, text: &str) -> String {
+        let (status, body) = self
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{room}/send/m.room.message/{}",
+                    enc(text)
+                ),
+                Some(token),
+                json!({ "msgtype": "m.text", "body": text }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["event_id"].as_str().unwrap().to_owned()
+    }
+
+    /// A matrix-sdk client logged in as `name` (a new device each time).
+    pub async fn sdk_login(&self, name: &str) -> matrix_sdk::Client {
+        let client = matrix_sdk::Client::builder()
+            .homeserver_url(self.url())
+            .build()
+            .await
+            .expect("client builds");
+        client
+            .matrix_auth()
+            .login_username(name, TEST_PASSWORD)
+            .send()
+            .await
+            .expect("login");
+        client
+    }
+
+    /// Registers `name` and logs a matrix-sdk client in.
+    pub async fn sdk_user(&self, name: &str) -> matrix_sdk::Client {
+        self.register(name, TEST_PASSWORD).await;
+        self.sdk_login(name).await
+    }
+}

@@ -7,26 +7,9 @@ use matrix_sdk::{
     config::SyncSettings,
     room::MessagesOptions,
     ruma::{api::client::room::create_room, events::room::message::RoomMessageEventContent, uint},
-    Client,
 };
 
 use crate::common::TestServer;
-
-async fn logged_in(server: &TestServer, name: &str) -> Client {
-    server.register(name, "a long password").await;
-    let client = Client::builder()
-        .homeserver_url(server.url())
-        .build()
-        .await
-        .expect("client builds");
-    client
-        .matrix_auth()
-        .login_username(name, "a long password")
-        .send()
-        .await
-        .expect("login");
-    client
-}
 
 fn settings() -> SyncSettings {
     SyncSettings::default().timeout(Duration::from_millis(200))
@@ -35,8 +18,8 @@ fn settings() -> SyncSettings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_message_is_decrypted_by_the_other_member() {
     let server = TestServer::start().await;
-    let alice = logged_in(&server, "alice").await;
-    let bob = logged_in(&server, "bob").await;
+    let alice = server.sdk_user("alice").await;
+    let bob = server.sdk_user("bob").await;
     // The first syncs upload each device's identity and one-time keys.
     alice.sync_once(settings()).await.expect("alice syncs");
     bob.sync_once(settings()).await.expect("bob syncs");
@@ -111,27 +94,11 @@ async fn encrypted_message_is_decrypted_by_the_other_member() {
     assert_eq!(body, "the secret plan");
 }
 
-/// A second client of an existing user (a new device).
-async fn second_device(server: &TestServer, name: &str) -> Client {
-    let client = Client::builder()
-        .homeserver_url(server.url())
-        .build()
-        .await
-        .expect("client builds");
-    client
-        .matrix_auth()
-        .login_username(name, "a long password")
-        .send()
-        .await
-        .expect("login");
-    client
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_signed_second_device_decrypts_new_messages() {
     let server = TestServer::start().await;
-    let alice = logged_in(&server, "alice").await;
-    let bob = logged_in(&server, "bob").await;
+    let alice = server.sdk_user("alice").await;
+    let bob = server.sdk_user("bob").await;
     alice.sync_once(settings()).await.expect("alice syncs");
     bob.sync_once(settings()).await.expect("bob syncs");
     // Bob sets up cross-signing (the first upload needs no password).
@@ -155,7 +122,7 @@ async fn a_cross_signed_second_device_decrypts_new_messages() {
         .expect("bob joins");
 
     // Bob logs in on a second device and signs it from the first with his self-signing key.
-    let bob2 = second_device(&server, "bob").await;
+    let bob2 = server.sdk_login("bob").await;
     bob2.sync_once(settings())
         .await
         .expect("bob's second device syncs");

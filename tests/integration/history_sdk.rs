@@ -7,28 +7,11 @@ use matrix_sdk::{
         api::client::room::create_room, events::room::message::RoomMessageEventContent, uint,
         OwnedEventId, RoomVersionId,
     },
-    Client,
 };
 
 use crate::common::TestServer;
 
 const MESSAGES: usize = 1_000;
-
-async fn logged_in(server: &TestServer, name: &str) -> Client {
-    server.register(name, "a long password").await;
-    let client = Client::builder()
-        .homeserver_url(server.url())
-        .build()
-        .await
-        .expect("client builds");
-    client
-        .matrix_auth()
-        .login_username(name, "a long password")
-        .send()
-        .await
-        .expect("login");
-    client
-}
 
 /// Event IDs of the `m.room.message` events of a page, in the order the server gave them.
 fn message_ids(chunk: &[matrix_sdk::deserialized_responses::TimelineEvent]) -> Vec<OwnedEventId> {
@@ -70,8 +53,8 @@ async fn page_all(room: &Room, forward: bool) -> Vec<OwnedEventId> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_messages_page_in_exact_order_with_context() {
     let server = TestServer::start().await;
-    let alice = logged_in(&server, "alice").await;
-    let bob = logged_in(&server, "bob").await;
+    let alice = server.sdk_user("alice").await;
+    let bob = server.sdk_user("bob").await;
     let bob_id = bob.user_id().expect("bob is logged in").to_owned();
 
     let room = alice

@@ -9,26 +9,9 @@ use matrix_sdk::{
         events::room::MediaSource,
         uint, OwnedMxcUri,
     },
-    Client,
 };
 
 use crate::common::TestServer;
-
-async fn logged_in(server: &TestServer, name: &str) -> Client {
-    server.register(name, "a long password").await;
-    let client = Client::builder()
-        .homeserver_url(server.url())
-        .build()
-        .await
-        .expect("client builds");
-    client
-        .matrix_auth()
-        .login_username(name, "a long password")
-        .send()
-        .await
-        .expect("login");
-    client
-}
 
 /// A 300×200 PNG with a gradient, so thumbnails are real work.
 pub fn png(width: u32, height: u32) -> Vec<u8> {
@@ -45,8 +28,8 @@ pub fn png(width: u32, height: u32) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_sent_in_a_room_is_downloaded_and_thumbnailed_by_another_member() {
     let server = TestServer::start().await;
-    let alice = logged_in(&server, "alice").await;
-    let bob = logged_in(&server, "bob").await;
+    let alice = server.sdk_user("alice").await;
+    let bob = server.sdk_user("bob").await;
     let bob_id = bob.user_id().expect("bob is logged in").to_owned();
 
     let room = alice

@@ -6,14 +6,6 @@ use crate::common::{assert_err, enc, TestServer};
 
 const PASSWORD: &str = "a long password";
 
-async fn create_room(server: &TestServer, token: &str, body: Value) -> String {
-    let (status, resp) = server
-        .post("/_matrix/client/v3/createRoom", Some(token), body)
-        .await;
-    assert_eq!(status, 200, "{resp}");
-    resp["room_id"].as_str().unwrap().to_owned()
-}
-
 async fn join(server: &TestServer, token: &str, room: &str) -> (u16, Value) {
     server
         .post(
@@ -50,9 +42,7 @@ async fn knock_then_invite_then_join() {
     let server = TestServer::start().await;
     let (_, alice, _) = server.register("alice", PASSWORD).await;
     let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
-    let room = create_room(
-        &server,
-        &alice,
+    let room = server.create_room(&alice,
         json!({ "initial_state": [{ "type": "m.room.join_rules", "content": { "join_rule": "knock" } }] }),
     )
     .await;
@@ -96,7 +86,7 @@ async fn knock_then_invite_then_join() {
     assert_eq!(member["membership"], "join");
 
     // Rooms whose join rule is not knock refuse knocks, and room versions before 7 have none.
-    let closed = create_room(&server, &alice, json!({})).await;
+    let closed = server.create_room(&alice, json!({})).await;
     let knock = |room: String| {
         let server = &server;
         let bob = &bob;
@@ -111,9 +101,7 @@ async fn knock_then_invite_then_join() {
         }
     };
     assert_err(&knock(closed).await, 403, "M_FORBIDDEN");
-    let old = create_room(
-        &server,
-        &alice,
+    let old = server.create_room(&alice,
         json!({ "room_version": "6",
                 "initial_state": [{ "type": "m.room.join_rules", "content": { "join_rule": "knock" } }] }),
     )
@@ -136,19 +124,19 @@ async fn restricted_join_through_space_membership() {
     let (carol_id, carol, _) = server.register("carol", PASSWORD).await;
     let (dave_id, dave, _) = server.register("dave", PASSWORD).await;
 
-    let space = create_room(
-        &server,
-        &alice,
-        json!({ "preset": "public_chat", "creation_content": { "type": "m.space" } }),
-    )
-    .await;
+    let space = server
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "creation_content": { "type": "m.space" } }),
+        )
+        .await;
     let restricted = |rule: &str| {
         json!({ "initial_state": [{ "type": "m.room.join_rules", "content": {
             "join_rule": rule,
             "allow": [{ "type": "m.room_membership", "room_id": space }],
         } }] })
     };
-    let room = create_room(&server, &alice, restricted("restricted")).await;
+    let room = server.create_room(&alice, restricted("restricted")).await;
 
     // Not in the space: refused.
     assert_err(&join(&server, &bob, &room).await, 403, "M_FORBIDDEN");
@@ -170,7 +158,9 @@ async fn restricted_join_through_space_membership() {
     assert!(member.get("join_authorised_via_users_server").is_none());
 
     // knock_restricted: outsiders may knock instead; space members join directly.
-    let kr = create_room(&server, &alice, restricted("knock_restricted")).await;
+    let kr = server
+        .create_room(&alice, restricted("knock_restricted"))
+        .await;
     assert_err(&join(&server, &dave, &kr).await, 403, "M_FORBIDDEN");
     let (status, _) = server
         .post(
@@ -187,9 +177,7 @@ async fn restricted_join_through_space_membership() {
     assert_eq!(join(&server, &bob, &kr).await.0, 200);
 
     // Restricted rooms need room version 8 or later.
-    let old = create_room(
-        &server,
-        &alice,
+    let old = server.create_room(&alice,
         json!({ "room_version": "7", "initial_state": [{ "type": "m.room.join_rules", "content": {
             "join_rule": "restricted", "allow": [{ "type": "m.room_membership", "room_id": space }],
         } }] }),
@@ -204,9 +192,7 @@ async fn upgrade_moves_state_aliases_and_directory() {
     let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
     let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
     let (carol_id, _, _) = server.register("carol", PASSWORD).await;
-    let old = create_room(
-        &server,
-        &alice,
+    let old = server.create_room(&alice,
         json!({
             "room_version": "11", "preset": "public_chat", "visibility": "public",
             "name": "Plans", "topic": "what we do next", "room_alias_name": "plans",
@@ -340,18 +326,6 @@ async fn messages(server: &TestServer, token: &str, room: &str) -> (u16, Vec<Str
     (status, bodies)
 }
 
-async fn say(server: &TestServer, token: &str, room: &str, text: &str) -> String {
-    let (status, body) = server
-        .put(
-            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{text}"),
-            Some(token),
-            json!({ "msgtype": "m.text", "body": text }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["event_id"].as_str().unwrap().to_owned()
-}
-
 async fn set_visibility(server: &TestServer, token: &str, room: &str, v: &str) {
     let (status, body) = server
         .put(
@@ -370,18 +344,15 @@ async fn history_visibility_is_applied_per_event() {
     let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
     let (carol_id, carol, _) = server.register("carol", PASSWORD).await;
     let (_, dave, _) = server.register("dave", PASSWORD).await;
-    let room = create_room(
-        &server,
-        &alice,
-        json!({ "preset": "public_chat", "name": "before" }),
-    )
-    .await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat", "name": "before" }))
+        .await;
 
     // `joined`: what was said before bob joined stays hidden from him.
     set_visibility(&server, &alice, &room, "joined").await;
-    let early = say(&server, &alice, &room, "early").await;
+    let early = server.say(&alice, &room, "early").await;
     assert_eq!(join(&server, &bob, &room).await.0, 200);
-    say(&server, &alice, &room, "welcome").await;
+    server.say(&alice, &room, "welcome").await;
     assert_eq!(
         messages(&server, &bob, &room).await,
         (200, vec!["welcome".to_owned()])
@@ -403,7 +374,7 @@ async fn history_visibility_is_applied_per_event() {
 
     // `shared`: a later member sees everything from the switch on, not what `joined` hid.
     set_visibility(&server, &alice, &room, "shared").await;
-    say(&server, &alice, &room, "shared-1").await;
+    server.say(&alice, &room, "shared-1").await;
     assert_eq!(join(&server, &carol, &room).await.0, 200);
     assert_eq!(
         messages(&server, &carol, &room).await,
@@ -427,7 +398,7 @@ async fn history_visibility_is_applied_per_event() {
         )
         .await;
     assert_eq!(status, 200);
-    say(&server, &alice, &room, "after-bob").await;
+    server.say(&alice, &room, "after-bob").await;
     let (status, _) = server
         .put(
             &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"),
@@ -485,7 +456,7 @@ async fn history_visibility_is_applied_per_event() {
         .await;
     assert_err(&(status, body), 403, "M_FORBIDDEN");
     set_visibility(&server, &alice, &room, "world_readable").await;
-    say(&server, &alice, &room, "public").await;
+    server.say(&alice, &room, "public").await;
     assert_eq!(
         messages(&server, &dave, &room).await,
         (200, vec!["public".to_owned()])
@@ -502,13 +473,15 @@ async fn lazy_loading_returns_only_the_senders_members() {
     let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
     let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
     let (_, carol, _) = server.register("carol", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     for t in [&bob, &carol] {
         assert_eq!(join(&server, t, &room).await.0, 200);
     }
     let mut last = String::new();
     for i in 0..5 {
-        last = say(&server, &bob, &room, &format!("bob-{i}")).await;
+        last = server.say(&bob, &room, &format!("bob-{i}")).await;
     }
     let members_of = |state: &Value| -> Vec<String> {
         let mut m: Vec<String> = state
@@ -577,9 +550,11 @@ async fn forgetting_a_room_ends_access_to_it() {
     let server = TestServer::start().await;
     let (_, alice, _) = server.register("alice", PASSWORD).await;
     let (_, bob, _) = server.register("bob", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     assert_eq!(join(&server, &bob, &room).await.0, 200);
-    say(&server, &alice, &room, "hello").await;
+    server.say(&alice, &room, "hello").await;
     let forget = |token: String| {
         let server = &server;
         let room = room.clone();

@@ -6,14 +6,6 @@ use crate::common::{assert_err, enc, TestServer};
 
 const PASSWORD: &str = "a long password";
 
-async fn create_room(server: &TestServer, token: &str, body: Value) -> String {
-    let (status, resp) = server
-        .post("/_matrix/client/v3/createRoom", Some(token), body)
-        .await;
-    assert_eq!(status, 200, "{resp}");
-    resp["room_id"].as_str().unwrap().to_owned()
-}
-
 async fn send_text(
     server: &TestServer,
     token: &str,
@@ -36,9 +28,7 @@ async fn every_room_version_creates_joins_sends_and_redacts() {
     let (_, alice, _) = server.register("alice", PASSWORD).await;
     let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
     for version in 1..=12 {
-        let room = create_room(
-            &server,
-            &alice,
+        let room = server.create_room(&alice,
             json!({ "room_version": version.to_string(), "preset": "public_chat", "name": format!("v{version}") }),
         )
         .await;
@@ -103,7 +93,7 @@ async fn every_room_version_creates_joins_sends_and_redacts() {
 async fn messages_pages_through_history_in_both_directions() {
     let server = TestServer::start().await;
     let (_, alice, _) = server.register("alice", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({})).await;
+    let room = server.create_room(&alice, json!({})).await;
     let mut sent = Vec::new();
     for i in 0..60 {
         let (status, body) =
@@ -157,7 +147,9 @@ async fn power_levels_and_membership_rules_are_enforced() {
     let (carol_id, carol, _) = server.register("carol", PASSWORD).await;
 
     // Invite-only room: carol cannot join uninvited.
-    let private = create_room(&server, &alice, json!({ "preset": "private_chat" })).await;
+    let private = server
+        .create_room(&alice, json!({ "preset": "private_chat" }))
+        .await;
     let join = |token: String, room: String| {
         let server = &server;
         async move {
@@ -183,7 +175,9 @@ async fn power_levels_and_membership_rules_are_enforced() {
     assert_eq!(join(carol.clone(), private.clone()).await.0, 200);
 
     // Public room: bob (power 0) cannot change state, kick, ban or redact others.
-    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     assert_eq!(join(bob.clone(), room.clone()).await.0, 200);
     assert_eq!(join(carol.clone(), room.clone()).await.0, 200);
     let (_, msg) = send_text(&server, &carol, &room, "c1", "hi").await;
@@ -279,7 +273,9 @@ async fn rooms_refuse_bad_input_and_outsiders() {
     let server = TestServer::start().await;
     let (_, alice, _) = server.register("alice", PASSWORD).await;
     let (_, eve, _) = server.register("eve", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({ "name": "secret" })).await;
+    let room = server
+        .create_room(&alice, json!({ "name": "secret" }))
+        .await;
     assert_err(
         &server
             .get("/_matrix/client/v3/rooms/not-a-room/messages", Some(&alice))
@@ -324,7 +320,7 @@ async fn rooms_refuse_bad_input_and_outsiders() {
 async fn room_history_survives_restart() {
     let mut server = TestServer::start().await;
     let (_, alice, _) = server.register("alice", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({})).await;
+    let room = server.create_room(&alice, json!({})).await;
     for i in 0..20 {
         assert_eq!(
             send_text(&server, &alice, &room, &format!("a{i}"), "before")
@@ -412,7 +408,9 @@ async fn busy_room_survives_restart_without_losing_acknowledged_events() {
     let (_, alice, _) = server.register("alice", PASSWORD).await;
     let (_, bob, _) = server.register("bob", PASSWORD).await;
     let (_, carol, _) = server.register("carol", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     for t in [&bob, &carol] {
         let (status, _) = server
             .post(
@@ -528,9 +526,7 @@ async fn events_hearth_builds_verify_with_ruma_signatures() {
     for version in 1..=12 {
         let version_id = RoomVersionId::try_from(version.to_string()).unwrap();
         let rules = version_id.rules().unwrap();
-        let room_id = create_room(
-            &server,
-            &alice,
+        let room_id = server.create_room(&alice,
             json!({ "room_version": version.to_string(), "preset": "public_chat", "name": "signed" }),
         )
         .await;

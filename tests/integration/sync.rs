@@ -9,14 +9,6 @@ use crate::common::{assert_err, enc, TestServer};
 
 const PASSWORD: &str = "a long password";
 
-async fn create_room(server: &TestServer, token: &str, body: Value) -> String {
-    let (status, resp) = server
-        .post("/_matrix/client/v3/createRoom", Some(token), body)
-        .await;
-    assert_eq!(status, 200, "{resp}");
-    resp["room_id"].as_str().unwrap().to_owned()
-}
-
 async fn join(server: &TestServer, token: &str, room: &str) {
     let (status, body) = server
         .post(
@@ -26,21 +18,6 @@ async fn join(server: &TestServer, token: &str, room: &str) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-}
-
-async fn say(server: &TestServer, token: &str, room: &str, text: &str) -> String {
-    let (status, body) = server
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{room}/send/m.room.message/{}",
-                enc(text)
-            ),
-            Some(token),
-            json!({ "msgtype": "m.text", "body": text }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["event_id"].as_str().unwrap().to_owned()
 }
 
 async fn sync(server: &TestServer, token: &str, query: &str) -> Value {
@@ -70,7 +47,9 @@ async fn long_poll_wakes_with_the_new_event_and_otherwise_times_out() {
     let (_, alice, _) = server.register("alice", PASSWORD).await;
     let (_, bob, _) = server.register("bob", PASSWORD).await;
     let (_, carol, _) = server.register("carol", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     join(&server, &bob, &room).await;
 
     // Initial sync: the room with its state and recent timeline.
@@ -110,7 +89,7 @@ async fn long_poll_wakes_with_the_new_event_and_otherwise_times_out() {
         !waiting.is_finished(),
         "nothing new yet: the sync must hold"
     );
-    say(&server, &alice, &room, "wake up").await;
+    server.say(&alice, &room, "wake up").await;
     let woken = tokio::time::timeout(Duration::from_secs(30), waiting)
         .await
         .expect("the sync was woken")
@@ -142,7 +121,7 @@ async fn long_poll_wakes_with_the_new_event_and_otherwise_times_out() {
                 .unwrap()
         }
     });
-    say(&server, &alice, &room, "not for carol").await;
+    server.say(&alice, &room, "not for carol").await;
     let carol_resp = carol_wait.await.unwrap();
     assert!(
         carol_resp["rooms"]["join"]
@@ -165,13 +144,15 @@ async fn gappy_timeline_pages_into_messages_and_members_are_lazy_loaded() {
     let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
     let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
     let (_, carol, _) = server.register("carol", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     join(&server, &bob, &room).await;
     join(&server, &carol, &room).await;
     let first = sync(&server, &carol, "").await;
     let since = first["next_batch"].as_str().unwrap().to_owned();
     for i in 0..25 {
-        say(&server, &bob, &room, &format!("m{i}")).await;
+        server.say(&bob, &room, &format!("m{i}")).await;
     }
     let filter = enc(&json!({
         "room": { "timeline": { "limit": 5 }, "state": { "lazy_load_members": true } }
@@ -216,9 +197,11 @@ async fn typing_receipts_and_account_data_reach_the_other_client() {
     let server = TestServer::start().await;
     let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
     let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     join(&server, &bob, &room).await;
-    let message = say(&server, &alice, &room, "hello").await;
+    let message = server.say(&alice, &room, "hello").await;
     let bob_since = sync(&server, &bob, "").await["next_batch"]
         .as_str()
         .unwrap()
@@ -373,8 +356,8 @@ async fn typing_receipts_and_account_data_reach_the_other_client() {
 async fn filters_and_tokens_are_checked_and_survive_restart() {
     let mut server = TestServer::start().await;
     let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({})).await;
-    say(&server, &alice, &room, "before").await;
+    let room = server.create_room(&alice, json!({})).await;
+    server.say(&alice, &room, "before").await;
 
     // A stored filter, used by ID.
     let (status, created) = server
@@ -449,7 +432,7 @@ async fn filters_and_tokens_are_checked_and_survive_restart() {
 
     // A since token from before a restart still works after it.
     server.restart().await;
-    say(&server, &alice, &room, "after").await;
+    server.say(&alice, &room, "after").await;
     let resp = sync(&server, &alice, &format!("since={since}&timeout=10000")).await;
     assert_eq!(bodies(&resp["rooms"]["join"][room.as_str()]), vec!["after"]);
 }
@@ -473,7 +456,9 @@ async fn presence_goes_online_then_unavailable_then_offline() {
     let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
     let (_, bob, _) = server.register("bob", PASSWORD).await;
     let (_, carol, _) = server.register("carol", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     join(&server, &bob, &room).await;
 
     // Alice's sync makes her online; bob (who shares a room) sees it, with her status message.
@@ -556,7 +541,9 @@ async fn push_rules_produce_unread_counts_and_notifications() {
     let server = TestServer::start().await;
     let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
     let (_, bob, _) = server.register("bob", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     join(&server, &bob, &room).await;
     let first = sync(&server, &alice, "").await;
     // The first sync carries the default push rules.
@@ -576,8 +563,8 @@ async fn push_rules_produce_unread_counts_and_notifications() {
     let plain = enc("{}");
 
     // Two plain messages and one that mentions alice: three notifications, one highlight.
-    say(&server, &bob, &room, "one").await;
-    say(&server, &bob, &room, "two").await;
+    server.say(&bob, &room, "one").await;
+    server.say(&bob, &room, "two").await;
     let (status, mention) = server
         .put(
             &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/m3"),
@@ -655,7 +642,7 @@ async fn push_rules_produce_unread_counts_and_notifications() {
     let (status, got) = server.get(&rule, Some(&alice)).await;
     assert_eq!(status, 200);
     assert_eq!(got["actions"], json!([]));
-    say(&server, &bob, &room, "muted").await;
+    server.say(&bob, &room, "muted").await;
     // Mentions are override rules and still notify; once this one is counted, the muted message
     // before it (evaluated in order) has been evaluated too.
     let (status, _) = server
@@ -743,7 +730,9 @@ async fn device_lists_keys_and_transaction_ids() {
     let server = TestServer::start().await;
     let (alice_id, alice, _) = server.register("alice", PASSWORD).await;
     let (bob_id, bob, bob_device) = server.register("bob", PASSWORD).await;
-    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     join(&server, &bob, &room).await;
     let mut since = sync(&server, &alice, "").await["next_batch"]
         .as_str()
