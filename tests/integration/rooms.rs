@@ -586,3 +586,19 @@ async fn events_hearth_builds_verify_with_ruma_signatures() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_concurrent_creations_make_distinct_rooms() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    // Same user, same body, at once: v12 room IDs are create-event hashes, yet each request
+    // must get a room of its own.
+    let creations = (0..20).map(|_| server.create_room(&alice, json!({})));
+    let rooms = futures_util::future::join_all(creations).await;
+    let distinct: std::collections::BTreeSet<&String> = rooms.iter().collect();
+    assert_eq!(distinct.len(), rooms.len(), "{rooms:?}");
+    let (_, joined) = server
+        .get("/_matrix/client/v3/joined_rooms", Some(&alice))
+        .await;
+    assert_eq!(joined["joined_rooms"].as_array().unwrap().len(), 20);
+}

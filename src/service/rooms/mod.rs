@@ -141,6 +141,8 @@ pub struct Service {
     room_locks: Mutex<HashMap<ShortId, Arc<pipeline::RoomSlot>>>,
     /// Serialises alias creation and deletion (check, then write).
     alias_lock: tokio::sync::Mutex<()>,
+    /// Serialises claiming new room IDs (see `create_room`).
+    create_lock: tokio::sync::Mutex<()>,
 }
 
 impl Service {
@@ -161,6 +163,7 @@ impl Service {
             event_listener: std::sync::OnceLock::new(),
             room_locks: Mutex::new(HashMap::new()),
             alias_lock: tokio::sync::Mutex::new(()),
+            create_lock: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -359,24 +359,37 @@ impl Service {
             create_content["creator"] = sender.as_str().into();
         }
         let create = NewEvent::state(StateEventType::RoomCreate, "", create_content);
-        let v1_room_id = (!rules.authorization.room_create_event_id_as_room_id)
-            .then(|| RoomId::new_v1(&self.server_name));
-        let (event_id, object) =
-            self.build(&rules, v1_room_id.as_deref(), sender, &create, &[], &[], 1)?;
-        let room_id = match v1_room_id {
-            Some(id) => id,
-            None => OwnedRoomId::try_from(format!("!{}", event_id.localpart()))
-                .map_err(|e| Error::internal(format!("v12 room ID: {e}")))?,
+        // A v12 room ID is the hash of its create event, so two identical creations in the same
+        // millisecond would name the same room: room IDs are claimed one at a time, and a taken
+        // one is built again a millisecond later.
+        let claim = self.create_lock.lock().await;
+        let (event_id, object, room_id, room) = loop {
+            let v1_room_id = (!rules.authorization.room_create_event_id_as_room_id)
+                .then(|| RoomId::new_v1(&self.server_name));
+            let (event_id, object) =
+                self.build(&rules, v1_room_id.as_deref(), sender, &create, &[], &[], 1)?;
+            let room_id = match v1_room_id {
+                Some(id) => id,
+                None => OwnedRoomId::try_from(format!("!{}", event_id.localpart()))
+                    .map_err(|e| Error::internal(format!("v12 room ID: {e}")))?,
+            };
+            if self.room_short(&room_id)?.is_some() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                continue;
+            }
+            let pdu = Pdu::from_canonical(event_id.clone(), &object).map_err(Error::internal)?;
+            state_res::check_state_independent_auth_rules(
+                &rules.authorization,
+                &pdu,
+                |_: &EventId| None::<Pdu>,
+            )
+            .map_err(|e| Error::bad_json(format!("Invalid create event: {e}")))?;
+            let room = self
+                .shortids
+                .get_or_create(IdKind::Room, room_id.as_str())?;
+            break (event_id, object, room_id, room);
         };
-        let pdu = Pdu::from_canonical(event_id.clone(), &object).map_err(Error::internal)?;
-        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |_: &EventId| {
-            None::<Pdu>
-        })
-        .map_err(|e| Error::bad_json(format!("Invalid create event: {e}")))?;
-
-        let room = self
-            .shortids
-            .get_or_create(IdKind::Room, room_id.as_str())?;
+        drop(claim);
         let lock = self.room_lock(room);
         let _guard = lock.lock().await;
         let mut batch = Batch::new();
