@@ -3,13 +3,18 @@
 # Hearth and a fresh Synapse (on PostgreSQL when its server binaries are here, else SQLite), runs
 # `hearth-bench compare` for each scenario and stops everything on exit. Loopback only.
 #
-#   bench/run.sh [--install] [--sqlite] [--keep] [--send-args "..."] [--messages-args "..."]
+#   bench/run.sh [--install] [--sqlite] [--keep] [--scenarios "..."] [--send-args "..."] ...
 #
-#   --install         apt-get install postgresql when its server binaries are missing
-#   --sqlite          run Synapse on SQLite even when PostgreSQL is available
-#   --keep            keep the temporary directories (data, configs, logs) for inspection
-#   --send-args       extra options for the send scenario, e.g. "--senders 20 --messages 2000"
-#   --messages-args   extra options for the messages scenario, e.g. "--duration 10"
+#   --install              apt-get install postgresql when its server binaries are missing
+#   --sqlite               run Synapse on SQLite even when PostgreSQL is available
+#   --keep                 keep the temporary directories (data, configs, logs) for inspection
+#   --scenarios            which scenarios, in order (default: send messages initial-sync
+#                          sync-latency sync-memory; sync-memory last, it leaves the most behind)
+#   --send-args            extra options for send, e.g. "--senders 20 --messages 2000"
+#   --messages-args        extra options for messages, e.g. "--duration 10"
+#   --sync-latency-args    extra options for sync-latency, e.g. "--idle 500 --messages 100"
+#   --sync-memory-args     extra options for sync-memory, e.g. "--polls 5000"
+#   --initial-sync-args    extra options for initial-sync, e.g. "--rooms 200"
 #
 # Environment: VENV (Synapse virtualenv, default /root/.cache/hearth-venv), CARGO_TARGET_DIR.
 set -euo pipefail
@@ -17,8 +22,12 @@ set -euo pipefail
 INSTALL=0
 FORCE_SQLITE=0
 KEEP=0
+SCENARIOS="send messages initial-sync sync-latency sync-memory"
 SEND_ARGS=""
 MESSAGES_ARGS=""
+SYNC_LATENCY_ARGS=""
+SYNC_MEMORY_ARGS=""
+INITIAL_SYNC_ARGS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --install) INSTALL=1 ;;
@@ -26,10 +35,21 @@ while [[ $# -gt 0 ]]; do
         --keep) KEEP=1 ;;
         --send-args) SEND_ARGS="$2"; shift ;;
         --messages-args) MESSAGES_ARGS="$2"; shift ;;
-        -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --sync-latency-args) SYNC_LATENCY_ARGS="$2"; shift ;;
+        --sync-memory-args) SYNC_MEMORY_ARGS="$2"; shift ;;
+        --initial-sync-args) INITIAL_SYNC_ARGS="$2"; shift ;;
+        --scenarios) SCENARIOS="$2"; shift ;;
+        -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
+done
+
+for scenario in $SCENARIOS; do
+    case "$scenario" in
+        send | messages | sync-latency | sync-memory | initial-sync) ;;
+        *) echo "run.sh: unknown scenario $scenario (see --help)" >&2; exit 2 ;;
+    esac
 done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -116,6 +136,16 @@ wait_for() {
     done
     die "$name did not answer $url/_matrix/client/versions within ${seconds}s"
 }
+
+# --- open files ------------------------------------------------------------------------------------
+# sync-memory holds 10,000 long-polls: one descriptor each in hearth-bench and in the server, which
+# inherit this limit (Synapse raises its soft limit to the hard one itself). Root may raise the
+# hard limit; anyone may raise the soft one up to it.
+WANT_FDS=65536
+if (( $(ulimit -n) < WANT_FDS )); then
+    ulimit -n "$WANT_FDS" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fi
+log "open files limit: $(ulimit -n)"
 
 # --- build -----------------------------------------------------------------------------------------
 log "building release binaries (may wait for cargo's lock on the shared target dir)"
@@ -300,6 +330,9 @@ SYNAPSE_PID=$!
 wait_for Hearth "$HEARTH_URL" "$HEARTH_PID" 30
 # The first start of Synapse creates its schema, which takes a while on PostgreSQL.
 wait_for Synapse "$SYNAPSE_URL" "$SYNAPSE_PID" 180
+rss_of() { awk '/^VmRSS:/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo '?'; }
+FRESH_RSS="fresh after startup: hearth (pid $HEARTH_PID, $(cat "/proc/$HEARTH_PID/comm")) RSS $(rss_of "$HEARTH_PID"), synapse (pid $SYNAPSE_PID, $(cat "/proc/$SYNAPSE_PID/comm")) RSS $(rss_of "$SYNAPSE_PID")"
+log "$FRESH_RSS"
 
 # --- scenarios -------------------------------------------------------------------------------------
 log "machine: $(nproc) cores; hearth $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (+ working tree)"
@@ -332,10 +365,11 @@ run_scenario() {
     local scenario=$1 extra=$2 before after
     log "scenario $scenario ${extra:+($extra)}"
     before=$(cpu_snapshot)
+    # The PIDs let the sync scenarios read the servers' memory and descriptors from /proc.
     # shellcheck disable=SC2086 # extra options are meant to split into words
     if ! "$BIN/hearth-bench" compare \
-        --hearth "$HEARTH_URL" --hearth-secret "$HEARTH_SECRET" \
-        --synapse "$SYNAPSE_URL" --synapse-secret "$SYNAPSE_SECRET" \
+        --hearth "$HEARTH_URL" --hearth-secret "$HEARTH_SECRET" --hearth-pid "$HEARTH_PID" \
+        --synapse "$SYNAPSE_URL" --synapse-secret "$SYNAPSE_SECRET" --synapse-pid "$SYNAPSE_PID" \
         "$scenario" $extra | tee "$WORK/$scenario.out"; then
         log "scenario $scenario reported failures"
         RC=1
@@ -349,12 +383,25 @@ run_scenario() {
     kill -0 "$HEARTH_PID" 2>/dev/null || { log "Hearth is no longer running"; RC=1; }
     kill -0 "$SYNAPSE_PID" 2>/dev/null || { log "Synapse is no longer running"; RC=1; }
 }
-run_scenario send "$SEND_ARGS"
-run_scenario messages "$MESSAGES_ARGS"
+STARTED_AT=$SECONDS
+for scenario in $SCENARIOS; do
+    case "$scenario" in
+        send) run_scenario send "$SEND_ARGS" ;;
+        messages) run_scenario messages "$MESSAGES_ARGS" ;;
+        sync-latency) run_scenario sync-latency "$SYNC_LATENCY_ARGS" ;;
+        sync-memory) run_scenario sync-memory "$SYNC_MEMORY_ARGS" ;;
+        initial-sync) run_scenario initial-sync "$INITIAL_SYNC_ARGS" ;;
+    esac
+done
 
-log "summary (Synapse on $DB_DESC)"
+log "summary (Synapse on $DB_DESC; scenarios took $((SECONDS - STARTED_AT)) s)"
 for line in "${CPU_REPORT[@]}"; do log "$line"; done
-grep -h '^{"' "$WORK/send.out" "$WORK/messages.out" | grep '"type":"ratio"\|"type":"error"' >&2 || true
+log "$FRESH_RSS; at the end: hearth $(rss_of "$HEARTH_PID"), synapse $(rss_of "$SYNAPSE_PID")"
+[[ " $SCENARIOS " == *" sync-memory "* ]] \
+    && log "sync-memory counts each server process only: Synapse's PostgreSQL is not in its RSS"
+for scenario in $SCENARIOS; do
+    grep -h '^{"' "$WORK/$scenario.out" | grep '"type":"ratio"\|"type":"error"' >&2 || true
+done
 if [[ -s "$WORK/hearth.log" ]]; then
     log "Hearth logged $(wc -l <"$WORK/hearth.log") lines at warn or above; the last ones:"
     tail -n 10 "$WORK/hearth.log" >&2

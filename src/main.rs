@@ -72,6 +72,9 @@ fn main() -> ExitCode {
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking work is mostly database writes, which RocksDB groups anyway; a bounded pool
+        // keeps bursts from growing hundreds of threads (and their allocator arenas).
+        .max_blocking_threads(32)
         .build()
     {
         Ok(rt) => rt,

@@ -2,7 +2,10 @@
 //! spec (and Synapse's admin registration) rather than any one server, so every homeserver is
 //! driven by exactly the same bytes.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    time::{Duration, Instant},
+};
 
 use hmac::{Hmac, Mac};
 use reqwest::Method;
@@ -85,28 +88,105 @@ pub struct Page {
     pub end: Option<String>,
 }
 
+/// A `/sync` response and when its last byte arrived (before the JSON was parsed).
+#[derive(Debug)]
+pub struct SyncResponse {
+    pub body: Value,
+    /// Size of the body as sent.
+    pub bytes: usize,
+    pub received: Instant,
+}
+
+impl SyncResponse {
+    pub fn next_batch(&self) -> Result<String, Failure> {
+        str_field(&self.body, "next_batch")
+    }
+
+    /// The events of `room_id`'s timeline in this response, if the room is in `rooms.join`.
+    pub fn timeline(&self, room_id: &str) -> Vec<PageEvent> {
+        self.body
+            .pointer("/rooms/join")
+            .and_then(|j| j.get(room_id))
+            .and_then(|r| r.pointer("/timeline/events"))
+            .and_then(Value::as_array)
+            .map(|events| events.iter().map(page_event).collect())
+            .unwrap_or_default()
+    }
+
+    /// The sections of the response with something in them (`rooms.join`, `presence`, ...):
+    /// empty for a long-poll that ended with nothing to say. `device_one_time_keys_count` and
+    /// the like, which every response carries, do not count.
+    pub fn non_empty_sections(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let non_empty = |v: Option<&Value>| match v {
+            Some(Value::Object(m)) => !m.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            _ => false,
+        };
+        for kind in ["join", "invite", "leave", "knock"] {
+            if non_empty(self.body.pointer(&format!("/rooms/{kind}"))) {
+                out.push(format!("rooms.{kind}"));
+            }
+        }
+        for section in ["presence", "account_data", "to_device"] {
+            if non_empty(self.body.pointer(&format!("/{section}/events"))) {
+                out.push(section.to_owned());
+            }
+        }
+        for list in ["changed", "left"] {
+            if non_empty(self.body.pointer(&format!("/device_lists/{list}"))) {
+                out.push(format!("device_lists.{list}"));
+            }
+        }
+        out
+    }
+}
+
 /// A homeserver's client API, with one connection pool shared by every simulated user. Cloning
-/// is cheap and shares the pool.
+/// is cheap and shares the pool; [`Server::fresh_pool`] makes one with a pool of its own.
 #[derive(Clone)]
 pub struct Server {
     http: reqwest::Client,
     base: String,
     shared_secret: String,
+    timeout: Duration,
+    /// The server's process ID when it runs on this machine, for the scenarios that read its
+    /// memory, file descriptors or CPU time from /proc.
+    pub pid: Option<u32>,
 }
 
 impl Server {
-    pub fn new(base: &str, shared_secret: &str, timeout: Duration) -> Result<Server, String> {
-        let http = reqwest::Client::builder()
-            // Loopback only: an HTTP(S)_PROXY in the environment must not reroute the load.
-            .no_proxy()
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    pub fn new(
+        base: &str,
+        shared_secret: &str,
+        timeout: Duration,
+        pid: Option<u32>,
+    ) -> Result<Server, String> {
         Ok(Server {
-            http,
+            http: http_client(timeout)?,
             base: base.trim_end_matches('/').to_owned(),
             shared_secret: shared_secret.to_owned(),
+            timeout,
+            pid,
+        })
+    }
+
+    /// The same server behind a new, empty connection pool: its connections are opened, counted
+    /// and closed (when the last clone is dropped) independently of everyone else's.
+    pub fn fresh_pool(&self) -> Result<Server, String> {
+        Ok(Server {
+            http: http_client(self.timeout)?,
+            ..self.clone()
+        })
+    }
+
+    /// [`Server::fresh_pool`] whose requests may take up to `timeout` (for setup, which is not
+    /// measured and may queue behind a busy server).
+    pub fn fresh_pool_with_timeout(&self, timeout: Duration) -> Result<Server, String> {
+        Ok(Server {
+            http: http_client(timeout)?,
+            timeout,
+            ..self.clone()
         })
     }
 
@@ -118,6 +198,22 @@ impl Server {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Value, Failure> {
+        let (bytes, _) = self
+            .call_raw(method, path_and_query, token, body, None)
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| Failure::Malformed(format!("not JSON: {e}")))
+    }
+
+    /// [`Server::call`] without the parsing: the body of a 200 and when its last byte arrived.
+    /// `request_timeout` replaces the client's `--timeout` (long-polls outlast it).
+    async fn call_raw(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        request_timeout: Option<Duration>,
+    ) -> Result<(Vec<u8>, Instant), Failure> {
         let mut req = self
             .http
             .request(method, format!("{}{path_and_query}", self.base));
@@ -126,6 +222,9 @@ impl Server {
         }
         if let Some(body) = body {
             req = req.json(body);
+        }
+        if let Some(timeout) = request_timeout {
+            req = req.timeout(timeout);
         }
         let resp = req
             .send()
@@ -136,12 +235,14 @@ impl Server {
             .bytes()
             .await
             .map_err(|e| Failure::Transport(error_chain(&e)))?;
+        let received = Instant::now();
         if status != 200 {
             let text = String::from_utf8_lossy(&bytes);
             let body = text.chars().take(BODY_EXCERPT).collect();
             return Err(Failure::Status { status, body });
         }
-        serde_json::from_slice(&bytes).map_err(|e| Failure::Malformed(format!("not JSON: {e}")))
+        // `Bytes` to `Vec` reuses the buffer when nothing else holds it, as here.
+        Ok((Vec::from(bytes), received))
     }
 
     /// `GET /versions`: the server is up.
@@ -171,13 +272,40 @@ impl Server {
         })
     }
 
+    /// `POST /login` with a password: a new device and access token for an existing account.
+    pub async fn login(&self, username: &str, password: &str) -> Result<User, Failure> {
+        let body = json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": username },
+            "password": password,
+        });
+        let resp = self
+            .call(Method::POST, "/_matrix/client/v3/login", None, Some(&body))
+            .await?;
+        Ok(User {
+            user_id: str_field(&resp, "user_id")?,
+            token: str_field(&resp, "access_token")?,
+        })
+    }
+
     /// Creates a public room (anyone may join) and returns its ID.
     pub async fn create_room(
         &self,
         user: &User,
         room_version: Option<&str>,
     ) -> Result<String, Failure> {
-        let mut body = json!({ "preset": "public_chat", "name": "hearth-bench" });
+        self.create_named_room(user, room_version, "hearth-bench")
+            .await
+    }
+
+    /// [`Server::create_room`] with the given `m.room.name`.
+    pub async fn create_named_room(
+        &self,
+        user: &User,
+        room_version: Option<&str>,
+        name: &str,
+    ) -> Result<String, Failure> {
+        let mut body = json!({ "preset": "public_chat", "name": name });
         if let Some(v) = room_version {
             body["room_version"] = json!(v);
         }
@@ -243,20 +371,65 @@ impl Server {
             .get("chunk")
             .and_then(Value::as_array)
             .ok_or_else(|| Failure::Malformed("no `chunk` array".into()))?;
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
-        let events = chunk
-            .iter()
-            .map(|e| PageEvent {
-                event_id: text(e.get("event_id")),
-                kind: text(e.get("type")),
-                sender: text(e.get("sender")),
-                body: text(e.get("content").and_then(|c| c.get("body"))),
-            })
-            .collect();
         Ok(Page {
-            events,
-            end: text(resp.get("end")),
+            events: chunk.iter().map(page_event).collect(),
+            end: resp.get("end").and_then(Value::as_str).map(str::to_owned),
         })
+    }
+
+    /// `GET /sync` with the default filter: an initial sync without `since`, else a long-poll of
+    /// up to `timeout_ms`. `request_timeout` bounds the whole request on our side.
+    pub async fn sync(
+        &self,
+        user: &User,
+        since: Option<&str>,
+        timeout_ms: u64,
+        request_timeout: Duration,
+    ) -> Result<SyncResponse, Failure> {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(since) = since {
+            path.push_str("&since=");
+            path.push_str(&encode(since));
+        }
+        let (bytes, received) = self
+            .call_raw(
+                Method::GET,
+                &path,
+                Some(&user.token),
+                None,
+                Some(request_timeout),
+            )
+            .await?;
+        let body = serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::Malformed(format!("not JSON: {e}")))?;
+        let resp = SyncResponse {
+            body,
+            bytes: bytes.len(),
+            received,
+        };
+        resp.next_batch()?;
+        Ok(resp)
+    }
+}
+
+fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        // Loopback only: an HTTP(S)_PROXY in the environment must not reroute the load.
+        .no_proxy()
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// An event of a `/messages` chunk or a `/sync` timeline, reduced to what the scenarios check.
+fn page_event(e: &Value) -> PageEvent {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    PageEvent {
+        event_id: text(e.get("event_id")),
+        kind: text(e.get("type")),
+        sender: text(e.get("sender")),
+        body: text(e.get("content").and_then(|c| c.get("body"))),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Setup steps and message formats shared by the scenarios.
 
 use std::{
+    future::Future,
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::{sync::Semaphore, task::JoinSet};
@@ -42,7 +43,7 @@ pub async fn register_all(
         let permits = permits.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let password = format!("hearth-bench-{name}-pw");
+            let password = password_for(&name);
             let result = server.register(&name, &password).await;
             (i, name, result)
         });
@@ -55,6 +56,75 @@ pub async fn register_all(
     }
     users.sort_by_key(|(i, _)| *i);
     Ok(users.into_iter().map(|(_, u)| u).collect())
+}
+
+/// The password `register_all` gives account `name`.
+pub fn password_for(name: &str) -> String {
+    format!("hearth-bench-{name}-pw")
+}
+
+/// Runs `f` on every item, at most `concurrency` at a time, and returns the results in the
+/// items' order; the first error (by item order) fails the whole step.
+pub async fn run_concurrently<T, R, F, Fut>(
+    items: Vec<T>,
+    concurrency: usize,
+    f: F,
+) -> Result<Vec<R>, String>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<R, String>> + Send,
+{
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    let n = items.len();
+    for (i, item) in items.into_iter().enumerate() {
+        let (f, permits) = (f.clone(), permits.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            (i, f(item).await)
+        });
+    }
+    let mut results: Vec<Option<Result<R, String>>> = (0..n).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        let (i, result) = joined.map_err(|e| format!("setup task: {e}"))?;
+        results[i] = Some(result);
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("setup task vanished".into())))
+        .collect()
+}
+
+/// An initial /sync (no `since`, `timeout=0`) for each user, `concurrency` at a time: the
+/// `next_batch` each long-poll starts from.
+pub async fn initial_syncs(
+    server: &Server,
+    users: &[User],
+    concurrency: usize,
+    request_timeout: Duration,
+) -> Result<Vec<String>, String> {
+    let server = server.clone();
+    run_concurrently(users.to_vec(), concurrency, move |user: User| {
+        let server = server.clone();
+        async move {
+            server
+                .sync(&user, None, 0, request_timeout)
+                .await
+                .and_then(|r| r.next_batch())
+                .map_err(|e| format!("initial /sync of {}: {e}", user.user_id))
+        }
+    })
+    .await
+}
+
+/// Progress of a long setup, on stderr so that stdout stays the report.
+pub fn note(scenario: &str, started: Instant, what: impl std::fmt::Display) {
+    eprintln!(
+        "  [{scenario} +{:.1}s] {what}",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Joins every user to the room, `concurrency` at a time.

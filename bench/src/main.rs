@@ -7,10 +7,15 @@
 
 mod client;
 mod common;
+mod initial_sync;
+mod longpoll;
 mod messages;
+mod procfs;
 mod report;
 mod send;
 mod stats;
+mod sync_latency;
+mod sync_memory;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -61,6 +66,10 @@ struct Target {
     /// The server's registration shared secret (Synapse's `registration_shared_secret`).
     #[arg(long)]
     shared_secret: String,
+    /// The server's process ID, when it runs on this machine: `sync-memory` reads its memory
+    /// from /proc, and the sync scenarios wait for it to go idle before measuring.
+    #[arg(long)]
+    pid: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -80,6 +89,29 @@ enum Command {
         #[command(flatten)]
         args: messages::MessagesArgs,
     },
+    /// One receiver long-polls /sync while a sender posts one message at a time, with many idle
+    /// long-polls open: delivery latency from send to /sync response.
+    SyncLatency {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        args: sync_latency::SyncLatencyArgs,
+    },
+    /// Thousands of idle /sync long-polls: the server's resident memory before and with them
+    /// (needs --pid).
+    SyncMemory {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        args: sync_memory::SyncMemoryArgs,
+    },
+    /// One user in many named rooms: time of a full initial /sync, and every room in it.
+    InitialSync {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        args: initial_sync::InitialSyncArgs,
+    },
     /// Runs one scenario against Hearth, then Synapse, and prints both and the ratio.
     Compare {
         /// Hearth's client API base URL.
@@ -94,6 +126,12 @@ enum Command {
         /// Synapse's `registration_shared_secret`.
         #[arg(long)]
         synapse_secret: String,
+        /// Hearth's process ID, when it runs on this machine (see `--pid`).
+        #[arg(long)]
+        hearth_pid: Option<u32>,
+        /// Synapse's process ID, when it runs on this machine (see `--pid`).
+        #[arg(long)]
+        synapse_pid: Option<u32>,
         #[command(subcommand)]
         scenario: Scenario,
     },
@@ -106,6 +144,12 @@ enum Scenario {
     Send(send::SendArgs),
     /// K readers page backwards through a filled room.
     Messages(messages::MessagesArgs),
+    /// /sync delivery latency with many idle long-polls open.
+    SyncLatency(sync_latency::SyncLatencyArgs),
+    /// Resident memory with thousands of /sync long-polls open.
+    SyncMemory(sync_memory::SyncMemoryArgs),
+    /// Time of a full initial /sync of one user in many rooms.
+    InitialSync(initial_sync::InitialSyncArgs),
 }
 
 impl Scenario {
@@ -113,6 +157,9 @@ impl Scenario {
         match self {
             Scenario::Send(args) => send::run(server, common, args).await,
             Scenario::Messages(args) => messages::run(server, common, args).await,
+            Scenario::SyncLatency(args) => sync_latency::run(server, common, args).await,
+            Scenario::SyncMemory(args) => sync_memory::run(server, common, args).await,
+            Scenario::InitialSync(args) => initial_sync::run(server, common, args).await,
         }
     }
 
@@ -120,6 +167,9 @@ impl Scenario {
         match self {
             Scenario::Send(_) => "send",
             Scenario::Messages(_) => "messages",
+            Scenario::SyncLatency(_) => "sync-latency",
+            Scenario::SyncMemory(_) => "sync-memory",
+            Scenario::InitialSync(_) => "initial-sync",
         }
     }
 }
@@ -142,25 +192,25 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> ExitCode {
     let common = cli.common;
+    let single = |t: Target| vec![("server", t.server, t.shared_secret, t.pid)];
     let (targets, scenario) = match cli.command {
-        Command::Send { target, args } => (
-            vec![("server", target.server, target.shared_secret)],
-            Scenario::Send(args),
-        ),
-        Command::Messages { target, args } => (
-            vec![("server", target.server, target.shared_secret)],
-            Scenario::Messages(args),
-        ),
+        Command::Send { target, args } => (single(target), Scenario::Send(args)),
+        Command::Messages { target, args } => (single(target), Scenario::Messages(args)),
+        Command::SyncLatency { target, args } => (single(target), Scenario::SyncLatency(args)),
+        Command::SyncMemory { target, args } => (single(target), Scenario::SyncMemory(args)),
+        Command::InitialSync { target, args } => (single(target), Scenario::InitialSync(args)),
         Command::Compare {
             hearth,
             hearth_secret,
             synapse,
             synapse_secret,
+            hearth_pid,
+            synapse_pid,
             scenario,
         } => (
             vec![
-                ("hearth", hearth, hearth_secret),
-                ("synapse", synapse, synapse_secret),
+                ("hearth", hearth, hearth_secret, hearth_pid),
+                ("synapse", synapse, synapse_secret, synapse_pid),
             ],
             scenario,
         ),
@@ -175,8 +225,8 @@ async fn run(cli: Cli) -> ExitCode {
     let mut ok = true;
     let mut reports = Vec::new();
     // One server after the other, never both at once: on a small machine they would share CPU.
-    for (label, url, secret) in &targets {
-        let result = match Server::new(url, secret, timeout) {
+    for (label, url, secret, pid) in &targets {
+        let result = match Server::new(url, secret, timeout, *pid) {
             Ok(server) => match server.versions().await {
                 Ok(_) => scenario.run(&server, &common).await,
                 Err(e) => Err(format!("{url} is not answering /versions: {e}")),

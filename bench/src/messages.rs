@@ -366,6 +366,7 @@ pub async fn run(server: &Server, common: &Common, args: &MessagesArgs) -> Resul
             "room_id": &*room_id,
         }),
         failures,
+        notes: Vec::new(),
     })
 }
 

@@ -15,7 +15,13 @@ pub struct Metric {
     pub unit: &'static str,
     /// Whether `compare` divides it: rates and latencies yes, counts and wall times no.
     pub comparable: bool,
+    /// Whether a smaller value is the better one (latencies, durations, memory), so that a
+    /// ratio below 1 favours the numerator; for rates it is the other way round.
+    pub lower_is_better: bool,
 }
+
+/// Units of figures where less is better; everything else (rates) is better higher.
+const LOWER_IS_BETTER: &[&str] = &["ms", "s", "MiB", "KiB"];
 
 impl Metric {
     pub fn new(key: &'static str, label: &'static str, value: f64, unit: &'static str) -> Metric {
@@ -25,6 +31,7 @@ impl Metric {
             value,
             unit,
             comparable: true,
+            lower_is_better: LOWER_IS_BETTER.contains(&unit),
         }
     }
 
@@ -46,6 +53,9 @@ pub struct Report {
     /// The parameters the figures depend on (counts, concurrency), echoed into the JSON.
     pub params: Value,
     pub failures: Failures,
+    /// Observations that are neither figures nor failures (e.g. what woke an idle long-poll),
+    /// printed under the figures and put in the JSON.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -62,6 +72,9 @@ impl Report {
         println!("  {:<34} {:>12}", "failures", self.failures.total());
         for (category, count, example) in self.failures.top() {
             println!("    {count:>6} x {category}: {example}");
+        }
+        for note in &self.notes {
+            println!("  note: {note}");
         }
         let metrics: Map<String, Value> = self
             .metrics
@@ -83,29 +96,47 @@ impl Report {
             "failures": self.failures.total(),
             "failure_kinds": failures,
             "params": self.params,
+            "notes": self.notes,
         });
         println!("{line}");
     }
 }
 
 /// Prints Hearth's figures over Synapse's (or whatever the two labels are) for every metric both
-/// reports have. For rates above 1 means Hearth is faster; for latencies below 1 does.
+/// reports have, each with the direction that favours the numerator: above 1 for rates, below 1
+/// for latencies, durations and memory.
 pub fn print_ratio(scenario: &str, a_label: &str, a: &Report, b_label: &str, b: &Report) {
-    println!("[{scenario}] ratio {a_label}/{b_label}");
+    println!(
+        "[{scenario}] ratio {a_label}/{b_label} (rates: >1 means {a_label} is better; \
+         latencies, times, memory: <1 means {a_label} is better)"
+    );
     let mut ratios = Map::new();
+    let mut better = Map::new();
     for m in a.metrics.iter().filter(|m| m.comparable) {
         let Some(other) = b.metric(m.key) else {
             continue;
         };
         let ratio = m.value / other;
+        let verdict = if !ratio.is_finite() || ratio == 1.0 {
+            "".to_owned()
+        } else if (ratio < 1.0) == m.lower_is_better {
+            format!("{a_label} better")
+        } else {
+            format!("{b_label} better")
+        };
         println!(
-            "  {:<34} {:>12} / {:>12} = {:>8}x",
+            "  {:<34} {:>12} / {:>12} = {:>8}x  ({} better) {verdict}",
             m.label,
             fmt_num(m.value),
             fmt_num(other),
-            fmt_num(ratio)
+            fmt_num(ratio),
+            if m.lower_is_better { "<1" } else { ">1" },
         );
         ratios.insert(m.key.to_owned(), json!(ratio));
+        better.insert(
+            m.key.to_owned(),
+            json!(if m.lower_is_better { "lower" } else { "higher" }),
+        );
     }
     let line = json!({
         "type": "ratio",
@@ -113,6 +144,7 @@ pub fn print_ratio(scenario: &str, a_label: &str, a: &Report, b_label: &str, b: 
         "numerator": a_label,
         "denominator": b_label,
         "ratios": ratios,
+        "better": better,
         "failures": { a_label: a.failures.total(), b_label: b.failures.total() },
     });
     println!("{line}");

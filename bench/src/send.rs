@@ -238,6 +238,7 @@ pub async fn run(server: &Server, common: &Common, args: &SendArgs) -> Result<Re
             "room_id": &*room_id,
         }),
         failures,
+        notes: Vec::new(),
     })
 }
 

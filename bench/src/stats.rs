@@ -32,6 +32,22 @@ impl Latencies {
         sorted[index].as_secs_f64() * 1000.0
     }
 
+    /// The smallest sample in milliseconds; NaN without samples.
+    pub fn min_ms(&self) -> f64 {
+        self.0
+            .iter()
+            .min()
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    }
+
+    /// The largest sample in milliseconds; NaN without samples.
+    pub fn max_ms(&self) -> f64 {
+        self.0
+            .iter()
+            .max()
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    }
+
     pub fn mean_ms(&self) -> f64 {
         if self.0.is_empty() {
             return f64::NAN;

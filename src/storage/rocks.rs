@@ -48,6 +48,9 @@ impl RocksDb {
         db_opts.set_max_open_files(512);
         db_opts.set_keep_log_file_num(3);
         db_opts.set_max_total_wal_size(64 << 20);
+        // One budget for the memtables of all keyspaces together: with ~50 keyspaces, per-keyspace
+        // buffers alone could hold a gigabyte. Past it, the largest memtable is flushed.
+        db_opts.set_db_write_buffer_size(32 << 20);
         db_opts.set_enable_pipelined_write(true);
 
         let descriptors = schema::KEYSPACES

@@ -133,6 +133,21 @@ impl Service {
         if local.is_empty() {
             return Ok(());
         }
+        // Per member, once per batch rather than once per event.
+        let mut names: HashMap<ShortId, String> = HashMap::new();
+        for (user, user_id) in &local {
+            let name = self
+                .rooms
+                .current_state_pdu(room, &StateEventType::RoomMember, user_id.as_str())?
+                .and_then(|p| {
+                    p.content_value()
+                        .get("displayname")
+                        .and_then(JsonValue::as_str)
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| user_id.localpart().to_owned());
+            names.insert(*user, name);
+        }
         let power_levels: Option<PushConditionPowerLevelsCtx> =
             self.rooms.current_power_levels(room)?.map(Into::into);
         let mut batch = Batch::new();
@@ -157,16 +172,7 @@ impl Service {
                 if *user_id == pdu.sender {
                     continue;
                 }
-                let display_name = self
-                    .rooms
-                    .current_state_pdu(room, &StateEventType::RoomMember, user_id.as_str())?
-                    .and_then(|p| {
-                        p.content_value()
-                            .get("displayname")
-                            .and_then(JsonValue::as_str)
-                            .map(str::to_owned)
-                    })
-                    .unwrap_or_else(|| user_id.localpart().to_owned());
+                let display_name = names.get(user).cloned().unwrap_or_default();
                 let mut ctx = PushConditionRoomCtx::new(
                     room_id.clone(),
                     UInt::new_saturating(joined as u64),

@@ -154,7 +154,12 @@ impl Service {
 }
 
 /// Hashes a password with argon2id; slow on purpose, so it runs off the async executor.
+/// Argon2 needs ~19 MiB per hash; hashing at most two at a time bounds that memory (and keeps
+/// the allocator from holding a copy per blocking thread) however many logins arrive at once.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 pub async fn hash_password(password: String) -> Result<String> {
+    let _permit = HASHING.acquire().await.map_err(Error::internal)?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -168,6 +173,9 @@ pub async fn hash_password(password: String) -> Result<String> {
 
 /// Checks a password against a stored argon2 hash.
 pub async fn verify_password(password: String, hash: String) -> bool {
+    let Ok(_permit) = HASHING.acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
             .map(|parsed| {
