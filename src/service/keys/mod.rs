@@ -369,23 +369,40 @@ impl Service {
         Ok(out)
     }
 
+    /// The rooms a user is joined to.
+    pub fn joined_rooms(&self, user: ShortId) -> Result<BTreeSet<ShortId>> {
+        Ok(self
+            .rooms
+            .memberships(user)?
+            .into_iter()
+            .filter(|(_, m)| m.membership() == MembershipState::Join)
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// Whether `other` is joined to one of `rooms` (the joined rooms of `me`), or is `me`.
+    pub fn shares_with(
+        &self,
+        me: ShortId,
+        rooms: &BTreeSet<ShortId>,
+        other: ShortId,
+    ) -> Result<bool> {
+        if me == other {
+            return Ok(true);
+        }
+        Ok(self
+            .rooms
+            .memberships(other)?
+            .into_iter()
+            .any(|(r, m)| m.membership() == MembershipState::Join && rooms.contains(&r)))
+    }
+
     /// Whether two users share a joined room.
     pub fn share_a_room(&self, a: ShortId, b: ShortId) -> Result<bool> {
         if a == b {
             return Ok(true);
         }
-        let theirs: BTreeSet<ShortId> = self
-            .rooms
-            .memberships(b)?
-            .into_iter()
-            .filter(|(_, m)| m.membership() == MembershipState::Join)
-            .map(|(r, _)| r)
-            .collect();
-        Ok(self
-            .rooms
-            .memberships(a)?
-            .into_iter()
-            .any(|(r, m)| m.membership() == MembershipState::Join && theirs.contains(&r)))
+        self.shares_with(a, &self.joined_rooms(a)?, b)
     }
 
     /// Queues to-device messages: (recipient, device or None for all devices, content).

@@ -214,6 +214,11 @@ async fn build(
     let since_pos = req.since.map(|s| s.pos);
     let rooms = &services.rooms;
 
+    // The user's joined rooms, for "shares a room with" checks (presence, device lists); read
+    // once per sync rather than once per user checked.
+    let my_rooms = services.keys.joined_rooms(req.user)?;
+    let shares = |other: ShortId| services.keys.shares_with(req.user, &my_rooms, other);
+
     // To-device messages: what the client's `since` acknowledges is dropped now.
     for message in services
         .keys
@@ -243,7 +248,7 @@ async fn build(
     );
     if services.presence.enabled() {
         for user in services.presence.changes(since_pos, upto.pos)? {
-            if !services.keys.share_a_room(req.user, user)? {
+            if !shares(user)? {
                 continue;
             }
             let Some(stored) = services.presence.get(user)? else {
@@ -262,7 +267,7 @@ async fn build(
     }
     if let Some(since) = since_pos {
         for user in services.keys.changed_users(since, upto.pos)? {
-            if services.keys.share_a_room(req.user, user)? {
+            if shares(user)? {
                 response.device_lists.changed.push(rooms.user_id_of(user)?);
                 has_data = true;
             }
@@ -488,7 +493,7 @@ async fn build(
             let Some(short) = services.users.short_id(&id)? else {
                 continue;
             };
-            if short != req.user && !services.keys.share_a_room(req.user, short)? {
+            if short != req.user && !shares(short)? {
                 response.device_lists.left.push(id);
                 has_data = true;
             }
