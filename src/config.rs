@@ -94,6 +94,8 @@ pub struct Federation {
     pub verify_certificates: bool,
     pub tls_cert: String,
     pub tls_key: String,
+    /// Longest wait between retries of a peer that does not answer.
+    pub max_backoff: HumanDuration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -268,6 +270,7 @@ impl Default for Federation {
             verify_certificates: true,
             tls_cert: String::new(),
             tls_key: String::new(),
+            max_backoff: HumanDuration(Duration::from_secs(3600)),
         }
     }
 }

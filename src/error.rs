@@ -45,6 +45,10 @@ pub enum ErrorCode {
     /// Media created with /create whose content has not arrived in time.
     NotYetUploaded,
     /// A key backup write named a version other than the current one.
+    /// make_join for a room version the joining server did not list.
+    IncompatibleRoomVersion {
+        room_version: String,
+    },
     WrongRoomKeysVersion {
         current_version: String,
     },
@@ -78,6 +82,7 @@ impl ErrorCode {
             Self::RoomInUse => "M_ROOM_IN_USE",
             Self::BadAlias => "M_BAD_ALIAS",
             Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
+            Self::IncompatibleRoomVersion { .. } => "M_INCOMPATIBLE_ROOM_VERSION",
             Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
         }
@@ -206,6 +211,9 @@ impl IntoResponse for Error {
                     }
                     ErrorCode::UnknownToken { soft_logout: true } => {
                         body["soft_logout"] = true.into();
+                    }
+                    ErrorCode::IncompatibleRoomVersion { room_version } => {
+                        body["room_version"] = room_version.as_str().into();
                     }
                     ErrorCode::WrongRoomKeysVersion { current_version } => {
                         body["current_version"] = current_version.into();

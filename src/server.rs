@@ -29,6 +29,7 @@ pub struct Server {
     task: JoinHandle<Result<()>>,
     timer: JoinHandle<()>,
     pusher: JoinHandle<()>,
+    sending: JoinHandle<()>,
     federation: Option<JoinHandle<()>>,
     /// Where the federation listener is bound, when federation is on.
     pub federation_addr: Option<SocketAddr>,
@@ -96,6 +97,7 @@ impl Server {
         let services = Arc::new(Services::build(config.clone(), db, console_secret(&data)?)?);
 
         let router = api::client_router(services.clone());
+        let sender_enabled = config.federation.enabled;
         let (shutdown, mut shutdown_rx) = watch::channel(false);
         // Presence timeouts run until shutdown, which waits for this task to let go of the
         // services (and so of the database) before the serving task closes it.
@@ -142,6 +144,18 @@ impl Server {
                 }
             })
         };
+        // The outgoing federation queue, resumed from what the database holds.
+        let sending = {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            services.rooms.set_outgoing_listener(tx);
+            let sender = services.sender.clone();
+            let stop = shutdown_rx.clone();
+            tokio::spawn(async move {
+                if sender_enabled {
+                    sender.run(rx, stop).await;
+                }
+            })
+        };
         // Media retention (expired uploads, cached remote media, unused /create IDs, URL
         // previews); like the timer, it lets go of the database at shutdown.
         let retention = {
@@ -183,6 +197,7 @@ impl Server {
             task,
             timer,
             pusher,
+            sending,
             federation,
             federation_addr: config
                 .federation
@@ -205,12 +220,14 @@ impl Server {
             task,
             timer,
             pusher,
+            sending,
             federation,
             retention,
             ..
         } = self;
         let _ = timer.await;
         let _ = pusher.await;
+        let _ = sending.await;
         if let Some(f) = federation {
             let _ = f.await;
         }

@@ -14,7 +14,9 @@ pub mod push;
 pub mod ratelimit;
 pub mod receipts;
 pub mod registration_tokens;
+pub mod replication;
 pub mod rooms;
+pub mod sender;
 pub mod sessions;
 pub mod stream;
 pub mod sync;
@@ -49,6 +51,8 @@ pub struct Services {
     pub presence: Arc<presence::Service>,
     pub push: Arc<push::Service>,
     pub federation: Arc<federation::Service>,
+    pub sender: Arc<sender::Service>,
+    pub replication: Arc<replication::Service>,
     pub media: Arc<media::Service>,
     /// This server's ed25519 signing key.
     pub signing_key: Arc<hearth_federation::ServerSigningKey>,
@@ -120,6 +124,18 @@ impl Services {
             config.clone(),
             signing_key.clone(),
         )?);
+        let sender = Arc::new(sender::Service::new(
+            db.clone(),
+            rooms.clone(),
+            federation.clone(),
+            stream.clone(),
+            config.federation.max_backoff.0,
+        ));
+        let replication = Arc::new(replication::Service::new(
+            rooms.clone(),
+            federation.clone(),
+            signing_key.clone(),
+        ));
         let media_folder = config.media.folder(&config.database);
         let media_store = media::FsStore::open(&media_folder).map_err(|e| {
             crate::Error::internal(format!("cannot open {}: {e}", media_folder.display()))
@@ -151,6 +167,8 @@ impl Services {
             presence,
             push,
             federation,
+            sender,
+            replication,
             media,
             signing_key,
             console_secret,

@@ -57,6 +57,9 @@ pub enum Cf {
     MediaPending,
     MediaUsage,
     UrlPreviews,
+    FedQueue,
+    FedTxns,
+    Outliers,
 }
 
 /// How a keyspace is laid out; the table below is the documentation of the database.
@@ -369,6 +372,25 @@ pub const KEYSPACES: &[Keyspace] = &[
         key: "url (utf-8)",
         value: "CachedPreview (JSON): fetch time, OpenGraph data",
     },
+    Keyspace {
+        cf: Cf::FedQueue,
+        name: "federation_queue",
+        key: "destination server name (utf-8) . 0xff . sequence (u64 BE)",
+        value: "QueuedItem: 0 . event (short, u64 BE) for a PDU, or 1 . EDU JSON",
+    },
+    Keyspace {
+        cf: Cf::FedTxns,
+        name: "federation_txns",
+        key: "origin server name (utf-8) . 0xff . transaction id (utf-8)",
+        value: "the /send response we gave (JSON), so a retried transaction is answered the same",
+    },
+    Keyspace {
+        cf: Cf::Outliers,
+        name: "outliers",
+        key: "event (short, u64 BE)",
+        value: "u8 flags: 1 outlier (auth or state event fetched without its place in the DAG), \
+                2 rejected by the auth rules, 4 soft-failed",
+    },
 ];
 
 impl Cf {
@@ -460,6 +482,32 @@ pub mod key {
     }
 
     /// Transaction IDs are scoped to the device and the room they were used in.
+    /// A destination's queue row, or with `seq` 0 the start of its rows.
+    pub fn fed_queue(destination: &str, seq: u64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(destination.len() + 9);
+        k.extend_from_slice(destination.as_bytes());
+        k.push(0xff);
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    pub fn split_fed_queue(k: &[u8]) -> Option<(&str, u64)> {
+        let (dest, rest) = k.split_at_checked(k.len().checked_sub(9)?)?;
+        if rest.first() != Some(&0xff) {
+            return None;
+        }
+        let seq = u64::from_be_bytes(rest.get(1..9)?.try_into().ok()?);
+        Some((std::str::from_utf8(dest).ok()?, seq))
+    }
+
+    pub fn fed_txn(origin: &str, txn_id: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(origin.len() + 1 + txn_id.len());
+        k.extend_from_slice(origin.as_bytes());
+        k.push(0xff);
+        k.extend_from_slice(txn_id.as_bytes());
+        k
+    }
+
     pub fn txn_id(user: ShortId, device_id: &str, room: ShortId, txn_id: &str) -> Vec<u8> {
         let mut k = Vec::with_capacity(17 + device_id.len() + txn_id.len());
         k.extend_from_slice(&user.to_be_bytes());

@@ -2,6 +2,7 @@
 
 use axum::{extract::State, Router};
 use ruma::{
+    OwnedServerName,
     api::client::knock::knock_room,
     api::client::membership::{
         ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
@@ -100,16 +101,48 @@ async fn join(
     user_id: &UserId,
     room_id: &RoomId,
     reason: Option<&str>,
+    via: &[OwnedServerName],
 ) -> Result<OwnedRoomId> {
-    // Joining a room this server is not in needs federation.
-    let Some(room) = services.rooms.room_short(room_id)? else {
-        return Err(Error::not_found(
-            "Unknown room; joining rooms on other servers needs federation, which is not enabled yet",
-        ));
+    let room = services
+        .rooms
+        .room_short(room_id)?
+        .filter(|r| services.rooms.meta(*r).ok().flatten().is_some());
+    // A room none of our users is in lives elsewhere: join it through a server that is in it.
+    let resident = match room {
+        Some(r) => services.rooms.has_local_members(r)?,
+        None => false,
     };
-    if services.rooms.meta(room)?.is_none() {
-        return Err(Error::not_found("Unknown room"));
+    if !resident {
+        if !services.config.federation.enabled {
+            return Err(Error::not_found(
+                "Unknown room (federation is off, so rooms on other servers cannot be joined)",
+            ));
+        }
+        let mut servers: Vec<OwnedServerName> = via.to_vec();
+        if let Some(r) = room {
+            // Whoever invited us, then everyone else in the room.
+            if let Some(m) = services.rooms.membership_of_full(user_id, r)? {
+                if let Some(p) = services.rooms.pdu(m.event)? {
+                    servers.push(p.sender.server_name().to_owned());
+                }
+            }
+            servers.extend(services.rooms.remote_servers(r)?);
+        }
+        if let Some(s) = room_id.server_name() {
+            servers.push(s.to_owned());
+        }
+        let mut seen = std::collections::HashSet::new();
+        servers.retain(|s| seen.insert(s.clone()));
+        let extra = reason.map(|r| json!({ "reason": r }));
+        services
+            .replication
+            .join_remote(user_id, room_id, &servers, extra)
+            .await?;
+        return Ok(room_id.to_owned());
     }
+    let Some(room) = room else {
+        return Err(Error::not_found("Unknown room"));
+    };
     let current = services.rooms.membership_of(user_id, room)?;
     if current == Some(MembershipState::Join) {
         return Ok(room_id.to_owned());
@@ -128,7 +161,7 @@ async fn join(
 /// for the join, when the user is in one of the rooms the rule allows. `None` when the rule is
 /// something else (the auth rules decide). A user who meets no condition gets 403 here, with a
 /// clearer reason than the auth rules would give.
-fn restricted_join_authoriser(
+pub(crate) fn restricted_join_authoriser(
     services: &Services,
     user_id: &UserId,
     room: ShortId,
@@ -225,6 +258,24 @@ fn resolve_room(services: &Services, room_id_or_alias: &str) -> Result<OwnedRoom
         .room_id)
 }
 
+/// A room ID, or an alias resolved here or by the alias's server over federation (which also
+/// names servers to join through).
+async fn resolve_room_remote(
+    services: &Services,
+    room_id_or_alias: &str,
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+    if let Ok(id) = OwnedRoomId::try_from(room_id_or_alias) {
+        return Ok((id, Vec::new()));
+    }
+    let alias = ruma::RoomAliasId::parse(room_id_or_alias)
+        .map_err(|e| Error::invalid_param(format!("Invalid room alias: {e}")))?;
+    if alias.server_name() == services.config.server_name || !services.config.federation.enabled
+    {
+        return Ok((resolve_room(services, room_id_or_alias)?, Vec::new()));
+    }
+    services.replication.resolve_remote_alias(&alias).await
+}
+
 async fn join_by_id(
     State(services): State<AppState>,
     req: Ruma<join_room_by_id::v3::Request>,
@@ -235,6 +286,7 @@ async fn join_by_id(
         &session.user_id,
         &req.body.room_id,
         req.body.reason.as_deref(),
+        &[],
     )
     .await?;
     Ok(join_room_by_id::v3::Response::new(room_id))
@@ -245,12 +297,15 @@ async fn join_by_id_or_alias(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let session = req.session()?;
-    let room_id = resolve_room(&services, req.body.room_id_or_alias.as_str())?;
+    let (room_id, mut via) =
+        resolve_room_remote(&services, req.body.room_id_or_alias.as_str()).await?;
+    via.extend(req.body.via.iter().cloned());
     let room_id = join(
         &services,
         &session.user_id,
         &room_id,
         req.body.reason.as_deref(),
+        &via,
     )
     .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))

@@ -8,7 +8,7 @@ mod directory;
 mod discovery;
 mod keys;
 mod media;
-mod membership;
+pub(crate) mod membership;
 mod presence;
 mod profile;
 mod push;

@@ -1,6 +1,9 @@
 //! Server-server API: discovery (/version), our keys and the key notary, and queries. Every
 //! endpoint that needs it is authenticated by its origin's X-Matrix signature (see `ruma.rs`).
 
+mod edu;
+mod rooms;
+
 use axum::{extract::State, Router};
 use ruma::{
     api::federation::{
@@ -27,6 +30,18 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(notary_batch)
         .ruma(notary_single)
         .ruma(profile)
+        .ruma(rooms::send_transaction)
+        .ruma(rooms::make_join)
+        .ruma(rooms::send_join)
+        .ruma(rooms::make_leave)
+        .ruma(rooms::send_leave)
+        .ruma(rooms::event)
+        .ruma(rooms::state_ids)
+        .ruma(rooms::state)
+        .ruma(rooms::event_auth)
+        .ruma(rooms::backfill)
+        .ruma(rooms::missing_events)
+        .ruma(rooms::directory)
 }
 
 async fn version(

@@ -271,6 +271,33 @@ impl Service {
         path_and_query: &str,
         body: Option<&JsonValue>,
     ) -> Result<JsonValue> {
+        let (status, json) = self
+            .request(destination, method, path_and_query, body)
+            .await?;
+        if !status.is_success() {
+            let code = json
+                .get("errcode")
+                .and_then(JsonValue::as_str)
+                .unwrap_or("");
+            let error = json.get("error").and_then(JsonValue::as_str).unwrap_or("");
+            return Err(Error::new(
+                http::StatusCode::BAD_GATEWAY,
+                ErrorCode::Unknown,
+                format!("{destination} answered {status} {code} {error}"),
+            ));
+        }
+        Ok(json)
+    }
+
+    /// A signed request to a peer's federation API: the status and JSON body of its answer
+    /// (errors are only for peers that cannot be reached or answer something unreadable).
+    pub async fn request(
+        &self,
+        destination: &ServerName,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&JsonValue>,
+    ) -> Result<(http::StatusCode, JsonValue)> {
         let bytes = match body {
             Some(b) => serde_json::to_vec(b).map_err(Error::internal)?,
             None => Vec::new(),
@@ -303,17 +330,6 @@ impl Service {
             .json()
             .await
             .map_err(|e| Error::not_found(format!("Unreadable answer from {destination}: {e}")))?;
-        if !status.is_success() {
-            let code = json
-                .get("errcode")
-                .and_then(JsonValue::as_str)
-                .unwrap_or("");
-            return Err(Error::new(
-                http::StatusCode::BAD_GATEWAY,
-                ErrorCode::Unknown,
-                format!("{destination} answered {status} {code}"),
-            ));
-        }
-        Ok(json)
+        Ok((status, json))
     }
 }

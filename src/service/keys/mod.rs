@@ -353,6 +353,15 @@ impl Service {
         Ok(Some((fb.key_id, fb.key)))
     }
 
+    /// A user of another server changed their devices or cross-signing keys (an EDU told us):
+    /// local users who share a room with them see it in device_lists.changed and query again.
+    pub async fn remote_keys_changed(&self, user: ShortId) -> Result<()> {
+        let mut batch = Batch::new();
+        let pos = self.note_change_in(&mut batch, user);
+        let wake = self.key_watchers(user)?;
+        self.commit(batch, &[pos], wake).await
+    }
+
     /// Users whose keys changed in (since, upto].
     pub fn changed_users(&self, since: u64, upto: u64) -> Result<BTreeSet<ShortId>> {
         let mut out = BTreeSet::new();

@@ -122,6 +122,26 @@ impl Service {
         .await
     }
 
+    /// Presence of a user of another server, as its server told us (its timers run there).
+    pub async fn set_remote(
+        &self,
+        user: ShortId,
+        presence: PresenceState,
+        status_msg: Option<String>,
+        peers: &Peers<'_>,
+    ) -> Result<()> {
+        self.store(
+            user,
+            Stored {
+                presence,
+                status_msg,
+                last_active_ts: now_ms(),
+            },
+            peers,
+        )
+        .await
+    }
+
     /// A /sync starts: with `set_presence` online (the default) the user is online and active.
     pub async fn sync_started(
         &self,

@@ -11,6 +11,7 @@ pub mod history;
 pub mod pdu;
 mod pipeline;
 pub mod relations;
+pub mod remote;
 pub mod state;
 pub mod upgrade;
 
@@ -143,6 +144,12 @@ pub struct Service {
     alias_lock: tokio::sync::Mutex<()>,
     /// Serialises claiming new room IDs (see `create_room`).
     create_lock: tokio::sync::Mutex<()>,
+    /// Serialises storing outliers (check, then allocate).
+    outlier_lock: tokio::sync::Mutex<()>,
+    /// Servers with joined members per room, dropped when a member event lands.
+    servers_cache: Mutex<HashMap<ShortId, Arc<Vec<OwnedServerName>>>>,
+    /// Where destinations with newly queued events are announced (the federation sender).
+    outgoing_listener: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<OwnedServerName>>>,
 }
 
 impl Service {
@@ -164,6 +171,9 @@ impl Service {
             room_locks: Mutex::new(HashMap::new()),
             alias_lock: tokio::sync::Mutex::new(()),
             create_lock: tokio::sync::Mutex::new(()),
+            outlier_lock: tokio::sync::Mutex::new(()),
+            servers_cache: Mutex::new(HashMap::new()),
+            outgoing_listener: std::sync::OnceLock::new(),
         })
     }
 
@@ -192,6 +202,14 @@ impl Service {
             locks.retain(|_, l| Arc::strong_count(l) > 1);
         }
         locks.entry(room).or_default().clone()
+    }
+
+    /// Whether a stored event is a membership event (cheap enough for after-write bookkeeping).
+    fn is_member_event(&self, short: ShortId) -> bool {
+        self.pdu(short)
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.kind == ruma::events::TimelineEventType::RoomMember)
     }
 
     pub fn room_short(&self, room_id: &RoomId) -> Result<Option<ShortId>> {

@@ -112,7 +112,7 @@ impl Service {
     }
 
     /// The references to events as this room version writes them in prev_events/auth_events.
-    fn event_refs(
+    pub(super) fn event_refs(
         &self,
         ids: &[OwnedEventId],
         rules: &RoomVersionRules,
@@ -143,7 +143,7 @@ impl Service {
 
     /// Builds, hashes and signs a PDU. `room_id` is `None` only for a v12 create event.
     #[allow(clippy::too_many_arguments)]
-    fn build(
+    pub(super) fn build(
         &self,
         rules: &RoomVersionRules,
         room_id: Option<&RoomId>,
@@ -221,14 +221,14 @@ impl Service {
         Ok((event_id, o))
     }
 
-    fn state_pdu(&self, state: &StateMap, kind: &StateEventType, sk: &str) -> Option<Pdu> {
+    pub(super) fn state_pdu(&self, state: &StateMap, kind: &StateEventType, sk: &str) -> Option<Pdu> {
         let short = self.state_key_short(kind, sk).ok().flatten()?;
         let event = state.get(&short)?;
         self.pdu(*event).ok().flatten()
     }
 
     /// Authorises a PDU against the given state (the room's current state for local events).
-    fn authorise(&self, rules: &RoomVersionRules, pdu: &Pdu, state: &StateMap) -> Result<()> {
+    pub(super) fn authorise(&self, rules: &RoomVersionRules, pdu: &Pdu, state: &StateMap) -> Result<()> {
         state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
             self.pdu_by_id(id).ok().flatten()
         })
@@ -243,7 +243,7 @@ impl Service {
     }
 
     /// The effective power levels in a state (for checks the auth rules leave to the server).
-    fn power_levels(&self, rules: &RoomVersionRules, state: &StateMap) -> Result<RoomPowerLevels> {
+    pub(super) fn power_levels(&self, rules: &RoomVersionRules, state: &StateMap) -> Result<RoomPowerLevels> {
         use ruma::events::room::power_levels::{
             RoomPowerLevelsEventContent, RoomPowerLevelsSource,
         };
@@ -287,7 +287,7 @@ impl Service {
 
     /// Wakes the /sync of everyone in the room, and of the targets of these member events
     /// (invitees, the kicked and the banned see their change too).
-    fn wake_room(&self, room: ShortId, events: &[ShortId]) {
+    pub(super) fn wake_room(&self, room: ShortId, events: &[ShortId]) {
         let mut users: Vec<ShortId> = match self.members(room) {
             Ok(m) => m
                 .into_iter()
@@ -449,7 +449,7 @@ impl Service {
         Ok(room_id)
     }
 
-    fn state_key_for(&self, kind: &StateEventType, state_key: &str) -> Result<ShortId> {
+    pub(super) fn state_key_for(&self, kind: &StateEventType, state_key: &str) -> Result<ShortId> {
         Ok(self.shortids.get_or_create_bytes(
             IdKind::StateKey,
             &key::state_key_id(&kind.to_string(), state_key),
@@ -552,6 +552,7 @@ impl Service {
         let mut batch = Batch::new();
         let mut accepted: Vec<(tokio::sync::oneshot::Sender<Result<Sent>>, Sent)> = Vec::new();
         let mut group_txns: HashMap<(ShortId, String, String), Sent> = HashMap::new();
+        let mut group_servers: Vec<ruma::OwnedServerName> = Vec::new();
         for job in jobs {
             let outcome = (|| -> Result<Option<Sent>> {
                 if let Some(key) = &job.txn {
@@ -584,7 +585,12 @@ impl Service {
             });
             let mut one = Batch::new();
             match self.prepare(&mut one, room, &meta, &rules, &job.sender, job.ev, txn) {
-                Ok((sent, new_meta)) => {
+                Ok((sent, new_meta, servers)) => {
+                    for s in servers {
+                        if !group_servers.contains(&s) {
+                            group_servers.push(s);
+                        }
+                    }
                     batch.ops.extend(one.ops);
                     meta = new_meta;
                     if let Some(key) = job.txn {
@@ -608,6 +614,7 @@ impl Service {
             Ok(()) => {
                 self.wake_room(room, &[]);
                 self.persisted(room, positions.clone());
+                self.announce_destinations(group_servers);
                 tracing::debug!(room_id = %meta.room_id, events = accepted.len(), "event group persisted");
                 for (reply, sent) in accepted {
                     let _ = reply.send(Ok(sent));
@@ -636,14 +643,19 @@ impl Service {
         txn: Option<Txn<'_>>,
     ) -> Result<Sent> {
         let mut batch = Batch::new();
-        let (sent, new_meta) = self.prepare(&mut batch, room, meta, rules, sender, ev, txn)?;
+        let (sent, new_meta, servers) =
+            self.prepare(&mut batch, room, meta, rules, sender, ev, txn)?;
         batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
         let written = self.db.write(batch).await;
         self.stream.complete(&[sent.short]);
         written?;
         *meta = new_meta;
+        if self.is_member_event(sent.short) {
+            self.servers_cache.lock().remove(&room);
+        }
         self.wake_room(room, &[sent.short]);
         self.persisted(room, vec![sent.short]);
+        self.announce_destinations(servers);
         Ok(sent)
     }
 
@@ -659,7 +671,7 @@ impl Service {
         sender: &UserId,
         ev: NewEvent,
         txn: Option<Txn<'_>>,
-    ) -> Result<(Sent, RoomMeta)> {
+    ) -> Result<(Sent, RoomMeta, Vec<ruma::OwnedServerName>)> {
         let state = self.state.load(meta.state_group)?;
         let raw_content = serde_json::value::to_raw_value(&ev.content).map_err(Error::internal)?;
         let auth_types = state_res::auth_types_for_event(
@@ -761,7 +773,7 @@ impl Service {
         redaction_target: Option<ShortId>,
         txn: Option<Txn<'_>>,
         depth: u64,
-    ) -> Result<(Sent, RoomMeta)> {
+    ) -> Result<(Sent, RoomMeta, Vec<ruma::OwnedServerName>)> {
         let mut state_after = meta.state_group;
         if let Some(sk) = &pdu.state_key {
             let kind = StateEventType::from(pdu.kind.to_string());
@@ -829,16 +841,17 @@ impl Service {
             v.extend_from_slice(t.txn_id.as_bytes());
             batch.put(Cf::EventTxn, key::u64_key(short), v);
         }
+        let servers = self.queue_outgoing_in(batch, room, short, &pdu, None)?;
         let mut new_meta = meta.clone();
         new_meta.extremities = vec![event_id.clone()];
         new_meta.depth = depth;
         new_meta.state_group = state_after;
         tracing::debug!(room_id = %meta.room_id, %event_id, kind = %pdu.kind, "event built");
-        Ok((Sent { event_id, short }, new_meta))
+        Ok((Sent { event_id, short }, new_meta, servers))
     }
 
     /// Replaces a stored event with its redacted form.
-    fn redact_in(
+    pub(super) fn redact_in(
         &self,
         batch: &mut Batch,
         rules: &RoomVersionRules,

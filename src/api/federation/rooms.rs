@@ -1,0 +1,471 @@
+//! Server-server room endpoints: transactions, joins and leaves as the resident server, and the
+//! reads other servers make of our copy of a room's DAG (events, state, auth chains, backfill).
+//! A peer reads a room only while one of its users is in it (or the room is world-readable).
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use ruma::{
+    api::federation::{
+        authorization::get_event_authorization,
+        backfill::get_backfill,
+        event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+        membership::{create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+        query::get_room_information,
+        transactions::send_transaction_message,
+    },
+    events::{room::member::MembershipState, StateEventType},
+    CanonicalJsonObject, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, ServerName,
+};
+use serde_json::{json, value::RawValue as RawJsonValue, Value as JsonValue};
+
+use super::super::{ruma::Ruma, AppState};
+use crate::{
+    error::{Error, ErrorCode, Result},
+    service::{
+        replication::{to_canonical, Refused},
+        rooms::remote::Relay,
+        sender::{MAX_EDUS, MAX_PDUS},
+        Services,
+    },
+    storage::{schema::key, Batch, Cf, ShortId},
+};
+
+fn origin<T>(req: &Ruma<T>) -> Result<&ServerName> {
+    req.origin
+        .as_deref()
+        .ok_or_else(|| {
+            Error::new(
+                http::StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "Missing X-Matrix origin",
+            )
+        })
+}
+
+fn raw_event(services: &Services, short: ShortId) -> Result<Box<RawJsonValue>> {
+    let json = services
+        .rooms
+        .event_json(short)?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    serde_json::value::to_raw_value(&json).map_err(Error::internal)
+}
+
+/// Whether a server has a user joined to the room now (it may read the room's DAG).
+fn server_in_room(services: &Services, server: &ServerName, room: ShortId) -> Result<bool> {
+    Ok(services
+        .rooms
+        .remote_servers(room)?
+        .iter()
+        .any(|s| s == server))
+}
+
+fn world_readable(services: &Services, room: ShortId) -> Result<bool> {
+    Ok(services
+        .rooms
+        .current_state_pdu(room, &StateEventType::RoomHistoryVisibility, "")?
+        .and_then(|p| p.content_field("history_visibility"))
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .as_deref()
+        == Some("world_readable"))
+}
+
+/// The room, if `origin` may read it.
+fn readable_room(services: &Services, origin: &ServerName, room_id: &RoomId) -> Result<ShortId> {
+    let (room, _) = services.rooms.known_room(room_id)?;
+    if server_in_room(services, origin, room)? || world_readable(services, room)? {
+        Ok(room)
+    } else {
+        Err(Error::forbidden("Your server is not in this room"))
+    }
+}
+
+/// A stored event of `room` by ID.
+fn event_in_room(services: &Services, room: ShortId, event_id: &EventId) -> Result<ShortId> {
+    let short = services
+        .rooms
+        .event_short(event_id)?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let in_room = match services.rooms.event_meta(short)? {
+        Some(m) => m.room == room,
+        None => services
+            .rooms
+            .pdu(short)?
+            .and_then(|p| p.room_id)
+            .is_some_and(|r| services.rooms.room_short(&r).ok().flatten() == Some(room)),
+    };
+    if !in_room {
+        return Err(Error::not_found("Event not found"));
+    }
+    Ok(short)
+}
+
+pub async fn send_transaction(
+    State(services): State<AppState>,
+    req: Ruma<send_transaction_message::v1::Request>,
+) -> Result<send_transaction_message::v1::Response> {
+    let origin = origin(&req)?.to_owned();
+    let body = &req.body;
+    if body.origin != origin {
+        return Err(Error::forbidden("The transaction's origin is not the signer"));
+    }
+    if body.pdus.len() > MAX_PDUS || body.edus.len() > MAX_EDUS {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ErrorCode::BadJson,
+            format!("A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"),
+        ));
+    }
+    let txn_key = key::fed_txn(origin.as_str(), body.transaction_id.as_str());
+    if let Some(done) = services.db.get(Cf::FedTxns, &txn_key)? {
+        if let Ok(pdus) = serde_json::from_slice::<BTreeMap<OwnedEventId, Option<String>>>(&done)
+        {
+            return Ok(send_transaction_message::v1::Response::new(
+                pdus.into_iter()
+                    .map(|(k, v)| (k, v.map_or(Ok(()), Err)))
+                    .collect(),
+            ));
+        }
+    }
+    let mut results: BTreeMap<OwnedEventId, std::result::Result<(), String>> = BTreeMap::new();
+    for raw in &body.pdus {
+        let object = match serde_json::from_str::<JsonValue>(raw.get())
+            .map_err(|e| e.to_string())
+            .and_then(|v| to_canonical(v).map_err(|e| e.to_string()))
+        {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::info!(%origin, "unreadable PDU in a transaction: {e}");
+                continue;
+            }
+        };
+        match services.replication.receive(&origin, object, Relay::No).await {
+            Ok(id) => {
+                results.insert(id, Ok(()));
+            }
+            Err((id, why)) => {
+                tracing::info!(%origin, event_id = ?id, "PDU not accepted: {why}");
+                if let Some(id) = id {
+                    results.insert(id, Err(why.to_string()));
+                }
+            }
+        }
+    }
+    for edu in &body.edus {
+        if let Err(e) = super::edu::receive(&services, &origin, edu.json().get()).await {
+            tracing::info!(%origin, "EDU not accepted: {e}");
+        }
+    }
+    let record: BTreeMap<&OwnedEventId, Option<&String>> = results
+        .iter()
+        .map(|(k, v)| (k, v.as_ref().err()))
+        .collect();
+    let mut batch = Batch::new();
+    batch.put(
+        Cf::FedTxns,
+        txn_key,
+        serde_json::to_vec(&record).map_err(Error::internal)?,
+    );
+    services.db.write(batch).await?;
+    Ok(send_transaction_message::v1::Response::new(results))
+}
+
+pub async fn make_join(
+    State(services): State<AppState>,
+    req: Ruma<prepare_join_event::v1::Request>,
+) -> Result<prepare_join_event::v1::Response> {
+    let origin = origin(&req)?;
+    let b = &req.body;
+    if b.user_id.server_name() != origin {
+        return Err(Error::forbidden("You may only join your own users"));
+    }
+    let (room, meta) = services.rooms.known_room(&b.room_id)?;
+    let supported = if b.ver.is_empty() {
+        meta.version == ruma::RoomVersionId::V1
+    } else {
+        b.ver.contains(&meta.version)
+    };
+    if !supported {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ErrorCode::IncompatibleRoomVersion {
+                room_version: meta.version.to_string(),
+            },
+            format!(
+                "The room is version {}, which your server does not support",
+                meta.version
+            ),
+        ));
+    }
+    let mut content = json!({ "membership": "join" });
+    let current = services.rooms.membership_of(&b.user_id, room)?;
+    if current != Some(MembershipState::Invite) && current != Some(MembershipState::Join) {
+        if let Some(via) = crate::api::client::membership::restricted_join_authoriser(
+            &services, &b.user_id, room,
+        )? {
+            content["join_authorised_via_users_server"] = via.as_str().into();
+        }
+    }
+    let (version, template) = services
+        .rooms
+        .membership_template(room, &b.user_id, content)?;
+    let mut resp = prepare_join_event::v1::Response::new(
+        serde_json::value::to_raw_value(&template).map_err(Error::internal)?,
+    );
+    resp.room_version = Some(version);
+    Ok(resp)
+}
+
+pub async fn send_join(
+    State(services): State<AppState>,
+    req: Ruma<create_join_event::v2::Request>,
+) -> Result<create_join_event::v2::Response> {
+    let origin = origin(&req)?.to_owned();
+    let b = &req.body;
+    let object: CanonicalJsonObject = serde_json::from_str(b.pdu.get())
+        .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
+    let (short, stored) = services
+        .replication
+        .accept_join(&origin, &b.room_id, &b.event_id, object, "join")
+        .await?;
+    let state = services
+        .rooms
+        .state_before(short)?
+        .ok_or_else(|| Error::internal("join without state"))?;
+    let state_ids = services.rooms.state_event_ids(&state)?;
+    let chain = services.rooms.auth_chain(state_ids.iter().cloned())?;
+    let mut room_state = create_join_event::v2::RoomState::new();
+    for s in state.values() {
+        room_state.state.push(raw_event(&services, *s)?);
+    }
+    for id in chain {
+        if let Some(s) = services.rooms.event_short(&id)? {
+            room_state.auth_chain.push(raw_event(&services, s)?);
+        }
+    }
+    room_state.event = Some(serde_json::value::to_raw_value(&stored).map_err(Error::internal)?);
+    let (room, _) = services.rooms.known_room(&b.room_id)?;
+    let mut servers: Vec<String> = services
+        .rooms
+        .remote_servers(room)?
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    servers.push(services.config.server_name.to_string());
+    room_state.servers_in_room = Some(servers);
+    Ok(create_join_event::v2::Response::new(room_state))
+}
+
+pub async fn make_leave(
+    State(services): State<AppState>,
+    req: Ruma<prepare_leave_event::v1::Request>,
+) -> Result<prepare_leave_event::v1::Response> {
+    let origin = origin(&req)?;
+    let b = &req.body;
+    if b.user_id.server_name() != origin {
+        return Err(Error::forbidden("You may only make your own users leave"));
+    }
+    let (room, _) = services.rooms.known_room(&b.room_id)?;
+    let (version, template) =
+        services
+            .rooms
+            .membership_template(room, &b.user_id, json!({ "membership": "leave" }))?;
+    Ok(prepare_leave_event::v1::Response::new(
+        Some(version),
+        serde_json::value::to_raw_value(&template).map_err(Error::internal)?,
+    ))
+}
+
+pub async fn send_leave(
+    State(services): State<AppState>,
+    req: Ruma<create_leave_event::v2::Request>,
+) -> Result<create_leave_event::v2::Response> {
+    let origin = origin(&req)?.to_owned();
+    let b = &req.body;
+    let object: CanonicalJsonObject = serde_json::from_str(b.pdu.get())
+        .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
+    services
+        .replication
+        .accept_join(&origin, &b.room_id, &b.event_id, object, "leave")
+        .await?;
+    Ok(create_leave_event::v2::Response::new())
+}
+
+pub async fn event(
+    State(services): State<AppState>,
+    req: Ruma<get_event::v1::Request>,
+) -> Result<get_event::v1::Response> {
+    let origin = origin(&req)?;
+    let short = services
+        .rooms
+        .event_short(&req.body.event_id)?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let pdu = services
+        .rooms
+        .pdu(short)?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let room_id = pdu
+        .room_id
+        .clone()
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    readable_room(&services, origin, &room_id)?;
+    Ok(get_event::v1::Response::new(
+        services.config.server_name.clone(),
+        MilliSecondsSinceUnixEpoch::now(),
+        raw_event(&services, short)?,
+    ))
+}
+
+/// The state at (before) an event and the auth chain of that state.
+fn state_and_chain(
+    services: &Services,
+    room: ShortId,
+    event_id: &EventId,
+) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>)> {
+    let short = event_in_room(services, room, event_id)?;
+    let state = services
+        .rooms
+        .state_before(short)?
+        .ok_or_else(|| Error::not_found("No state known at this event"))?;
+    let ids = services.rooms.state_event_ids(&state)?;
+    let chain: Vec<OwnedEventId> = services
+        .rooms
+        .auth_chain(ids.iter().cloned())?
+        .into_iter()
+        .collect();
+    Ok((ids, chain))
+}
+
+pub async fn state_ids(
+    State(services): State<AppState>,
+    req: Ruma<get_room_state_ids::v1::Request>,
+) -> Result<get_room_state_ids::v1::Response> {
+    let room = readable_room(&services, origin(&req)?, &req.body.room_id)?;
+    let (ids, chain) = state_and_chain(&services, room, &req.body.event_id)?;
+    Ok(get_room_state_ids::v1::Response::new(chain, ids))
+}
+
+pub async fn state(
+    State(services): State<AppState>,
+    req: Ruma<get_room_state::v1::Request>,
+) -> Result<get_room_state::v1::Response> {
+    let room = readable_room(&services, origin(&req)?, &req.body.room_id)?;
+    let (ids, chain) = state_and_chain(&services, room, &req.body.event_id)?;
+    let load = |ids: Vec<OwnedEventId>| -> Result<Vec<Box<RawJsonValue>>> {
+        ids.iter()
+            .filter_map(|id| services.rooms.event_short(id).ok().flatten())
+            .map(|s| raw_event(&services, s))
+            .collect()
+    };
+    Ok(get_room_state::v1::Response::new(load(chain)?, load(ids)?))
+}
+
+pub async fn event_auth(
+    State(services): State<AppState>,
+    req: Ruma<get_event_authorization::v1::Request>,
+) -> Result<get_event_authorization::v1::Response> {
+    let room = readable_room(&services, origin(&req)?, &req.body.room_id)?;
+    event_in_room(&services, room, &req.body.event_id)?;
+    let chain = services.rooms.auth_chain([req.body.event_id.clone()])?;
+    let mut out = Vec::with_capacity(chain.len());
+    for id in chain {
+        if let Some(s) = services.rooms.event_short(&id)? {
+            out.push(raw_event(&services, s)?);
+        }
+    }
+    Ok(get_event_authorization::v1::Response::new(out))
+}
+
+pub async fn backfill(
+    State(services): State<AppState>,
+    req: Ruma<get_backfill::v1::Request>,
+) -> Result<get_backfill::v1::Response> {
+    let room = readable_room(&services, origin(&req)?, &req.body.room_id)?;
+    let limit = u64::from(req.body.limit).clamp(1, 100) as usize;
+    let shorts = services.rooms.backfill_from(room, &req.body.v, limit)?;
+    let pdus = shorts
+        .into_iter()
+        .map(|s| raw_event(&services, s))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(get_backfill::v1::Response::new(
+        services.config.server_name.clone(),
+        MilliSecondsSinceUnixEpoch::now(),
+        pdus,
+    ))
+}
+
+pub async fn missing_events(
+    State(services): State<AppState>,
+    req: Ruma<get_missing_events::v1::Request>,
+) -> Result<get_missing_events::v1::Response> {
+    let b = &req.body;
+    let room = readable_room(&services, origin(&req)?, &b.room_id)?;
+    let limit = u64::from(b.limit).clamp(1, 100) as usize;
+    let min_depth = u64::from(b.min_depth);
+    // Walk back from latest_events until earliest_events, oldest first in the answer.
+    let mut out: Vec<(u64, ShortId)> = Vec::new();
+    let mut seen: std::collections::HashSet<OwnedEventId> =
+        b.earliest_events.iter().cloned().collect();
+    let mut queue: std::collections::VecDeque<OwnedEventId> = b
+        .latest_events
+        .iter()
+        .filter_map(|id| services.rooms.pdu_by_id(id).ok().flatten())
+        .flat_map(|p| p.prev_events)
+        .collect();
+    while let Some(id) = queue.pop_front() {
+        if out.len() >= limit {
+            break;
+        }
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let Some(short) = services.rooms.event_short(&id)? else {
+            continue;
+        };
+        let Some(meta) = services.rooms.event_meta(short)? else {
+            continue;
+        };
+        if meta.room != room || meta.depth < min_depth {
+            continue;
+        }
+        if let Some(p) = services.rooms.pdu(short)? {
+            queue.extend(p.prev_events);
+        }
+        out.push((meta.depth, short));
+    }
+    out.sort_unstable();
+    let events = out
+        .into_iter()
+        .map(|(_, s)| raw_event(&services, s))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(get_missing_events::v1::Response::new(events))
+}
+
+pub async fn directory(
+    State(services): State<AppState>,
+    req: Ruma<get_room_information::v1::Request>,
+) -> Result<get_room_information::v1::Response> {
+    let alias = &req.body.room_alias;
+    if alias.server_name() != services.config.server_name {
+        return Err(Error::not_found("The alias is not on this server"));
+    }
+    let record = services
+        .rooms
+        .resolve_alias(alias)?
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let room_id = record.room_id;
+    let mut servers = vec![services.config.server_name.clone()];
+    if let Some(room) = services.rooms.room_short(&room_id)? {
+        servers.extend(services.rooms.remote_servers(room)?);
+    }
+    Ok(get_room_information::v1::Response::new(room_id, servers))
+}
+
+impl From<Refused> for Error {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Rejected(m) => Error::forbidden(m),
+            Refused::Dropped(m) => Error::bad_json(m),
+        }
+    }
+}

@@ -1,0 +1,787 @@
+//! The storage side of events that come from other servers. Events whose place in the DAG we do
+//! not know (auth chains, the state a join hands us) are *outliers*: stored for their content
+//! only. Events placed in the DAG get the state before them, which is a state resolution when
+//! their prev_events disagree, and move the room's current state on, resolving again against the
+//! other forward extremities when the DAG has forked.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use ruma::{
+    events::{room::member::MembershipState, StateEventType, TimelineEventType},
+    room_version_rules::RoomVersionRules,
+    state_res, CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch,
+    OwnedEventId, OwnedRoomId, OwnedServerName, RoomVersionId, UserId,
+};
+
+use state_res::utils::event_id_set::EventIdSet;
+
+use super::{membership_code, pdu::Pdu, state::StateMap, EventMeta, Membership, RoomMeta, Service};
+use crate::{
+    error::{Error, Result},
+    storage::{schema::key, Batch, Cf, IdKind, ShortId},
+};
+
+/// Flags of events that are stored but not part of the room's timeline.
+pub const OUTLIER: u8 = 1;
+pub const REJECTED: u8 = 2;
+pub const SOFT_FAILED: u8 = 4;
+
+/// A state map keyed the way ruma's state resolution wants it.
+pub type RumaStateMap = state_res::StateMap<OwnedEventId>;
+
+/// Which servers a persisted local (or relayed) event goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// Not ours to send (it came from its origin, which sends it to everyone).
+    No,
+    /// Send to every other server in the room (our own events, joins we signed as the resident).
+    ToRoom,
+}
+
+impl Service {
+    /// The rules of a room version, as a service-level error when unsupported.
+    pub fn version_rules(version: &RoomVersionId) -> Result<RoomVersionRules> {
+        Self::rules(version)
+    }
+
+    /// The flags of a stored event outside the timeline (0 for timeline events).
+    pub fn event_flags(&self, short: ShortId) -> Result<u8> {
+        Ok(self
+            .db
+            .get(Cf::Outliers, &key::u64_key(short))?
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0))
+    }
+
+    /// Whether the event is stored with its place in the DAG (not only as an outlier).
+    pub fn has_in_dag(&self, event_id: &EventId) -> Result<bool> {
+        Ok(match self.event_short(event_id)? {
+            Some(s) => self.event_meta(s)?.is_some(),
+            None => false,
+        })
+    }
+
+    /// Stores events for their content only (auth chains, fetched state). Already stored ones are
+    /// left alone.
+    pub async fn store_outliers(
+        &self,
+        events: Vec<(OwnedEventId, CanonicalJsonObject, u8)>,
+    ) -> Result<()> {
+        let _guard = self.outlier_lock.lock().await;
+        let mut batch = Batch::new();
+        let mut positions = Vec::new();
+        let mut seen = HashSet::new();
+        for (id, object, flags) in events {
+            if !seen.insert(id.clone()) || self.event_short(&id)?.is_some() {
+                continue;
+            }
+            let short = self.stream.allocate_event_in(&mut batch, id.as_str());
+            positions.push(short);
+            match serde_json::to_vec(&object) {
+                Ok(json) => batch.put(Cf::Pdus, key::u64_key(short), json),
+                Err(e) => {
+                    self.stream.complete(&positions);
+                    return Err(Error::internal(e));
+                }
+            }
+            batch.put(Cf::Outliers, key::u64_key(short), vec![flags | OUTLIER]);
+        }
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let written = self.db.write(batch).await;
+        self.stream.complete(&positions);
+        Ok(written?)
+    }
+
+    /// The state after an event placed in the DAG.
+    pub fn state_after(&self, short: ShortId) -> Result<Option<Arc<StateMap>>> {
+        match self.event_meta(short)? {
+            Some(m) => Ok(Some(self.state.load(m.state_after)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The state before an event placed in the DAG.
+    pub fn state_before(&self, short: ShortId) -> Result<Option<Arc<StateMap>>> {
+        match self.event_meta(short)? {
+            Some(m) => Ok(Some(self.state.load(m.state_before)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A state map from stored events (by ID); every event must be stored.
+    pub fn state_from_events(&self, ids: &[OwnedEventId]) -> Result<StateMap> {
+        let mut out = StateMap::new();
+        for id in ids {
+            let short = self
+                .event_short(id)?
+                .ok_or_else(|| Error::internal(format!("state event {id} is not stored")))?;
+            let pdu = self
+                .pdu(short)?
+                .ok_or_else(|| Error::internal(format!("state event {id} is not stored")))?;
+            let Some(sk) = &pdu.state_key else {
+                continue;
+            };
+            let sk = self.state_key_for(&StateEventType::from(pdu.kind.to_string()), sk)?;
+            out.insert(sk, short);
+        }
+        Ok(out)
+    }
+
+    /// `base` with a state event applied.
+    pub fn state_with(&self, base: &StateMap, pdu: &Pdu, short: ShortId) -> Result<StateMap> {
+        let mut out = base.clone();
+        if let Some(sk) = &pdu.state_key {
+            let sk = self.state_key_for(&StateEventType::from(pdu.kind.to_string()), sk)?;
+            out.insert(sk, short);
+        }
+        Ok(out)
+    }
+
+    /// Event IDs of a state map.
+    pub fn state_event_ids(&self, state: &StateMap) -> Result<Vec<OwnedEventId>> {
+        state.values().map(|e| self.event_id_of(*e)).collect()
+    }
+
+    fn to_ruma_state(&self, state: &StateMap) -> Result<RumaStateMap> {
+        let mut out = HashMap::with_capacity(state.len());
+        for (sk, ev) in state {
+            out.insert(self.state_key_of(*sk)?, self.event_id_of(*ev)?);
+        }
+        Ok(out)
+    }
+
+    fn from_ruma_state(&self, state: &RumaStateMap) -> Result<StateMap> {
+        let mut out = StateMap::new();
+        for ((kind, sk), id) in state {
+            let ev = self
+                .event_short(id)?
+                .ok_or_else(|| Error::internal(format!("resolved state event {id} not stored")))?;
+            out.insert(self.state_key_for(kind, sk)?, ev);
+        }
+        Ok(out)
+    }
+
+    /// Every event reachable from `ids` through auth_events (the starting events excluded unless
+    /// reached). Events we do not have are skipped.
+    pub fn auth_chain(
+        &self,
+        ids: impl IntoIterator<Item = OwnedEventId>,
+    ) -> Result<HashSet<OwnedEventId>> {
+        let mut out = HashSet::new();
+        let mut todo: Vec<OwnedEventId> = Vec::new();
+        for id in ids {
+            if let Some(pdu) = self.pdu_by_id(&id)? {
+                todo.extend(pdu.auth_events);
+            }
+        }
+        while let Some(id) = todo.pop() {
+            if out.contains(&id) {
+                continue;
+            }
+            if let Some(pdu) = self.pdu_by_id(&id)? {
+                todo.extend(pdu.auth_events.iter().cloned());
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The conflicted state subgraph (state resolution v2.1): events on an auth-event path from
+    /// one conflicted event to another, conflicted events included.
+    fn conflicted_subgraph(
+        &self,
+        conflicted: &state_res::StateMap<Vec<OwnedEventId>>,
+    ) -> Option<HashSet<OwnedEventId>> {
+        let targets: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
+        // reaches[x]: x is conflicted, or one of its auth events reaches a conflicted event.
+        let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
+        fn visit(
+            rooms: &Service,
+            id: &EventId,
+            targets: &HashSet<OwnedEventId>,
+            reaches: &mut HashMap<OwnedEventId, bool>,
+            depth: usize,
+        ) -> Option<bool> {
+            if let Some(r) = reaches.get(id) {
+                return Some(*r);
+            }
+            if depth > 10_000 {
+                return None;
+            }
+            let pdu = rooms.pdu_by_id(id).ok().flatten()?;
+            // Mark first so cycles (which valid DAGs do not have) end.
+            reaches.insert(id.to_owned(), targets.contains(id));
+            let mut r = targets.contains(id);
+            for a in &pdu.auth_events {
+                if visit(rooms, a, targets, reaches, depth + 1).unwrap_or(false) {
+                    r = true;
+                }
+            }
+            reaches.insert(id.to_owned(), r);
+            Some(r)
+        }
+        let mut out = HashSet::new();
+        for t in &targets {
+            visit(self, t, &targets, &mut reaches, 0)?;
+        }
+        for (id, r) in reaches {
+            if r {
+                out.insert(id);
+            }
+        }
+        Some(out)
+    }
+
+    /// Resolves diverging states of a room (state resolution v2, or v2.1 for v12 rooms).
+    pub fn resolve(&self, rules: &RoomVersionRules, states: &[Arc<StateMap>]) -> Result<StateMap> {
+        let Some(first) = states.first() else {
+            return Ok(StateMap::new());
+        };
+        if states.iter().all(|s| s == first) {
+            return Ok((**first).clone());
+        }
+        let v2 = rules
+            .state_res
+            .v2_rules()
+            .ok_or_else(|| Error::internal("state resolution v1 is not supported"))?;
+        let maps = states
+            .iter()
+            .map(|s| self.to_ruma_state(s))
+            .collect::<Result<Vec<_>>>()?;
+        let chains = maps
+            .iter()
+            .map(|m| {
+                let mut chain = self.auth_chain(m.values().cloned())?;
+                chain.extend(m.values().cloned());
+                Ok(chain.into_iter().collect::<EventIdSet<OwnedEventId>>())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let resolved = state_res::resolve(
+            &rules.authorization,
+            v2,
+            maps.iter(),
+            chains,
+            |id: &EventId| self.pdu_by_id(id).ok().flatten(),
+            |c: &state_res::StateMap<Vec<OwnedEventId>>| {
+                self.conflicted_subgraph(c)
+                    .map(|s| s.into_iter().collect::<EventIdSet<OwnedEventId>>())
+            },
+        )
+        .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
+        self.from_ruma_state(&resolved)
+    }
+
+    /// The servers with joined members in a room, ours excluded.
+    pub fn remote_servers(&self, room: ShortId) -> Result<Vec<OwnedServerName>> {
+        if let Some(s) = self.servers_cache.lock().get(&room) {
+            return Ok((**s).clone());
+        }
+        let mut out: Vec<OwnedServerName> = Vec::new();
+        for (user, m) in self.members(room)? {
+            if m.membership() != MembershipState::Join {
+                continue;
+            }
+            let user_id = self.user_id_of(user)?;
+            let server = user_id.server_name();
+            if server != self.server_name && !out.iter().any(|s| s == server) {
+                out.push(server.to_owned());
+            }
+        }
+        let mut cache = self.servers_cache.lock();
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(room, Arc::new(out.clone()));
+        Ok(out)
+    }
+
+    /// Whether any of our users is joined (so we are resident and build events ourselves).
+    pub fn has_local_members(&self, room: ShortId) -> Result<bool> {
+        for (user, m) in self.members(room)? {
+            if m.membership() == MembershipState::Join
+                && self.user_id_of(user)?.server_name() == self.server_name
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Queues an event for every other server in the room, in the event's own write.
+    pub(super) fn queue_outgoing_in(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        short: ShortId,
+        pdu: &Pdu,
+        skip: Option<&ruma::ServerName>,
+    ) -> Result<Vec<OwnedServerName>> {
+        let mut servers = self.remote_servers(room)?;
+        // The target of a membership change hears of it even when it takes them out.
+        if pdu.kind == TimelineEventType::RoomMember {
+            if let Some(target) = pdu.state_key.as_deref().and_then(|s| UserId::parse(s).ok()) {
+                let server = target.server_name();
+                if server != self.server_name && !servers.iter().any(|s| s == server) {
+                    servers.push(server.to_owned());
+                }
+            }
+        }
+        servers.retain(|s| Some(&**s) != skip);
+        for server in &servers {
+            let mut v = vec![0u8];
+            v.extend_from_slice(&short.to_be_bytes());
+            batch.put(Cf::FedQueue, key::fed_queue(server.as_str(), short), v);
+        }
+        Ok(servers)
+    }
+
+    /// Hands destinations with new queued rows to the federation sender.
+    pub fn announce_destinations(&self, servers: Vec<OwnedServerName>) {
+        if servers.is_empty() {
+            return;
+        }
+        if let Some(tx) = self.outgoing_listener.get() {
+            let _ = tx.send(servers);
+        }
+    }
+
+    /// Where queued destinations are announced, set once at start.
+    pub fn set_outgoing_listener(
+        &self,
+        tx: tokio::sync::mpsc::UnboundedSender<Vec<OwnedServerName>>,
+    ) {
+        let _ = self.outgoing_listener.set(tx);
+    }
+
+    /// Takes a room over from the state another server handed us (joining a remote room): the
+    /// room's current state becomes `state`, and its heads `extremities`.
+    pub async fn adopt_room(
+        &self,
+        room_id: &OwnedRoomId,
+        version: &RoomVersionId,
+        create_event: OwnedEventId,
+        state: StateMap,
+        extremities: Vec<OwnedEventId>,
+        depth: u64,
+    ) -> Result<ShortId> {
+        let room = self
+            .shortids
+            .get_or_create(IdKind::Room, room_id.as_str())?;
+        let slot = self.room_lock(room);
+        let _guard = slot.lock().await;
+        let old = self.meta(room)?;
+        let old_state = match &old {
+            Some(m) => self.state.load(m.state_group)?,
+            None => Arc::new(StateMap::new()),
+        };
+        let state = Arc::new(state);
+        let mut batch = Batch::new();
+        let group = self.state.store_in(
+            &mut batch,
+            old.as_ref().map(|m| (m.state_group, &*old_state)),
+            &state,
+        )?;
+        self.write_current_state_diff(&mut batch, room, &old_state, &state)?;
+        let meta = RoomMeta {
+            room_id: room_id.clone(),
+            version: version.clone(),
+            state_group: group,
+            extremities,
+            depth,
+            create_event,
+        };
+        batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&meta));
+        self.db.write(batch).await?;
+        self.servers_cache.lock().remove(&room);
+        Ok(room)
+    }
+
+    /// The current-state rows (and membership indexes) that turn `old` into `new`.
+    fn write_current_state_diff(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        old: &StateMap,
+        new: &StateMap,
+    ) -> Result<()> {
+        for sk in old.keys().filter(|k| !new.contains_key(k)) {
+            batch.delete(Cf::RoomState, key::pair(room, *sk));
+        }
+        for (sk, ev) in new {
+            if old.get(sk) == Some(ev) {
+                continue;
+            }
+            batch.put(Cf::RoomState, key::pair(room, *sk), ev.to_be_bytes());
+            let (kind, state_key) = self.state_key_of(*sk)?;
+            if kind != StateEventType::RoomMember {
+                continue;
+            }
+            let Some(pdu) = self.pdu(*ev)? else {
+                continue;
+            };
+            let Some(membership) = pdu
+                .content_field("membership")
+                .and_then(|m| m.as_str().map(MembershipState::from))
+            else {
+                continue;
+            };
+            let Ok(target) = UserId::parse(state_key.as_str()) else {
+                continue;
+            };
+            let user = self.shortids.get_or_create(IdKind::User, target.as_str())?;
+            let m = Membership {
+                state: membership_code(&membership),
+                event: *ev,
+            };
+            batch.put(Cf::Memberships, key::pair(user, room), m.encode());
+            batch.put(Cf::RoomMembers, key::pair(room, user), m.encode());
+            batch.delete(Cf::Forgotten, key::pair(user, room));
+        }
+        Ok(())
+    }
+
+    /// Places an event from another server (or one we relay as the resident server of a join) in
+    /// the room's DAG. `state_before` is the state its prev_events lead to; `flags` marks it
+    /// soft-failed (stored with its state, never in the timeline or a head). Returns its short ID.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn persist_remote(
+        &self,
+        room: ShortId,
+        rules: &RoomVersionRules,
+        event_id: &EventId,
+        object: CanonicalJsonObject,
+        pdu: &Pdu,
+        state_before: Arc<StateMap>,
+        flags: u8,
+        relay: Relay,
+    ) -> Result<ShortId> {
+        let slot = self.room_lock(room);
+        let _guard = slot.lock().await;
+        if let Some(short) = self.event_short(event_id)? {
+            if self.event_meta(short)?.is_some() {
+                return Ok(short);
+            }
+        }
+        let meta = self
+            .meta(room)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let current = self.state.load(meta.state_group)?;
+        let mut batch = Batch::new();
+        // An event we held as an outlier keeps its short ID and gains its place in the DAG.
+        let (short, fresh) = match self.event_short(event_id)? {
+            Some(s) => (s, false),
+            None => (
+                self.stream.allocate_event_in(&mut batch, event_id.as_str()),
+                true,
+            ),
+        };
+        let positions: Vec<ShortId> = if fresh { vec![short] } else { vec![] };
+        let result = self
+            .fill_remote(
+                &mut batch,
+                room,
+                &meta,
+                &current,
+                rules,
+                short,
+                event_id,
+                object,
+                pdu,
+                state_before,
+                flags,
+                relay,
+            )
+            .map(|(new_meta, servers)| {
+                batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
+                servers
+            });
+        let servers = match result {
+            Ok(s) => s,
+            Err(e) => {
+                self.stream.complete(&positions);
+                return Err(e);
+            }
+        };
+        let written = self.db.write(batch).await;
+        self.stream.complete(&positions);
+        written?;
+        if pdu.kind == TimelineEventType::RoomMember {
+            self.servers_cache.lock().remove(&room);
+        }
+        if flags == 0 {
+            self.wake_room(room, &[short]);
+            self.persisted(room, vec![short]);
+        }
+        self.announce_destinations(servers);
+        Ok(short)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fill_remote(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        meta: &RoomMeta,
+        current: &Arc<StateMap>,
+        rules: &RoomVersionRules,
+        short: ShortId,
+        event_id: &EventId,
+        mut object: CanonicalJsonObject,
+        pdu: &Pdu,
+        state_before: Arc<StateMap>,
+        flags: u8,
+        relay: Relay,
+    ) -> Result<(RoomMeta, Vec<OwnedServerName>)> {
+        object.remove("unsigned");
+        let before_group =
+            self.state
+                .store_in(batch, Some((meta.state_group, current)), &state_before)?;
+        let after = Arc::new(self.state_with(&state_before, pdu, short)?);
+        let after_group = if pdu.state_key.is_some() {
+            self.state
+                .store_in(batch, Some((before_group, &state_before)), &after)?
+        } else {
+            before_group
+        };
+        let mut new_meta = meta.clone();
+        new_meta.depth = meta.depth.max(pdu.depth);
+        if flags == 0 {
+            // The new heads: this event replaces the heads it builds on.
+            let builds_on_all = meta
+                .extremities
+                .iter()
+                .all(|e| pdu.prev_events.contains(e));
+            new_meta
+                .extremities
+                .retain(|e| !pdu.prev_events.contains(e) && e != event_id);
+            new_meta.extremities.push(event_id.to_owned());
+            let new_current = if builds_on_all {
+                after.clone()
+            } else {
+                Arc::new(self.resolve(rules, &[current.clone(), after.clone()])?)
+            };
+            new_meta.state_group = if new_current == after {
+                after_group
+            } else if new_current == *current {
+                meta.state_group
+            } else {
+                self.state
+                    .store_in(batch, Some((after_group, &after)), &new_current)?
+            };
+            self.write_current_state_diff(batch, room, current, &new_current)?;
+            batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
+            self.index_relation_in(batch, room, short, pdu)?;
+            if pdu.kind == TimelineEventType::RoomRedaction {
+                if let Some(target) = self.redaction_target(room, rules, pdu, &after)? {
+                    self.redact_in(batch, rules, target, &object)?;
+                }
+            }
+            batch.delete(Cf::Outliers, key::u64_key(short));
+        } else {
+            batch.put(Cf::Outliers, key::u64_key(short), vec![flags]);
+        }
+        batch.put(
+            Cf::Pdus,
+            key::u64_key(short),
+            serde_json::to_vec(&object).map_err(Error::internal)?,
+        );
+        batch.put(
+            Cf::EventMeta,
+            key::u64_key(short),
+            EventMeta {
+                room,
+                depth: pdu.depth,
+                state_before: before_group,
+                state_after: after_group,
+                redacted: false,
+            }
+            .encode(),
+        );
+        let servers = if relay == Relay::ToRoom && flags == 0 {
+            self.queue_outgoing_in(batch, room, short, pdu, Some(pdu.sender.server_name()))?
+        } else {
+            Vec::new()
+        };
+        tracing::debug!(room_id = %meta.room_id, %event_id, kind = %pdu.kind, flags, "remote event stored");
+        Ok((new_meta, servers))
+    }
+
+    /// The event a remote redaction may redact: in the same room, and sent from the redacting
+    /// server or redacted by someone with the power to.
+    fn redaction_target(
+        &self,
+        room: ShortId,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        state: &StateMap,
+    ) -> Result<Option<ShortId>> {
+        let Some(target) = &pdu.redacts else {
+            return Ok(None);
+        };
+        let Some(t_short) = self.event_short(target)? else {
+            return Ok(None);
+        };
+        if !self.event_meta(t_short)?.is_some_and(|m| m.room == room) {
+            return Ok(None);
+        }
+        let Some(t_pdu) = self.pdu(t_short)? else {
+            return Ok(None);
+        };
+        let allowed = t_pdu.sender.server_name() == pdu.sender.server_name()
+            || self
+                .power_levels(rules, state)?
+                .user_can_redact_event_of_other(&pdu.sender);
+        Ok(allowed.then_some(t_short))
+    }
+
+    /// A membership event for `user` as the resident server would have it built, unsigned: the
+    /// template of make_join / make_leave / make_knock. It is checked against the current state,
+    /// so a join that could not succeed is refused here.
+    pub fn membership_template(
+        &self,
+        room: ShortId,
+        user: &UserId,
+        content: serde_json::Value,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        let meta = self
+            .meta(room)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = Self::rules(&meta.version)?;
+        let state = self.state.load(meta.state_group)?;
+        let raw = serde_json::value::to_raw_value(&content).map_err(Error::internal)?;
+        let auth_types = state_res::auth_types_for_event(
+            &TimelineEventType::RoomMember,
+            user,
+            Some(user.as_str()),
+            &raw,
+            &rules.authorization,
+        )
+        .map_err(|e| Error::bad_json(format!("Invalid membership: {e}")))?;
+        let mut auth_events = Vec::new();
+        for (kind, sk) in &auth_types {
+            if let Some(short) = self.state_key_short(kind, sk)? {
+                if let Some(event) = state.get(&short) {
+                    let id = self.event_id_of(*event)?;
+                    if !auth_events.contains(&id) {
+                        auth_events.push(id);
+                    }
+                }
+            }
+        }
+        let mut o = CanonicalJsonObject::new();
+        o.insert(
+            "content".into(),
+            CanonicalJsonValue::try_from(content).map_err(Error::internal)?,
+        );
+        o.insert("type".into(), "m.room.member".into());
+        o.insert("sender".into(), user.as_str().into());
+        o.insert("state_key".into(), user.as_str().into());
+        o.insert("room_id".into(), meta.room_id.as_str().into());
+        if rules.redaction.keep_origin_membership_prev_state {
+            o.insert("origin".into(), user.server_name().as_str().into());
+        }
+        o.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().get().into()),
+        );
+        o.insert(
+            "depth".into(),
+            CanonicalJsonValue::Integer(
+                ruma::Int::try_from(meta.depth + 1).map_err(|_| Error::internal("depth"))?,
+            ),
+        );
+        o.insert(
+            "prev_events".into(),
+            self.event_refs(&meta.extremities, &rules)?,
+        );
+        o.insert("auth_events".into(), self.event_refs(&auth_events, &rules)?);
+        // The auth rules decide now whether this membership could be accepted.
+        let probe_id = EventId::new_v1(&self.server_name);
+        let probe = Pdu::from_canonical(probe_id, &o).map_err(Error::internal)?;
+        self.authorise(&rules, &probe, &state)?;
+        Ok((meta.version, o))
+    }
+
+    /// Authorises a PDU against the events it names as its auth events (the first of the
+    /// spec's checks on a received event).
+    pub fn authorise_by_auth_events(&self, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
+        let mut by_key: HashMap<(StateEventType, String), Pdu> = HashMap::new();
+        for id in &pdu.auth_events {
+            let a = self
+                .pdu_by_id(id)?
+                .ok_or_else(|| Error::forbidden(format!("auth event {id} is missing")))?;
+            if let Some(sk) = &a.state_key {
+                let k = (StateEventType::from(a.kind.to_string()), sk.clone());
+                if by_key.insert(k, a.clone()).is_some() {
+                    return Err(Error::forbidden("duplicate auth event types"));
+                }
+            }
+        }
+        state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
+            self.pdu_by_id(id).ok().flatten()
+        })
+        .map_err(|e| Error::forbidden(format!("Event not authorised: {e}")))?;
+        state_res::check_state_dependent_auth_rules(
+            &rules.authorization,
+            pdu,
+            |k: &StateEventType, sk: &str| by_key.get(&(k.clone(), sk.to_owned())).cloned(),
+        )
+        .map_err(|e| Error::forbidden(format!("Event not authorised: {e}")))
+    }
+
+    /// Authorises a PDU against a state (the state before it, or the current state).
+    pub fn authorise_against(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        state: &StateMap,
+    ) -> Result<()> {
+        self.authorise(rules, pdu, state)
+    }
+
+    /// The room's current state, as a map.
+    pub fn current_state_map(&self, room: ShortId) -> Result<Arc<StateMap>> {
+        let meta = self
+            .meta(room)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        self.state.load(meta.state_group)
+    }
+
+    /// Events before `from` in the DAG, newest first, for /backfill: breadth-first over
+    /// prev_events, at most `limit`.
+    pub fn backfill_from(
+        &self,
+        room: ShortId,
+        from: &[OwnedEventId],
+        limit: usize,
+    ) -> Result<Vec<ShortId>> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut queue: std::collections::VecDeque<OwnedEventId> = from.iter().cloned().collect();
+        while let Some(id) = queue.pop_front() {
+            if out.len() >= limit {
+                break;
+            }
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(short) = self.event_short(&id)? else {
+                continue;
+            };
+            if !self.event_meta(short)?.is_some_and(|m| m.room == room) {
+                continue;
+            }
+            let Some(pdu) = self.pdu(short)? else {
+                continue;
+            };
+            out.push(short);
+            queue.extend(pdu.prev_events);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,329 @@
+//! The outgoing federation queue. Every destination has its rows in RocksDB (PDUs by event
+//! short ID, written in the event's own batch; EDUs as JSON), sent in order as transactions of
+//! at most 50 PDUs and 100 EDUs, one transaction in flight per destination. A destination that
+//! fails is retried with exponential backoff, cut short when it talks to us again; the rows
+//! survive restarts and are resumed at start.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use parking_lot::Mutex;
+use ruma::{OwnedServerName, ServerName};
+use serde_json::{json, Value as JsonValue};
+use tokio::{
+    sync::{mpsc::UnboundedReceiver, watch, Notify},
+    task::JoinSet,
+};
+
+use crate::{
+    error::{Error, Result},
+    service::{federation, now_ms, rooms, stream::Stream},
+    storage::{schema::key, Batch, Cf, Db},
+};
+
+/// The spec's limits on one transaction.
+pub const MAX_PDUS: usize = 50;
+pub const MAX_EDUS: usize = 100;
+
+const PDU: u8 = 0;
+const EDU: u8 = 1;
+
+#[derive(Default)]
+struct Destination {
+    running: AtomicBool,
+    /// Rung when the destination contacts us: a sleeping retry starts at once.
+    back: Notify,
+}
+
+pub struct Service {
+    db: Db,
+    rooms: Arc<rooms::Service>,
+    federation: Arc<federation::Service>,
+    stream: Arc<Stream>,
+    destinations: Mutex<HashMap<OwnedServerName, Arc<Destination>>>,
+    min_backoff: Duration,
+    max_backoff: Duration,
+}
+
+/// One transaction's worth of queued rows.
+struct Pending {
+    keys: Vec<Vec<u8>>,
+    pdus: Vec<JsonValue>,
+    edus: Vec<JsonValue>,
+    first: u64,
+    last: u64,
+}
+
+impl Service {
+    pub fn new(
+        db: Db,
+        rooms: Arc<rooms::Service>,
+        federation: Arc<federation::Service>,
+        stream: Arc<Stream>,
+        max_backoff: Duration,
+    ) -> Self {
+        Self {
+            db,
+            rooms,
+            federation,
+            stream,
+            destinations: Mutex::new(HashMap::new()),
+            min_backoff: Duration::from_millis(500),
+            max_backoff,
+        }
+    }
+
+    fn destination(&self, server: &ServerName) -> Arc<Destination> {
+        let mut d = self.destinations.lock();
+        if d.len() > 100_000 {
+            d.retain(|_, v| v.running.load(Ordering::SeqCst));
+        }
+        d.entry(server.to_owned()).or_default().clone()
+    }
+
+    /// A destination talked to us: if we are waiting to retry it, retry now.
+    pub fn peer_is_back(&self, server: &ServerName) {
+        let d = self.destinations.lock().get(server).cloned();
+        if let Some(d) = d {
+            if d.running.load(Ordering::SeqCst) {
+                d.back.notify_one();
+            }
+        }
+    }
+
+    /// Queues an EDU for each destination (durably); the sender picks it up.
+    pub async fn queue_edu(&self, destinations: &[OwnedServerName], edu: JsonValue) -> Result<()> {
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        let mut value = vec![EDU];
+        value.extend(serde_json::to_vec(&edu).map_err(Error::internal)?);
+        let mut batch = Batch::new();
+        let pos = self.stream.allocate_position_in(&mut batch);
+        for d in destinations {
+            batch.put(Cf::FedQueue, key::fed_queue(d.as_str(), pos), value.clone());
+        }
+        let written = self.db.write(batch).await;
+        self.stream.complete(&[pos]);
+        written?;
+        self.rooms_wake(destinations.to_vec());
+        Ok(())
+    }
+
+    fn rooms_wake(&self, servers: Vec<OwnedServerName>) {
+        // The same channel the event pipeline announces on.
+        self.rooms.announce_destinations(servers);
+    }
+
+    /// Destinations with rows waiting (at start, to resume them).
+    fn queued_destinations(&self) -> Vec<OwnedServerName> {
+        let mut out: Vec<OwnedServerName> = Vec::new();
+        let mut from = Vec::new();
+        loop {
+            let next = self
+                .db
+                .scan_range(Cf::FedQueue, &from, &[0xff; 1], false)
+                .next();
+            let Some(Ok((k, _))) = next else {
+                break;
+            };
+            let Some((dest, _)) = key::split_fed_queue(&k) else {
+                break;
+            };
+            if let Ok(s) = OwnedServerName::try_from(dest) {
+                out.push(s);
+            }
+            // Skip past this destination's rows.
+            from = key::fed_queue(dest, u64::MAX);
+            from.push(0);
+        }
+        out
+    }
+
+    /// Runs the queue until `stop`: a worker per destination with rows, started when rows
+    /// are announced on `rx`.
+    pub async fn run(
+        self: Arc<Self>,
+        mut rx: UnboundedReceiver<Vec<OwnedServerName>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut workers = JoinSet::new();
+        for dest in self.queued_destinations() {
+            self.clone().ensure(&mut workers, dest);
+        }
+        loop {
+            tokio::select! {
+                got = rx.recv() => match got {
+                    Some(dests) => for d in dests {
+                        self.clone().ensure(&mut workers, d);
+                    },
+                    None => break,
+                },
+                Some(_) = workers.join_next(), if !workers.is_empty() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        workers.abort_all();
+        while workers.join_next().await.is_some() {}
+    }
+
+    fn ensure(self: Arc<Self>, workers: &mut JoinSet<()>, dest: OwnedServerName) {
+        if dest == *self.federation.server_name() {
+            return;
+        }
+        let d = self.destination(&dest);
+        if d.running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            workers.spawn(self.work(dest, d));
+        }
+    }
+
+    async fn work(self: Arc<Self>, dest: OwnedServerName, d: Arc<Destination>) {
+        let mut failures: u32 = 0;
+        loop {
+            let pending = match self.next_transaction(&dest) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(%dest, "cannot read the federation queue: {e}");
+                    None
+                }
+            };
+            let Some(pending) = pending else {
+                d.running.store(false, Ordering::SeqCst);
+                // Rows queued after our read but before the flag dropped would wait for the
+                // next announcement: look once more.
+                let more = self.next_transaction(&dest).ok().flatten().is_some();
+                if more
+                    && d.running
+                        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                {
+                    continue;
+                }
+                return;
+            };
+            match self.send(&dest, &pending).await {
+                Ok(()) => {
+                    failures = 0;
+                    let mut batch = Batch::new();
+                    for k in &pending.keys {
+                        batch.delete(Cf::FedQueue, k.clone());
+                    }
+                    if let Err(e) = self.db.write(batch).await {
+                        tracing::error!(%dest, "cannot clear sent rows: {e}");
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let wait = self
+                        .min_backoff
+                        .saturating_mul(1u32 << failures.min(20).saturating_sub(1))
+                        .min(self.max_backoff);
+                    tracing::info!(%dest, failures, ?wait, "transaction failed, backing off: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = d.back.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The oldest rows of a destination, up to the spec's limits.
+    fn next_transaction(&self, dest: &ServerName) -> Result<Option<Pending>> {
+        let mut prefix = dest.as_str().as_bytes().to_vec();
+        prefix.push(0xff);
+        let mut p = Pending {
+            keys: Vec::new(),
+            pdus: Vec::new(),
+            edus: Vec::new(),
+            first: 0,
+            last: 0,
+        };
+        for row in self.db.scan_prefix(Cf::FedQueue, &prefix) {
+            let (k, v) = row?;
+            let Some((_, seq)) = key::split_fed_queue(&k) else {
+                continue;
+            };
+            match v.first() {
+                Some(&PDU) if p.pdus.len() < MAX_PDUS => {
+                    let short = v
+                        .get(1..9)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or_default();
+                    // An event that is gone (purged) is simply skipped.
+                    if let Some(json) = self.rooms.event_json(short)? {
+                        p.pdus.push(JsonValue::Object(json));
+                    }
+                }
+                Some(&EDU) if p.edus.len() < MAX_EDUS => {
+                    match serde_json::from_slice::<JsonValue>(&v[1..]) {
+                        Ok(edu) => p.edus.push(edu),
+                        Err(e) => tracing::warn!("dropping an unreadable queued EDU: {e}"),
+                    }
+                }
+                Some(&PDU) | Some(&EDU) => {
+                    if p.pdus.len() >= MAX_PDUS && p.edus.len() >= MAX_EDUS {
+                        break;
+                    }
+                    // Full of this kind: keep order by stopping at the first overflow.
+                    break;
+                }
+                _ => {}
+            }
+            if p.keys.is_empty() {
+                p.first = seq;
+            }
+            p.last = seq;
+            p.keys.push(k);
+        }
+        Ok((!p.keys.is_empty()).then_some(p))
+    }
+
+    async fn send(&self, dest: &ServerName, p: &Pending) -> Result<()> {
+        // The same rows give the same transaction ID, so a retry the peer already processed is
+        // answered from its cache instead of processed twice; new rows give a new ID.
+        let txn = format!("{}-{}-{}", p.first, p.last, p.keys.len());
+        let body = json!({
+            "origin": self.federation.server_name().as_str(),
+            "origin_server_ts": now_ms(),
+            "pdus": p.pdus,
+            "edus": p.edus,
+        });
+        let (status, answer) = self
+            .federation
+            .request(
+                dest,
+                http::Method::PUT,
+                &format!("/_matrix/federation/v1/send/{txn}"),
+                Some(&body),
+            )
+            .await?;
+        if status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS {
+            // Sending the same transaction again would get the same refusal: drop it.
+            tracing::warn!(%dest, %status, "peer refused a transaction: {answer}");
+            return Ok(());
+        }
+        if !status.is_success() {
+            return Err(Error::internal(format!("{dest} answered {status}")));
+        }
+        if let Some(results) = answer.get("pdus").and_then(JsonValue::as_object) {
+            for (event_id, r) in results {
+                if let Some(err) = r.get("error") {
+                    tracing::info!(%dest, %event_id, "peer refused our event: {err}");
+                }
+            }
+        }
+        tracing::debug!(%dest, pdus = p.pdus.len(), edus = p.edus.len(), "transaction sent");
+        Ok(())
+    }
+}
