@@ -16,7 +16,8 @@
 #   --sync-memory-args     extra options for sync-memory, e.g. "--polls 5000"
 #   --initial-sync-args    extra options for initial-sync, e.g. "--rooms 200"
 #
-# Environment: VENV (Synapse virtualenv, default /root/.cache/hearth-venv), CARGO_TARGET_DIR.
+# Environment: VENV (Synapse virtualenv, default $HEARTH_SYNAPSE_VENV, else ~/.cache/hearth-venv,
+# the one .ci/run makes for the interop tests), CARGO_TARGET_DIR.
 set -euo pipefail
 
 INSTALL=0
@@ -53,7 +54,7 @@ for scenario in $SCENARIOS; do
 done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${VENV:-/root/.cache/hearth-venv}
+VENV=${VENV:-${HEARTH_SYNAPSE_VENV:-$HOME/.cache/hearth-venv}}
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 log() { printf '== %s\n' "$*" >&2; }

@@ -50,6 +50,20 @@ async fn servers_publish_signed_keys_and_notarise_each_other() {
     assert!(parsed.valid_until_ts > 0);
     // ...and not as anybody else's.
     assert!(verify_key_response(&keys, &name(&b)).is_err());
+    // Synapse signs every federation request, key fetches included: endpoints without
+    // authentication must not refuse an X-Matrix header.
+    let request = http::Request::get("/_matrix/key/v2/server")
+        .body(Vec::<u8>::new())
+        .unwrap();
+    let auth =
+        xmatrix::sign_request(&b.services().signing_key, &name(&b), &name(&a), &request).unwrap();
+    let resp = http
+        .get(format!("{}/_matrix/key/v2/server", a.federation_url()))
+        .header(http::header::AUTHORIZATION, auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 
     // A, as a notary, serves B's keys signed by B and counter-signed by A.
     let notarised: Value = http

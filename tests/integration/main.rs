@@ -1,5 +1,6 @@
 //! Integration tests: each starts Hearth in-process on an ephemeral port with a temporary RocksDB
-//! folder and drives it from outside, as a client (matrix-sdk) or with raw HTTP.
+//! folder and drives it from outside, as a client (matrix-sdk) or with raw HTTP. Interop tests
+//! (`synapse_*`) also start a real Synapse next to it (see `synapse.rs`).
 
 mod common;
 
@@ -18,4 +19,6 @@ mod persistence;
 mod relations;
 mod room_features;
 mod rooms;
+mod synapse;
+mod synapse_federation;
 mod sync;
