@@ -61,6 +61,11 @@ impl TestServer {
     /// A server that federates: its name is `127.0.0.1:<its federation port>`, so peers reach
     /// it without discovery; certificates are self-signed, so peers do not check them.
     pub async fn start_federating() -> Self {
+        Self::start_federating_with(|_| {}).await
+    }
+
+    /// A federating server with more configuration.
+    pub async fn start_federating_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -70,8 +75,28 @@ impl TestServer {
             c.federation.verify_certificates = false;
             c.listen.federation = format!("127.0.0.1:{port}").parse().unwrap();
             c.server_name = format!("127.0.0.1:{port}").try_into().unwrap();
+            tweak(c);
         })
         .await
+    }
+
+    /// Stops the server (as for a restart) without starting it again.
+    pub async fn stop(&mut self) {
+        let server = self.server.take().expect("running");
+        server.shutdown().await.expect("clean shutdown");
+    }
+
+    /// Starts a stopped server again on the same folder and ports.
+    pub async fn resume(&mut self) {
+        assert!(self.server.is_none(), "already running");
+        let server = Server::start(self.config.clone())
+            .await
+            .expect("server restarts");
+        self.server = Some(server);
+    }
+
+    pub fn name(&self) -> String {
+        self.config.server_name.to_string()
     }
 
     pub fn services(&self) -> &std::sync::Arc<hearth::service::Services> {
@@ -221,6 +246,26 @@ impl TestServer {
             }),
         )
         .await
+    }
+}
+
+/// Polls `check` until it gives a value (every 50 ms, at most `secs` seconds); panics with
+/// `what` otherwise. For state that arrives asynchronously, e.g. over federation.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

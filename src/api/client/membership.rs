@@ -2,14 +2,13 @@
 
 use axum::{extract::State, Router};
 use ruma::{
-    OwnedServerName,
     api::client::knock::knock_room,
     api::client::membership::{
         ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
         join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
     },
     events::{room::member::MembershipState, StateEventType},
-    OwnedRoomId, RoomId, UserId,
+    OwnedRoomId, OwnedServerName, RoomId, UserId,
 };
 use serde_json::{json, Value as JsonValue};
 
@@ -269,8 +268,7 @@ async fn resolve_room_remote(
     }
     let alias = ruma::RoomAliasId::parse(room_id_or_alias)
         .map_err(|e| Error::invalid_param(format!("Invalid room alias: {e}")))?;
-    if alias.server_name() == services.config.server_name || !services.config.federation.enabled
-    {
+    if alias.server_name() == services.config.server_name || !services.config.federation.enabled {
         return Ok((resolve_room(services, room_id_or_alias)?, Vec::new()));
     }
     services.replication.resolve_remote_alias(&alias).await

@@ -56,6 +56,17 @@ async fn set(
             &peers,
         )
         .await?;
+    let mut update = serde_json::json!({
+        "user_id": session.user_id,
+        "presence": b.presence.as_str(),
+        "last_active_ago": 0,
+        "currently_active": b.presence == ruma::presence::PresenceState::Online,
+    });
+    if let Some(msg) = &b.status_msg {
+        update["status_msg"] = msg.as_str().into();
+    }
+    let edu = serde_json::json!({ "edu_type": "m.presence", "content": { "push": [update] } });
+    services.sender.edu_to_peers_of(session.user, edu).await?;
     Ok(set_presence::v3::Response::new())
 }
 

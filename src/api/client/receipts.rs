@@ -38,6 +38,18 @@ async fn typing(
         _ => None,
     };
     services.typing.set(room, session.user_id.clone(), timeout);
+    let edu = json!({
+        "edu_type": "m.typing",
+        "content": {
+            "room_id": req.body.room_id,
+            "user_id": session.user_id,
+            "typing": timeout.is_some(),
+        },
+    });
+    // Typing is best effort: a full queue must not fail the request.
+    if let Err(e) = services.sender.edu_to_room(room, edu).await {
+        tracing::warn!("cannot queue a typing notice: {e}");
+    }
     Ok(create_typing_event::v3::Response::new())
 }
 
@@ -90,17 +102,26 @@ async fn set_receipt(
             if let ReceiptThread::Thread(root) = thread_kind(&thread) {
                 event_of_room(services, room, &root)?;
             }
+            let ts = now_ms();
             services
                 .receipts
-                .set(
-                    room,
-                    session.user,
-                    kind.as_ref(),
-                    &thread,
-                    event_id,
-                    now_ms(),
-                )
-                .await
+                .set(room, session.user, kind.as_ref(), &thread, event_id, ts)
+                .await?;
+            if *kind == ReceiptType::Read {
+                let mut data = json!({ "ts": ts });
+                if !thread.is_empty() {
+                    data["thread_id"] = thread.as_str().into();
+                }
+                let edu = json!({
+                    "edu_type": "m.receipt",
+                    "content": { room_id.as_str(): { "m.read": { session.user_id.as_str(): {
+                        "event_ids": [event_id],
+                        "data": data,
+                    }}}},
+                });
+                services.sender.edu_to_room(room, edu).await?;
+            }
+            Ok(())
         }
         _ => Err(Error::invalid_param(format!("Unknown receipt type {kind}"))),
     }

@@ -47,7 +47,10 @@ pub async fn receive(services: &Services, origin: &ServerName, edu: &str) -> Res
             let Some(user) = own_user(origin, content.get("user_id")) else {
                 return Ok(());
             };
-            let room_id = content.get("room_id").and_then(JsonValue::as_str).unwrap_or("");
+            let room_id = content
+                .get("room_id")
+                .and_then(JsonValue::as_str)
+                .unwrap_or("");
             if let Some(room) = joined_room(services, room_id, &user)? {
                 let typing = content.get("typing").and_then(JsonValue::as_bool) == Some(true);
                 services
@@ -64,8 +67,7 @@ pub async fn receive(services: &Services, origin: &ServerName, edu: &str) -> Res
                     continue;
                 };
                 for (user, receipt) in read {
-                    let Some(user) = own_user(origin, Some(&JsonValue::from(user.as_str())))
-                    else {
+                    let Some(user) = own_user(origin, Some(&JsonValue::from(user.as_str()))) else {
                         continue;
                     };
                     let Some(room) = joined_room(services, room_id, &user)? else {

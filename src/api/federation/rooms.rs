@@ -10,7 +10,9 @@ use ruma::{
         authorization::get_event_authorization,
         backfill::get_backfill,
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
-        membership::{create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+        membership::{
+            create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+        },
         query::get_room_information,
         transactions::send_transaction_message,
     },
@@ -32,15 +34,13 @@ use crate::{
 };
 
 fn origin<T>(req: &Ruma<T>) -> Result<&ServerName> {
-    req.origin
-        .as_deref()
-        .ok_or_else(|| {
-            Error::new(
-                http::StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthorized,
-                "Missing X-Matrix origin",
-            )
-        })
+    req.origin.as_deref().ok_or_else(|| {
+        Error::new(
+            http::StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "Missing X-Matrix origin",
+        )
+    })
 }
 
 fn raw_event(services: &Services, short: ShortId) -> Result<Box<RawJsonValue>> {
@@ -107,7 +107,9 @@ pub async fn send_transaction(
     let origin = origin(&req)?.to_owned();
     let body = &req.body;
     if body.origin != origin {
-        return Err(Error::forbidden("The transaction's origin is not the signer"));
+        return Err(Error::forbidden(
+            "The transaction's origin is not the signer",
+        ));
     }
     if body.pdus.len() > MAX_PDUS || body.edus.len() > MAX_EDUS {
         return Err(Error::new(
@@ -118,8 +120,7 @@ pub async fn send_transaction(
     }
     let txn_key = key::fed_txn(origin.as_str(), body.transaction_id.as_str());
     if let Some(done) = services.db.get(Cf::FedTxns, &txn_key)? {
-        if let Ok(pdus) = serde_json::from_slice::<BTreeMap<OwnedEventId, Option<String>>>(&done)
-        {
+        if let Ok(pdus) = serde_json::from_slice::<BTreeMap<OwnedEventId, Option<String>>>(&done) {
             return Ok(send_transaction_message::v1::Response::new(
                 pdus.into_iter()
                     .map(|(k, v)| (k, v.map_or(Ok(()), Err)))
@@ -139,7 +140,11 @@ pub async fn send_transaction(
                 continue;
             }
         };
-        match services.replication.receive(&origin, object, Relay::No).await {
+        match services
+            .replication
+            .receive(&origin, object, Relay::No)
+            .await
+        {
             Ok(id) => {
                 results.insert(id, Ok(()));
             }
@@ -156,10 +161,8 @@ pub async fn send_transaction(
             tracing::info!(%origin, "EDU not accepted: {e}");
         }
     }
-    let record: BTreeMap<&OwnedEventId, Option<&String>> = results
-        .iter()
-        .map(|(k, v)| (k, v.as_ref().err()))
-        .collect();
+    let record: BTreeMap<&OwnedEventId, Option<&String>> =
+        results.iter().map(|(k, v)| (k, v.as_ref().err())).collect();
     let mut batch = Batch::new();
     batch.put(
         Cf::FedTxns,
@@ -200,9 +203,9 @@ pub async fn make_join(
     let mut content = json!({ "membership": "join" });
     let current = services.rooms.membership_of(&b.user_id, room)?;
     if current != Some(MembershipState::Invite) && current != Some(MembershipState::Join) {
-        if let Some(via) = crate::api::client::membership::restricted_join_authoriser(
-            &services, &b.user_id, room,
-        )? {
+        if let Some(via) =
+            crate::api::client::membership::restricted_join_authoriser(&services, &b.user_id, room)?
+        {
             content["join_authorised_via_users_server"] = via.as_str().into();
         }
     }

@@ -132,9 +132,7 @@ impl Service {
         }
         let verified = verify_event(&keys, &object, rules)
             .map_err(|e| bad_event(format!("bad signature: {e}")))?;
-        let event_id = match hearth_federation::pdu::event_id(&object, rules)
-            .map_err(bad_event)?
-        {
+        let event_id = match hearth_federation::pdu::event_id(&object, rules).map_err(bad_event)? {
             Some(id) => id,
             None => match object.get("event_id") {
                 Some(CanonicalJsonValue::String(s)) => {
@@ -182,7 +180,9 @@ impl Service {
         let object = to_canonical(object)?;
         let v = self.verify(rules, object).await?;
         if v.event_id != event_id {
-            return Err(bad_event(format!("{from} sent another event for {event_id}")));
+            return Err(bad_event(format!(
+                "{from} sent another event for {event_id}"
+            )));
         }
         Ok(v)
     }
@@ -337,9 +337,7 @@ impl Service {
             return Err(Refused::Rejected(e.to_string()));
         }
         // 2. Its prev events, then the state before it.
-        let state_before = self
-            .state_before(origin, room, rules, &v, depth)
-            .await?;
+        let state_before = self.state_before(origin, room, rules, &v, depth).await?;
         if let Err(e) = self.rooms.authorise_against(rules, &v.pdu, &state_before) {
             self.rooms
                 .store_outliers(vec![(v.event_id.clone(), v.object.clone(), REJECTED)])
@@ -408,7 +406,13 @@ impl Service {
     }
 
     /// Asks `origin` for the events between what we have and `v`, and places them oldest first.
-    async fn fill_gap(&self, origin: &ServerName, room: ShortId, rules: &RoomVersionRules, v: &Checked) {
+    async fn fill_gap(
+        &self,
+        origin: &ServerName,
+        room: ShortId,
+        rules: &RoomVersionRules,
+        v: &Checked,
+    ) {
         let Ok(Some(meta)) = self.rooms.meta(room) else {
             return;
         };
@@ -510,7 +514,8 @@ impl Service {
             .iter()
             .flat_map(|v| v.pdu.auth_events.clone())
             .collect();
-        self.fetch_auth_chain(origin, &room_id, rules, &auth).await?;
+        self.fetch_auth_chain(origin, &room_id, rules, &auth)
+            .await?;
         self.store_checked_outliers(rules, fetched).await?;
         let before = self.rooms.state_from_events(&pdu_ids)?;
         let short = self
@@ -571,7 +576,10 @@ impl Service {
             if server == self.server_name() {
                 continue;
             }
-            match self.join_via(server, user_id, room_id, content_extra.clone()).await {
+            match self
+                .join_via(server, user_id, room_id, content_extra.clone())
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::info!(%server, %room_id, "join through {server} failed: {e}");
@@ -825,16 +833,16 @@ impl Service {
                 Refused::Dropped(m) => bad_event(m),
             })?;
         if self.rooms.event_flags(short)? != 0 {
-            return Err(Error::forbidden("The event is not allowed by the room's current state"));
+            return Err(Error::forbidden(
+                "The event is not allowed by the room's current state",
+            ));
         }
         Ok((short, stored))
     }
 }
 
 /// Room versions this server can join (sent as `ver` in make_join).
-pub const SUPPORTED_VERSIONS: &[&str] = &[
-    "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
-];
+pub const SUPPORTED_VERSIONS: &[&str] = &["2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
 
 pub fn to_canonical(value: JsonValue) -> Result<CanonicalJsonObject> {
     match CanonicalJsonValue::try_from(value) {

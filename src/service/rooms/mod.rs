@@ -149,7 +149,8 @@ pub struct Service {
     /// Servers with joined members per room, dropped when a member event lands.
     servers_cache: Mutex<HashMap<ShortId, Arc<Vec<OwnedServerName>>>>,
     /// Where destinations with newly queued events are announced (the federation sender).
-    outgoing_listener: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<OwnedServerName>>>,
+    outgoing_listener:
+        std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<OwnedServerName>>>,
 }
 
 impl Service {

@@ -221,14 +221,24 @@ impl Service {
         Ok((event_id, o))
     }
 
-    pub(super) fn state_pdu(&self, state: &StateMap, kind: &StateEventType, sk: &str) -> Option<Pdu> {
+    pub(super) fn state_pdu(
+        &self,
+        state: &StateMap,
+        kind: &StateEventType,
+        sk: &str,
+    ) -> Option<Pdu> {
         let short = self.state_key_short(kind, sk).ok().flatten()?;
         let event = state.get(&short)?;
         self.pdu(*event).ok().flatten()
     }
 
     /// Authorises a PDU against the given state (the room's current state for local events).
-    pub(super) fn authorise(&self, rules: &RoomVersionRules, pdu: &Pdu, state: &StateMap) -> Result<()> {
+    pub(super) fn authorise(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        state: &StateMap,
+    ) -> Result<()> {
         state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
             self.pdu_by_id(id).ok().flatten()
         })
@@ -243,7 +253,11 @@ impl Service {
     }
 
     /// The effective power levels in a state (for checks the auth rules leave to the server).
-    pub(super) fn power_levels(&self, rules: &RoomVersionRules, state: &StateMap) -> Result<RoomPowerLevels> {
+    pub(super) fn power_levels(
+        &self,
+        rules: &RoomVersionRules,
+        state: &StateMap,
+    ) -> Result<RoomPowerLevels> {
         use ruma::events::room::power_levels::{
             RoomPowerLevelsEventContent, RoomPowerLevelsSource,
         };

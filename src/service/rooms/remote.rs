@@ -147,25 +147,6 @@ impl Service {
         state.values().map(|e| self.event_id_of(*e)).collect()
     }
 
-    fn to_ruma_state(&self, state: &StateMap) -> Result<RumaStateMap> {
-        let mut out = HashMap::with_capacity(state.len());
-        for (sk, ev) in state {
-            out.insert(self.state_key_of(*sk)?, self.event_id_of(*ev)?);
-        }
-        Ok(out)
-    }
-
-    fn from_ruma_state(&self, state: &RumaStateMap) -> Result<StateMap> {
-        let mut out = StateMap::new();
-        for ((kind, sk), id) in state {
-            let ev = self
-                .event_short(id)?
-                .ok_or_else(|| Error::internal(format!("resolved state event {id} not stored")))?;
-            out.insert(self.state_key_for(kind, sk)?, ev);
-        }
-        Ok(out)
-    }
-
     /// Every event reachable from `ids` through auth_events (the starting events excluded unless
     /// reached). Events we do not have are skipped.
     pub fn auth_chain(
@@ -245,35 +226,80 @@ impl Service {
         if states.iter().all(|s| s == first) {
             return Ok((**first).clone());
         }
+        self.resolve_with(rules, states, None)
+    }
+
+    /// As `resolve`, where `extra` is an event (with its short ID) not written yet that the
+    /// states may hold.
+    fn resolve_with(
+        &self,
+        rules: &RoomVersionRules,
+        states: &[Arc<StateMap>],
+        extra: Option<(ShortId, &Pdu)>,
+    ) -> Result<StateMap> {
         let v2 = rules
             .state_res
             .v2_rules()
             .ok_or_else(|| Error::internal("state resolution v1 is not supported"))?;
+        let id_of = |short: ShortId| -> Result<OwnedEventId> {
+            match extra {
+                Some((s, pdu)) if s == short => Ok(pdu.event_id.clone()),
+                _ => self.event_id_of(short),
+            }
+        };
         let maps = states
             .iter()
-            .map(|s| self.to_ruma_state(s))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|state| {
+                let mut out = HashMap::with_capacity(state.len());
+                for (sk, ev) in state.iter() {
+                    out.insert(self.state_key_of(*sk)?, id_of(*ev)?);
+                }
+                Ok(out)
+            })
+            .collect::<Result<Vec<RumaStateMap>>>()?;
         let chains = maps
             .iter()
             .map(|m| {
                 let mut chain = self.auth_chain(m.values().cloned())?;
                 chain.extend(m.values().cloned());
+                if let Some((_, pdu)) = extra {
+                    if m.values().any(|id| *id == pdu.event_id) {
+                        chain.extend(self.auth_chain(pdu.auth_events.iter().cloned())?);
+                        chain.extend(pdu.auth_events.iter().cloned());
+                    }
+                }
                 Ok(chain.into_iter().collect::<EventIdSet<OwnedEventId>>())
             })
             .collect::<Result<Vec<_>>>()?;
+        let fetch = |id: &EventId| -> Option<Pdu> {
+            match extra {
+                Some((_, pdu)) if pdu.event_id == id => Some(pdu.clone()),
+                _ => self.pdu_by_id(id).ok().flatten(),
+            }
+        };
         let resolved = state_res::resolve(
             &rules.authorization,
             v2,
             maps.iter(),
             chains,
-            |id: &EventId| self.pdu_by_id(id).ok().flatten(),
+            fetch,
             |c: &state_res::StateMap<Vec<OwnedEventId>>| {
                 self.conflicted_subgraph(c)
                     .map(|s| s.into_iter().collect::<EventIdSet<OwnedEventId>>())
             },
         )
         .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
-        self.from_ruma_state(&resolved)
+        let mut out = StateMap::new();
+        for ((kind, sk), id) in &resolved {
+            let ev = match extra {
+                Some((s, pdu)) if pdu.event_id == *id => s,
+                _ => self.event_short(id)?.ok_or_else(|| {
+                    Error::internal(format!("resolved state event {id} not stored"))
+                })?,
+            };
+            out.insert(self.state_key_for(kind, sk)?, ev);
+        }
+        Ok(out)
     }
 
     /// The servers with joined members in a room, ours excluded.
@@ -386,7 +412,7 @@ impl Service {
             old.as_ref().map(|m| (m.state_group, &*old_state)),
             &state,
         )?;
-        self.write_current_state_diff(&mut batch, room, &old_state, &state)?;
+        self.write_current_state_diff(&mut batch, room, &old_state, &state, None)?;
         let meta = RoomMeta {
             room_id: room_id.clone(),
             version: version.clone(),
@@ -408,6 +434,7 @@ impl Service {
         room: ShortId,
         old: &StateMap,
         new: &StateMap,
+        extra: Option<(ShortId, &Pdu)>,
     ) -> Result<()> {
         for sk in old.keys().filter(|k| !new.contains_key(k)) {
             batch.delete(Cf::RoomState, key::pair(room, *sk));
@@ -421,8 +448,12 @@ impl Service {
             if kind != StateEventType::RoomMember {
                 continue;
             }
-            let Some(pdu) = self.pdu(*ev)? else {
-                continue;
+            let pdu = match extra {
+                Some((s, p)) if s == *ev => p.clone(),
+                _ => match self.pdu(*ev)? {
+                    Some(p) => p,
+                    None => continue,
+                },
             };
             let Some(membership) = pdu
                 .content_field("membership")
@@ -552,10 +583,7 @@ impl Service {
         new_meta.depth = meta.depth.max(pdu.depth);
         if flags == 0 {
             // The new heads: this event replaces the heads it builds on.
-            let builds_on_all = meta
-                .extremities
-                .iter()
-                .all(|e| pdu.prev_events.contains(e));
+            let builds_on_all = meta.extremities.iter().all(|e| pdu.prev_events.contains(e));
             new_meta
                 .extremities
                 .retain(|e| !pdu.prev_events.contains(e) && e != event_id);
@@ -563,7 +591,11 @@ impl Service {
             let new_current = if builds_on_all {
                 after.clone()
             } else {
-                Arc::new(self.resolve(rules, &[current.clone(), after.clone()])?)
+                Arc::new(self.resolve_with(
+                    rules,
+                    &[current.clone(), after.clone()],
+                    Some((short, pdu)),
+                )?)
             };
             new_meta.state_group = if new_current == after {
                 after_group
@@ -573,7 +605,7 @@ impl Service {
                 self.state
                     .store_in(batch, Some((after_group, &after)), &new_current)?
             };
-            self.write_current_state_diff(batch, room, current, &new_current)?;
+            self.write_current_state_diff(batch, room, current, &new_current, Some((short, pdu)))?;
             batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
             self.index_relation_in(batch, room, short, pdu)?;
             if pdu.kind == TimelineEventType::RoomRedaction {
@@ -719,6 +751,18 @@ impl Service {
                 let k = (StateEventType::from(a.kind.to_string()), sk.clone());
                 if by_key.insert(k, a.clone()).is_some() {
                     return Err(Error::forbidden("duplicate auth event types"));
+                }
+            }
+        }
+        // From v12 the create event is named by the room ID, not listed in auth_events.
+        if rules.authorization.room_create_event_id_as_room_id
+            && pdu.kind != TimelineEventType::RoomCreate
+        {
+            if let Some(room_id) = &pdu.room_id {
+                let create_id = OwnedEventId::try_from(format!("${}", room_id.strip_sigil()))
+                    .map_err(|e| Error::forbidden(format!("room ID: {e}")))?;
+                if let Some(create) = self.pdu_by_id(&create_id)? {
+                    by_key.insert((StateEventType::RoomCreate, String::new()), create);
                 }
             }
         }

@@ -116,6 +116,32 @@ impl Service {
         Ok(())
     }
 
+    /// Queues an EDU for every other server in a room.
+    pub async fn edu_to_room(&self, room: crate::storage::ShortId, edu: JsonValue) -> Result<()> {
+        let servers = self.rooms.remote_servers(room)?;
+        self.queue_edu(&servers, edu).await
+    }
+
+    /// Queues an EDU for every server sharing a room with the user.
+    pub async fn edu_to_peers_of(
+        &self,
+        user: crate::storage::ShortId,
+        edu: JsonValue,
+    ) -> Result<()> {
+        let mut servers: Vec<OwnedServerName> = Vec::new();
+        for (room, m) in self.rooms.memberships(user)? {
+            if m.membership() != ruma::events::room::member::MembershipState::Join {
+                continue;
+            }
+            for s in self.rooms.remote_servers(room)? {
+                if !servers.contains(&s) {
+                    servers.push(s);
+                }
+            }
+        }
+        self.queue_edu(&servers, edu).await
+    }
+
     fn rooms_wake(&self, servers: Vec<OwnedServerName>) {
         // The same channel the event pipeline announces on.
         self.rooms.announce_destinations(servers);

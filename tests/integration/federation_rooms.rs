@@ -1,0 +1,315 @@
+//! Rooms shared by two Hearth servers over TLS on loopback: joins through the resident server,
+//! messages, state, typing, receipts and presence both ways, and a peer that goes away and comes
+//! back to every event it missed.
+
+use serde_json::{json, Value};
+
+use crate::common::{enc, eventually, TestServer, TEST_PASSWORD};
+
+/// Bodies of the text messages of a room as `token`'s server has them, oldest first.
+async fn texts(server: &TestServer, token: &str, room: &str) -> Vec<String> {
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
+                enc(room)
+            ),
+            Some(token),
+        )
+        .await;
+    if status != 200 {
+        return Vec::new();
+    }
+    let mut out: Vec<String> = body["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    out.reverse();
+    out
+}
+
+async fn state(
+    server: &TestServer,
+    token: &str,
+    room: &str,
+    kind: &str,
+    key: &str,
+) -> Option<Value> {
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+                enc(room),
+                enc(key)
+            ),
+            Some(token),
+        )
+        .await;
+    if status != 200 {
+        eprintln!("state {kind} on {}: {status} {body}", server.name());
+    }
+    (status == 200).then_some(body)
+}
+
+/// A /sync of `token` (no wait) that `pick` finds something in.
+async fn synced<T>(
+    server: &TestServer,
+    token: &str,
+    what: &str,
+    pick: impl Fn(&Value) -> Option<T>,
+) -> T {
+    eventually(20, what, || async {
+        let (status, body) = server
+            .get("/_matrix/client/v3/sync?timeout=0", Some(token))
+            .await;
+        if status != 200 {
+            return None;
+        }
+        pick(&body)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_on_one_server_is_joined_from_another_and_everything_flows_both_ways() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let (_alice, alice_tok, _) = a.register("alice", TEST_PASSWORD).await;
+    let (bob, bob_tok, _) = b.register("bob", TEST_PASSWORD).await;
+    let room = a
+        .create_room(
+            &alice_tok,
+            json!({ "preset": "public_chat", "room_alias_name": "lounge", "name": "Lounge" }),
+        )
+        .await;
+    a.say(&alice_tok, &room, "before bob").await;
+
+    // Bob joins through A; B now holds the room's state.
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), a.name()),
+            Some(&bob_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], room.as_str());
+    let name = state(&b, &bob_tok, &room, "m.room.name", "")
+        .await
+        .expect("B has the name");
+    assert_eq!(name["name"], "Lounge");
+    // A has Bob's join.
+    eventually(20, "A sees bob joined", || async {
+        let m = state(&a, &alice_tok, &room, "m.room.member", &bob).await?;
+        (m["membership"] == "join").then_some(())
+    })
+    .await;
+
+    // Messages both ways.
+    a.say(&alice_tok, &room, "hello bob").await;
+    eventually(20, "bob gets alice's message", || async {
+        texts(&b, &bob_tok, &room)
+            .await
+            .contains(&"hello bob".to_owned())
+            .then_some(())
+    })
+    .await;
+    b.say(&bob_tok, &room, "hi alice").await;
+    eventually(20, "alice gets bob's message", || async {
+        texts(&a, &alice_tok, &room)
+            .await
+            .contains(&"hi alice".to_owned())
+            .then_some(())
+    })
+    .await;
+
+    // State both ways: Alice renames the room, Bob changes his name in it.
+    let (status, _) = a
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+            Some(&alice_tok),
+            json!({ "name": "Living room" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually(20, "B has the new name", || async {
+        let n = state(&b, &bob_tok, &room, "m.room.name", "").await?;
+        (n["name"] == "Living room").then_some(())
+    })
+    .await;
+    let (status, body) = b
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&bob)
+            ),
+            Some(&bob_tok),
+            json!({ "membership": "join", "displayname": "Bobby" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(20, "A has bob's new name", || async {
+        let m = state(&a, &alice_tok, &room, "m.room.member", &bob).await?;
+        (m["displayname"] == "Bobby").then_some(())
+    })
+    .await;
+
+    // Typing, receipts and presence.
+    let (status, _) = b
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc(&bob)
+            ),
+            Some(&bob_tok),
+            json!({ "typing": true, "timeout": 20000 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    synced(&a, &alice_tok, "alice sees bob typing", |s| {
+        let ephemeral = s["rooms"]["join"][room.as_str()]["ephemeral"]["events"].as_array()?;
+        ephemeral
+            .iter()
+            .any(|e| {
+                e["type"] == "m.typing"
+                    && e["content"]["user_ids"]
+                        .as_array()
+                        .is_some_and(|u| u.iter().any(|u| u == bob.as_str()))
+            })
+            .then_some(())
+    })
+    .await;
+    let bobs_message = a.say(&alice_tok, &room, "read this").await;
+    eventually(20, "bob gets the message to read", || async {
+        texts(&b, &bob_tok, &room)
+            .await
+            .contains(&"read this".to_owned())
+            .then_some(())
+    })
+    .await;
+    let (status, _) = b
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(&bobs_message)
+            ),
+            Some(&bob_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    synced(&a, &alice_tok, "alice sees bob's receipt", |s| {
+        let ephemeral = s["rooms"]["join"][room.as_str()]["ephemeral"]["events"].as_array()?;
+        ephemeral
+            .iter()
+            .any(|e| {
+                e["type"] == "m.receipt"
+                    && e["content"][bobs_message.as_str()]["m.read"][bob.as_str()].is_object()
+            })
+            .then_some(())
+    })
+    .await;
+    let (status, _) = b
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&bob)),
+            Some(&bob_tok),
+            json!({ "presence": "online", "status_msg": "around" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    synced(&a, &alice_tok, "alice sees bob's presence", |s| {
+        s["presence"]["events"]
+            .as_array()?
+            .iter()
+            .any(|e| e["sender"] == bob.as_str() && e["content"]["status_msg"] == "around")
+            .then_some(())
+    })
+    .await;
+
+    // A second user of B joins by alias.
+    let (_carol, carol_tok, _) = b.register("carol", TEST_PASSWORD).await;
+    let (status, body) = b
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#lounge:{}", a.name()))
+            ),
+            Some(&carol_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], room.as_str());
+    b.say(&carol_tok, &room, "carol here").await;
+    eventually(20, "alice gets carol's message", || async {
+        texts(&a, &alice_tok, &room)
+            .await
+            .contains(&"carol here".to_owned())
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_was_down_gets_every_event_in_order_once() {
+    let a = TestServer::start_federating_with(|c| {
+        c.federation.max_backoff = hearth::config::HumanDuration(std::time::Duration::from_secs(1));
+    })
+    .await;
+    let mut b = TestServer::start_federating().await;
+    let (_alice, alice_tok, _) = a.register("alice", TEST_PASSWORD).await;
+    let (_bob, bob_tok, _) = b.register("bob", TEST_PASSWORD).await;
+    let room = a
+        .create_room(&alice_tok, json!({ "preset": "public_chat" }))
+        .await;
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), a.name()),
+            Some(&bob_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    a.say(&alice_tok, &room, "m0").await;
+    eventually(20, "bob gets m0", || async {
+        (texts(&b, &bob_tok, &room).await == ["m0"]).then_some(())
+    })
+    .await;
+
+    b.stop().await;
+    let sent: Vec<String> = (1..=30).map(|i| format!("m{i}")).collect();
+    for text in &sent {
+        a.say(&alice_tok, &room, text).await;
+    }
+    // A keeps them queued for B while B is away.
+    let queued = a
+        .services()
+        .db
+        .scan_prefix(hearth::storage::Cf::FedQueue, b.name().as_bytes())
+        .count();
+    assert!(queued >= 30, "A queued {queued} rows for B");
+
+    b.resume().await;
+    let mut expected = vec!["m0".to_owned()];
+    expected.extend(sent);
+    eventually(30, "B gets all 31 messages in order", || async {
+        let got = texts(&b, &bob_tok, &room).await;
+        (got == expected).then_some(())
+    })
+    .await;
+    eventually(10, "A's queue for B drains", || async {
+        (a.services()
+            .db
+            .scan_prefix(hearth::storage::Cf::FedQueue, b.name().as_bytes())
+            .count()
+            == 0)
+            .then_some(())
+    })
+    .await;
+}
