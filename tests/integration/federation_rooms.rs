@@ -313,3 +313,107 @@ async fn a_peer_that_was_down_gets_every_event_in_order_once() {
     })
     .await;
 }
+
+fn sdk_settings() -> matrix_sdk::config::SyncSettings {
+    matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::from_millis(200))
+}
+
+/// The decrypted text bodies `client` has of a room, after syncing once.
+async fn decrypted(client: &matrix_sdk::Client, room_id: &ruma::RoomId) -> Vec<String> {
+    use matrix_sdk::room::MessagesOptions;
+    let _ = client.sync_once(sdk_settings()).await;
+    let Some(room) = client.get_room(room_id) else {
+        return Vec::new();
+    };
+    let mut options = MessagesOptions::backward();
+    options.limit = ruma::uint!(20);
+    let Ok(messages) = room.messages(options).await else {
+        return Vec::new();
+    };
+    messages
+        .chunk
+        .iter()
+        .filter(|ev| ev.encryption_info().is_some())
+        .filter_map(|ev| {
+            ev.raw()
+                .get_field::<Value>("content")
+                .ok()
+                .flatten()
+                .and_then(|c| c["body"].as_str().map(str::to_owned))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_conversation_between_two_servers_decrypts_on_both_sides() {
+    use matrix_sdk::ruma::{
+        api::client::room::{create_room, Visibility},
+        events::room::message::RoomMessageEventContent,
+        OwnedServerName,
+    };
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.sdk_user("alice").await;
+    let bob = b.sdk_user("bob").await;
+    alice.sync_once(sdk_settings()).await.expect("alice syncs");
+    bob.sync_once(sdk_settings()).await.expect("bob syncs");
+
+    let mut request = create_room::v3::Request::new();
+    request.preset = Some(create_room::v3::RoomPreset::PublicChat);
+    request.visibility = Visibility::Public;
+    let room = alice.create_room(request).await.expect("createRoom");
+    room.enable_encryption().await.expect("encryption on");
+    let via: OwnedServerName = a.name().try_into().unwrap();
+    bob.join_room_by_id_or_alias(room.room_id().into(), &[via])
+        .await
+        .expect("bob joins through A");
+    let bob_id = bob.user_id().unwrap().to_owned();
+    eventually(20, "alice sees bob in the room", || async {
+        alice.sync_once(sdk_settings()).await.ok()?;
+        let member = room.get_member_no_sync(&bob_id).await.ok().flatten()?;
+        (member.membership() == &matrix_sdk::ruma::events::room::member::MembershipState::Join)
+            .then_some(())
+    })
+    .await;
+
+    room.send(RoomMessageEventContent::text_plain("the secret plan"))
+        .await
+        .expect("alice sends encrypted");
+    // B stored ciphertext only.
+    let bob_token = bob.access_token().unwrap();
+    eventually(20, "B has the encrypted event", || async {
+        let (_, page) = b
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+                    enc(room.room_id().as_str())
+                ),
+                Some(&bob_token),
+            )
+            .await;
+        (page["chunk"][0]["type"] == "m.room.encrypted"
+            && !page.to_string().contains("the secret plan"))
+        .then_some(())
+    })
+    .await;
+    eventually(30, "bob decrypts alice's message", || async {
+        decrypted(&bob, room.room_id())
+            .await
+            .contains(&"the secret plan".to_owned())
+            .then_some(())
+    })
+    .await;
+
+    let bob_room = bob.get_room(room.room_id()).expect("bob knows the room");
+    bob_room
+        .send(RoomMessageEventContent::text_plain("agreed"))
+        .await
+        .expect("bob sends encrypted");
+    eventually(30, "alice decrypts bob's reply", || async {
+        decrypted(&alice, room.room_id())
+            .await
+            .contains(&"agreed".to_owned())
+            .then_some(())
+    })
+    .await;
+}

@@ -88,6 +88,21 @@ async fn upload(
             &fallbacks,
         )
         .await?;
+    if let Some(keys) = &device_keys {
+        // Servers sharing a room with us hear of the new device keys.
+        let edu = serde_json::json!({
+            "edu_type": "m.device_list_update",
+            "content": {
+                "user_id": session.user_id,
+                "device_id": session.device_id,
+                "stream_id": crate::service::now_ms(),
+                "prev_id": [],
+                "deleted": false,
+                "keys": keys,
+            },
+        });
+        services.sender.edu_to_peers_of(session.user, edu).await?;
+    }
     let counts = counts
         .into_iter()
         .map(|(alg, n)| (alg.as_str().into(), ruma::UInt::new_saturating(n)))
@@ -97,7 +112,7 @@ async fn upload(
 
 /// The device keys of a local user's devices (all when `only` is empty), with their display
 /// names in `unsigned`.
-fn local_device_keys(
+pub(crate) fn local_device_keys(
     services: &Services,
     user: ShortId,
     only: &[OwnedDeviceId],
@@ -127,13 +142,40 @@ async fn query(
 ) -> Result<get_keys::v3::Response> {
     let session = req.session()?;
     let mut resp = get_keys::v3::Response::new();
+    // Other servers' users: one query per server, answered by that server.
+    let mut remote: BTreeMap<ruma::OwnedServerName, serde_json::Map<String, JsonValue>> =
+        BTreeMap::new();
     for (user_id, devices) in &req.body.device_keys {
         if !services.users.is_local(user_id) {
-            // Keys of other servers' users come with federation.
-            resp.failures.insert(
-                user_id.server_name().to_string(),
-                serde_json::json!({ "status": 503, "message": "Federation is not enabled yet" }),
-            );
+            remote
+                .entry(user_id.server_name().to_owned())
+                .or_default()
+                .insert(user_id.to_string(), serde_json::json!(devices));
+        }
+    }
+    for (server, users) in remote {
+        let body = serde_json::json!({ "device_keys": users });
+        let answer = services
+            .federation
+            .request_json(
+                &server,
+                http::Method::POST,
+                "/_matrix/federation/v1/user/keys/query",
+                Some(&body),
+            )
+            .await;
+        match answer {
+            Ok(a) => merge_remote_keys(&mut resp, &server, &a),
+            Err(e) => {
+                resp.failures.insert(
+                    server.to_string(),
+                    serde_json::json!({ "status": 503, "message": e.to_string() }),
+                );
+            }
+        }
+    }
+    for (user_id, devices) in &req.body.device_keys {
+        if !services.users.is_local(user_id) {
             continue;
         }
         let Some(user) = services.users.short_id(user_id)? else {
@@ -160,6 +202,49 @@ async fn query(
     Ok(resp)
 }
 
+/// Adds what another server answered to /user/keys/query, keeping only its own users.
+fn merge_remote_keys(
+    resp: &mut get_keys::v3::Response,
+    server: &ruma::ServerName,
+    answer: &JsonValue,
+) {
+    let ours = |u: &str| -> Option<OwnedUserId> {
+        OwnedUserId::try_from(u)
+            .ok()
+            .filter(|u| u.server_name() == server)
+    };
+    for (user, devices) in answer
+        .get("device_keys")
+        .and_then(JsonValue::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let Some(user) = ours(user) else { continue };
+        let mut map = BTreeMap::new();
+        for (device, keys) in devices.as_object().into_iter().flatten() {
+            if let Ok(r) = raw(keys) {
+                map.insert(OwnedDeviceId::from(device.as_str()), r);
+            }
+        }
+        resp.device_keys.insert(user, map);
+    }
+    for (field, target) in [
+        ("master_keys", &mut resp.master_keys),
+        ("self_signing_keys", &mut resp.self_signing_keys),
+    ] {
+        for (user, key) in answer
+            .get(field)
+            .and_then(JsonValue::as_object)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(user), Ok(r)) = (ours(user), raw(key)) {
+                target.insert(user, r);
+            }
+        }
+    }
+}
+
 async fn claim(
     State(services): State<AppState>,
     req: Ruma<claim_keys::v3::Request>,
@@ -167,12 +252,67 @@ async fn claim(
     req.session()?;
     let mut out: BTreeMap<OwnedUserId, claim_keys::v3::OneTimeKeys> = BTreeMap::new();
     let mut failures = BTreeMap::new();
+    let mut remote: BTreeMap<ruma::OwnedServerName, serde_json::Map<String, JsonValue>> =
+        BTreeMap::new();
     for (user_id, devices) in &req.body.one_time_keys {
         if !services.users.is_local(user_id) {
-            failures.insert(
-                user_id.server_name().to_string(),
-                serde_json::json!({ "status": 503, "message": "Federation is not enabled yet" }),
-            );
+            remote
+                .entry(user_id.server_name().to_owned())
+                .or_default()
+                .insert(user_id.to_string(), serde_json::json!(devices));
+        }
+    }
+    for (server, users) in remote {
+        let body = serde_json::json!({ "one_time_keys": users });
+        match services
+            .federation
+            .request_json(
+                &server,
+                http::Method::POST,
+                "/_matrix/federation/v1/user/keys/claim",
+                Some(&body),
+            )
+            .await
+        {
+            Ok(a) => {
+                for (user, devices) in a
+                    .get("one_time_keys")
+                    .and_then(JsonValue::as_object)
+                    .into_iter()
+                    .flatten()
+                {
+                    let Ok(user) = OwnedUserId::try_from(user.as_str()) else {
+                        continue;
+                    };
+                    if user.server_name() != server {
+                        continue;
+                    }
+                    for (device, keys) in devices.as_object().into_iter().flatten() {
+                        for (id, key) in keys.as_object().into_iter().flatten() {
+                            let (Ok(id), Ok(key)) =
+                                (ruma::OwnedOneTimeKeyId::try_from(id.as_str()), raw(key))
+                            else {
+                                continue;
+                            };
+                            out.entry(user.clone())
+                                .or_default()
+                                .entry(OwnedDeviceId::from(device.as_str()))
+                                .or_default()
+                                .insert(id, key);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                failures.insert(
+                    server.to_string(),
+                    serde_json::json!({ "status": 503, "message": e.to_string() }),
+                );
+            }
+        }
+    }
+    for (user_id, devices) in &req.body.one_time_keys {
+        if !services.users.is_local(user_id) {
             continue;
         }
         // Unknown users and devices simply have no keys to give.
@@ -306,6 +446,17 @@ async fn upload_cross_signing(
         .keys
         .set_cross_signing_keys(session.user, &keys)
         .await?;
+    let mut content = serde_json::json!({ "user_id": session.user_id });
+    for (usage, field) in [
+        ("master", "master_key"),
+        ("self_signing", "self_signing_key"),
+    ] {
+        if let Some(k) = services.keys.cross_signing_key(session.user, usage)? {
+            content[field] = k;
+        }
+    }
+    let edu = serde_json::json!({ "edu_type": "m.signing_key_update", "content": content });
+    services.sender.edu_to_peers_of(session.user, edu).await?;
     Ok(upload_signing_keys::v3::Response::new())
 }
 
@@ -360,9 +511,22 @@ async fn send_to_device(
         return Ok(send_event_to_device::v3::Response::new());
     }
     let mut messages = Vec::new();
+    let mut remote: BTreeMap<ruma::OwnedServerName, serde_json::Map<String, JsonValue>> =
+        BTreeMap::new();
     for (user_id, devices) in &b.messages {
         if !services.users.is_local(user_id) {
-            // Delivery to other servers comes with federation; drop rather than fail the batch.
+            let mut per_device = serde_json::Map::new();
+            for (device, content) in devices {
+                let target = match device {
+                    DeviceIdOrAllDevices::DeviceId(d) => d.to_string(),
+                    DeviceIdOrAllDevices::AllDevices => "*".to_owned(),
+                };
+                per_device.insert(target, json(content)?);
+            }
+            remote
+                .entry(user_id.server_name().to_owned())
+                .or_default()
+                .insert(user_id.to_string(), JsonValue::Object(per_device));
             continue;
         }
         let Some(user) = services.users.short_id(user_id)? else {
@@ -393,6 +557,18 @@ async fn send_to_device(
             },
         )
         .await?;
+    for (server, messages) in remote {
+        let edu = serde_json::json!({
+            "edu_type": "m.direct_to_device",
+            "content": {
+                "sender": session.user_id,
+                "type": b.event_type.to_string(),
+                "message_id": format!("{}.{}", session.device_id, b.txn_id),
+                "messages": messages,
+            },
+        });
+        services.sender.queue_edu(&[server], edu).await?;
+    }
     services
         .rooms
         .record_txn(session.user, session.device_id.as_str(), 0, &txn_key)

@@ -6,7 +6,7 @@ mod backup;
 mod device;
 mod directory;
 mod discovery;
-mod keys;
+pub(crate) mod keys;
 mod media;
 pub(crate) mod membership;
 mod presence;

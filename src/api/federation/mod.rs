@@ -2,6 +2,7 @@
 //! endpoint that needs it is authenticated by its origin's X-Matrix signature (see `ruma.rs`).
 
 mod edu;
+mod keys;
 mod rooms;
 
 use axum::{extract::State, Router};
@@ -42,6 +43,9 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(rooms::backfill)
         .ruma(rooms::missing_events)
         .ruma(rooms::directory)
+        .ruma(keys::query)
+        .ruma(keys::claim)
+        .ruma(keys::devices)
 }
 
 async fn version(
