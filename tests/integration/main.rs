@@ -10,6 +10,7 @@ mod bad_input;
 mod directory;
 mod e2ee_sdk;
 mod federation;
+mod federation_bad_input;
 mod federation_rooms;
 mod history_sdk;
 mod key_backup;

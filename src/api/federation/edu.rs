@@ -35,6 +35,13 @@ fn joined_room(services: &Services, room_id: &str, user: &UserId) -> Result<Opti
     let Some(room) = services.rooms.room_short(&room_id)? else {
         return Ok(None);
     };
+    // EDUs about a room from a server its ACL denies are ignored, like its events.
+    if services
+        .replication
+        .denied_by_acl(room, user.server_name())?
+    {
+        return Ok(None);
+    }
     Ok(services.rooms.is_joined(user, room)?.then_some(room))
 }
 

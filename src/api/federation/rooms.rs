@@ -73,6 +73,9 @@ fn world_readable(services: &Services, room: ShortId) -> Result<bool> {
 /// The room, if `origin` may read it.
 fn readable_room(services: &Services, origin: &ServerName, room_id: &RoomId) -> Result<ShortId> {
     let (room, _) = services.rooms.known_room(room_id)?;
+    if services.replication.denied_by_acl(room, origin)? {
+        return Err(Error::forbidden("The room's server ACL denies your server"));
+    }
     if server_in_room(services, origin, room)? || world_readable(services, room)? {
         Ok(room)
     } else {
@@ -183,6 +186,9 @@ pub async fn make_join(
         return Err(Error::forbidden("You may only join your own users"));
     }
     let (room, meta) = services.rooms.known_room(&b.room_id)?;
+    if services.replication.denied_by_acl(room, origin)? {
+        return Err(Error::forbidden("The room's server ACL denies your server"));
+    }
     let supported = if b.ver.is_empty() {
         meta.version == ruma::RoomVersionId::V1
     } else {

@@ -290,6 +290,15 @@ impl Service {
             .rooms
             .known_room(&room_id)
             .map_err(|_| (None, dropped(format!("unknown room {room_id}"))))?;
+        if self
+            .denied_by_acl(room, origin)
+            .map_err(|e| (None, e.into()))?
+        {
+            return Err((
+                None,
+                dropped(format!("the room's server ACL denies {origin}")),
+            ));
+        }
         let rules = rooms::Service::version_rules(&meta.version).map_err(|e| (None, e.into()))?;
         let v = self
             .verify(&rules, object)
@@ -300,6 +309,23 @@ impl Service {
             .await
             .map(|_| id.clone())
             .map_err(|e| (Some(id), e))
+    }
+
+    /// Whether the room's m.room.server_acl denies a server (requests from it are refused).
+    pub fn denied_by_acl(&self, room: ShortId, server: &ServerName) -> Result<bool> {
+        let Some(acl) = self
+            .rooms
+            .current_state_pdu(room, &StateEventType::RoomServerAcl, "")?
+        else {
+            return Ok(false);
+        };
+        // An ACL that does not parse denies nobody rather than everybody.
+        let Ok(content) = serde_json::from_str::<
+            ruma::events::room::server_acl::RoomServerAclEventContent,
+        >(acl.content.get()) else {
+            return Ok(false);
+        };
+        Ok(!content.is_allowed(server))
     }
 
     /// Places a verified event in its room.
@@ -788,6 +814,9 @@ impl Service {
         membership: &str,
     ) -> Result<(ShortId, CanonicalJsonObject)> {
         let (room, meta) = self.rooms.known_room(room_id)?;
+        if self.denied_by_acl(room, origin)? {
+            return Err(Error::forbidden("The room's server ACL denies your server"));
+        }
         let rules = rooms::Service::version_rules(&meta.version)?;
         let mut object = object;
         object.remove("unsigned");
