@@ -322,7 +322,10 @@ where
         let limit = services.config.limits.max_request_size.0 as usize;
         let bytes = read_body(&parts, body, limit).await?;
         let origin = if T::Authentication::REQUIREMENT == AuthRequirement::ServerSignatures {
-            Some(services.federation.authenticate(&parts, &bytes).await?)
+            let origin = services.federation.authenticate(&parts, &bytes).await?;
+            // A peer that talks to us is up: stop waiting to retry it.
+            services.sender.peer_is_back(&origin);
+            Some(origin)
         } else {
             None
         };

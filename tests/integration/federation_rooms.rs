@@ -417,3 +417,137 @@ async fn an_encrypted_conversation_between_two_servers_decrypts_on_both_sides() 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_state_changes_on_two_servers_resolve_to_the_same_state() {
+    let mut a = TestServer::start_federating().await;
+    let b = TestServer::start_federating_with(|c| {
+        // B must not retry on its own while the test builds the fork.
+        c.federation.max_backoff =
+            hearth::config::HumanDuration(std::time::Duration::from_secs(60));
+    })
+    .await;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("hearth=info")
+        .with_test_writer()
+        .try_init();
+    eprintln!("A is {}, B is {}", a.name(), b.name());
+    let (_alice, alice_tok, _) = a.register("alice", TEST_PASSWORD).await;
+    let (bob, bob_tok, _) = b.register("bob", TEST_PASSWORD).await;
+    let room = a
+        .create_room(&alice_tok, json!({ "preset": "public_chat" }))
+        .await;
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), a.name()),
+            Some(&bob_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Bob may change state too.
+    let mut pl = state(&a, &alice_tok, &room, "m.room.power_levels", "")
+        .await
+        .unwrap();
+    pl["users"][bob.as_str()] = 100.into();
+    let (status, _) = a
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                enc(&room)
+            ),
+            Some(&alice_tok),
+            pl,
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually(20, "B sees bob's power", || async {
+        let pl = state(&b, &bob_tok, &room, "m.room.power_levels", "").await?;
+        (pl["users"][bob.as_str()] == 100).then_some(())
+    })
+    .await;
+
+    // The fork: bob changes the topic while A is away; once A is back, alice changes it before
+    // B's retry delivers bob's change, so each event is built without the other.
+    a.stop().await;
+    let (status, _) = b
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(&room)
+            ),
+            Some(&bob_tok),
+            json!({ "topic": "from B" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = b
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+            Some(&bob_tok),
+            json!({ "name": "named on B" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Let B fail a few times, so its next attempt is seconds away.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    a.resume().await;
+    let (status, _) = a
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(&room)
+            ),
+            Some(&alice_tok),
+            json!({ "topic": "from A" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Both servers end with both branches and the same resolved state.
+    let fork_seen = |s: &TestServer| {
+        let room_id = ruma::RoomId::parse(&room).unwrap();
+        s.services()
+            .rooms
+            .known_room(&room_id)
+            .map(|(_, m)| m.extremities.len())
+            .unwrap_or(0)
+    };
+    let resolved = eventually(30, "both servers agree on the state", || async {
+        let ta = state(&a, &alice_tok, &room, "m.room.topic", "").await?;
+        let tb = state(&b, &bob_tok, &room, "m.room.topic", "").await?;
+        let na = state(&a, &alice_tok, &room, "m.room.name", "").await?;
+        let nb = state(&b, &bob_tok, &room, "m.room.name", "").await?;
+        let both_have_both = texts_of_topics(&a, &alice_tok, &room).await == 2
+            && texts_of_topics(&b, &bob_tok, &room).await == 2;
+        (both_have_both && ta == tb && na == nb).then_some((ta, na))
+    })
+    .await;
+    assert!(
+        resolved.0["topic"] == "from A" || resolved.0["topic"] == "from B",
+        "{resolved:?}"
+    );
+    // Bob's name change had no rival: it holds on both sides.
+    assert_eq!(resolved.1["name"], "named on B");
+    assert!(fork_seen(&a) >= 1 && fork_seen(&b) >= 1);
+}
+
+/// How many topic changes a server has in the room's timeline.
+async fn texts_of_topics(server: &TestServer, token: &str, room: &str) -> usize {
+    let (_, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
+                enc(room)
+            ),
+            Some(token),
+        )
+        .await;
+    body["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.topic" && e["content"]["topic"] != "")
+        .filter(|e| e["content"]["topic"] == "from A" || e["content"]["topic"] == "from B")
+        .count()
+}

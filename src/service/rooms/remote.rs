@@ -173,19 +173,21 @@ impl Service {
     }
 
     /// The conflicted state subgraph (state resolution v2.1): events on an auth-event path from
-    /// one conflicted event to another, conflicted events included.
+    /// one conflicted event to another, conflicted events included. `fetch` finds events (the one
+    /// being placed is not written yet); events we lack end their path.
     fn conflicted_subgraph(
         &self,
         conflicted: &state_res::StateMap<Vec<OwnedEventId>>,
+        fetch: &dyn Fn(&EventId) -> Option<Pdu>,
     ) -> Option<HashSet<OwnedEventId>> {
         let targets: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
         // reaches[x]: x is conflicted, or one of its auth events reaches a conflicted event.
         let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
         fn visit(
-            rooms: &Service,
             id: &EventId,
             targets: &HashSet<OwnedEventId>,
             reaches: &mut HashMap<OwnedEventId, bool>,
+            fetch: &dyn Fn(&EventId) -> Option<Pdu>,
             depth: usize,
         ) -> Option<bool> {
             if let Some(r) = reaches.get(id) {
@@ -194,28 +196,31 @@ impl Service {
             if depth > 10_000 {
                 return None;
             }
-            let pdu = rooms.pdu_by_id(id).ok().flatten()?;
+            let is_target = targets.contains(id);
             // Mark first so cycles (which valid DAGs do not have) end.
-            reaches.insert(id.to_owned(), targets.contains(id));
-            let mut r = targets.contains(id);
+            reaches.insert(id.to_owned(), is_target);
+            let Some(pdu) = fetch(id) else {
+                return Some(is_target);
+            };
+            let mut r = is_target;
             for a in &pdu.auth_events {
-                if visit(rooms, a, targets, reaches, depth + 1).unwrap_or(false) {
+                if visit(a, targets, reaches, fetch, depth + 1)? {
                     r = true;
                 }
             }
             reaches.insert(id.to_owned(), r);
             Some(r)
         }
-        let mut out = HashSet::new();
         for t in &targets {
-            visit(self, t, &targets, &mut reaches, 0)?;
+            visit(t, &targets, &mut reaches, fetch, 0)?;
         }
-        for (id, r) in reaches {
-            if r {
-                out.insert(id);
-            }
-        }
-        Some(out)
+        Some(
+            reaches
+                .into_iter()
+                .filter(|(_, r)| *r)
+                .map(|(id, _)| id)
+                .collect(),
+        )
     }
 
     /// Resolves diverging states of a room (state resolution v2, or v2.1 for v12 rooms).
@@ -282,9 +287,9 @@ impl Service {
             v2,
             maps.iter(),
             chains,
-            fetch,
+            &fetch,
             |c: &state_res::StateMap<Vec<OwnedEventId>>| {
-                self.conflicted_subgraph(c)
+                self.conflicted_subgraph(c, &fetch)
                     .map(|s| s.into_iter().collect::<EventIdSet<OwnedEventId>>())
             },
         )
