@@ -62,6 +62,18 @@ pub fn hash_and_sign(
         .map_err(|e| PduError::Invalid(e.to_string()))
 }
 
+/// Adds this server's signature to someone else's PDU (an invite we accept for our user, a
+/// restricted join we vouch for). Event signatures cover the redacted event, not the whole JSON.
+pub fn countersign(
+    origin: &ServerName,
+    key: &ServerSigningKey,
+    object: &mut CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<(), PduError> {
+    ruma::signatures::sign_event(origin.as_str(), key.pair(), object, &rules.redaction)
+        .map_err(|e| PduError::Invalid(e.to_string()))
+}
+
 /// The redacted form of a PDU under a room version's rules (`redacted_because` goes in unsigned).
 pub fn redacted(
     object: CanonicalJsonObject,

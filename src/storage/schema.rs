@@ -60,6 +60,7 @@ pub enum Cf {
     FedQueue,
     FedTxns,
     Outliers,
+    InviteState,
 }
 
 /// How a keyspace is laid out; the table below is the documentation of the database.
@@ -390,6 +391,12 @@ pub const KEYSPACES: &[Keyspace] = &[
         key: "event (short, u64 BE)",
         value: "u8 flags: 1 outlier (auth or state event fetched without its place in the DAG), \
                 2 rejected by the auth rules, 4 soft-failed",
+    },
+    Keyspace {
+        cf: Cf::InviteState,
+        name: "invite_state",
+        key: "user (short, u64 BE) . room (short, u64 BE)",
+        value: "stripped state (JSON array) another server sent with an invite to a room we are not in",
     },
 ];
 

@@ -551,3 +551,83 @@ async fn texts_of_topics(server: &TestServer, token: &str, room: &str) -> usize 
         .filter(|e| e["content"]["topic"] == "from A" || e["content"]["topic"] == "from B")
         .count()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_cross_servers_and_are_accepted_or_rejected() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let (_alice, alice_tok, _) = a.register("alice", TEST_PASSWORD).await;
+    let (bob, bob_tok, _) = b.register("bob", TEST_PASSWORD).await;
+    let (carol, carol_tok, _) = b.register("carol", TEST_PASSWORD).await;
+    let room = a
+        .create_room(
+            &alice_tok,
+            json!({ "preset": "private_chat", "name": "Secret" }),
+        )
+        .await;
+    for who in [&bob, &carol] {
+        let (status, body) = a
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+                Some(&alice_tok),
+                json!({ "user_id": who }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The invite reaches bob's /sync on B with the room's name.
+    synced(&b, &bob_tok, "bob's invite", |s| {
+        s["rooms"]["invite"][room.as_str()]["invite_state"]["events"]
+            .as_array()?
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Secret")
+            .then_some(())
+    })
+    .await;
+    // An uninvited user of B cannot get in; bob can, through the inviting server.
+    let (_dave, dave_tok, _) = b.register("dave", TEST_PASSWORD).await;
+    let (status, _) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), a.name()),
+            Some(&dave_tok),
+            json!({}),
+        )
+        .await;
+    assert_ne!(status, 200, "dave was not invited");
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+            Some(&bob_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    b.say(&bob_tok, &room, "thanks for the invite").await;
+    eventually(20, "alice gets bob's message", || async {
+        texts(&a, &alice_tok, &room)
+            .await
+            .contains(&"thanks for the invite".to_owned())
+            .then_some(())
+    })
+    .await;
+    // Carol rejects hers; A records the leave.
+    synced(&b, &carol_tok, "carol's invite", |s| {
+        s["rooms"]["invite"][room.as_str()]
+            .is_object()
+            .then_some(())
+    })
+    .await;
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+            Some(&carol_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(20, "A has carol's rejection", || async {
+        let m = state(&a, &alice_tok, &room, "m.room.member", &carol).await?;
+        (m["membership"] == "leave").then_some(())
+    })
+    .await;
+}

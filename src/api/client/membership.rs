@@ -118,13 +118,15 @@ async fn join(
             ));
         }
         let mut servers: Vec<OwnedServerName> = via.to_vec();
-        if let Some(r) = room {
-            // Whoever invited us, then everyone else in the room.
+        // Whoever invited us, then everyone else in the room.
+        if let Some(r) = services.rooms.room_short(room_id)? {
             if let Some(m) = services.rooms.membership_of_full(user_id, r)? {
                 if let Some(p) = services.rooms.pdu(m.event)? {
                     servers.push(p.sender.server_name().to_owned());
                 }
             }
+        }
+        if let Some(r) = room {
             servers.extend(services.rooms.remote_servers(r)?);
         }
         if let Some(s) = room_id.server_name() {
@@ -320,9 +322,21 @@ async fn invite(
         return Err(Error::forbidden("Third-party invites are not supported"));
     };
     if !services.users.is_local(&invitee.user_id) {
-        return Err(Error::forbidden(
-            "Inviting users of other servers needs federation, which is not enabled yet",
-        ));
+        if !services.config.federation.enabled {
+            return Err(Error::forbidden(
+                "Federation is off, so users of other servers cannot be invited",
+            ));
+        }
+        services
+            .replication
+            .invite_remote(
+                &req.body.room_id,
+                &session.user_id,
+                &invitee.user_id,
+                invitee.reason.as_deref(),
+            )
+            .await?;
+        return Ok(invite_user::v3::Response::new());
     }
     set_membership(
         &services,
@@ -349,6 +363,21 @@ async fn leave(
     match services.rooms.membership_of(&session.user_id, room)? {
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
         _ => return Ok(leave_room::v3::Response::new()),
+    }
+    // An invite to a room we are not in is rejected through the inviting server.
+    if services.rooms.meta(room)?.is_none() || !services.rooms.has_local_members(room)? {
+        if let Some(m) = services.rooms.membership_of_full(&session.user_id, room)? {
+            if m.membership() == MembershipState::Invite {
+                if let Some(p) = services.rooms.pdu(m.event)? {
+                    let via = [p.sender.server_name().to_owned()];
+                    services
+                        .replication
+                        .leave_remote(&session.user_id, &req.body.room_id, &via)
+                        .await?;
+                    return Ok(leave_room::v3::Response::new());
+                }
+            }
+        }
     }
     set_membership(
         &services,

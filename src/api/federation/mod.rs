@@ -36,6 +36,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(rooms::send_join)
         .ruma(rooms::make_leave)
         .ruma(rooms::send_leave)
+        .ruma(rooms::invite)
         .ruma(rooms::event)
         .ruma(rooms::state_ids)
         .ruma(rooms::state)

@@ -11,7 +11,8 @@ use ruma::{
         backfill::get_backfill,
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         membership::{
-            create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+            create_invite, create_join_event, create_leave_event, prepare_join_event,
+            prepare_leave_event,
         },
         query::get_room_information,
         transactions::send_transaction_message,
@@ -298,6 +299,50 @@ pub async fn send_leave(
         .accept_join(&origin, &b.room_id, &b.event_id, object, "leave")
         .await?;
     Ok(create_leave_event::v2::Response::new())
+}
+
+pub async fn invite(
+    State(services): State<AppState>,
+    req: Ruma<create_invite::v2::Request>,
+) -> Result<create_invite::v2::Response> {
+    let origin = origin(&req)?.to_owned();
+    let b = &req.body;
+    let object: CanonicalJsonObject = serde_json::from_str(b.event.get())
+        .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
+    let state: Vec<JsonValue> = b
+        .invite_room_state
+        .iter()
+        .filter_map(|s| {
+            #[allow(deprecated)]
+            let json = match s {
+                ruma::api::federation::membership::RawStrippedState::Stripped(r) => r.json(),
+                ruma::api::federation::membership::RawStrippedState::Pdu(p) => &**p,
+                _ => return None,
+            };
+            let v: JsonValue = serde_json::from_str(json.get()).ok()?;
+            // Clients get the stripped form, whichever form the server sent.
+            Some(json!({
+                "type": v.get("type")?,
+                "state_key": v.get("state_key")?,
+                "content": v.get("content")?,
+                "sender": v.get("sender")?,
+            }))
+        })
+        .collect();
+    let signed = services
+        .replication
+        .receive_invite(
+            &origin,
+            &b.room_id,
+            &b.event_id,
+            &b.room_version,
+            object,
+            state,
+        )
+        .await?;
+    Ok(create_invite::v2::Response::new(
+        serde_json::value::to_raw_value(&signed).map_err(Error::internal)?,
+    ))
 }
 
 pub async fn event(

@@ -685,6 +685,19 @@ impl Service {
         user: &UserId,
         content: serde_json::Value,
     ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        self.member_event_template(room, user, user, content)
+    }
+
+    /// A membership event of `sender` about `target` on the room's current head, unsigned and
+    /// checked against the current state.
+    pub fn member_event_template(
+        &self,
+        room: ShortId,
+        sender: &UserId,
+        target: &UserId,
+        content: serde_json::Value,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        let user = target;
         let meta = self
             .meta(room)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
@@ -693,7 +706,7 @@ impl Service {
         let raw = serde_json::value::to_raw_value(&content).map_err(Error::internal)?;
         let auth_types = state_res::auth_types_for_event(
             &TimelineEventType::RoomMember,
-            user,
+            sender,
             Some(user.as_str()),
             &raw,
             &rules.authorization,
@@ -716,11 +729,11 @@ impl Service {
             CanonicalJsonValue::try_from(content).map_err(Error::internal)?,
         );
         o.insert("type".into(), "m.room.member".into());
-        o.insert("sender".into(), user.as_str().into());
+        o.insert("sender".into(), sender.as_str().into());
         o.insert("state_key".into(), user.as_str().into());
         o.insert("room_id".into(), meta.room_id.as_str().into());
         if rules.redaction.keep_origin_membership_prev_state {
-            o.insert("origin".into(), user.server_name().as_str().into());
+            o.insert("origin".into(), sender.server_name().as_str().into());
         }
         o.insert(
             "origin_server_ts".into(),
@@ -742,6 +755,74 @@ impl Service {
         let probe = Pdu::from_canonical(probe_id, &o).map_err(Error::internal)?;
         self.authorise(&rules, &probe, &state)?;
         Ok((meta.version, o))
+    }
+
+    /// Records a membership of one of our users in a room we are not in (an invite from another
+    /// server, or the leave that rejects it): the event as an outlier, the membership indexes,
+    /// and the stripped state an invite came with. Wakes the user's /sync.
+    pub async fn record_remote_membership(
+        &self,
+        room_id: &ruma::RoomId,
+        user_id: &UserId,
+        event_id: &EventId,
+        object: CanonicalJsonObject,
+        membership: MembershipState,
+        invite_state: Option<Vec<serde_json::Value>>,
+    ) -> Result<()> {
+        let room = self
+            .shortids
+            .get_or_create(IdKind::Room, room_id.as_str())?;
+        let user = self
+            .shortids
+            .get_or_create(IdKind::User, user_id.as_str())?;
+        let slot = self.room_lock(room);
+        let _guard = slot.lock().await;
+        let mut batch = Batch::new();
+        let (short, positions) = match self.event_short(event_id)? {
+            Some(s) => (s, Vec::new()),
+            None => {
+                let s = self.stream.allocate_event_in(&mut batch, event_id.as_str());
+                (s, vec![s])
+            }
+        };
+        let json = match serde_json::to_vec(&object) {
+            Ok(j) => j,
+            Err(e) => {
+                self.stream.complete(&positions);
+                return Err(Error::internal(e));
+            }
+        };
+        batch.put(Cf::Pdus, key::u64_key(short), json);
+        batch.put(Cf::Outliers, key::u64_key(short), vec![OUTLIER]);
+        let m = Membership {
+            state: membership_code(&membership),
+            event: short,
+        };
+        batch.put(Cf::Memberships, key::pair(user, room), m.encode());
+        batch.put(Cf::RoomMembers, key::pair(room, user), m.encode());
+        batch.delete(Cf::Forgotten, key::pair(user, room));
+        match invite_state {
+            Some(state) => batch.put(
+                Cf::InviteState,
+                key::pair(user, room),
+                serde_json::to_vec(&state).map_err(Error::internal)?,
+            ),
+            None => batch.delete(Cf::InviteState, key::pair(user, room)),
+        }
+        let written = self.db.write(batch).await;
+        self.stream.complete(&positions);
+        written?;
+        self.stream.wake([user]);
+        Ok(())
+    }
+
+    /// The stripped state another server sent with an invite of `user` to `room`.
+    pub fn invite_state(
+        &self,
+        user: ShortId,
+        room: ShortId,
+    ) -> Result<Option<Vec<serde_json::Value>>> {
+        Ok(self.db.get_json(Cf::InviteState, &key::pair(user, room))?)
     }
 
     /// Authorises a PDU against the events it names as its auth events (the first of the

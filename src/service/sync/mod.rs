@@ -423,7 +423,7 @@ async fn build(
             MembershipState::Invite if changed => {
                 let mut invited = InvitedRoom::new();
                 let mut state = InviteState::new();
-                state.events = stripped_state(services, room, membership)?;
+                state.events = stripped_state(services, req.user, room, membership)?;
                 invited.invite_state = state;
                 response.rooms.invite.insert(room_id, invited);
                 has_data = true;
@@ -431,7 +431,7 @@ async fn build(
             MembershipState::Knock if changed => {
                 let mut knocked = KnockedRoom::new();
                 let mut state = KnockState::new();
-                state.events = stripped_state(services, room, membership)?;
+                state.events = stripped_state(services, req.user, room, membership)?;
                 knocked.knock_state = state;
                 response.rooms.knock.insert(room_id, knocked);
                 has_data = true;
@@ -740,11 +740,18 @@ fn summary(services: &Services, room: ShortId, user: ShortId) -> Result<RoomSumm
 /// Stripped state for an invitee or knocker: a few room details and their own member event.
 fn stripped_state<T>(
     services: &Services,
+    user: ShortId,
     room: ShortId,
     membership: Membership,
 ) -> Result<Vec<Raw<T>>> {
     let rooms = &services.rooms;
     let mut out = Vec::new();
+    // A room we are not in: what the inviting server told us about it.
+    if let Some(remote) = rooms.invite_state(user, room)? {
+        for e in remote {
+            out.push(raw(&e)?);
+        }
+    }
     let mut push = |pdu: crate::service::rooms::pdu::Pdu| -> Result<()> {
         out.push(raw(&json!({
             "type": pdu.kind.to_string(),
