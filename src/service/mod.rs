@@ -8,6 +8,7 @@ pub mod filters;
 pub mod key_backup;
 pub mod keys;
 pub mod media;
+pub mod openid;
 pub mod presence;
 pub mod profiles;
 pub mod push;
@@ -53,6 +54,7 @@ pub struct Services {
     pub federation: Arc<federation::Service>,
     pub sender: Arc<sender::Service>,
     pub replication: Arc<replication::Service>,
+    pub openid: openid::Service,
     pub media: Arc<media::Service>,
     /// This server's ed25519 signing key.
     pub signing_key: Arc<hearth_federation::ServerSigningKey>,
@@ -169,6 +171,7 @@ impl Services {
             federation,
             sender,
             replication,
+            openid: openid::Service::default(),
             media,
             signing_key,
             console_secret,

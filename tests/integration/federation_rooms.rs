@@ -631,3 +631,92 @@ async fn invites_cross_servers_and_are_accepted_or_rejected() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_directories_and_openid_tokens() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let (_alice, alice_tok, _) = a.register("alice", TEST_PASSWORD).await;
+    let (bob, bob_tok, _) = b.register("bob", TEST_PASSWORD).await;
+    let room = a
+        .create_room(
+            &alice_tok,
+            json!({ "preset": "public_chat", "visibility": "public", "name": "Commons" }),
+        )
+        .await;
+    // Bob browses A's directory through B.
+    let (status, body) = b
+        .get(
+            &format!("/_matrix/client/v3/publicRooms?server={}", a.name()),
+            Some(&bob_tok),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["room_id"] == room.as_str()),
+        "{body}"
+    );
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/publicRooms?server={}", a.name()),
+            Some(&bob_tok),
+            json!({ "filter": { "generic_search_term": "commons" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["chunk"][0]["name"], "Commons", "{body}");
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/publicRooms?server={}", a.name()),
+            Some(&bob_tok),
+            json!({ "filter": { "generic_search_term": "nothing like it" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["chunk"], json!([]));
+
+    // An OpenID token of bob's, checked with B the way a third party does.
+    let (status, token) = b
+        .post(
+            &format!("/_matrix/client/v3/user/{}/openid/request_token", enc(&bob)),
+            Some(&bob_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["matrix_server_name"], b.name());
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let check = |t: String| {
+        let http = http.clone();
+        let url = format!(
+            "{}/_matrix/federation/v1/openid/userinfo?access_token={t}",
+            b.federation_url()
+        );
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, info) = check(token["access_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["sub"], bob.as_str());
+    let (status, info) = check("not-a-token".into()).await;
+    assert_eq!(status, 401, "{info}");
+    assert_eq!(info["errcode"], "M_UNKNOWN_TOKEN");
+    // Nobody gets a token for somebody else.
+    let (status, _) = a
+        .post(
+            &format!("/_matrix/client/v3/user/{}/openid/request_token", enc(&bob)),
+            Some(&alice_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 403);
+}

@@ -224,7 +224,7 @@ fn chunk(services: &Services, room: ShortId) -> Result<PublicRoomsChunk> {
 
 /// The directory, largest rooms first, filtered by a search term and room types, paginated by
 /// offset tokens (`o<n>`).
-fn directory_page(
+pub(crate) fn directory_page(
     services: &Services,
     limit: Option<UInt>,
     since: Option<&str>,
@@ -286,20 +286,58 @@ fn directory_page(
     Ok(resp)
 }
 
-fn check_server(services: &Services, server: Option<&ruma::ServerName>) -> Result<()> {
-    match server {
-        Some(s) if s != services.config.server_name => Err(Error::not_found(
-            "Directories of other servers need federation, which is not enabled yet",
-        )),
-        _ => Ok(()),
+/// Another server's directory, when the client names one: its /publicRooms over federation.
+async fn remote_directory(
+    services: &Services,
+    server: Option<&ruma::ServerName>,
+    body: serde_json::Value,
+) -> Result<Option<get_public_rooms::v3::Response>> {
+    let Some(server) = server.filter(|s| *s != services.config.server_name) else {
+        return Ok(None);
+    };
+    if !services.config.federation.enabled {
+        return Err(Error::not_found(
+            "Federation is off, so other servers' directories cannot be read",
+        ));
     }
+    let answer = services
+        .federation
+        .request_json(
+            server,
+            http::Method::POST,
+            "/_matrix/federation/v1/publicRooms",
+            Some(&body),
+        )
+        .await?;
+    let bad = |e: String| Error::internal(format!("{server}'s directory: {e}"));
+    let mut chunk: Vec<ruma::directory::PublicRoomsChunk> =
+        serde_json::from_value(answer.get("chunk").cloned().unwrap_or_default())
+            .map_err(|e| bad(e.to_string()))?;
+    chunk.truncate(500);
+    let text = |f: &str| answer.get(f).and_then(|v| v.as_str()).map(str::to_owned);
+    let mut resp = get_public_rooms::v3::Response::new(chunk);
+    resp.next_batch = text("next_batch");
+    resp.prev_batch = text("prev_batch");
+    resp.total_room_count_estimate = answer
+        .get("total_room_count_estimate")
+        .and_then(|v| v.as_u64())
+        .and_then(|n| UInt::try_from(n).ok());
+    Ok(Some(resp))
 }
 
 async fn public_rooms(
     State(services): State<AppState>,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response> {
-    check_server(&services, req.body.server.as_deref())?;
+    let remote = remote_directory(
+        &services,
+        req.body.server.as_deref(),
+        serde_json::json!({ "limit": req.body.limit, "since": req.body.since }),
+    )
+    .await?;
+    if let Some(page) = remote {
+        return Ok(page);
+    }
     directory_page(
         &services,
         req.body.limit,
@@ -313,14 +351,26 @@ async fn public_rooms_filtered(
     State(services): State<AppState>,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
-    check_server(&services, req.body.server.as_deref())?;
-    let page = directory_page(
+    let remote = remote_directory(
         &services,
-        req.body.limit,
-        req.body.since.as_deref(),
-        req.body.filter.generic_search_term.as_deref(),
-        Some(&req.body.filter.room_types),
-    )?;
+        req.body.server.as_deref(),
+        serde_json::json!({
+            "limit": req.body.limit,
+            "since": req.body.since,
+            "filter": { "generic_search_term": req.body.filter.generic_search_term },
+        }),
+    )
+    .await?;
+    let page = match remote {
+        Some(p) => p,
+        None => directory_page(
+            &services,
+            req.body.limit,
+            req.body.since.as_deref(),
+            req.body.filter.generic_search_term.as_deref(),
+            Some(&req.body.filter.room_types),
+        )?,
+    };
     let mut resp = get_public_rooms_filtered::v3::Response::new();
     resp.chunk = page.chunk;
     resp.next_batch = page.next_batch;

@@ -4,11 +4,12 @@ mod account;
 mod account_data;
 mod backup;
 mod device;
-mod directory;
+pub(crate) mod directory;
 mod discovery;
 pub(crate) mod keys;
 mod media;
 pub(crate) mod membership;
+mod openid;
 mod presence;
 mod profile;
 mod push;
@@ -39,5 +40,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = backup::routes(router);
     let router = presence::routes(router);
     let router = push::routes(router);
+    let router = openid::routes(router);
     profile::routes(router)
 }

@@ -1,8 +1,10 @@
 //! Server-server API: discovery (/version), our keys and the key notary, and queries. Every
 //! endpoint that needs it is authenticated by its origin's X-Matrix signature (see `ruma.rs`).
 
+mod directory;
 mod edu;
 mod keys;
+mod openid;
 mod rooms;
 
 use axum::{extract::State, Router};
@@ -47,6 +49,9 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(keys::query)
         .ruma(keys::claim)
         .ruma(keys::devices)
+        .ruma(directory::public_rooms)
+        .ruma(directory::public_rooms_filtered)
+        .ruma(openid::userinfo)
 }
 
 async fn version(
