@@ -22,4 +22,5 @@ mod room_features;
 mod rooms;
 mod synapse;
 mod synapse_federation;
+mod synapse_rooms;
 mod sync;

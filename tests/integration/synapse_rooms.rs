@@ -1,0 +1,506 @@
+//! Rooms shared with a real Synapse, in room versions 11 and 12: Synapse users join a Hearth room
+//! and Hearth users join a Synapse room, by alias and by ID; messages and state both ways; and
+//! each side looks up the other's profiles and aliases.
+
+use serde_json::{json, Value};
+
+use crate::{
+    common::{assert_err, enc, eventually, TestServer, TEST_PASSWORD},
+    synapse::Synapse,
+};
+
+const VERSIONS: [&str; 2] = ["11", "12"];
+
+/// The client API of either server, for the helpers below.
+trait ClientApi {
+    async fn get_json(&self, path: &str, token: &str) -> (u16, Value);
+    fn label(&self) -> String;
+}
+
+impl ClientApi for TestServer {
+    async fn get_json(&self, path: &str, token: &str) -> (u16, Value) {
+        self.get(path, Some(token)).await
+    }
+    fn label(&self) -> String {
+        format!("Hearth {}", self.name())
+    }
+}
+
+impl ClientApi for Synapse {
+    async fn get_json(&self, path: &str, token: &str) -> (u16, Value) {
+        self.get(path, Some(token)).await
+    }
+    fn label(&self) -> String {
+        format!("Synapse {}", self.server_name())
+    }
+}
+
+/// Bodies of the text messages of a room as `token`'s server has them, oldest first.
+async fn texts(server: &impl ClientApi, token: &str, room: &str) -> Vec<String> {
+    let (status, body) = server
+        .get_json(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
+                enc(room)
+            ),
+            token,
+        )
+        .await;
+    if status != 200 {
+        eprintln!("messages on {}: {status} {body}", server.label());
+        return Vec::new();
+    }
+    let mut out: Vec<String> = body["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Waits until `token`'s server shows `text` in the room.
+async fn sees(server: &impl ClientApi, token: &str, room: &str, text: &str) {
+    eventually(
+        30,
+        &format!("{} shows {text:?}", server.label()),
+        || async {
+            texts(server, token, room)
+                .await
+                .iter()
+                .any(|t| t == text)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// A state event's content as `token`'s server has it.
+async fn state(
+    server: &impl ClientApi,
+    token: &str,
+    room: &str,
+    kind: &str,
+    key: &str,
+) -> Option<Value> {
+    let (status, body) = server
+        .get_json(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+                enc(room),
+                enc(key)
+            ),
+            token,
+        )
+        .await;
+    (status == 200).then_some(body)
+}
+
+/// Waits until `token`'s server has `user` joined to the room.
+async fn sees_joined(server: &impl ClientApi, token: &str, room: &str, user: &str) {
+    eventually(
+        30,
+        &format!("{} has {user} joined", server.label()),
+        || async {
+            let m = state(server, token, room, "m.room.member", user).await?;
+            (m["membership"] == "join").then_some(())
+        },
+    )
+    .await;
+}
+
+/// The room version as `token`'s server has it in the create event.
+async fn room_version(server: &impl ClientApi, token: &str, room: &str) -> Value {
+    let create = state(server, token, room, "m.room.create", "")
+        .await
+        .unwrap_or_else(|| panic!("{} has no create event", server.label()));
+    create["room_version"].clone()
+}
+
+async fn synapse_say(synapse: &Synapse, token: &str, room: &str, text: &str) {
+    let (status, body) = synapse
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+                enc(room),
+                enc(text)
+            ),
+            Some(token),
+            json!({ "msgtype": "m.text", "body": text }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_users_join_hearth_rooms_by_alias_and_by_id() {
+    let hearth = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let (alice, alice_tok, _) = hearth.register("alice", TEST_PASSWORD).await;
+    let (bob, bob_tok) = synapse.register("bob").await;
+    let (carol, carol_tok) = synapse.register("carol").await;
+
+    for version in VERSIONS {
+        let alias_name = format!("hearth-v{version}");
+        let room = hearth
+            .create_room(
+                &alice_tok,
+                json!({
+                    "room_version": version,
+                    "preset": "public_chat",
+                    "room_alias_name": alias_name,
+                    "name": format!("Hearth v{version}"),
+                }),
+            )
+            .await;
+        let before = format!("v{version}: before anyone from Synapse");
+        hearth.say(&alice_tok, &room, &before).await;
+
+        // Bob joins by alias: Synapse asks Hearth's /query/directory, then joins through it.
+        let alias = format!("#{alias_name}:{}", hearth.name());
+        let (status, body) = synapse
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&alias)),
+                Some(&bob_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: bob joins {alias}: {body}");
+        assert_eq!(body["room_id"], room.as_str());
+        // Carol joins by ID, through Hearth named as the server to join via.
+        let (status, body) = synapse
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?server_name={}",
+                    enc(&room),
+                    enc(&hearth.name())
+                ),
+                Some(&carol_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: carol joins {room}: {body}");
+        assert_eq!(body["room_id"], room.as_str());
+        assert_eq!(room_version(&synapse, &bob_tok, &room).await, version);
+        sees_joined(&hearth, &alice_tok, &room, &bob).await;
+        sees_joined(&hearth, &alice_tok, &room, &carol).await;
+        sees_joined(&synapse, &bob_tok, &room, &alice).await;
+
+        // Messages both ways, and the one from before the joins (Synapse backfills it).
+        let from_hearth = format!("v{version}: hello from Hearth");
+        hearth.say(&alice_tok, &room, &from_hearth).await;
+        sees(&synapse, &bob_tok, &room, &from_hearth).await;
+        sees(&synapse, &carol_tok, &room, &from_hearth).await;
+        sees(&synapse, &bob_tok, &room, &before).await;
+        let from_bob = format!("v{version}: hello from bob on Synapse");
+        synapse_say(&synapse, &bob_tok, &room, &from_bob).await;
+        let from_carol = format!("v{version}: hello from carol on Synapse");
+        synapse_say(&synapse, &carol_tok, &room, &from_carol).await;
+        sees(&hearth, &alice_tok, &room, &from_bob).await;
+        sees(&hearth, &alice_tok, &room, &from_carol).await;
+
+        // A state change on Hearth's side reaches Synapse.
+        let topic = format!("v{version}: a topic set on Hearth");
+        let (status, body) = hearth
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                    enc(&room)
+                ),
+                Some(&alice_tok),
+                json!({ "topic": topic }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        eventually(30, "Synapse has the topic", || async {
+            let t = state(&synapse, &bob_tok, &room, "m.room.topic", "").await?;
+            (t["topic"] == topic.as_str()).then_some(())
+        })
+        .await;
+        // And one on Synapse's side (bob's name in the room) reaches Hearth.
+        let (status, body) = synapse
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                    enc(&room),
+                    enc(&bob)
+                ),
+                Some(&bob_tok),
+                json!({ "membership": "join", "displayname": "Bob in the room" }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        eventually(30, "Hearth has bob's name in the room", || async {
+            let m = state(&hearth, &alice_tok, &room, "m.room.member", &bob).await?;
+            (m["displayname"] == "Bob in the room").then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearth_users_join_synapse_rooms_by_alias_and_by_id() {
+    let hearth = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let (sam, sam_tok) = synapse.register("sam").await;
+    let (hal, hal_tok, _) = hearth.register("hal", TEST_PASSWORD).await;
+    let (hugh, hugh_tok, _) = hearth.register("hugh", TEST_PASSWORD).await;
+
+    for version in VERSIONS {
+        let alias_name = format!("synapse-v{version}");
+        let (status, body) = synapse
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&sam_tok),
+                json!({
+                    "room_version": version,
+                    "preset": "public_chat",
+                    "room_alias_name": alias_name,
+                    "name": format!("Synapse v{version}"),
+                }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let room = body["room_id"].as_str().expect("room_id").to_owned();
+        let before = format!("v{version}: before anyone from Hearth");
+        synapse_say(&synapse, &sam_tok, &room, &before).await;
+
+        // Hal joins by alias, resolved by Synapse's /query/directory.
+        let alias = format!("#{alias_name}:{}", synapse.server_name());
+        let (status, body) = hearth
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&alias)),
+                Some(&hal_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: hal joins {alias}: {body}");
+        assert_eq!(body["room_id"], room.as_str());
+        // Hugh joins by ID through Synapse.
+        let (status, body) = hearth
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?via={}",
+                    enc(&room),
+                    enc(synapse.server_name().as_str())
+                ),
+                Some(&hugh_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: hugh joins {room}: {body}");
+        assert_eq!(body["room_id"], room.as_str());
+        assert_eq!(room_version(&hearth, &hal_tok, &room).await, version);
+        let name = state(&hearth, &hal_tok, &room, "m.room.name", "")
+            .await
+            .expect("Hearth has the room's name");
+        assert_eq!(name["name"], format!("Synapse v{version}"));
+        sees_joined(&synapse, &sam_tok, &room, &hal).await;
+        sees_joined(&synapse, &sam_tok, &room, &hugh).await;
+        sees_joined(&hearth, &hal_tok, &room, &sam).await;
+
+        // Messages both ways.
+        let from_synapse = format!("v{version}: hello from Synapse");
+        synapse_say(&synapse, &sam_tok, &room, &from_synapse).await;
+        sees(&hearth, &hal_tok, &room, &from_synapse).await;
+        sees(&hearth, &hugh_tok, &room, &from_synapse).await;
+        let from_hal = format!("v{version}: hello from hal on Hearth");
+        hearth.say(&hal_tok, &room, &from_hal).await;
+        let from_hugh = format!("v{version}: hello from hugh on Hearth");
+        hearth.say(&hugh_tok, &room, &from_hugh).await;
+        sees(&synapse, &sam_tok, &room, &from_hal).await;
+        sees(&synapse, &sam_tok, &room, &from_hugh).await;
+
+        // A state change on Synapse's side reaches Hearth, one on Hearth's reaches Synapse.
+        let topic = format!("v{version}: a topic set on Synapse");
+        let (status, body) = synapse
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                    enc(&room)
+                ),
+                Some(&sam_tok),
+                json!({ "topic": topic }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        eventually(30, "Hearth has the topic", || async {
+            let t = state(&hearth, &hal_tok, &room, "m.room.topic", "").await?;
+            (t["topic"] == topic.as_str()).then_some(())
+        })
+        .await;
+        let (status, body) = hearth
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                    enc(&room),
+                    enc(&hal)
+                ),
+                Some(&hal_tok),
+                json!({ "membership": "join", "displayname": "Hal in the room" }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        eventually(30, "Synapse has hal's name in the room", || async {
+            let m = state(&synapse, &sam_tok, &room, "m.room.member", &hal).await?;
+            (m["displayname"] == "Hal in the room").then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearth_and_synapse_look_up_each_others_profiles_and_aliases() {
+    let hearth = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let (alice, alice_tok, _) = hearth.register("alice", TEST_PASSWORD).await;
+    let (sam, sam_tok) = synapse.register("sam").await;
+
+    let (status, body) = synapse
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&sam)),
+            Some(&sam_tok),
+            json!({ "displayname": "Sam of Synapse" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = hearth
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice)),
+            Some(&alice_tok),
+            json!({ "displayname": "Alice of Hearth" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Hearth's client API answers for Synapse's users by asking Synapse.
+    let (status, body) = hearth
+        .get(&format!("/_matrix/client/v3/profile/{}", enc(&sam)), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["displayname"], "Sam of Synapse");
+    // Unset fields are absent, not null.
+    assert!(body.get("avatar_url").is_none(), "{body}");
+    let (status, body) = hearth
+        .get(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&sam)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["displayname"], "Sam of Synapse");
+    assert_err(
+        &hearth
+            .get(
+                &format!("/_matrix/client/v3/profile/{}/avatar_url", enc(&sam)),
+                None,
+            )
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+    let nobody = format!("@nobody:{}", synapse.server_name());
+    assert_err(
+        &hearth
+            .get(
+                &format!("/_matrix/client/v3/profile/{}", enc(&nobody)),
+                None,
+            )
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+
+    // Synapse's client API answers for Hearth's users by asking Hearth.
+    let (status, body) = synapse
+        .get(
+            &format!("/_matrix/client/v3/profile/{}", enc(&alice)),
+            Some(&sam_tok),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["displayname"], "Alice of Hearth");
+    let nobody = format!("@nobody:{}", hearth.name());
+    let (status, body) = synapse
+        .get(
+            &format!("/_matrix/client/v3/profile/{}", enc(&nobody)),
+            Some(&sam_tok),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    // Aliases: each resolves the other's through /query/directory.
+    let (status, body) = synapse
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&sam_tok),
+            json!({ "preset": "public_chat", "room_alias_name": "plaza" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let synapse_room = body["room_id"].as_str().expect("room_id").to_owned();
+    let hearth_room = hearth
+        .create_room(
+            &alice_tok,
+            json!({ "preset": "public_chat", "room_alias_name": "hall" }),
+        )
+        .await;
+
+    let synapse_alias = format!("#plaza:{}", synapse.server_name());
+    let (status, body) = hearth
+        .get(
+            &format!("/_matrix/client/v3/directory/room/{}", enc(&synapse_alias)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], synapse_room.as_str());
+    let servers = body["servers"].as_array().expect("servers");
+    assert!(
+        servers.iter().any(|s| s == synapse.server_name().as_str()),
+        "{body}"
+    );
+    assert_err(
+        &hearth
+            .get(
+                &format!(
+                    "/_matrix/client/v3/directory/room/{}",
+                    enc(&format!("#nowhere:{}", synapse.server_name()))
+                ),
+                None,
+            )
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+
+    let hearth_alias = format!("#hall:{}", hearth.name());
+    let (status, body) = synapse
+        .get(
+            &format!("/_matrix/client/v3/directory/room/{}", enc(&hearth_alias)),
+            Some(&sam_tok),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], hearth_room.as_str());
+    assert!(
+        body["servers"]
+            .as_array()
+            .expect("servers")
+            .iter()
+            .any(|s| s == hearth.name().as_str()),
+        "{body}"
+    );
+    let (status, body) = synapse
+        .get(
+            &format!(
+                "/_matrix/client/v3/directory/room/{}",
+                enc(&format!("#nowhere:{}", hearth.name()))
+            ),
+            Some(&sam_tok),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+}
