@@ -658,7 +658,7 @@ impl Service {
         let Some(t_short) = self.event_short(target)? else {
             return Ok(None);
         };
-        if !self.event_meta(t_short)?.is_some_and(|m| m.room == room) {
+        if self.event_meta(t_short)?.is_none_or(|m| m.room != room) {
             return Ok(None);
         }
         let Some(t_pdu) = self.pdu(t_short)? else {
@@ -817,7 +817,7 @@ impl Service {
             let Some(short) = self.event_short(&id)? else {
                 continue;
             };
-            if !self.event_meta(short)?.is_some_and(|m| m.room == room) {
+            if self.event_meta(short)?.is_none_or(|m| m.room != room) {
                 continue;
             }
             let Some(pdu) = self.pdu(short)? else {
