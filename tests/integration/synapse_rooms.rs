@@ -119,7 +119,8 @@ async fn room_version(server: &impl ClientApi, token: &str, room: &str) -> Value
     create["room_version"].clone()
 }
 
-async fn synapse_say(synapse: &Synapse, token: &str, room: &str, text: &str) {
+/// Sends a text message on Synapse; the event ID.
+async fn synapse_say(synapse: &Synapse, token: &str, room: &str, text: &str) -> String {
     let (status, body) = synapse
         .put(
             &format!(
@@ -132,6 +133,58 @@ async fn synapse_say(synapse: &Synapse, token: &str, room: &str, text: &str) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    body["event_id"].as_str().expect("event_id").to_owned()
+}
+
+/// Polls /sync (no wait) on `token`'s server until `pick` finds something in it.
+async fn synced<T>(
+    server: &impl ClientApi,
+    token: &str,
+    what: &str,
+    pick: impl Fn(&Value) -> Option<T>,
+) -> T {
+    eventually(30, &format!("{}: {what}", server.label()), || async {
+        let (status, body) = server
+            .get_json("/_matrix/client/v3/sync?timeout=0", token)
+            .await;
+        if status != 200 {
+            return None;
+        }
+        pick(&body)
+    })
+    .await
+}
+
+/// Whether a /sync shows `user` typing in the room.
+fn typing(sync: &Value, room: &str, user: &str) -> Option<()> {
+    sync["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .any(|e| {
+            e["type"] == "m.typing"
+                && e["content"]["user_ids"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|u| u == user))
+        })
+        .then_some(())
+}
+
+/// Whether a /sync shows `user`'s read receipt on `event` in the room.
+fn receipt(sync: &Value, room: &str, user: &str, event: &str) -> Option<()> {
+    sync["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .any(|e| e["type"] == "m.receipt" && e["content"][event]["m.read"][user].is_object())
+        .then_some(())
+}
+
+/// Whether a /sync shows `user`'s presence with this status message.
+fn presence(sync: &Value, user: &str, status_msg: &str) -> Option<()> {
+    sync["presence"]["events"]
+        .as_array()?
+        .iter()
+        .any(|e| e["sender"] == user && e["content"]["status_msg"] == status_msg)
+        .then_some(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,21 +222,17 @@ async fn synapse_users_join_hearth_rooms_by_alias_and_by_id() {
             .await;
         assert_eq!(status, 200, "v{version}: bob joins {alias}: {body}");
         assert_eq!(body["room_id"], room.as_str());
-        // Carol joins by ID, through Hearth named as the server to join via.
+        assert_eq!(room_version(&synapse, &bob_tok, &room).await, version);
+        // Carol joins too, by ID: Synapse is in the room now, so this join is Synapse's own,
+        // and reaches Hearth in a transaction.
         let (status, body) = synapse
             .post(
-                &format!(
-                    "/_matrix/client/v3/join/{}?server_name={}",
-                    enc(&room),
-                    enc(&hearth.name())
-                ),
+                &format!("/_matrix/client/v3/join/{}", enc(&room)),
                 Some(&carol_tok),
                 json!({}),
             )
             .await;
         assert_eq!(status, 200, "v{version}: carol joins {room}: {body}");
-        assert_eq!(body["room_id"], room.as_str());
-        assert_eq!(room_version(&synapse, &bob_tok, &room).await, version);
         sees_joined(&hearth, &alice_tok, &room, &bob).await;
         sees_joined(&hearth, &alice_tok, &room, &carol).await;
         sees_joined(&synapse, &bob_tok, &room, &alice).await;
@@ -237,6 +286,35 @@ async fn synapse_users_join_hearth_rooms_by_alias_and_by_id() {
             (m["displayname"] == "Bob in the room").then_some(())
         })
         .await;
+
+        // A room without an alias, joined by ID through Hearth named as the server to join via.
+        let room = hearth
+            .create_room(
+                &alice_tok,
+                json!({ "room_version": version, "preset": "public_chat" }),
+            )
+            .await;
+        let (status, body) = synapse
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?server_name={}",
+                    enc(&room),
+                    enc(&hearth.name())
+                ),
+                Some(&carol_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: carol joins {room}: {body}");
+        assert_eq!(body["room_id"], room.as_str());
+        assert_eq!(room_version(&synapse, &carol_tok, &room).await, version);
+        sees_joined(&hearth, &alice_tok, &room, &carol).await;
+        let from_hearth = format!("v{version}: hello carol");
+        hearth.say(&alice_tok, &room, &from_hearth).await;
+        sees(&synapse, &carol_tok, &room, &from_hearth).await;
+        let from_carol = format!("v{version}: hello alice");
+        synapse_say(&synapse, &carol_tok, &room, &from_carol).await;
+        sees(&hearth, &alice_tok, &room, &from_carol).await;
     }
 }
 
@@ -278,21 +356,17 @@ async fn hearth_users_join_synapse_rooms_by_alias_and_by_id() {
             .await;
         assert_eq!(status, 200, "v{version}: hal joins {alias}: {body}");
         assert_eq!(body["room_id"], room.as_str());
-        // Hugh joins by ID through Synapse.
+        assert_eq!(room_version(&hearth, &hal_tok, &room).await, version);
+        // Hugh joins too, by ID: Hearth is in the room now, so this join is Hearth's own, and
+        // reaches Synapse in a transaction.
         let (status, body) = hearth
             .post(
-                &format!(
-                    "/_matrix/client/v3/join/{}?via={}",
-                    enc(&room),
-                    enc(synapse.server_name().as_str())
-                ),
+                &format!("/_matrix/client/v3/join/{}", enc(&room)),
                 Some(&hugh_tok),
                 json!({}),
             )
             .await;
         assert_eq!(status, 200, "v{version}: hugh joins {room}: {body}");
-        assert_eq!(body["room_id"], room.as_str());
-        assert_eq!(room_version(&hearth, &hal_tok, &room).await, version);
         let name = state(&hearth, &hal_tok, &room, "m.room.name", "")
             .await
             .expect("Hearth has the room's name");
@@ -309,9 +383,111 @@ async fn hearth_users_join_synapse_rooms_by_alias_and_by_id() {
         let from_hal = format!("v{version}: hello from hal on Hearth");
         hearth.say(&hal_tok, &room, &from_hal).await;
         let from_hugh = format!("v{version}: hello from hugh on Hearth");
-        hearth.say(&hugh_tok, &room, &from_hugh).await;
+        let hughs_message = hearth.say(&hugh_tok, &room, &from_hugh).await;
         sees(&synapse, &sam_tok, &room, &from_hal).await;
         sees(&synapse, &sam_tok, &room, &from_hugh).await;
+
+        // Typing, receipts and presence both ways (EDUs).
+        let (status, body) = hearth
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/typing/{}",
+                    enc(&room),
+                    enc(&hal)
+                ),
+                Some(&hal_tok),
+                json!({ "typing": true, "timeout": 20000 }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        synced(&synapse, &sam_tok, "hal typing", |s| typing(s, &room, &hal)).await;
+        let (status, body) = synapse
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/typing/{}",
+                    enc(&room),
+                    enc(&sam)
+                ),
+                Some(&sam_tok),
+                json!({ "typing": true, "timeout": 20000 }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        synced(&hearth, &hal_tok, "sam typing", |s| typing(s, &room, &sam)).await;
+        let sams_message = format!("v{version}: read this, hal");
+        let sams_message = synapse_say(&synapse, &sam_tok, &room, &sams_message).await;
+        let (status, body) = synapse
+            .post(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                    enc(&room),
+                    enc(&hughs_message)
+                ),
+                Some(&sam_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        synced(&hearth, &hal_tok, "sam's receipt", |s| {
+            receipt(s, &room, &sam, &hughs_message)
+        })
+        .await;
+        eventually(30, "Hearth has sam's message to read", || async {
+            let (status, _) = hearth
+                .get(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/event/{}",
+                        enc(&room),
+                        enc(&sams_message)
+                    ),
+                    Some(&hal_tok),
+                )
+                .await;
+            (status == 200).then_some(())
+        })
+        .await;
+        let (status, body) = hearth
+            .post(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                    enc(&room),
+                    enc(&sams_message)
+                ),
+                Some(&hal_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        synced(&synapse, &sam_tok, "hal's receipt", |s| {
+            receipt(s, &room, &hal, &sams_message)
+        })
+        .await;
+        let hal_status = format!("hal around for v{version}");
+        let (status, body) = hearth
+            .put(
+                &format!("/_matrix/client/v3/presence/{}/status", enc(&hal)),
+                Some(&hal_tok),
+                json!({ "presence": "online", "status_msg": hal_status }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        synced(&synapse, &sam_tok, "hal's presence", |s| {
+            presence(s, &hal, &hal_status)
+        })
+        .await;
+        let sam_status = format!("sam around for v{version}");
+        let (status, body) = synapse
+            .put(
+                &format!("/_matrix/client/v3/presence/{}/status", enc(&sam)),
+                Some(&sam_tok),
+                json!({ "presence": "online", "status_msg": sam_status }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        synced(&hearth, &hal_tok, "sam's presence", |s| {
+            presence(s, &sam, &sam_status)
+        })
+        .await;
 
         // A state change on Synapse's side reaches Hearth, one on Hearth's reaches Synapse.
         let topic = format!("v{version}: a topic set on Synapse");
@@ -348,6 +524,38 @@ async fn hearth_users_join_synapse_rooms_by_alias_and_by_id() {
             (m["displayname"] == "Hal in the room").then_some(())
         })
         .await;
+
+        // A room without an alias, joined by ID through Synapse named as the server to join via.
+        let (status, body) = synapse
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&sam_tok),
+                json!({ "room_version": version, "preset": "public_chat" }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let room = body["room_id"].as_str().expect("room_id").to_owned();
+        let (status, body) = hearth
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?via={}",
+                    enc(&room),
+                    enc(synapse.server_name().as_str())
+                ),
+                Some(&hugh_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: hugh joins {room}: {body}");
+        assert_eq!(body["room_id"], room.as_str());
+        assert_eq!(room_version(&hearth, &hugh_tok, &room).await, version);
+        sees_joined(&synapse, &sam_tok, &room, &hugh).await;
+        let from_synapse = format!("v{version}: hello hugh");
+        synapse_say(&synapse, &sam_tok, &room, &from_synapse).await;
+        sees(&hearth, &hugh_tok, &room, &from_synapse).await;
+        let from_hugh = format!("v{version}: hello sam");
+        hearth.say(&hugh_tok, &room, &from_hugh).await;
+        sees(&synapse, &sam_tok, &room, &from_hugh).await;
     }
 }
 
@@ -503,4 +711,82 @@ async fn hearth_and_synapse_look_up_each_others_profiles_and_aliases() {
         )
         .await;
     assert_eq!(status, 404, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearth_back_from_downtime_catches_up_on_a_synapse_room() {
+    let mut hearth = TestServer::start_federating().await;
+    // Synapse gives up on a transaction at the first refused connection and, with a retry
+    // interval over an hour, drops what it could not send and marks Hearth for catch-up. When
+    // Hearth talks to it again, Synapse sends the room's newest events only; Hearth fetches what
+    // lies before them (get_missing_events, more than one answer's worth).
+    let synapse = Synapse::start_with(|c| {
+        c["federation"]["max_long_retries"] = 0.into();
+        c["federation"]["destination_min_retry_interval"] = (2 * 3600 * 1000).into();
+        c["federation"]["destination_max_retry_interval"] = (4 * 3600 * 1000).into();
+    })
+    .await;
+    let (_sam, sam_tok) = synapse.register("sam").await;
+    let (hal, hal_tok, _) = hearth.register("hal", TEST_PASSWORD).await;
+
+    for version in VERSIONS {
+        let (status, body) = synapse
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&sam_tok),
+                json!({ "room_version": version, "preset": "public_chat" }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let room = body["room_id"].as_str().expect("room_id").to_owned();
+        let (status, body) = hearth
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?via={}",
+                    enc(&room),
+                    enc(synapse.server_name().as_str())
+                ),
+                Some(&hal_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: {body}");
+        sees_joined(&synapse, &sam_tok, &room, &hal).await;
+        let m0 = format!("v{version}: m0");
+        synapse_say(&synapse, &sam_tok, &room, &m0).await;
+        sees(&hearth, &hal_tok, &room, &m0).await;
+
+        hearth.stop().await;
+        // More than one get_missing_events answer holds (20).
+        let missed: Vec<String> = (1..=30).map(|i| format!("v{version}: m{i}")).collect();
+        for text in &missed {
+            synapse_say(&synapse, &sam_tok, &room, text).await;
+        }
+        hearth.resume().await;
+        // Hal speaks first: his transaction tells Synapse that Hearth is back.
+        let from_hal = format!("v{version}: hal is back");
+        hearth.say(&hal_tok, &room, &from_hal).await;
+        sees(&synapse, &sam_tok, &room, &from_hal).await;
+        let back = format!("v{version}: welcome back");
+        synapse_say(&synapse, &sam_tok, &room, &back).await;
+        sees(&hearth, &hal_tok, &room, &back).await;
+        // Every missed message, in order among themselves (where hal's lands among them is the
+        // order Hearth learnt of them).
+        let mut want = vec![m0.clone()];
+        want.extend(missed);
+        want.push(back);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let got = texts(&hearth, &hal_tok, &room).await;
+            let sams: Vec<&String> = got.iter().filter(|t| **t != from_hal).collect();
+            if sams.iter().copied().eq(want.iter()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "v{version}: Hearth has {got:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
 }
