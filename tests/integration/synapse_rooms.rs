@@ -1,6 +1,7 @@
 //! Rooms shared with a real Synapse, in room versions 11 and 12: Synapse users join a Hearth room
-//! and Hearth users join a Synapse room, by alias and by ID; messages and state both ways; and
-//! each side looks up the other's profiles and aliases.
+//! and Hearth users join a Synapse room, by alias and by ID; messages, state, EDUs, redactions,
+//! power levels, leaves and rejoins both ways; forks from both sides talking at once; Hearth
+//! catching up after downtime; and each side looks up the other's profiles and aliases.
 
 use serde_json::{json, Value};
 
@@ -14,12 +15,16 @@ const VERSIONS: [&str; 2] = ["11", "12"];
 /// The client API of either server, for the helpers below.
 trait ClientApi {
     async fn get_json(&self, path: &str, token: &str) -> (u16, Value);
+    async fn put_json(&self, path: &str, token: &str, body: Value) -> (u16, Value);
     fn label(&self) -> String;
 }
 
 impl ClientApi for TestServer {
     async fn get_json(&self, path: &str, token: &str) -> (u16, Value) {
         self.get(path, Some(token)).await
+    }
+    async fn put_json(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.put(path, Some(token), body).await
     }
     fn label(&self) -> String {
         format!("Hearth {}", self.name())
@@ -29,6 +34,9 @@ impl ClientApi for TestServer {
 impl ClientApi for Synapse {
     async fn get_json(&self, path: &str, token: &str) -> (u16, Value) {
         self.get(path, Some(token)).await
+    }
+    async fn put_json(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.put(path, Some(token), body).await
     }
     fn label(&self) -> String {
         format!("Synapse {}", self.server_name())
@@ -788,5 +796,320 @@ async fn hearth_back_from_downtime_catches_up_on_a_synapse_room() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// Waits until `token`'s server has `event` redacted (no body left).
+async fn sees_redacted(server: &impl ClientApi, token: &str, room: &str, event: &str) {
+    eventually(
+        30,
+        &format!("{} has {event} redacted", server.label()),
+        || async {
+            let (status, body) = server
+                .get_json(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/event/{}",
+                        enc(room),
+                        enc(event)
+                    ),
+                    token,
+                )
+                .await;
+            (status == 200 && body["content"].get("body").is_none()).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Waits until `token`'s server has `user`'s membership in the room as `membership`.
+async fn sees_membership(
+    server: &impl ClientApi,
+    token: &str,
+    room: &str,
+    user: &str,
+    membership: &str,
+) {
+    eventually(
+        30,
+        &format!("{} has {user} {membership}", server.label()),
+        || async {
+            let m = state(server, token, room, "m.room.member", user).await?;
+            (m["membership"] == membership).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Gives `user` power level 50 in the room, as `token`'s user (who may).
+async fn promote(server: &impl ClientApi, token: &str, room: &str, user: &str) {
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+        enc(room)
+    );
+    let (status, mut levels) = server.get_json(&path, token).await;
+    assert_eq!(status, 200, "{levels}");
+    levels["users"][user] = 50.into();
+    let (status, body) = server.put_json(&path, token, levels).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_messages_redactions_powers_leaves_and_rejoins_with_synapse() {
+    let hearth = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let (sam, sam_tok) = synapse.register("sam").await;
+    let (hal, hal_tok, _) = hearth.register("hal", TEST_PASSWORD).await;
+
+    for version in VERSIONS {
+        // One room on each side, the other side's user joined.
+        let (status, body) = synapse
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&sam_tok),
+                json!({ "room_version": version, "preset": "public_chat" }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let on_synapse = body["room_id"].as_str().expect("room_id").to_owned();
+        let on_hearth = hearth
+            .create_room(
+                &hal_tok,
+                json!({ "room_version": version, "preset": "public_chat" }),
+            )
+            .await;
+        let (status, body) = hearth
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?via={}",
+                    enc(&on_synapse),
+                    enc(synapse.server_name().as_str())
+                ),
+                Some(&hal_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = synapse
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?server_name={}",
+                    enc(&on_hearth),
+                    enc(&hearth.name())
+                ),
+                Some(&sam_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        sees_joined(&synapse, &sam_tok, &on_synapse, &hal).await;
+        sees_joined(&hearth, &hal_tok, &on_hearth, &sam).await;
+
+        for room in [&on_synapse, &on_hearth] {
+            // Both sides talk at once: the DAG forks and each side merges the other's branch.
+            let hearth_side = async {
+                for i in 0..5 {
+                    hearth
+                        .say(&hal_tok, room, &format!("v{version}: hal {i} in {room}"))
+                        .await;
+                }
+            };
+            let synapse_side = async {
+                for i in 0..5 {
+                    synapse_say(
+                        &synapse,
+                        &sam_tok,
+                        room,
+                        &format!("v{version}: sam {i} in {room}"),
+                    )
+                    .await;
+                }
+            };
+            tokio::join!(hearth_side, synapse_side);
+            for i in 0..5 {
+                for who in ["hal", "sam"] {
+                    let text = format!("v{version}: {who} {i} in {room}");
+                    sees(&hearth, &hal_tok, room, &text).await;
+                    sees(&synapse, &sam_tok, room, &text).await;
+                }
+            }
+            // Both branches end in one: a message after the merge has every extremity as its
+            // ancestor, and both sides take it.
+            let after = format!("v{version}: after the fork in {room}");
+            hearth.say(&hal_tok, room, &after).await;
+            sees(&synapse, &sam_tok, room, &after).await;
+
+            // Redactions both ways (v11 and later carry `redacts` in the content).
+            let hals = hearth
+                .say(&hal_tok, room, &format!("v{version}: hal regrets this"))
+                .await;
+            let sams = synapse_say(
+                &synapse,
+                &sam_tok,
+                room,
+                &format!("v{version}: sam regrets this"),
+            )
+            .await;
+            sees(
+                &synapse,
+                &sam_tok,
+                room,
+                &format!("v{version}: hal regrets this"),
+            )
+            .await;
+            sees(
+                &hearth,
+                &hal_tok,
+                room,
+                &format!("v{version}: sam regrets this"),
+            )
+            .await;
+            let (status, body) = hearth
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/redact/{}/r-{version}",
+                        enc(room),
+                        enc(&hals)
+                    ),
+                    Some(&hal_tok),
+                    json!({ "reason": "oops" }),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let (status, body) = synapse
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/redact/{}/r-{version}",
+                        enc(room),
+                        enc(&sams)
+                    ),
+                    Some(&sam_tok),
+                    json!({ "reason": "oops" }),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            sees_redacted(&synapse, &sam_tok, room, &hals).await;
+            sees_redacted(&hearth, &hal_tok, room, &sams).await;
+            sees_redacted(&hearth, &hal_tok, room, &hals).await;
+            sees_redacted(&synapse, &sam_tok, room, &sams).await;
+        }
+
+        // Each room's creator raises the other side's user to moderator, who then renames the
+        // room: power levels written on one side authorise events on the other.
+        promote(&synapse, &sam_tok, &on_synapse, &hal).await;
+        promote(&hearth, &hal_tok, &on_hearth, &sam).await;
+        eventually(30, "Hearth has hal's new power", || async {
+            let pl = state(&hearth, &hal_tok, &on_synapse, "m.room.power_levels", "").await?;
+            (pl["users"][&hal] == 50).then_some(())
+        })
+        .await;
+        eventually(30, "Synapse has sam's new power", || async {
+            let pl = state(&synapse, &sam_tok, &on_hearth, "m.room.power_levels", "").await?;
+            (pl["users"][&sam] == 50).then_some(())
+        })
+        .await;
+        let name = format!("v{version}: named by hal");
+        let (status, body) = hearth
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                    enc(&on_synapse)
+                ),
+                Some(&hal_tok),
+                json!({ "name": name }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        eventually(30, "Synapse has hal's room name", || async {
+            let n = state(&synapse, &sam_tok, &on_synapse, "m.room.name", "").await?;
+            (n["name"] == name.as_str()).then_some(())
+        })
+        .await;
+        let name = format!("v{version}: named by sam");
+        let (status, body) = synapse
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                    enc(&on_hearth)
+                ),
+                Some(&sam_tok),
+                json!({ "name": name }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        eventually(30, "Hearth has sam's room name", || async {
+            let n = state(&hearth, &hal_tok, &on_hearth, "m.room.name", "").await?;
+            (n["name"] == name.as_str()).then_some(())
+        })
+        .await;
+
+        // Hal leaves the Synapse room and comes back: Hearth is in it no more, so the rejoin
+        // goes through Synapse again.
+        let (status, body) = hearth
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&on_synapse)),
+                Some(&hal_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        sees_membership(&synapse, &sam_tok, &on_synapse, &hal, "leave").await;
+        let missed = format!("v{version}: while hal was away");
+        synapse_say(&synapse, &sam_tok, &on_synapse, &missed).await;
+        let (status, body) = hearth
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?via={}",
+                    enc(&on_synapse),
+                    enc(synapse.server_name().as_str())
+                ),
+                Some(&hal_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: hal rejoins: {body}");
+        sees_joined(&synapse, &sam_tok, &on_synapse, &hal).await;
+        let back = format!("v{version}: hal is back in");
+        hearth.say(&hal_tok, &on_synapse, &back).await;
+        sees(&synapse, &sam_tok, &on_synapse, &back).await;
+        let welcome = format!("v{version}: welcome back, hal");
+        synapse_say(&synapse, &sam_tok, &on_synapse, &welcome).await;
+        sees(&hearth, &hal_tok, &on_synapse, &welcome).await;
+
+        // Sam leaves the Hearth room and comes back the same way.
+        let (status, body) = synapse
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&on_hearth)),
+                Some(&sam_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        sees_membership(&hearth, &hal_tok, &on_hearth, &sam, "leave").await;
+        hearth
+            .say(
+                &hal_tok,
+                &on_hearth,
+                &format!("v{version}: while sam was away"),
+            )
+            .await;
+        let (status, body) = synapse
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?server_name={}",
+                    enc(&on_hearth),
+                    enc(&hearth.name())
+                ),
+                Some(&sam_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: sam rejoins: {body}");
+        sees_joined(&hearth, &hal_tok, &on_hearth, &sam).await;
+        let back = format!("v{version}: sam is back in");
+        synapse_say(&synapse, &sam_tok, &on_hearth, &back).await;
+        sees(&hearth, &hal_tok, &on_hearth, &back).await;
+        let welcome = format!("v{version}: welcome back, sam");
+        hearth.say(&hal_tok, &on_hearth, &welcome).await;
+        sees(&synapse, &sam_tok, &on_hearth, &welcome).await;
     }
 }
