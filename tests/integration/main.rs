@@ -23,4 +23,5 @@ mod room_features;
 mod rooms;
 mod synapse;
 mod synapse_federation;
+mod synapse_rooms;
 mod sync;

@@ -155,7 +155,12 @@ impl Synapse {
                 "filters": ["context"],
                 "filename": log_file,
             } },
-            "root": { "level": "WARNING", "handlers": ["file"] },
+            // HEARTH_SYNAPSE_LOG=INFO (or DEBUG) for more when diagnosing, with
+            // HEARTH_SYNAPSE_LOG_DIR to keep the log (see `drop`).
+            "root": {
+                "level": std::env::var("HEARTH_SYNAPSE_LOG").unwrap_or_else(|_| "WARNING".into()),
+                "handlers": ["file"],
+            },
             "disable_existing_loggers": false,
         });
         write(&d.join("log.yaml"), log_config.to_string());
@@ -199,6 +204,9 @@ impl Synapse {
             "bcrypt_rounds": 4,
             "allow_public_rooms_over_federation": true,
             "use_presence": true,
+            // Tests poll /sync with the same parameters; Synapse would answer from a cache for
+            // two minutes.
+            "caches": { "sync_response_cache_duration": 0 },
             // A peer that failed once (not started yet, restarting) is retried at once rather
             // than after Synapse's default ten minutes.
             // (Durations in milliseconds: Synapse's suffixes stop at seconds.)
@@ -275,7 +283,8 @@ impl Synapse {
         }
     }
 
-    /// The last `lines` lines of Synapse's log (warnings and errors only).
+    /// The last `lines` lines of Synapse's log (warnings and errors, unless HEARTH_SYNAPSE_LOG
+    /// says otherwise).
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.dir.path().join("homeserver.log"), lines)
     }
@@ -394,6 +403,14 @@ impl Drop for Synapse {
                 self.server_name,
                 self.log_tail(40)
             );
+        }
+        // Kept for reading after the run when asked (the folder below goes away).
+        if let Some(keep) = std::env::var_os("HEARTH_SYNAPSE_LOG_DIR") {
+            let to = PathBuf::from(keep).join(format!(
+                "synapse-{}.log",
+                self.server_name.replace(':', "_")
+            ));
+            let _ = std::fs::copy(self.dir.path().join("homeserver.log"), to);
         }
         // SIGKILL: the folder holding its database goes next, nothing there needs flushing.
         let _ = self.child.kill();

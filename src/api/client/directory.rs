@@ -58,9 +58,16 @@ async fn get_alias_route(
 ) -> Result<get_alias::v3::Response> {
     let alias = &req.body.room_alias;
     if !services.rooms.is_local_alias(alias) {
-        return Err(Error::not_found(
-            "Aliases of other servers need federation, which is not enabled yet",
-        ));
+        if !services.config.federation.enabled {
+            return Err(Error::not_found(
+                "Aliases of other servers need federation, which is off",
+            ));
+        }
+        let (room_id, mut servers) = services.replication.resolve_remote_alias(alias).await?;
+        // The alias's server is put first, and may also be in its own list.
+        let mut seen = std::collections::HashSet::new();
+        servers.retain(|s| seen.insert(s.clone()));
+        return Ok(get_alias::v3::Response::new(room_id, servers));
     }
     let record = services
         .rooms

@@ -9,10 +9,12 @@ use ruma::{
     UserId,
 };
 
+use serde_json::{Map, Value as JsonValue};
+
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
-    error::{Error, Result},
-    service::sessions::Session,
+    error::{Error, ErrorCode, Result},
+    service::{replication::urlencode, sessions::Session, Services},
     storage::ShortId,
 };
 
@@ -25,16 +27,57 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 }
 
 /// The short ID of a local, existing user, or M_NOT_FOUND.
-fn local_profile_owner(services: &AppState, user_id: &UserId) -> Result<ShortId> {
-    if !services.users.is_local(user_id) {
-        return Err(Error::not_found(
-            "Profiles of users on other servers are not available",
-        ));
-    }
+fn local_profile_owner(services: &Services, user_id: &UserId) -> Result<ShortId> {
     match services.users.get(user_id)? {
         Some((short, record)) if !record.deactivated => Ok(short),
         _ => Err(Error::not_found("Profile not found")),
     }
+}
+
+/// A user's whole profile: ours from storage, another server's user through its
+/// /query/profile (not cached: a profile changes and the peer is the authority).
+async fn profile_of(services: &Services, user_id: &UserId) -> Result<Map<String, JsonValue>> {
+    if services.users.is_local(user_id) {
+        let short = local_profile_owner(services, user_id)?;
+        return Ok(services.profiles.all(short)?.into_iter().collect());
+    }
+    if !services.config.federation.enabled {
+        return Err(Error::not_found(
+            "Profiles of users on other servers need federation, which is off",
+        ));
+    }
+    let server = user_id.server_name();
+    let (status, body) = services
+        .federation
+        .request(
+            server,
+            http::Method::GET,
+            &format!(
+                "/_matrix/federation/v1/query/profile?user_id={}",
+                urlencode(user_id.as_str())
+            ),
+            None,
+        )
+        .await?;
+    let peer_error = |why: String| {
+        Error::new(
+            http::StatusCode::BAD_GATEWAY,
+            ErrorCode::Unknown,
+            format!("{server} answered {why}"),
+        )
+    };
+    match status.as_u16() {
+        200..=299 => {}
+        404 => return Err(Error::not_found("Profile not found")),
+        403 => return Err(Error::forbidden(format!("{server} refused the profile"))),
+        s => return Err(peer_error(format!("{s} to the profile query"))),
+    }
+    let JsonValue::Object(mut fields) = body else {
+        return Err(peer_error("a profile that is not a JSON object".into()));
+    };
+    // Synapse sends unset fields as null; for the client they are simply absent.
+    fields.retain(|_, v| !v.is_null());
+    Ok(fields)
 }
 
 /// Profile keys: the well-known ones, or namespaced lowercase names as the spec's grammar gives.
@@ -73,22 +116,34 @@ async fn get_all(
     State(services): State<AppState>,
     req: Ruma<get_profile::v3::Request>,
 ) -> Result<get_profile::v3::Response> {
-    let short = local_profile_owner(&services, &req.body.user_id)?;
-    Ok(services.profiles.all(short)?.into_iter().collect())
+    Ok(profile_of(&services, &req.body.user_id)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 async fn get_field(
     State(services): State<AppState>,
     req: Ruma<get_profile_field::v3::Request>,
 ) -> Result<get_profile_field::v3::Response> {
-    let short = local_profile_owner(&services, &req.body.user_id)?;
+    let user_id = &req.body.user_id;
     let field = req.body.field.as_str();
-    let value = services
-        .profiles
-        .get(short, field)?
-        .ok_or_else(|| Error::not_found("Profile field not set"))?;
-    let value = ProfileFieldValue::new(field, value)
-        .map_err(|e| Error::internal(format!("stored profile field {field}: {e}")))?;
+    let local = services.users.is_local(user_id);
+    let value = if local {
+        let short = local_profile_owner(&services, user_id)?;
+        services.profiles.get(short, field)?
+    } else {
+        profile_of(&services, user_id).await?.remove(field)
+    }
+    .ok_or_else(|| Error::not_found("Profile field not set"))?;
+    let value = ProfileFieldValue::new(field, value).map_err(|e| {
+        let why = format!("profile field {field} of {user_id}: {e}");
+        if local {
+            Error::internal(why)
+        } else {
+            Error::new(http::StatusCode::BAD_GATEWAY, ErrorCode::Unknown, why)
+        }
+    })?;
     Ok(get_profile_field::v3::Response::new(value))
 }
 

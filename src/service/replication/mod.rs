@@ -432,6 +432,10 @@ impl Service {
     }
 
     /// Asks `origin` for the events between what we have and `v`, and places them oldest first.
+    /// One get_missing_events answers at most `limit` events (Synapse's catch-up after a peer's
+    /// downtime sends only the newest event, however many came before), so ask again from the
+    /// oldest ones still missing their prev events, up to MAX_FETCHES in all; a gap left beyond
+    /// that is bridged by /state_ids in `state_before`.
     async fn fill_gap(
         &self,
         origin: &ServerName,
@@ -442,45 +446,65 @@ impl Service {
         let Ok(Some(meta)) = self.rooms.meta(room) else {
             return;
         };
-        let body = json!({
-            "earliest_events": meta.extremities,
-            "latest_events": [v.event_id],
-            "limit": MISSING_EVENTS_LIMIT,
-            "min_depth": 0,
-        });
-        let answer = match self
-            .federation
-            .request_json(
-                origin,
-                http::Method::POST,
-                &format!(
-                    "/_matrix/federation/v1/get_missing_events/{}",
-                    urlencode(meta.room_id.as_str())
-                ),
-                Some(&body),
-            )
-            .await
-        {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::info!(%origin, "get_missing_events failed: {e}");
-                return;
-            }
-        };
-        let mut events = Vec::new();
-        for e in answer
-            .get("events")
-            .and_then(JsonValue::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let Ok(object) = to_canonical(e.clone()) else {
-                continue;
+        let mut events: Vec<Checked> = Vec::new();
+        let mut seen: HashSet<OwnedEventId> = HashSet::from([v.event_id.clone()]);
+        let mut latest = vec![v.event_id.clone()];
+        while !latest.is_empty() && events.len() < MAX_FETCHES {
+            let body = json!({
+                "earliest_events": meta.extremities,
+                "latest_events": latest,
+                "limit": MISSING_EVENTS_LIMIT,
+                "min_depth": 0,
+            });
+            let answer = match self
+                .federation
+                .request_json(
+                    origin,
+                    http::Method::POST,
+                    &format!(
+                        "/_matrix/federation/v1/get_missing_events/{}",
+                        urlencode(meta.room_id.as_str())
+                    ),
+                    Some(&body),
+                )
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::info!(%origin, "get_missing_events failed: {e}");
+                    break;
+                }
             };
-            match self.verify(rules, object).await {
-                Ok(ev) => events.push(ev),
-                Err(e) => tracing::info!(%origin, "missing event dropped: {e}"),
+            let before = events.len();
+            for e in answer
+                .get("events")
+                .and_then(JsonValue::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Ok(object) = to_canonical(e.clone()) else {
+                    continue;
+                };
+                match self.verify(rules, object).await {
+                    Ok(ev) if seen.insert(ev.event_id.clone()) => events.push(ev),
+                    Ok(_) => {}
+                    Err(e) => tracing::info!(%origin, "missing event dropped: {e}"),
+                }
             }
+            if events.len() == before {
+                break;
+            }
+            // The new events whose prev events are neither here nor among those fetched.
+            latest = events[before..]
+                .iter()
+                .filter(|e| {
+                    e.pdu
+                        .prev_events
+                        .iter()
+                        .any(|p| !seen.contains(p) && !self.rooms.has_in_dag(p).unwrap_or(false))
+                })
+                .map(|e| e.event_id.clone())
+                .collect();
         }
         events.sort_by_key(|e| e.pdu.depth);
         for ev in events {
