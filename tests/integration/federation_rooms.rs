@@ -101,6 +101,8 @@ async fn a_room_on_one_server_is_joined_from_another_and_everything_flows_both_w
         .await
         .expect("B has the name");
     assert_eq!(name["name"], "Lounge");
+    // The history before the join came along.
+    assert_eq!(texts(&b, &bob_tok, &room).await, ["before bob"]);
     // A has Bob's join.
     eventually(20, "A sees bob joined", || async {
         let m = state(&a, &alice_tok, &room, "m.room.member", &bob).await?;

@@ -31,6 +31,8 @@ use crate::{
 
 /// How many missing prev events one get_missing_events asks for.
 const MISSING_EVENTS_LIMIT: u64 = 20;
+/// Events of history fetched when joining a room that lives elsewhere.
+const HISTORY_AT_JOIN: usize = 50;
 /// Most events fetched one by one while placing a single received event.
 const MAX_FETCHES: usize = 500;
 
@@ -811,6 +813,13 @@ impl Service {
         self.rooms
             .authorise_against(&rules, &pdu, &state)
             .map_err(|e| bad_event(format!("our join is not allowed by the room's state: {e}")))?;
+        // Recent history first, so the new member's timeline does not start at their join.
+        if let Err(e) = self
+            .history_at_join(server, room, room_id, &rules, &pdu.prev_events)
+            .await
+        {
+            tracing::info!(%room_id, %server, "no history fetched at join: {e}");
+        }
         self.rooms
             .persist_remote(
                 room,
@@ -825,6 +834,67 @@ impl Service {
             .await?;
         tracing::info!(%room_id, %server, "joined a remote room");
         Ok(())
+    }
+
+    /// Fetches the latest events before our join (/backfill from the resident server) and puts
+    /// them in the timeline ahead of it. They are kept only if they verify and pass the auth
+    /// rules against their auth events.
+    async fn history_at_join(
+        &self,
+        server: &ServerName,
+        room: ShortId,
+        room_id: &RoomId,
+        rules: &RoomVersionRules,
+        from: &[OwnedEventId],
+    ) -> Result<()> {
+        let v: String = from
+            .iter()
+            .map(|e| format!("&v={}", urlencode(e.as_str())))
+            .collect();
+        let answer = self
+            .federation
+            .get_json(
+                server,
+                &format!(
+                    "/_matrix/federation/v1/backfill/{}?limit={HISTORY_AT_JOIN}{v}",
+                    urlencode(room_id.as_str())
+                ),
+            )
+            .await?;
+        let mut events = Vec::new();
+        for e in answer
+            .get("pdus")
+            .and_then(JsonValue::as_array)
+            .into_iter()
+            .flatten()
+            .take(HISTORY_AT_JOIN)
+        {
+            let Ok(object) = to_canonical(e.clone()) else {
+                continue;
+            };
+            match self.verify(rules, object).await {
+                Ok(c) if c.pdu.room_id.as_deref() == Some(room_id) => events.push(c),
+                Ok(_) => {}
+                Err(e) => tracing::info!(%server, "history event dropped: {e}"),
+            }
+        }
+        let auth: Vec<OwnedEventId> = events
+            .iter()
+            .flat_map(|c| c.pdu.auth_events.clone())
+            .collect();
+        self.fetch_auth_chain(server, room_id, rules, &auth).await?;
+        let mut keep = Vec::new();
+        for c in events {
+            if self.rooms.event_short(&c.event_id)?.is_some() {
+                continue;
+            }
+            match self.rooms.authorise_by_auth_events(rules, &c.pdu) {
+                Ok(()) => keep.push((c.event_id, c.object, c.pdu)),
+                Err(e) => tracing::info!(event_id = %c.event_id, "history event rejected: {e}"),
+            }
+        }
+        keep.sort_by_key(|(_, _, p)| p.depth);
+        self.rooms.store_history(room, keep).await
     }
 
     /// The resident side of send_join: check the join is the origin's user's, countersign a

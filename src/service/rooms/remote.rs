@@ -816,6 +816,63 @@ impl Service {
         Ok(())
     }
 
+    /// Puts events from before our join in the timeline, oldest first, ahead of the join
+    /// (they get their positions now, before it). We never saw the room's state at them, so
+    /// each is recorded with the state we joined with; current state is not touched.
+    pub async fn store_history(
+        &self,
+        room: ShortId,
+        events: Vec<(OwnedEventId, CanonicalJsonObject, Pdu)>,
+    ) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let slot = self.room_lock(room);
+        let _guard = slot.lock().await;
+        let meta = self
+            .meta(room)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let mut batch = Batch::new();
+        let mut positions = Vec::new();
+        let filled = (|| -> Result<()> {
+            for (event_id, object, pdu) in &events {
+                if self.event_short(event_id)?.is_some() {
+                    continue;
+                }
+                let short = self.stream.allocate_event_in(&mut batch, event_id.as_str());
+                positions.push(short);
+                batch.put(
+                    Cf::Pdus,
+                    key::u64_key(short),
+                    serde_json::to_vec(object).map_err(Error::internal)?,
+                );
+                batch.put(
+                    Cf::EventMeta,
+                    key::u64_key(short),
+                    EventMeta {
+                        room,
+                        depth: pdu.depth,
+                        state_before: meta.state_group,
+                        state_after: meta.state_group,
+                        redacted: false,
+                    }
+                    .encode(),
+                );
+                batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
+                self.index_relation_in(&mut batch, room, short, pdu)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = filled {
+            self.stream.complete(&positions);
+            return Err(e);
+        }
+        let written = self.db.write(batch).await;
+        self.stream.complete(&positions);
+        written?;
+        Ok(())
+    }
+
     /// The stripped state another server sent with an invite of `user` to `room`.
     pub fn invite_state(
         &self,
