@@ -94,7 +94,7 @@ fn method_filter(method: &Method) -> MethodFilter {
 }
 
 /// ruma paths use `{name}` (or the older `:name`) for variables; axum wants `{name}`.
-fn axum_path(path: &str) -> String {
+pub(crate) fn axum_path(path: &str) -> String {
     path.split('/')
         .map(|seg| match seg.strip_prefix(':') {
             Some(name) => format!("{{{name}}}"),

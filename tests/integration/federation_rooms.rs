@@ -722,3 +722,69 @@ async fn remote_directories_and_openid_tokens() {
         .await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_of_another_server_knocks_is_invited_and_joins() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let (_alice, alice_tok, _) = a.register("alice", TEST_PASSWORD).await;
+    let (bob, bob_tok, _) = b.register("bob", TEST_PASSWORD).await;
+    let room = a
+        .create_room(
+            &alice_tok,
+            json!({
+                "preset": "private_chat",
+                "name": "Knock first",
+                "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
+            }),
+        )
+        .await;
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/knock/{}?via={}", enc(&room), a.name()),
+            Some(&bob_tok),
+            json!({ "reason": "let me in" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    synced(&b, &bob_tok, "bob's knock in his sync", |s| {
+        s["rooms"]["knock"][room.as_str()]["knock_state"]["events"]
+            .as_array()?
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knock first")
+            .then_some(())
+    })
+    .await;
+    let m = state(&a, &alice_tok, &room, "m.room.member", &bob)
+        .await
+        .expect("A has the knock");
+    assert_eq!(m["membership"], "knock");
+    assert_eq!(m["reason"], "let me in");
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&alice_tok),
+            json!({ "user_id": bob }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    synced(&b, &bob_tok, "bob's invite", |s| {
+        s["rooms"]["invite"][room.as_str()]
+            .is_object()
+            .then_some(())
+    })
+    .await;
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&bob_tok),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(20, "A has bob joined", || async {
+        let m = state(&a, &alice_tok, &room, "m.room.member", &bob).await?;
+        (m["membership"] == "join").then_some(())
+    })
+    .await;
+}

@@ -214,11 +214,28 @@ async fn knock(
     req: Ruma<knock_room::v3::Request>,
 ) -> Result<knock_room::v3::Response> {
     let session = req.session()?;
-    let room_id = resolve_room(&services, req.body.room_id_or_alias.as_str())?;
+    let (room_id, mut via) =
+        resolve_room_remote(&services, req.body.room_id_or_alias.as_str()).await?;
+    let resident = match services.rooms.room_short(&room_id)? {
+        Some(r) => services.rooms.meta(r)?.is_some() && services.rooms.has_local_members(r)?,
+        None => false,
+    };
+    // A room none of our users is in: knock through a server that is in it.
+    if !resident && services.config.federation.enabled {
+        via.extend(req.body.via.iter().cloned());
+        if let Some(s) = room_id.server_name() {
+            via.push(s.to_owned());
+        }
+        let mut seen = std::collections::HashSet::new();
+        via.retain(|s| seen.insert(s.clone()));
+        services
+            .replication
+            .knock_remote(&session.user_id, &room_id, &via, req.body.reason.as_deref())
+            .await?;
+        return Ok(knock_room::v3::Response::new(room_id));
+    }
     let Some(room) = services.rooms.room_short(&room_id)? else {
-        return Err(Error::not_found(
-            "Unknown room; knocking on rooms of other servers needs federation",
-        ));
+        return Err(Error::not_found("Unknown room"));
     };
     match services.rooms.membership_of(&session.user_id, room)? {
         Some(MembershipState::Join) => {

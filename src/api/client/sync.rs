@@ -18,10 +18,41 @@ use crate::{
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    let mut router = router.ruma(create_filter_handler).ruma(get_filter_handler);
+    use ruma::api::path_builder::PathBuilder;
+    for path in <sync_events::v3::Request as ruma::api::Metadata>::PATH_BUILDER.all_paths() {
+        router = router.route(
+            &crate::api::axum_path(path),
+            axum::routing::get(sync_with_knocks),
+        );
+    }
     router
-        .ruma(sync_events)
-        .ruma(create_filter_handler)
-        .ruma(get_filter_handler)
+}
+
+/// /sync, working around ruma leaving out `rooms` when the only updates are knocks (its
+/// `Rooms::is_empty` does not look at `knock`): the knocks are put back into the JSON.
+async fn sync_with_knocks(
+    state: State<AppState>,
+    req: Ruma<sync_events::v3::Request>,
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    use ruma::api::OutgoingResponse;
+    let response = sync_events(state, req).await?;
+    let lost_knocks = (response.rooms.is_empty() && !response.rooms.knock.is_empty())
+        .then(|| serde_json::to_value(&response.rooms.knock))
+        .transpose()
+        .map_err(Error::internal)?;
+    let http = response
+        .try_into_http_response::<Vec<u8>>()
+        .map_err(|e| Error::internal(format!("response serialisation: {e}")))?;
+    let Some(knocks) = lost_knocks else {
+        return Ok(http.map(axum::body::Body::from).into_response());
+    };
+    let (parts, body) = http.into_parts();
+    let mut json: serde_json::Value = serde_json::from_slice(&body).map_err(Error::internal)?;
+    json["rooms"] = serde_json::json!({ "knock": knocks });
+    let body = serde_json::to_vec(&json).map_err(Error::internal)?;
+    Ok(http::Response::from_parts(parts, axum::body::Body::from(body)).into_response())
 }
 
 fn own(session_user: &ruma::UserId, user: &ruma::UserId) -> Result<()> {

@@ -39,6 +39,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(rooms::make_leave)
         .ruma(rooms::send_leave)
         .ruma(rooms::invite)
+        .ruma(rooms::make_knock)
+        .ruma(rooms::send_knock)
         .ruma(rooms::event)
         .ruma(rooms::state_ids)
         .ruma(rooms::state)

@@ -11,8 +11,8 @@ use ruma::{
         backfill::get_backfill,
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         membership::{
-            create_invite, create_join_event, create_leave_event, prepare_join_event,
-            prepare_leave_event,
+            create_invite, create_join_event, create_knock_event, create_leave_event,
+            prepare_join_event, prepare_knock_event, prepare_leave_event,
         },
         query::get_room_information,
         transactions::send_transaction_message,
@@ -26,7 +26,7 @@ use super::super::{ruma::Ruma, AppState};
 use crate::{
     error::{Error, ErrorCode, Result},
     service::{
-        replication::{to_canonical, Refused},
+        replication::{stripped, to_canonical, Refused},
         rooms::remote::Relay,
         sender::{MAX_EDUS, MAX_PDUS},
         Services,
@@ -301,6 +301,71 @@ pub async fn send_leave(
     Ok(create_leave_event::v2::Response::new())
 }
 
+pub async fn make_knock(
+    State(services): State<AppState>,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> Result<prepare_knock_event::v1::Response> {
+    let origin = origin(&req)?;
+    let b = &req.body;
+    if b.user_id.server_name() != origin {
+        return Err(Error::forbidden("You may only knock for your own users"));
+    }
+    let (room, meta) = services.rooms.known_room(&b.room_id)?;
+    if services.replication.denied_by_acl(room, origin)? {
+        return Err(Error::forbidden("The room's server ACL denies your server"));
+    }
+    if !b.ver.contains(&meta.version) {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ErrorCode::IncompatibleRoomVersion {
+                room_version: meta.version.to_string(),
+            },
+            format!(
+                "The room is version {}, which your server does not support",
+                meta.version
+            ),
+        ));
+    }
+    let (version, template) =
+        services
+            .rooms
+            .membership_template(room, &b.user_id, json!({ "membership": "knock" }))?;
+    Ok(prepare_knock_event::v1::Response::new(
+        version,
+        serde_json::value::to_raw_value(&template).map_err(Error::internal)?,
+    ))
+}
+
+pub async fn send_knock(
+    State(services): State<AppState>,
+    req: Ruma<create_knock_event::v1::Request>,
+) -> Result<create_knock_event::v1::Response> {
+    let origin = origin(&req)?.to_owned();
+    let b = &req.body;
+    let object: CanonicalJsonObject = serde_json::from_str(b.pdu.get())
+        .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
+    let (_, stored) = services
+        .replication
+        .accept_join(&origin, &b.room_id, &b.event_id, object, "knock")
+        .await?;
+    let (room, _) = services.rooms.known_room(&b.room_id)?;
+    let sender = stored
+        .get("sender")
+        .and_then(|s| match s {
+            ruma::CanonicalJsonValue::String(s) => ruma::UserId::parse(s.as_str()).ok(),
+            _ => None,
+        })
+        .ok_or_else(|| Error::bad_json("knock without sender"))?;
+    let state = services
+        .replication
+        .outsider_state(room, &sender)?
+        .into_iter()
+        .filter_map(|v| serde_json::value::to_raw_value(&v).ok())
+        .map(ruma::api::federation::membership::RawStrippedState::Pdu)
+        .collect();
+    Ok(create_knock_event::v1::Response::new(state))
+}
+
 pub async fn invite(
     State(services): State<AppState>,
     req: Ruma<create_invite::v2::Request>,
@@ -321,12 +386,7 @@ pub async fn invite(
             };
             let v: JsonValue = serde_json::from_str(json.get()).ok()?;
             // Clients get the stripped form, whichever form the server sent.
-            Some(json!({
-                "type": v.get("type")?,
-                "state_key": v.get("state_key")?,
-                "content": v.get("content")?,
-                "sender": v.get("sender")?,
-            }))
+            stripped(&v)
         })
         .collect();
     let signed = services

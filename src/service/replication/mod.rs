@@ -1171,14 +1171,93 @@ impl Service {
         user_id: &UserId,
         room_id: &RoomId,
     ) -> Result<()> {
+        let (event_id, object, _) = self
+            .make_and_send(server, user_id, room_id, "leave", None)
+            .await?;
+        self.rooms
+            .record_remote_membership(
+                room_id,
+                user_id,
+                &event_id,
+                object,
+                ruma::events::room::member::MembershipState::Leave,
+                None,
+            )
+            .await
+    }
+
+    /// Knocks on a room that lives on other servers: make_knock, sign, send_knock; the knock
+    /// is recorded with the room state the resident server sent, for the user's /sync.
+    pub async fn knock_remote(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        via: &[OwnedServerName],
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let mut last = Error::not_found("No server to knock through");
+        for server in via {
+            if server == self.server_name() {
+                continue;
+            }
+            match self
+                .make_and_send(server, user_id, room_id, "knock", reason)
+                .await
+            {
+                Ok((event_id, object, answer)) => {
+                    let state: Vec<JsonValue> = answer
+                        .get("knock_room_state")
+                        .and_then(JsonValue::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(stripped)
+                        .take(50)
+                        .collect();
+                    return self
+                        .rooms
+                        .record_remote_membership(
+                            room_id,
+                            user_id,
+                            &event_id,
+                            object,
+                            ruma::events::room::member::MembershipState::Knock,
+                            Some(state),
+                        )
+                        .await;
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// make_leave or make_knock on `server`, our user's event signed from the template, then
+    /// send_leave (v2) or send_knock (v1). Returns the event and the answer to the send.
+    async fn make_and_send(
+        &self,
+        server: &ServerName,
+        user_id: &UserId,
+        room_id: &RoomId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<(OwnedEventId, CanonicalJsonObject, JsonValue)> {
+        let versions: String = SUPPORTED_VERSIONS
+            .iter()
+            .map(|v| format!("&ver={v}"))
+            .collect();
+        let (make, send) = match membership {
+            "knock" => ("v1/make_knock", "v1/send_knock"),
+            _ => ("v1/make_leave", "v2/send_leave"),
+        };
         let template = self
             .federation
             .get_json(
                 server,
                 &format!(
-                    "/_matrix/federation/v1/make_leave/{}/{}",
+                    "/_matrix/federation/{make}/{}/{}?{}",
                     urlencode(room_id.as_str()),
-                    urlencode(user_id.as_str())
+                    urlencode(user_id.as_str()),
+                    &versions[1..]
                 ),
             )
             .await?;
@@ -1194,13 +1273,18 @@ impl Service {
             .get("event")
             .cloned()
             .filter(JsonValue::is_object)
-            .ok_or_else(|| bad_event(format!("{server} sent no leave template")))?;
+            .ok_or_else(|| bad_event(format!("{server} sent no {membership} template")))?;
         if event.get("state_key").and_then(JsonValue::as_str) != Some(user_id.as_str())
             || event.get("sender").and_then(JsonValue::as_str) != Some(user_id.as_str())
         {
-            return Err(bad_event("the leave template is not our user's leave"));
+            return Err(bad_event(format!(
+                "the {membership} template is not our user's"
+            )));
         }
-        event["content"] = json!({ "membership": "leave" });
+        event["content"] = json!({ "membership": membership });
+        if let Some(r) = reason {
+            event["content"]["reason"] = r.into();
+        }
         event["origin_server_ts"] = crate::service::now_ms().into();
         let mut object = to_canonical(event)?;
         object.remove("hashes");
@@ -1221,29 +1305,37 @@ impl Service {
                 .map_err(Error::internal)?
                 .ok_or_else(|| Error::internal("no event ID"))?,
         };
-        self.federation
+        let answer = self
+            .federation
             .request_json(
                 server,
                 http::Method::PUT,
                 &format!(
-                    "/_matrix/federation/v2/send_leave/{}/{}",
+                    "/_matrix/federation/{send}/{}/{}",
                     urlencode(room_id.as_str()),
                     urlencode(event_id.as_str())
                 ),
                 Some(&serde_json::to_value(&object).map_err(Error::internal)?),
             )
             .await?;
-        self.rooms
-            .record_remote_membership(
-                room_id,
-                user_id,
-                &event_id,
-                object,
-                ruma::events::room::member::MembershipState::Leave,
-                None,
-            )
-            .await
+        Ok((event_id, object, answer))
     }
+
+    /// State events for someone outside the room (knock state), as full PDUs.
+    pub fn outsider_state(&self, room: ShortId, user: &UserId) -> Result<Vec<JsonValue>> {
+        self.stripped_state(room, user)
+    }
+}
+
+/// The stripped form (type, state_key, content, sender) of a state event, PDU or already
+/// stripped, which is what clients are shown.
+pub fn stripped(v: &JsonValue) -> Option<JsonValue> {
+    Some(json!({
+        "type": v.get("type")?,
+        "state_key": v.get("state_key")?,
+        "content": v.get("content")?,
+        "sender": v.get("sender")?,
+    }))
 }
 
 /// Room versions this server can join (sent as `ver` in make_join).
