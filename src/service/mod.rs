@@ -130,6 +130,7 @@ impl Services {
             users.clone(),
             config.server_name.clone(),
             config.media.clone(),
+            config.federation.enabled.then(|| federation.clone()),
         ));
         Ok(Self {
             config,

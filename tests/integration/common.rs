@@ -61,6 +61,11 @@ impl TestServer {
     /// A server that federates: its name is `127.0.0.1:<its federation port>`, so peers reach
     /// it without discovery; certificates are self-signed, so peers do not check them.
     pub async fn start_federating() -> Self {
+        Self::start_federating_with(|_| {}).await
+    }
+
+    /// `start_federating` with more configuration.
+    pub async fn start_federating_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -70,6 +75,7 @@ impl TestServer {
             c.federation.verify_certificates = false;
             c.listen.federation = format!("127.0.0.1:{port}").parse().unwrap();
             c.server_name = format!("127.0.0.1:{port}").try_into().unwrap();
+            tweak(c);
         })
         .await
     }

@@ -13,6 +13,7 @@ mod history_sdk;
 mod key_backup;
 mod key_backup_sdk;
 mod media;
+mod media_federation;
 mod media_sdk;
 mod persistence;
 mod relations;

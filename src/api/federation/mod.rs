@@ -1,6 +1,8 @@
 //! Server-server API: discovery (/version), our keys and the key notary, and queries. Every
 //! endpoint that needs it is authenticated by its origin's X-Matrix signature (see `ruma.rs`).
 
+mod media;
+
 use axum::{extract::State, Router};
 use ruma::{
     api::federation::{
@@ -27,6 +29,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(notary_batch)
         .ruma(notary_single)
         .ruma(profile)
+        .merge(media::routes(Router::new()))
 }
 
 async fn version(
