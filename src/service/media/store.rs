@@ -4,7 +4,7 @@
 //! S3-compatible object store needs to back it later.
 
 use std::{
-    io,
+    io::{self, Write as _},
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -12,7 +12,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// The SHA-256 of a file's content: its address in the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,30 +97,36 @@ impl FsStore {
 
 impl MediaStore for FsStore {
     fn put(&self, hash: ContentHash, data: Bytes) -> BoxFuture<'_, io::Result<()>> {
+        let path = self.path(hash);
+        let tmp = self.root.join("tmp").join(format!(
+            "{}.{}",
+            hash.to_hex(),
+            crate::service::random_string(8)
+        ));
+        // One blocking task for the whole file: tokio's File would hand a large write to the
+        // blocking pool in 2 MiB pieces, each copied.
         async move {
-            let path = self.path(hash);
-            if tokio::fs::try_exists(&path).await? {
-                return Ok(());
-            }
-            if let Some(dir) = path.parent() {
-                tokio::fs::create_dir_all(dir).await?;
-            }
-            let tmp = self.root.join("tmp").join(format!(
-                "{}.{}",
-                hash.to_hex(),
-                crate::service::random_string(8)
-            ));
-            let written = async {
-                let mut file = tokio::fs::File::create(&tmp).await?;
-                file.write_all(&data).await?;
-                file.sync_all().await?;
-                tokio::fs::rename(&tmp, &path).await
-            }
-            .await;
-            if written.is_err() {
-                let _ = tokio::fs::remove_file(&tmp).await;
-            }
-            written
+            tokio::task::spawn_blocking(move || {
+                if path.try_exists()? {
+                    return Ok(());
+                }
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let written = (|| {
+                    let mut file = std::fs::File::create(&tmp)?;
+                    file.write_all(&data)?;
+                    // On disk before it has a name: a crash leaves no partial file at an address.
+                    file.sync_all()?;
+                    std::fs::rename(&tmp, &path)
+                })();
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                written
+            })
+            .await
+            .map_err(io::Error::other)?
         }
         .boxed()
     }
