@@ -11,6 +11,7 @@
 //! responses.
 
 pub mod preview;
+pub mod s3;
 pub mod store;
 pub mod thumbnail;
 
@@ -290,6 +291,14 @@ impl Service {
             inflight: parking_lot::Mutex::new(HashMap::new()),
             federation_served: AtomicU64::new(0),
         }
+    }
+
+    /// Fails when the media store is unusable (a missing bucket, refused credentials).
+    pub async fn check_store(&self) -> Result<()> {
+        self.store
+            .check()
+            .await
+            .map_err(|e| Error::internal(format!("media store: {e}")))
     }
 
     /// Counts a media request served to another server.

@@ -1,7 +1,7 @@
 //! Where media bytes live. `MediaStore` is addressed by the SHA-256 of the content, so identical
 //! uploads share one file; it knows nothing of media IDs, users or thumbnails (that is metadata in
 //! RocksDB). The trait is small on purpose: put, ranged get, delete and exists are all an
-//! S3-compatible object store needs to back it later.
+//! S3-compatible object store needs to back it (`s3.rs`).
 
 use std::{
     io::{self, Write as _},
@@ -50,6 +50,11 @@ pub trait MediaStore: Send + Sync + 'static {
     /// Removes a file; a missing one is not an error.
     fn delete(&self, hash: ContentHash) -> BoxFuture<'_, io::Result<()>>;
     fn exists(&self, hash: ContentHash) -> BoxFuture<'_, io::Result<bool>>;
+    /// Fails when the store cannot be used (checked at start, so a misconfigured store stops
+    /// the server instead of failing every upload); a folder made at open has nothing to check.
+    fn check(&self) -> BoxFuture<'_, io::Result<()>> {
+        futures_util::future::ready(Ok(())).boxed()
+    }
 }
 
 /// Reads a whole file into memory, refusing more than `limit` bytes (`Ok(None)` when missing).
