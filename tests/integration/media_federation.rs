@@ -391,7 +391,8 @@ struct PeerLog {
 }
 
 /// A peer on loopback TLS that predates authenticated media for `old` (404 M_UNRECOGNIZED on the
-/// federation endpoint, the file on the deprecated one) and answers `moved` with a `Location`.
+/// federation endpoint, the file on the deprecated one) and answers `moved` with a `Location` on
+/// a plain HTTP listener of its own.
 async fn scripted_peer() -> (String, Arc<PeerLog>, tokio::sync::watch::Sender<bool>) {
     use axum::{
         extract::{Path, Query, State},
@@ -470,14 +471,20 @@ async fn scripted_peer() -> (String, Arc<PeerLog>, tokio::sync::watch::Sender<bo
             .into_response()
     }
 
+    let files = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let files_url = format!("http://{}", files.local_addr().unwrap());
+    let state = (log.clone(), files_url);
+    let files_router = Router::new()
+        .route("/files/moved", get(moved))
+        .with_state(state.clone());
+    tokio::spawn(async move { axum::serve(files, files_router).await });
     let router = Router::new()
         .route(
             "/_matrix/federation/v1/media/download/{id}",
             get(federation),
         )
         .route("/_matrix/media/v3/download/{server}/{id}", get(legacy))
-        .route("/files/moved", get(moved))
-        .with_state((log.clone(), format!("https://{server_name}")));
+        .with_state(state);
     let config = hearth::config::Config {
         server_name: server_name.clone().try_into().unwrap(),
         ..Default::default()
@@ -509,12 +516,19 @@ async fn older_peers_are_asked_on_the_deprecated_path_and_locations_are_followed
     assert_eq!(log.signed.load(Ordering::SeqCst), 1, "signed with X-Matrix");
     assert_eq!(log.legacy.load(Ordering::SeqCst), 1);
 
-    let resp = get(
-        &b,
-        &format!("/_matrix/client/v1/media/download/{peer}/moved"),
-        Some(&bob),
-    )
+    // A Location is the peer's choice of URL: loopback is refused like a URL preview of it...
+    let moved = format!("/_matrix/client/v1/media/download/{peer}/moved");
+    let resp = get(&b, &moved, Some(&bob)).await;
+    assert_err(&status_and_json(resp).await, 502, "M_UNKNOWN");
+    assert_eq!(log.location.load(Ordering::SeqCst), 0, "never fetched");
+
+    // ...unless allowed.
+    let b = TestServer::start_federating_with(|c| {
+        c.media.url_preview.allow = vec!["127.0.0.1/32".into()];
+    })
     .await;
+    let (_, bob, _) = b.register("bob", TEST_PASSWORD).await;
+    let resp = get(&b, &moved, Some(&bob)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()[header::CONTENT_DISPOSITION],
@@ -523,15 +537,9 @@ async fn older_peers_are_asked_on_the_deprecated_path_and_locations_are_followed
     assert_eq!(resp.bytes().await.unwrap(), "moved bytes");
     assert_eq!(log.location.load(Ordering::SeqCst), 1);
 
-    // Both are cached now: the peer is not asked again.
-    for id in ["old", "moved"] {
-        let resp = get(
-            &b,
-            &format!("/_matrix/client/v1/media/download/{peer}/{id}"),
-            Some(&bob),
-        )
-        .await;
-        assert_eq!(resp.status(), 200);
-    }
-    assert_eq!(log.federation.load(Ordering::SeqCst), 2);
+    // Cached now: the peer is not asked again.
+    let resp = get(&b, &moved, Some(&bob)).await;
+    assert_eq!(resp.bytes().await.unwrap(), "moved bytes");
+    assert_eq!(log.federation.load(Ordering::SeqCst), 3);
+    assert_eq!(log.location.load(Ordering::SeqCst), 1);
 }

@@ -1,7 +1,8 @@
 //! Fetching media from its origin server: the authenticated federation endpoints
 //! (`/_matrix/federation/v1/media/download` and `/thumbnail`, answered with `multipart/mixed`),
 //! a `Location` in the answer followed, and the deprecated unauthenticated `/_matrix/media/v3`
-//! endpoints as the spec's fallback for peers that do not know the new ones.
+//! endpoints as the spec's fallback for peers that do not know the new ones. A `Location` is
+//! fetched under the URL preview address policy: the origin picks that URL, not us.
 //!
 //! Bodies are read under a size limit as they arrive, so an oversized file is refused before it
 //! is held in memory whole. This module returns bytes and headers; caching them is the media
@@ -12,7 +13,10 @@ use ruma::{http_headers::ContentDisposition, ServerName};
 use serde_json::Value as JsonValue;
 
 use super::Service;
-use crate::error::{Error, ErrorCode, Result};
+use crate::{
+    error::{Error, ErrorCode, Result},
+    service::media::preview::{self, AddressPolicy},
+};
 
 /// Bytes a `multipart/mixed` answer may carry besides the file: boundaries, part headers and the
 /// JSON metadata part (today always `{}`).
@@ -365,18 +369,7 @@ impl Service {
             return Err(malformed());
         }
         if let Some(location) = file.header("location") {
-            // Per the spec the URL is not cached: it may stop working; the content is.
-            let response =
-                self.http.get(location).send().await.map_err(|e| {
-                    bad_gateway(format!("Cannot fetch {origin}'s media location: {e}"))
-                })?;
-            if !response.status().is_success() {
-                return Err(bad_gateway(format!(
-                    "{origin}'s media location answered {}",
-                    response.status()
-                )));
-            }
-            return self.read_plain(origin, response, limit).await;
+            return self.follow_location(origin, location, limit).await;
         }
         if file.body.len() as u64 > limit {
             return Err(too_large(origin));
@@ -385,6 +378,34 @@ impl Service {
             content_type: file.header("content-type").map(str::to_owned),
             filename: filename_of(file.header("content-disposition")),
             data: file.body,
+        })
+    }
+
+    /// The file at a `Location` the origin gave. The origin chooses the URL, so it is fetched
+    /// like a URL preview: only public addresses unless `media.url_preview.allow` says otherwise,
+    /// checked on every redirect; else any server could make us fetch, and serve back, what
+    /// sits on our internal network. Per the spec the URL is not cached (it may stop working).
+    async fn follow_location(
+        &self,
+        origin: &ServerName,
+        location: &str,
+        limit: u64,
+    ) -> Result<RemoteFile> {
+        let policy = AddressPolicy::new(&self.config.media.url_preview);
+        let fetched = tokio::time::timeout(
+            super::REQUEST_TIMEOUT,
+            preview::fetch(&policy, location, limit),
+        )
+        .await
+        .map_err(|_| bad_gateway(format!("{origin}'s media location {location} timed out")))?
+        .map_err(|e| match e.errcode() {
+            "M_TOO_LARGE" => too_large(origin),
+            _ => bad_gateway(format!("{origin}'s media location {location}: {e}")),
+        })?;
+        Ok(RemoteFile {
+            content_type: Some(fetched.content_type),
+            filename: filename_of(fetched.content_disposition.as_deref()),
+            data: fetched.body,
         })
     }
 
