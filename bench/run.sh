@@ -9,12 +9,14 @@
 #   --sqlite               run Synapse on SQLite even when PostgreSQL is available
 #   --keep                 keep the temporary directories (data, configs, logs) for inspection
 #   --scenarios            which scenarios, in order (default: send messages initial-sync
-#                          sync-latency sync-memory; sync-memory last, it leaves the most behind)
+#                          sync-latency media sync-memory; sync-memory last, it leaves the most
+#                          behind)
 #   --send-args            extra options for send, e.g. "--senders 20 --messages 2000"
 #   --messages-args        extra options for messages, e.g. "--duration 10"
 #   --sync-latency-args    extra options for sync-latency, e.g. "--idle 500 --messages 100"
 #   --sync-memory-args     extra options for sync-memory, e.g. "--polls 5000"
 #   --initial-sync-args    extra options for initial-sync, e.g. "--rooms 200"
+#   --media-args           extra options for media, e.g. "--files 10 --images 30"
 #
 # Environment: VENV (Synapse virtualenv, default $HEARTH_SYNAPSE_VENV, else ~/.cache/hearth-venv,
 # the one .ci/run makes for the interop tests), CARGO_TARGET_DIR.
@@ -23,12 +25,13 @@ set -euo pipefail
 INSTALL=0
 FORCE_SQLITE=0
 KEEP=0
-SCENARIOS="send messages initial-sync sync-latency sync-memory"
+SCENARIOS="send messages initial-sync sync-latency media sync-memory"
 SEND_ARGS=""
 MESSAGES_ARGS=""
 SYNC_LATENCY_ARGS=""
 SYNC_MEMORY_ARGS=""
 INITIAL_SYNC_ARGS=""
+MEDIA_ARGS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --install) INSTALL=1 ;;
@@ -39,8 +42,9 @@ while [[ $# -gt 0 ]]; do
         --sync-latency-args) SYNC_LATENCY_ARGS="$2"; shift ;;
         --sync-memory-args) SYNC_MEMORY_ARGS="$2"; shift ;;
         --initial-sync-args) INITIAL_SYNC_ARGS="$2"; shift ;;
+        --media-args) MEDIA_ARGS="$2"; shift ;;
         --scenarios) SCENARIOS="$2"; shift ;;
-        -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -48,7 +52,7 @@ done
 
 for scenario in $SCENARIOS; do
     case "$scenario" in
-        send | messages | sync-latency | sync-memory | initial-sync) ;;
+        send | messages | sync-latency | sync-memory | initial-sync | media) ;;
         *) echo "run.sh: unknown scenario $scenario (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -321,6 +325,10 @@ rc_delayed_event_mgmt: $RL
 rc_reports: $RL
 rc_profile: $RL
 rc_user_directory: $RL
+# Thumbnails made when asked for, as Hearth makes them, not at upload time in fixed sizes: the
+# media scenario times their generation.
+dynamic_thumbnails: true
+thumbnail_sizes: []
 EOF
 
 log "starting Synapse $("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)') on $SYNAPSE_URL ($DB_DESC)"
@@ -392,6 +400,7 @@ for scenario in $SCENARIOS; do
         sync-latency) run_scenario sync-latency "$SYNC_LATENCY_ARGS" ;;
         sync-memory) run_scenario sync-memory "$SYNC_MEMORY_ARGS" ;;
         initial-sync) run_scenario initial-sync "$INITIAL_SYNC_ARGS" ;;
+        media) run_scenario media "$MEDIA_ARGS" ;;
     esac
 done
 

@@ -103,8 +103,11 @@ pub struct Federation {
 pub struct Media {
     /// Largest upload; also the largest remote file or preview image stored.
     pub max_upload_size: ByteSize,
+    /// Where the files live: a folder (`path`) or an S3-compatible bucket (`[media.s3]`).
+    pub backend: MediaBackend,
     /// Folder of the media files; empty = `<database.path>/media`.
     pub path: String,
+    pub s3: S3,
     /// Serve the deprecated unauthenticated `/_matrix/media/v3/download` and `/thumbnail`; when
     /// off they answer 404 M_NOT_FOUND, as the spec allows for frozen legacy media.
     pub legacy_endpoints: bool,
@@ -116,6 +119,44 @@ pub struct Media {
     pub max_pending_uploads: u32,
     pub retention: MediaRetention,
     pub url_preview: UrlPreview,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaBackend {
+    Fs,
+    S3,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3 {
+    pub bucket: String,
+    /// Base URL of an S3-compatible server (MinIO, Garage, Ceph...); empty = AWS for `region`.
+    pub endpoint: String,
+    pub region: String,
+    /// Empty = the credentials of the machine's or pod's role.
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Folder inside the bucket the files are kept under; empty = the bucket's root.
+    pub prefix: String,
+    /// `endpoint/bucket/key` URLs rather than `bucket.endpoint/key`, as most S3-compatible
+    /// servers expect.
+    pub path_style: bool,
+}
+
+impl Default for S3 {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            endpoint: String::new(),
+            region: "us-east-1".to_owned(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            prefix: String::new(),
+            path_style: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -279,7 +320,9 @@ impl Default for Media {
     fn default() -> Self {
         Self {
             max_upload_size: ByteSize(50 << 20),
+            backend: MediaBackend::Fs,
             path: String::new(),
+            s3: S3::default(),
             legacy_endpoints: true,
             user_quota: ByteSize(0),
             unused_expiry: HumanDuration(Duration::from_secs(24 * 3600)),
@@ -402,6 +445,27 @@ impl Config {
         }
         if self.media.max_upload_size.0 == 0 {
             return bad("media.max_upload_size", "must be more than 0");
+        }
+        if self.media.backend == MediaBackend::S3 {
+            let s3 = &self.media.s3;
+            if s3.bucket.is_empty() {
+                return bad(
+                    "media.s3.bucket",
+                    "must be set when media.backend is \"s3\"",
+                );
+            }
+            if !(s3.endpoint.is_empty()
+                || s3.endpoint.starts_with("https://")
+                || s3.endpoint.starts_with("http://"))
+            {
+                return bad("media.s3.endpoint", "must be an http(s) URL");
+            }
+            if s3.access_key_id.is_empty() != s3.secret_access_key.is_empty() {
+                return bad(
+                    "media.s3.access_key_id",
+                    "access_key_id and secret_access_key must be set together",
+                );
+            }
         }
         if self.media.unused_expiry.0.is_zero() {
             return bad("media.unused_expiry", "must be more than 0");
@@ -721,6 +785,22 @@ mod tests {
         assert!(e.to_string().contains("server_name"), "{e}");
         let e = Config::load(None, env(&[("HEARTH_MEDIA__MAX_UPLOAD_SIZE", "50Q")])).unwrap_err();
         assert!(e.to_string().contains("media.max_upload_size"), "{e}");
+        let e = Config::load(None, env(&[("HEARTH_MEDIA__BACKEND", "s3")])).unwrap_err();
+        assert!(e.to_string().contains("media.s3.bucket"), "{e}");
+        let s3 = |extra: (&str, &str)| {
+            env(&[
+                ("HEARTH_MEDIA__BACKEND", "s3"),
+                ("HEARTH_MEDIA__S3__BUCKET", "media"),
+                extra,
+            ])
+        };
+        let e = Config::load(None, s3(("HEARTH_MEDIA__S3__ENDPOINT", "minio:9000"))).unwrap_err();
+        assert!(e.to_string().contains("media.s3.endpoint"), "{e}");
+        let e = Config::load(None, s3(("HEARTH_MEDIA__S3__ACCESS_KEY_ID", "k"))).unwrap_err();
+        assert!(e.to_string().contains("media.s3.access_key_id"), "{e}");
+        let c = Config::load(None, s3(("HEARTH_MEDIA__S3__PATH_STYLE", "false"))).unwrap();
+        assert_eq!(c.media.backend, MediaBackend::S3);
+        assert!(!c.media.s3.path_style);
     }
 
     #[test]

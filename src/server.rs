@@ -95,6 +95,7 @@ impl Server {
             .map_err(Error::internal)??;
         let db = Db::new(Arc::new(kv))?;
         let services = Arc::new(Services::build(config.clone(), db, console_secret(&data)?)?);
+        services.media.check_store().await?;
 
         let router = api::client_router(services.clone());
         let sender_enabled = config.federation.enabled;

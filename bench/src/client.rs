@@ -245,6 +245,63 @@ impl Server {
         Ok((Vec::from(bytes), received))
     }
 
+    /// `POST /_matrix/media/v3/upload` of `data`; the `mxc://` URI.
+    pub async fn upload(
+        &self,
+        user: &User,
+        content_type: &str,
+        data: bytes::Bytes,
+    ) -> Result<String, Failure> {
+        let resp = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload", self.base))
+            .bearer_auth(&user.token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(data)
+            .send()
+            .await
+            .map_err(|e| Failure::Transport(error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Failure::Transport(error_chain(&e)))?;
+        if status != 200 {
+            let text = String::from_utf8_lossy(&bytes);
+            let body = text.chars().take(BODY_EXCERPT).collect();
+            return Err(Failure::Status { status, body });
+        }
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::Malformed(format!("not JSON: {e}")))?;
+        str_field(&body, "content_uri")
+    }
+
+    /// `GET /_matrix/client/v1/media/download/{server}/{id}` of an `mxc://` URI: the bytes.
+    pub async fn download(&self, user: &User, mxc: &str) -> Result<Vec<u8>, Failure> {
+        let path = format!("/_matrix/client/v1/media/download/{}", mxc_path(mxc)?);
+        self.call_raw(Method::GET, &path, Some(&user.token), None, None)
+            .await
+            .map(|(bytes, _)| bytes)
+    }
+
+    /// `GET /_matrix/client/v1/media/thumbnail/{server}/{id}` with the given size and method: the
+    /// thumbnail's bytes.
+    pub async fn thumbnail(
+        &self,
+        user: &User,
+        mxc: &str,
+        (width, height): (u32, u32),
+        method: &str,
+    ) -> Result<Vec<u8>, Failure> {
+        let path = format!(
+            "/_matrix/client/v1/media/thumbnail/{}?width={width}&height={height}&method={method}",
+            mxc_path(mxc)?
+        );
+        self.call_raw(Method::GET, &path, Some(&user.token), None, None)
+            .await
+            .map(|(bytes, _)| bytes)
+    }
+
     /// `GET /versions`: the server is up.
     pub async fn versions(&self) -> Result<Value, Failure> {
         self.call(Method::GET, "/_matrix/client/versions", None, None)
@@ -459,6 +516,17 @@ pub fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// `server/id` of an `mxc://server/id` URI, for media paths.
+fn mxc_path(mxc: &str) -> Result<String, Failure> {
+    let rest = mxc
+        .strip_prefix("mxc://")
+        .ok_or_else(|| Failure::Malformed(format!("not an mxc URI: {mxc}")))?;
+    let (server, id) = rest
+        .split_once('/')
+        .ok_or_else(|| Failure::Malformed(format!("no media ID in {mxc}")))?;
+    Ok(format!("{}/{}", encode(server), encode(id)))
 }
 
 fn str_field(v: &Value, name: &str) -> Result<String, Failure> {

@@ -9,6 +9,7 @@ mod client;
 mod common;
 mod initial_sync;
 mod longpoll;
+mod media;
 mod messages;
 mod procfs;
 mod report;
@@ -112,6 +113,14 @@ enum Command {
         #[command(flatten)]
         args: initial_sync::InitialSyncArgs,
     },
+    /// Clients upload and download large files and ask for thumbnails of many images: MB/s
+    /// both ways and thumbnails per second.
+    Media {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        args: media::MediaArgs,
+    },
     /// Runs one scenario against Hearth, then Synapse, and prints both and the ratio.
     Compare {
         /// Hearth's client API base URL.
@@ -150,6 +159,8 @@ enum Scenario {
     SyncMemory(sync_memory::SyncMemoryArgs),
     /// Time of a full initial /sync of one user in many rooms.
     InitialSync(initial_sync::InitialSyncArgs),
+    /// Upload and download throughput of large files, thumbnail generation rate.
+    Media(media::MediaArgs),
 }
 
 impl Scenario {
@@ -160,6 +171,7 @@ impl Scenario {
             Scenario::SyncLatency(args) => sync_latency::run(server, common, args).await,
             Scenario::SyncMemory(args) => sync_memory::run(server, common, args).await,
             Scenario::InitialSync(args) => initial_sync::run(server, common, args).await,
+            Scenario::Media(args) => media::run(server, common, args).await,
         }
     }
 
@@ -170,6 +182,7 @@ impl Scenario {
             Scenario::SyncLatency(_) => "sync-latency",
             Scenario::SyncMemory(_) => "sync-memory",
             Scenario::InitialSync(_) => "initial-sync",
+            Scenario::Media(_) => "media",
         }
     }
 }
@@ -199,6 +212,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::SyncLatency { target, args } => (single(target), Scenario::SyncLatency(args)),
         Command::SyncMemory { target, args } => (single(target), Scenario::SyncMemory(args)),
         Command::InitialSync { target, args } => (single(target), Scenario::InitialSync(args)),
+        Command::Media { target, args } => (single(target), Scenario::Media(args)),
         Command::Compare {
             hearth,
             hearth_secret,

@@ -138,16 +138,25 @@ impl Services {
             federation.clone(),
             signing_key.clone(),
         ));
-        let media_folder = config.media.folder(&config.database);
-        let media_store = media::FsStore::open(&media_folder).map_err(|e| {
-            crate::Error::internal(format!("cannot open {}: {e}", media_folder.display()))
-        })?;
+        let media_store: Arc<dyn media::MediaStore> = match config.media.backend {
+            crate::config::MediaBackend::Fs => {
+                let folder = config.media.folder(&config.database);
+                Arc::new(media::FsStore::open(&folder).map_err(|e| {
+                    crate::Error::internal(format!("cannot open {}: {e}", folder.display()))
+                })?)
+            }
+            crate::config::MediaBackend::S3 => Arc::new(
+                media::s3::S3Store::open(&config.media.s3)
+                    .map_err(|e| crate::Error::internal(format!("media.s3: {e}")))?,
+            ),
+        };
         let media = Arc::new(media::Service::new(
             db.clone(),
-            Arc::new(media_store),
+            media_store,
             users.clone(),
             config.server_name.clone(),
             config.media.clone(),
+            config.federation.enabled.then(|| federation.clone()),
         ));
         Ok(Self {
             config,

@@ -16,6 +16,8 @@ mod history_sdk;
 mod key_backup;
 mod key_backup_sdk;
 mod media;
+mod media_federation;
+mod media_s3;
 mod media_sdk;
 mod persistence;
 mod relations;

@@ -468,7 +468,7 @@ async fn unknown_media_is_not_found() {
             "/_matrix/media/v3/download/{}/doesNotExist",
             server_name(&server)
         ),
-        // Remote media (federation comes later).
+        // Remote media, on a server with federation off.
         "/_matrix/client/v1/media/download/other.example.org/someMedia".to_owned(),
     ] {
         let resp = fetch(&server, &path, Some(&token), &[]).await;

@@ -118,8 +118,8 @@ const INLINE_TYPES: &[&str] = &[
 
 /// The spec's default wait for a `/create`d ID's content.
 const DEFAULT_TIMEOUT_MS: u64 = 20_000;
-/// Largest thumbnail side a client may ask for.
-const MAX_THUMBNAIL_SIDE: u32 = 4096;
+/// Largest thumbnail side a client (or a peer) may ask for.
+pub(crate) const MAX_THUMBNAIL_SIDE: u32 = 4096;
 
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
@@ -322,6 +322,20 @@ fn legacy_allowed(services: &AppState) -> Result<()> {
     }
 }
 
+/// `allow_remote=false` on a deprecated endpoint: remote media is not fetched (the spec's guard
+/// against servers asking each other in a loop), so it is not found.
+fn remote_allowed(services: &AppState, server: &str, query: &Params) -> Result<()> {
+    let refused = query
+        .as_ref()
+        .is_ok_and(|q| q.get("allow_remote").is_some_and(|v| v == "false"));
+    if refused && server != services.media.server_name().as_str() {
+        return Err(Error::not_found(
+            "Remote media is not fetched when allow_remote is false",
+        ));
+    }
+    Ok(())
+}
+
 /// `GET /_matrix/media/v3/download/{serverName}/{mediaId}` (deprecated, unauthenticated)
 async fn legacy_download(
     State(services): State<AppState>,
@@ -331,6 +345,7 @@ async fn legacy_download(
 ) -> Result<Response> {
     legacy_allowed(&services)?;
     let (server, media_id) = path(p)?;
+    remote_allowed(&services, &server, &query)?;
     serve_download(&services, &server, &media_id, None, query, &headers).await
 }
 
@@ -343,6 +358,7 @@ async fn legacy_download_as(
 ) -> Result<Response> {
     legacy_allowed(&services)?;
     let (server, media_id, file_name) = path(p)?;
+    remote_allowed(&services, &server, &query)?;
     serve_download(
         &services,
         &server,
@@ -362,6 +378,7 @@ async fn legacy_thumbnail(
 ) -> Result<Response> {
     legacy_allowed(&services)?;
     let (server, media_id) = path(p)?;
+    remote_allowed(&services, &server, &query)?;
     serve_thumbnail(&services, &server, &media_id, query).await
 }
 
@@ -490,7 +507,7 @@ fn set(resp: &mut Response, name: header::HeaderName, value: &str) {
 }
 
 /// Headers of every piece of served content.
-fn content_headers(resp: &mut Response, content_type: &str, disposition: &str) {
+pub(crate) fn content_headers(resp: &mut Response, content_type: &str, disposition: &str) {
     set(resp, header::CONTENT_TYPE, content_type);
     set(resp, header::CONTENT_DISPOSITION, disposition);
     set(
@@ -508,7 +525,7 @@ fn content_headers(resp: &mut Response, content_type: &str, disposition: &str) {
 
 /// The stored type when it is a usable header value, else `application/octet-stream` (the
 /// spec's answer for an unknown type).
-fn content_type(content: &Content) -> String {
+pub(crate) fn content_type(content: &Content) -> String {
     content
         .content_type
         .as_deref()
@@ -517,7 +534,7 @@ fn content_type(content: &Content) -> String {
         .to_owned()
 }
 
-fn is_inline(content_type: &str) -> bool {
+pub(crate) fn is_inline(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()

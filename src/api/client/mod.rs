@@ -7,7 +7,7 @@ mod device;
 pub(crate) mod directory;
 mod discovery;
 pub(crate) mod keys;
-mod media;
+pub(crate) mod media;
 pub(crate) mod membership;
 mod openid;
 mod presence;

@@ -4,6 +4,7 @@
 mod directory;
 mod edu;
 mod keys;
+mod media;
 mod openid;
 mod rooms;
 
@@ -54,6 +55,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(directory::public_rooms)
         .ruma(directory::public_rooms_filtered)
         .ruma(openid::userinfo)
+        .merge(media::routes(Router::new()))
 }
 
 async fn version(

@@ -1,6 +1,8 @@
 //! Federation plumbing: our published keys, peers' keys (fetched, verified, cached in RocksDB),
 //! X-Matrix authentication of incoming requests, and signed outgoing requests.
 
+pub mod media;
+
 use std::{
     collections::HashMap,
     net::SocketAddr,

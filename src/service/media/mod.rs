@@ -3,19 +3,34 @@
 //! bytes live in a `MediaStore`, addressed by content hash and shared by every media item with the
 //! same content: a file is deleted when the last row referring to it (`media_refs`) goes.
 //!
+//! Media of other servers is fetched from its origin over federation (`federation::media`) the
+//! first time it is asked for, and cached here like local media but marked remote, under the
+//! remote retention age; concurrent requests for the same remote file share one download.
+//!
 //! This module knows nothing of HTTP headers or ranges; `api::client::media` turns its answers into
-//! responses. Remote media is not fetched yet: `fetch_remote` is where federation will plug in.
+//! responses.
 
 pub mod preview;
+pub mod s3;
 pub mod store;
 pub mod thumbnail;
 
-use std::{ops::Range, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    hash::{DefaultHasher, Hash, Hasher},
+    ops::Range,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use ruma::{OwnedMxcUri, OwnedServerName, OwnedUserId, ServerName, UserId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, Notify, Semaphore};
+use tokio::sync::{watch, Mutex, Notify, Semaphore};
 
 pub use self::store::{ByteStream, ContentHash, FsStore, MediaStore};
 use self::{
@@ -25,7 +40,10 @@ use self::{
 use crate::{
     config,
     error::{Error, ErrorCode, Result},
-    service::{now_ms, random_string, users},
+    service::{
+        federation::{self, media::MediaRequest},
+        now_ms, random_string, users,
+    },
     storage::{
         decode_json, decode_u64, encode_json,
         schema::key::{
@@ -97,6 +115,7 @@ struct CachedPreview {
 }
 
 /// Content ready to be served.
+#[derive(Clone, Debug)]
 pub struct Content {
     pub hash: ContentHash,
     pub size: u64,
@@ -120,6 +139,82 @@ pub struct Service {
     /// Serialise a user's quota check and usage update, and the upload to a `/create`d ID.
     user_locks: Vec<Mutex<()>>,
     thumbnail_slots: Semaphore,
+    /// Fetches remote media from its origin; `None` when federation is off.
+    federation: Option<Arc<federation::Service>>,
+    /// Serialise writes of a remote media item's record (its download and its thumbnails).
+    remote_locks: Vec<Mutex<()>>,
+    /// Remote fetches under way, by flight key; callers asking for the same one wait for it.
+    inflight: parking_lot::Mutex<HashMap<Vec<u8>, watch::Receiver<Option<FlightOutcome>>>>,
+    /// Federation media requests served to other servers (downloads and thumbnails).
+    federation_served: AtomicU64,
+}
+
+/// What a finished remote fetch tells the callers that waited for it.
+type FlightOutcome = std::result::Result<Content, SharedError>;
+
+/// An error every waiter of a fetch receives a copy of.
+#[derive(Clone, Debug)]
+struct SharedError {
+    status: http::StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl From<&Error> for SharedError {
+    fn from(e: &Error) -> Self {
+        match e {
+            Error::Matrix {
+                status,
+                code,
+                message,
+            } => Self {
+                status: *status,
+                code: code.clone(),
+                message: message.to_string(),
+            },
+            other => Self {
+                status: http::StatusCode::INTERNAL_SERVER_ERROR,
+                code: ErrorCode::Unknown,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<SharedError> for Error {
+    fn from(e: SharedError) -> Self {
+        if e.status == http::StatusCode::INTERNAL_SERVER_ERROR {
+            Error::internal(e.message)
+        } else {
+            Error::new(e.status, e.code, e.message)
+        }
+    }
+}
+
+/// Removes a fetch from the in-flight map when its leader finishes or is dropped (a client that
+/// went away); waiters then see the outcome, or no outcome and try again themselves.
+struct FlightGuard<'a> {
+    inflight: &'a parking_lot::Mutex<HashMap<Vec<u8>, watch::Receiver<Option<FlightOutcome>>>>,
+    key: Vec<u8>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        self.inflight.lock().remove(&self.key);
+    }
+}
+
+/// Flight keys: downloads and thumbnails of the same media item are different fetches.
+const FLIGHT_DOWNLOAD: u8 = 0;
+const FLIGHT_THUMBNAIL: u8 = 1;
+
+/// The key part of a thumbnail fetched from the origin, whose type is known only once fetched.
+fn remote_thumbnail_kind(animated: bool) -> &'static str {
+    if animated {
+        "remote;animated"
+    } else {
+        "remote"
+    }
 }
 
 /// Media IDs are letters, digits, `_` and `-` (the spec's rule against path traversal).
@@ -147,6 +242,25 @@ fn io_error(e: std::io::Error) -> Error {
     Error::internal(format!("media store: {e}"))
 }
 
+fn content_of(record: MediaRecord) -> Result<Content> {
+    let hash = record
+        .hash()
+        .ok_or_else(|| Error::internal("media record without content"))?;
+    Ok(Content {
+        hash,
+        size: record.size,
+        content_type: record.content_type,
+        filename: record.filename,
+    })
+}
+
+/// The SHA-256 of `data`, off the async threads.
+async fn hash_of(data: Bytes) -> Result<ContentHash> {
+    tokio::task::spawn_blocking(move || ContentHash::of(&data))
+        .await
+        .map_err(Error::internal)
+}
+
 fn stripe<T>(locks: &[T], n: u64) -> &T {
     &locks[(n % locks.len() as u64) as usize]
 }
@@ -158,6 +272,7 @@ impl Service {
         users: Arc<users::Service>,
         server_name: OwnedServerName,
         config: config::Media,
+        federation: Option<Arc<federation::Service>>,
     ) -> Self {
         Self {
             db,
@@ -171,7 +286,33 @@ impl Service {
             content_locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             user_locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             thumbnail_slots: Semaphore::new(THUMBNAIL_SLOTS),
+            federation,
+            remote_locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            inflight: parking_lot::Mutex::new(HashMap::new()),
+            federation_served: AtomicU64::new(0),
         }
+    }
+
+    /// Fails when the media store is unusable (a missing bucket, refused credentials).
+    pub async fn check_store(&self) -> Result<()> {
+        self.store
+            .check()
+            .await
+            .map_err(|e| Error::internal(format!("media store: {e}")))
+    }
+
+    /// Counts a media request served to another server.
+    pub fn note_federation_served(&self) {
+        self.federation_served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Media requests (downloads and thumbnails) served to other servers since the start.
+    pub fn federation_served(&self) -> u64 {
+        self.federation_served.load(Ordering::Relaxed)
+    }
+
+    pub fn server_name(&self) -> &ServerName {
+        &self.server_name
     }
 
     pub fn max_upload_size(&self) -> u64 {
@@ -292,10 +433,7 @@ impl Service {
         uploader: Option<ShortId>,
         data: Bytes,
     ) -> Result<()> {
-        let hashed = data.clone();
-        let hash = tokio::task::spawn_blocking(move || ContentHash::of(&hashed))
-            .await
-            .map_err(Error::internal)?;
+        let hash = hash_of(data.clone()).await?;
         let media_key = media(self.server_name.as_str(), media_id);
         record.content_hash = Some(hash.to_hex());
         record.size = data.len() as u64;
@@ -449,20 +587,11 @@ impl Service {
         media_id: &str,
         wait: Duration,
     ) -> Result<Content> {
-        let record = if self.is_local(server) {
-            self.local_record(media_id, wait.min(MAX_WAIT)).await?
-        } else {
-            self.fetch_remote(server, media_id).await?
-        };
-        let hash = record
-            .hash()
-            .ok_or_else(|| Error::internal("media record without content"))?;
-        Ok(Content {
-            hash,
-            size: record.size,
-            content_type: record.content_type,
-            filename: record.filename,
-        })
+        let wait = wait.min(MAX_WAIT);
+        if !self.is_local(server) {
+            return self.remote_content(server, media_id, wait).await;
+        }
+        content_of(self.local_record(media_id, wait).await?)
     }
 
     async fn local_record(&self, media_id: &str, wait: Duration) -> Result<MediaRecord> {
@@ -492,11 +621,270 @@ impl Service {
         }
     }
 
-    /// Media of another server. Fetching it over federation (and caching it here, under the
-    /// `MEDIA_EXPIRY_REMOTE` retention) comes later; until then it is unknown.
-    async fn fetch_remote(&self, server: &ServerName, media_id: &str) -> Result<MediaRecord> {
-        tracing::debug!(%server, media_id, "remote media requested; federation fetch not available");
-        Err(Error::not_found("Remote media is not available"))
+    /// Cached remote media, if its content is here.
+    fn cached_remote(&self, media_key: &[u8]) -> Result<Option<Content>> {
+        self.record(media_key)?
+            .filter(|r| r.content_hash.is_some())
+            .map(content_of)
+            .transpose()
+    }
+
+    /// Media of another server: from the cache, else fetched from its origin and cached.
+    async fn remote_content(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        wait: Duration,
+    ) -> Result<Content> {
+        let media_key = media(server.as_str(), media_id);
+        if let Some(content) = self.cached_remote(&media_key)? {
+            return Ok(content);
+        }
+        let mut flight = vec![FLIGHT_DOWNLOAD];
+        flight.extend_from_slice(&media_key);
+        let media_key = &media_key;
+        self.single_flight(flight, move || {
+            self.download_remote(server, media_id, media_key, wait)
+        })
+        .await
+    }
+
+    async fn download_remote(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        media_key: &[u8],
+        wait: Duration,
+    ) -> Result<Content> {
+        // A fetch that finished while we queued for the flight left it in the cache.
+        if let Some(content) = self.cached_remote(media_key)? {
+            return Ok(content);
+        }
+        let federation = self.federation.as_ref().ok_or_else(|| {
+            Error::not_found("Remote media is not available: federation is disabled")
+        })?;
+        let request = MediaRequest::Download {
+            media_id,
+            timeout_ms: wait.as_millis() as u64,
+        };
+        let file = federation
+            .fetch_media(server, request, self.max_upload_size())
+            .await?;
+        tracing::debug!(%server, media_id, size = file.data.len(), "remote media fetched");
+        let hash = hash_of(file.data.clone()).await?;
+        let now = now_ms();
+        let record = MediaRecord {
+            content_hash: Some(hash.to_hex()),
+            content_type: file.content_type,
+            filename: file.filename,
+            size: file.data.len() as u64,
+            uploader: None,
+            created_ts: now,
+            unused_expires_at: None,
+            remote: true,
+        };
+        let _record = self.remote_lock(media_key).lock().await;
+        let mut batch = Batch::new();
+        // A record left by a thumbnail fetch is replaced, and so is its expiry row.
+        if let Some(old) = self.record(media_key)? {
+            batch.delete(
+                Cf::MediaExpiry,
+                media_expiry(MEDIA_EXPIRY_REMOTE, old.created_ts, media_key),
+            );
+        }
+        batch.put(
+            Cf::MediaExpiry,
+            media_expiry(MEDIA_EXPIRY_REMOTE, now, media_key),
+            Vec::new(),
+        );
+        batch.put(Cf::Media, media_key.to_vec(), encode_json(&record));
+        self.put_referenced(hash, file.data, batch, media_key)
+            .await?;
+        self.expiry_changed.notify_one();
+        content_of(record)
+    }
+
+    fn remote_lock(&self, media_key: &[u8]) -> &Mutex<()> {
+        let mut hasher = DefaultHasher::new();
+        media_key.hash(&mut hasher);
+        stripe(&self.remote_locks, hasher.finish())
+    }
+
+    /// Runs `fetch` once for `key` however many callers ask at the same time: the first caller
+    /// fetches, the others wait for its outcome. When the first caller is dropped midway (its
+    /// client went away), a waiter takes over.
+    async fn single_flight<F, Fut>(&self, key: Vec<u8>, fetch: F) -> Result<Content>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Content>>,
+    {
+        loop {
+            let joined = {
+                let mut inflight = self.inflight.lock();
+                match inflight.get(&key) {
+                    Some(rx) => Err(rx.clone()),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        inflight.insert(key.clone(), rx);
+                        Ok(tx)
+                    }
+                }
+            };
+            match joined {
+                Ok(tx) => {
+                    let _guard = FlightGuard {
+                        inflight: &self.inflight,
+                        key: key.clone(),
+                    };
+                    let outcome = fetch().await;
+                    tx.send_replace(Some(
+                        outcome
+                            .as_ref()
+                            .map(Clone::clone)
+                            .map_err(SharedError::from),
+                    ));
+                    return outcome;
+                }
+                Err(mut rx) => {
+                    if let Ok(done) = rx.wait_for(Option::is_some).await {
+                        if let Some(outcome) = done.clone() {
+                            return outcome.map_err(Error::from);
+                        }
+                    }
+                    // The fetch was abandoned without an outcome: try again.
+                }
+            }
+        }
+    }
+
+    /// A thumbnail of remote media whose original is not cached: fetched from the origin (which
+    /// has the original) and cached under the remote media item.
+    async fn remote_thumbnail(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        (width, height): (u32, u32),
+        method: Method,
+        animated: bool,
+        wait: Duration,
+    ) -> Result<Content> {
+        let media_key = media(server.as_str(), media_id);
+        let thumb_key = media_thumbnail(
+            &media_key,
+            width,
+            height,
+            method.as_u8(),
+            remote_thumbnail_kind(animated),
+        );
+        if let Some(content) = self.cached_thumbnail(&thumb_key)? {
+            return Ok(content);
+        }
+        let mut flight = vec![FLIGHT_THUMBNAIL];
+        flight.extend_from_slice(&thumb_key);
+        self.single_flight(flight, || async {
+            if let Some(content) = self.cached_thumbnail(&thumb_key)? {
+                return Ok(content);
+            }
+            let federation = self.federation.as_ref().ok_or_else(|| {
+                Error::not_found("Remote media is not available: federation is disabled")
+            })?;
+            let request = MediaRequest::Thumbnail {
+                media_id,
+                width,
+                height,
+                method: method.as_str(),
+                animated,
+                timeout_ms: wait.as_millis() as u64,
+            };
+            let file = federation
+                .fetch_media(server, request, self.max_upload_size())
+                .await?;
+            self.store_remote_thumbnail(&media_key, &thumb_key, file.data)
+                .await
+        })
+        .await
+    }
+
+    fn cached_thumbnail(&self, thumb_key: &[u8]) -> Result<Option<Content>> {
+        let Some(t) = self
+            .db
+            .get_json::<ThumbnailRecord>(Cf::MediaThumbnails, thumb_key)?
+        else {
+            return Ok(None);
+        };
+        Ok(ContentHash::from_hex(&t.content_hash).map(|hash| Content {
+            hash,
+            size: t.size,
+            content_type: Some(t.content_type),
+            filename: None,
+        }))
+    }
+
+    /// Caches a thumbnail from the origin. Its type is what its bytes are, whatever the origin
+    /// said; bytes that are no image are not served as a thumbnail. The media item gets a record
+    /// without content if it has none, so retention and purges find the thumbnail.
+    async fn store_remote_thumbnail(
+        &self,
+        media_key: &[u8],
+        thumb_key: &[u8],
+        data: Bytes,
+    ) -> Result<Content> {
+        let sniffed = data.clone();
+        let (hash, info) = tokio::task::spawn_blocking(move || {
+            let format = image::guess_format(&sniffed).ok();
+            let dims = thumbnail::dimensions(&sniffed);
+            (ContentHash::of(&sniffed), format.zip(dims))
+        })
+        .await
+        .map_err(Error::internal)?;
+        let Some((format, (width, height))) = info else {
+            return Err(Error::new(
+                http::StatusCode::BAD_GATEWAY,
+                ErrorCode::Unknown,
+                "The origin's thumbnail is not an image",
+            ));
+        };
+        let record = ThumbnailRecord {
+            content_hash: hash.to_hex(),
+            content_type: format.to_mime_type().to_owned(),
+            size: data.len() as u64,
+            width,
+            height,
+        };
+        let _record = self.remote_lock(media_key).lock().await;
+        let mut batch = Batch::new();
+        if self.record(media_key)?.is_none() {
+            let now = now_ms();
+            let placeholder = MediaRecord {
+                content_hash: None,
+                content_type: None,
+                filename: None,
+                size: 0,
+                uploader: None,
+                created_ts: now,
+                unused_expires_at: None,
+                remote: true,
+            };
+            batch.put(Cf::Media, media_key.to_vec(), encode_json(&placeholder));
+            batch.put(
+                Cf::MediaExpiry,
+                media_expiry(MEDIA_EXPIRY_REMOTE, now, media_key),
+                Vec::new(),
+            );
+        }
+        batch.put(
+            Cf::MediaThumbnails,
+            thumb_key.to_vec(),
+            encode_json(&record),
+        );
+        self.put_referenced(hash, data, batch, thumb_key).await?;
+        self.expiry_changed.notify_one();
+        Ok(Content {
+            hash,
+            size: record.size,
+            content_type: Some(record.content_type),
+            filename: None,
+        })
     }
 
     /// The bytes of stored content, or of a range of it.
@@ -519,6 +907,17 @@ impl Service {
         animated: bool,
         wait: Duration,
     ) -> Result<Content> {
+        // Remote originals are not downloaded for a thumbnail: the origin makes it. One already
+        // cached is thumbnailed here like local media.
+        if !self.is_local(server)
+            && self
+                .cached_remote(&media(server.as_str(), media_id))?
+                .is_none()
+        {
+            return self
+                .remote_thumbnail(server, media_id, (width, height), method, animated, wait)
+                .await;
+        }
         let original = self.content(server, media_id, wait).await?;
         // Large originals are not decoded at all: the spec's 413 for "too large to thumbnail".
         let limit = self.config.max_upload_size.0;
@@ -555,18 +954,8 @@ impl Service {
         let thumb_key = media_thumbnail(&media_key, width, height, method.as_u8(), out_type);
         // An animated request may be answered with the original instead, decided while generating.
         if !animated {
-            if let Some(t) = self
-                .db
-                .get_json::<ThumbnailRecord>(Cf::MediaThumbnails, &thumb_key)?
-            {
-                if let Some(hash) = ContentHash::from_hex(&t.content_hash) {
-                    return Ok(Content {
-                        hash,
-                        size: t.size,
-                        content_type: Some(t.content_type),
-                        filename: None,
-                    });
-                }
+            if let Some(content) = self.cached_thumbnail(&thumb_key)? {
+                return Ok(content);
             }
         }
 

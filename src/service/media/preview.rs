@@ -63,7 +63,7 @@ const NON_PUBLIC: &[&str] = &[
     "ff00::/8",
 ];
 
-/// Which addresses previews may reach.
+/// Which addresses previews (and media `Location`s given by other servers) may reach.
 pub struct AddressPolicy {
     deny: Vec<IpNet>,
     allow: Vec<IpNet>,
@@ -98,6 +98,7 @@ impl AddressPolicy {
 pub struct Fetched {
     pub url: Url,
     pub content_type: String,
+    pub content_disposition: Option<String>,
     pub body: Bytes,
 }
 
@@ -136,6 +137,11 @@ pub async fn fetch(policy: &AddressPolicy, url: &str, max_size: u64) -> Result<F
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_owned();
+        let content_disposition = resp
+            .headers()
+            .get(http::header::CONTENT_DISPOSITION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let mut body = Vec::new();
         while let Some(chunk) = resp
             .chunk()
@@ -150,6 +156,7 @@ pub async fn fetch(policy: &AddressPolicy, url: &str, max_size: u64) -> Result<F
         return Ok(Fetched {
             url,
             content_type,
+            content_disposition,
             body: body.into(),
         });
     }

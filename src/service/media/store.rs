@@ -1,10 +1,10 @@
 //! Where media bytes live. `MediaStore` is addressed by the SHA-256 of the content, so identical
 //! uploads share one file; it knows nothing of media IDs, users or thumbnails (that is metadata in
 //! RocksDB). The trait is small on purpose: put, ranged get, delete and exists are all an
-//! S3-compatible object store needs to back it later.
+//! S3-compatible object store needs to back it (`s3.rs`).
 
 use std::{
-    io,
+    io::{self, Write as _},
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -12,7 +12,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// The SHA-256 of a file's content: its address in the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -50,6 +50,11 @@ pub trait MediaStore: Send + Sync + 'static {
     /// Removes a file; a missing one is not an error.
     fn delete(&self, hash: ContentHash) -> BoxFuture<'_, io::Result<()>>;
     fn exists(&self, hash: ContentHash) -> BoxFuture<'_, io::Result<bool>>;
+    /// Fails when the store cannot be used (checked at start, so a misconfigured store stops
+    /// the server instead of failing every upload); a folder made at open has nothing to check.
+    fn check(&self) -> BoxFuture<'_, io::Result<()>> {
+        futures_util::future::ready(Ok(())).boxed()
+    }
 }
 
 /// Reads a whole file into memory, refusing more than `limit` bytes (`Ok(None)` when missing).
@@ -97,30 +102,36 @@ impl FsStore {
 
 impl MediaStore for FsStore {
     fn put(&self, hash: ContentHash, data: Bytes) -> BoxFuture<'_, io::Result<()>> {
+        let path = self.path(hash);
+        let tmp = self.root.join("tmp").join(format!(
+            "{}.{}",
+            hash.to_hex(),
+            crate::service::random_string(8)
+        ));
+        // One blocking task for the whole file: tokio's File would hand a large write to the
+        // blocking pool in 2 MiB pieces, each copied.
         async move {
-            let path = self.path(hash);
-            if tokio::fs::try_exists(&path).await? {
-                return Ok(());
-            }
-            if let Some(dir) = path.parent() {
-                tokio::fs::create_dir_all(dir).await?;
-            }
-            let tmp = self.root.join("tmp").join(format!(
-                "{}.{}",
-                hash.to_hex(),
-                crate::service::random_string(8)
-            ));
-            let written = async {
-                let mut file = tokio::fs::File::create(&tmp).await?;
-                file.write_all(&data).await?;
-                file.sync_all().await?;
-                tokio::fs::rename(&tmp, &path).await
-            }
-            .await;
-            if written.is_err() {
-                let _ = tokio::fs::remove_file(&tmp).await;
-            }
-            written
+            tokio::task::spawn_blocking(move || {
+                if path.try_exists()? {
+                    return Ok(());
+                }
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let written = (|| {
+                    let mut file = std::fs::File::create(&tmp)?;
+                    file.write_all(&data)?;
+                    // On disk before it has a name: a crash leaves no partial file at an address.
+                    file.sync_all()?;
+                    std::fs::rename(&tmp, &path)
+                })();
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                written
+            })
+            .await
+            .map_err(io::Error::other)?
         }
         .boxed()
     }

@@ -31,6 +31,14 @@ impl Method {
             Method::Scale => 2,
         }
     }
+
+    /// The name the spec gives the method in query strings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Crop => "crop",
+            Method::Scale => "scale",
+        }
+    }
 }
 
 pub struct Thumbnail {
