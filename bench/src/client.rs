@@ -566,6 +566,16 @@ mod tests {
     }
 
     #[test]
+    fn media_paths_come_from_mxc_uris() {
+        assert_eq!(
+            mxc_path("mxc://localhost:8448/AbC-1_2").unwrap(),
+            "localhost%3A8448/AbC-1_2"
+        );
+        assert!(mxc_path("https://example.org/x").is_err());
+        assert!(mxc_path("mxc://example.org").is_err());
+    }
+
+    #[test]
     fn encodes_matrix_ids() {
         assert_eq!(encode("!abc:localhost:8448"), "%21abc%3Alocalhost%3A8448");
         assert_eq!(encode("t1-2_3.4~"), "t1-2_3.4~");

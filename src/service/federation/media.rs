@@ -8,6 +8,8 @@
 //! is held in memory whole. This module returns bytes and headers; caching them is the media
 //! service's business.
 
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use ruma::{http_headers::ContentDisposition, ServerName};
 use serde_json::Value as JsonValue;
@@ -17,6 +19,10 @@ use crate::{
     error::{Error, ErrorCode, Result},
     service::media::preview::{self, AddressPolicy},
 };
+
+/// Longest a media request to a peer may take, body included: files are up to
+/// `media.max_upload_size`, far more than the JSON the other federation requests wait for.
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Bytes a `multipart/mixed` answer may carry besides the file: boundaries, part headers and the
 /// JSON metadata part (today always `{}`).
@@ -309,6 +315,7 @@ impl Service {
         let response = self
             .http
             .get(format!("{base}{}", request.legacy_path(origin)))
+            .timeout(MEDIA_TIMEOUT)
             .header(http::header::HOST, host)
             .send()
             .await
@@ -333,6 +340,7 @@ impl Service {
         let (base, host) = self.base_url(destination).await;
         self.http
             .get(format!("{base}{path}"))
+            .timeout(MEDIA_TIMEOUT)
             .header(http::header::HOST, host)
             .header(http::header::AUTHORIZATION, auth)
             .send()
@@ -392,16 +400,13 @@ impl Service {
         limit: u64,
     ) -> Result<RemoteFile> {
         let policy = AddressPolicy::new(&self.config.media.url_preview);
-        let fetched = tokio::time::timeout(
-            super::REQUEST_TIMEOUT,
-            preview::fetch(&policy, location, limit),
-        )
-        .await
-        .map_err(|_| bad_gateway(format!("{origin}'s media location {location} timed out")))?
-        .map_err(|e| match e.errcode() {
-            "M_TOO_LARGE" => too_large(origin),
-            _ => bad_gateway(format!("{origin}'s media location {location}: {e}")),
-        })?;
+        let fetched = tokio::time::timeout(MEDIA_TIMEOUT, preview::fetch(&policy, location, limit))
+            .await
+            .map_err(|_| bad_gateway(format!("{origin}'s media location {location} timed out")))?
+            .map_err(|e| match e.errcode() {
+                "M_TOO_LARGE" => too_large(origin),
+                _ => bad_gateway(format!("{origin}'s media location {location}: {e}")),
+            })?;
         Ok(RemoteFile {
             content_type: Some(fetched.content_type),
             filename: filename_of(fetched.content_disposition.as_deref()),
