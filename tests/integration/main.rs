@@ -25,5 +25,6 @@ mod room_features;
 mod rooms;
 mod synapse;
 mod synapse_federation;
+mod synapse_media;
 mod synapse_rooms;
 mod sync;

@@ -179,7 +179,7 @@ impl Synapse {
                     "type": "http",
                     "tls": false,
                     "x_forwarded": false,
-                    "resources": [{ "names": ["client"], "compress": false }],
+                    "resources": [{ "names": ["client", "media"], "compress": false }],
                 },
                 {
                     "port": federation_port,
