@@ -1113,3 +1113,178 @@ async fn concurrent_messages_redactions_powers_leaves_and_rejoins_with_synapse()
         sees(&synapse, &sam_tok, &on_hearth, &welcome).await;
     }
 }
+
+/// Whether a /sync shows an invite to the room whose invite state names it `name`.
+fn invited_to(sync: &Value, room: &str, name: &str) -> Option<()> {
+    sync["rooms"]["invite"][room]["invite_state"]["events"]
+        .as_array()?
+        .iter()
+        .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == name)
+        .then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_between_hearth_and_synapse_are_accepted_and_rejected() {
+    let hearth = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let (sam, sam_tok) = synapse.register("sam").await;
+    let (sue, sue_tok) = synapse.register("sue").await;
+    let (hal, hal_tok, _) = hearth.register("hal", TEST_PASSWORD).await;
+    let (hugh, hugh_tok, _) = hearth.register("hugh", TEST_PASSWORD).await;
+
+    for version in VERSIONS {
+        // Sam's private room on Synapse; hal is invited, hugh too.
+        let name = format!("Synapse secret v{version}");
+        let (status, body) = synapse
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&sam_tok),
+                json!({ "room_version": version, "preset": "private_chat", "name": name }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let room = body["room_id"].as_str().expect("room_id").to_owned();
+        let before = format!("v{version}: before the invites");
+        synapse_say(&synapse, &sam_tok, &room, &before).await;
+        for who in [&hal, &hugh] {
+            let (status, body) = synapse
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+                    Some(&sam_tok),
+                    json!({ "user_id": who }),
+                )
+                .await;
+            assert_eq!(status, 200, "v{version}: sam invites {who}: {body}");
+        }
+        synced(&hearth, &hal_tok, "hal's invite", |s| {
+            invited_to(s, &room, &name)
+        })
+        .await;
+        // No server named: Hearth joins through the inviter's.
+        let (status, body) = hearth
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                Some(&hal_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: hal accepts: {body}");
+        sees_joined(&synapse, &sam_tok, &room, &hal).await;
+        // The history from before the join came along with it.
+        assert_eq!(texts(&hearth, &hal_tok, &room).await, [before.clone()]);
+        let from_hal = format!("v{version}: thanks for the invite, sam");
+        hearth.say(&hal_tok, &room, &from_hal).await;
+        sees(&synapse, &sam_tok, &room, &from_hal).await;
+        let from_sam = format!("v{version}: welcome, hal");
+        synapse_say(&synapse, &sam_tok, &room, &from_sam).await;
+        sees(&hearth, &hal_tok, &room, &from_sam).await;
+        // Hugh says no. Hearth is in the room now (through hal), so the rejection is a leave
+        // Hearth sends itself.
+        synced(&hearth, &hugh_tok, "hugh's invite", |s| {
+            invited_to(s, &room, &name)
+        })
+        .await;
+        let (status, body) = hearth
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+                Some(&hugh_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: hugh rejects: {body}");
+        sees_membership(&synapse, &sam_tok, &room, &hugh, "leave").await;
+
+        // Another private room on Synapse: hugh rejects while no Hearth user is in it, so
+        // Hearth goes through make_leave/send_leave on Synapse.
+        let name = format!("Synapse other secret v{version}");
+        let (status, body) = synapse
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&sam_tok),
+                json!({
+                    "room_version": version,
+                    "preset": "private_chat",
+                    "name": name,
+                    "invite": [hugh],
+                }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let other = body["room_id"].as_str().expect("room_id").to_owned();
+        synced(&hearth, &hugh_tok, "hugh's second invite", |s| {
+            invited_to(s, &other, &name)
+        })
+        .await;
+        let (status, body) = hearth
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&other)),
+                Some(&hugh_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: hugh rejects: {body}");
+        sees_membership(&synapse, &sam_tok, &other, &hugh, "leave").await;
+        let filter = enc(&json!({ "room": { "include_leave": true } }).to_string());
+        eventually(30, "hugh's rejection in his /sync", || async {
+            let (status, body) = hearth
+                .get(
+                    &format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
+                    Some(&hugh_tok),
+                )
+                .await;
+            (status == 200 && body["rooms"]["leave"][other.as_str()].is_object()).then_some(())
+        })
+        .await;
+
+        // Hal's private room on Hearth; sam is invited and accepts, sue rejects.
+        let name = format!("Hearth secret v{version}");
+        let room = hearth
+            .create_room(
+                &hal_tok,
+                json!({ "room_version": version, "preset": "private_chat", "name": name }),
+            )
+            .await;
+        for who in [&sam, &sue] {
+            let (status, body) = hearth
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+                    Some(&hal_tok),
+                    json!({ "user_id": who }),
+                )
+                .await;
+            assert_eq!(status, 200, "v{version}: hal invites {who}: {body}");
+        }
+        synced(&synapse, &sam_tok, "sam's invite", |s| {
+            invited_to(s, &room, &name)
+        })
+        .await;
+        let (status, body) = synapse
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                Some(&sam_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: sam accepts: {body}");
+        sees_joined(&hearth, &hal_tok, &room, &sam).await;
+        let from_sam = format!("v{version}: thanks for the invite, hal");
+        synapse_say(&synapse, &sam_tok, &room, &from_sam).await;
+        sees(&hearth, &hal_tok, &room, &from_sam).await;
+        let from_hal = format!("v{version}: welcome, sam");
+        hearth.say(&hal_tok, &room, &from_hal).await;
+        sees(&synapse, &sam_tok, &room, &from_hal).await;
+        synced(&synapse, &sue_tok, "sue's invite", |s| {
+            invited_to(s, &room, &name)
+        })
+        .await;
+        let (status, body) = synapse
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+                Some(&sue_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: sue rejects: {body}");
+        sees_membership(&hearth, &hal_tok, &room, &sue, "leave").await;
+    }
+}
