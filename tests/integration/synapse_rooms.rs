@@ -1171,7 +1171,7 @@ async fn invites_between_hearth_and_synapse_are_accepted_and_rejected() {
         assert_eq!(status, 200, "v{version}: hal accepts: {body}");
         sees_joined(&synapse, &sam_tok, &room, &hal).await;
         // The history from before the join came along with it.
-        assert_eq!(texts(&hearth, &hal_tok, &room).await, [before.clone()]);
+        assert_eq!(texts(&hearth, &hal_tok, &room).await, [before.as_str()]);
         let from_hal = format!("v{version}: thanks for the invite, sam");
         hearth.say(&hal_tok, &room, &from_hal).await;
         sees(&synapse, &sam_tok, &room, &from_hal).await;
@@ -1286,5 +1286,44 @@ async fn invites_between_hearth_and_synapse_are_accepted_and_rejected() {
             .await;
         assert_eq!(status, 200, "v{version}: sue rejects: {body}");
         sees_membership(&hearth, &hal_tok, &room, &sue, "leave").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hearth_user_joining_a_synapse_room_sees_its_recent_history() {
+    let hearth = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let (_sam, sam_tok) = synapse.register("sam").await;
+    let (_hal, hal_tok, _) = hearth.register("hal", TEST_PASSWORD).await;
+
+    for version in VERSIONS {
+        let (status, body) = synapse
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&sam_tok),
+                json!({ "room_version": version, "preset": "public_chat" }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let room = body["room_id"].as_str().expect("room_id").to_owned();
+        // More than the 50 events Hearth fetches at a join.
+        let said: Vec<String> = (1..=60).map(|i| format!("v{version}: m{i}")).collect();
+        for text in &said {
+            synapse_say(&synapse, &sam_tok, &room, text).await;
+        }
+        let (status, body) = hearth
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?via={}",
+                    enc(&room),
+                    enc(synapse.server_name().as_str())
+                ),
+                Some(&hal_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: {body}");
+        // The latest 50, in order, are there as soon as the join returns.
+        assert_eq!(texts(&hearth, &hal_tok, &room).await, said[10..]);
     }
 }
