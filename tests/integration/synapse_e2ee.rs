@@ -13,7 +13,7 @@ use matrix_sdk::{
         events::room::{member::MembershipState, message::RoomMessageEventContent},
         DeviceId, OwnedServerName, RoomId, UserId,
     },
-    Client,
+    Client, RoomState,
 };
 use serde_json::Value;
 
@@ -126,6 +126,34 @@ async fn encrypted_conversations_between_hearth_and_synapse_decrypt_on_both_side
         let from_bob = format!("agreed, from Synapse, in {room}");
         say(&bob, room, &from_bob).await;
         decrypts(&alice, "alice on Hearth", room, &from_bob).await;
+    }
+
+    // Direct messages started by an invite from either side, the first message sent before the
+    // invitee joins (its room key goes to the invited user's devices); the invitee joins with no
+    // server named, so through the inviter's.
+    for (inviter, inviter_name, invitee, invitee_name) in [
+        (&bob, "bob", &alice, "alice"),
+        (&alice, "alice", &bob, "bob"),
+    ] {
+        let invitee_id = invitee.user_id().expect("logged in").to_owned();
+        let dm = inviter.create_dm(&invitee_id).await.expect("createRoom");
+        let dm_id = dm.room_id().to_owned();
+        let before = format!("{inviter_name} to {invitee_name}, before the join");
+        say(inviter, &dm_id, &before).await;
+        eventually(30, &format!("{invitee_name} has the invite"), || async {
+            invitee.sync_once(settings()).await.ok()?;
+            (invitee.get_room(&dm_id)?.state() == RoomState::Invited).then_some(())
+        })
+        .await;
+        invitee
+            .join_room_by_id(&dm_id)
+            .await
+            .unwrap_or_else(|e| panic!("{invitee_name} accepts the DM: {e}"));
+        sees_joined(inviter, &dm_id, &invitee_id).await;
+        decrypts(invitee, invitee_name, &dm_id, &before).await;
+        let reply = format!("{invitee_name} to {inviter_name}, after the join");
+        say(invitee, &dm_id, &reply).await;
+        decrypts(inviter, inviter_name, &dm_id, &reply).await;
     }
 
     // Cross-signing on both sides: each learns of the other's identity (signing-key updates,

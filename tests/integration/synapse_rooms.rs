@@ -1286,6 +1286,45 @@ async fn invites_between_hearth_and_synapse_are_accepted_and_rejected() {
             .await;
         assert_eq!(status, 200, "v{version}: sue rejects: {body}");
         sees_membership(&hearth, &hal_tok, &room, &sue, "leave").await;
+
+        // A direct chat created with the invite in it: Synapse's user gets it marked direct.
+        let dm = hearth
+            .create_room(
+                &hal_tok,
+                json!({
+                    "room_version": version,
+                    "preset": "trusted_private_chat",
+                    "is_direct": true,
+                    "invite": [sam],
+                }),
+            )
+            .await;
+        synced(&synapse, &sam_tok, "sam's direct invite", |s| {
+            s["rooms"]["invite"][dm.as_str()]["invite_state"]["events"]
+                .as_array()?
+                .iter()
+                .any(|e| {
+                    e["type"] == "m.room.member"
+                        && e["state_key"] == sam.as_str()
+                        && e["content"]["is_direct"] == true
+                })
+                .then_some(())
+        })
+        .await;
+        let (status, body) = synapse
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&dm)),
+                Some(&sam_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            status, 200,
+            "v{version}: sam accepts the direct chat: {body}"
+        );
+        let from_sam = format!("v{version}: just between us");
+        synapse_say(&synapse, &sam_tok, &dm, &from_sam).await;
+        sees(&hearth, &hal_tok, &dm, &from_sam).await;
     }
 }
 

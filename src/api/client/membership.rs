@@ -334,6 +334,7 @@ async fn invite(
                 &session.user_id,
                 &invitee.user_id,
                 invitee.reason.as_deref(),
+                false,
             )
             .await?;
         return Ok(invite_user::v3::Response::new());
