@@ -1193,6 +1193,32 @@ async fn invites_between_hearth_and_synapse_are_accepted_and_rejected() {
             .await;
         assert_eq!(status, 200, "v{version}: hugh rejects: {body}");
         sees_membership(&synapse, &sam_tok, &room, &hugh, "leave").await;
+        // Sam asks again, and this time hugh accepts. Hearth is in the room already, so the
+        // invite also reaches it in a transaction, and the join is Hearth's own.
+        let (status, body) = synapse
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+                Some(&sam_tok),
+                json!({ "user_id": hugh }),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: sam invites hugh again: {body}");
+        synced(&hearth, &hugh_tok, "hugh's new invite", |s| {
+            invited_to(s, &room, &name)
+        })
+        .await;
+        let (status, body) = hearth
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                Some(&hugh_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: hugh accepts: {body}");
+        sees_joined(&synapse, &sam_tok, &room, &hugh).await;
+        let from_hugh = format!("v{version}: hugh is in after all");
+        hearth.say(&hugh_tok, &room, &from_hugh).await;
+        sees(&synapse, &sam_tok, &room, &from_hugh).await;
 
         // Another private room on Synapse: hugh rejects while no Hearth user is in it, so
         // Hearth goes through make_leave/send_leave on Synapse.
