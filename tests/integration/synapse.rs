@@ -203,6 +203,8 @@ impl Synapse {
             // Passwords are only test passwords; the default 12 rounds cost a quarter second each.
             "bcrypt_rounds": 4,
             "allow_public_rooms_over_federation": true,
+            // Synapse lets nobody publish to its room directory unless a rule allows it.
+            "room_list_publication_rules": [{ "action": "allow" }],
             "use_presence": true,
             // Tests poll /sync with the same parameters; Synapse would answer from a cache for
             // two minutes.

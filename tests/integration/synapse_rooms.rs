@@ -652,7 +652,12 @@ async fn hearth_and_synapse_look_up_each_others_profiles_and_aliases() {
         .post(
             "/_matrix/client/v3/createRoom",
             Some(&sam_tok),
-            json!({ "preset": "public_chat", "room_alias_name": "plaza" }),
+            json!({
+                "preset": "public_chat",
+                "visibility": "public",
+                "room_alias_name": "plaza",
+                "name": "The Plaza",
+            }),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -660,7 +665,12 @@ async fn hearth_and_synapse_look_up_each_others_profiles_and_aliases() {
     let hearth_room = hearth
         .create_room(
             &alice_tok,
-            json!({ "preset": "public_chat", "room_alias_name": "hall" }),
+            json!({
+                "preset": "public_chat",
+                "visibility": "public",
+                "room_alias_name": "hall",
+                "name": "The Hall",
+            }),
         )
         .await;
 
@@ -719,6 +729,59 @@ async fn hearth_and_synapse_look_up_each_others_profiles_and_aliases() {
         )
         .await;
     assert_eq!(status, 404, "{body}");
+
+    // Public room directories: each lists the other's rooms (federation /publicRooms), in full
+    // and filtered.
+    let listed = |body: &Value, room: &str, name: &str| {
+        body["chunk"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|r| r["room_id"] == room && r["name"] == name))
+    };
+    let synapse_server = synapse.server_name();
+    let (status, body) = hearth
+        .get(
+            &format!("/_matrix/client/v3/publicRooms?server={synapse_server}"),
+            Some(&alice_tok),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(listed(&body, &synapse_room, "The Plaza"), "{body}");
+    let (status, body) = hearth
+        .post(
+            &format!("/_matrix/client/v3/publicRooms?server={synapse_server}"),
+            Some(&alice_tok),
+            json!({ "filter": { "generic_search_term": "plaza" }, "limit": 5 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(listed(&body, &synapse_room, "The Plaza"), "{body}");
+    let hearth_server = hearth.name();
+    let (status, body) = synapse
+        .get(
+            &format!("/_matrix/client/v3/publicRooms?server={hearth_server}"),
+            Some(&sam_tok),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(listed(&body, &hearth_room, "The Hall"), "{body}");
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/publicRooms?server={hearth_server}"),
+            Some(&sam_tok),
+            json!({ "filter": { "generic_search_term": "hall" }, "limit": 5 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(listed(&body, &hearth_room, "The Hall"), "{body}");
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/publicRooms?server={hearth_server}"),
+            Some(&sam_tok),
+            json!({ "filter": { "generic_search_term": "nothing like it" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["chunk"], json!([]), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
