@@ -24,6 +24,7 @@ mod relations;
 mod room_features;
 mod rooms;
 mod synapse;
+mod synapse_e2ee;
 mod synapse_federation;
 mod synapse_media;
 mod synapse_rooms;

@@ -203,6 +203,8 @@ impl Synapse {
             // Passwords are only test passwords; the default 12 rounds cost a quarter second each.
             "bcrypt_rounds": 4,
             "allow_public_rooms_over_federation": true,
+            // Synapse lets nobody publish to its room directory unless a rule allows it.
+            "room_list_publication_rules": [{ "action": "allow" }],
             "use_presence": true,
             // Tests poll /sync with the same parameters; Synapse would answer from a cache for
             // two minutes.
@@ -337,6 +339,28 @@ impl Synapse {
                 .expect("access_token")
                 .to_owned(),
         )
+    }
+
+    /// Logs a matrix-sdk client in as `name` (registered with `register`).
+    pub async fn sdk_login(&self, name: &str) -> matrix_sdk::Client {
+        let client = matrix_sdk::Client::builder()
+            .homeserver_url(self.client_url())
+            .build()
+            .await
+            .expect("client builds");
+        client
+            .matrix_auth()
+            .login_username(name, crate::common::TEST_PASSWORD)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name} logs in on Synapse: {e}"));
+        client
+    }
+
+    /// Registers `name` and logs a matrix-sdk client in.
+    pub async fn sdk_user(&self, name: &str) -> matrix_sdk::Client {
+        self.register(name).await;
+        self.sdk_login(name).await
     }
 
     /// Raw request to the client API; status and JSON body (Null when the body is not JSON).

@@ -652,7 +652,12 @@ async fn hearth_and_synapse_look_up_each_others_profiles_and_aliases() {
         .post(
             "/_matrix/client/v3/createRoom",
             Some(&sam_tok),
-            json!({ "preset": "public_chat", "room_alias_name": "plaza" }),
+            json!({
+                "preset": "public_chat",
+                "visibility": "public",
+                "room_alias_name": "plaza",
+                "name": "The Plaza",
+            }),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -660,7 +665,12 @@ async fn hearth_and_synapse_look_up_each_others_profiles_and_aliases() {
     let hearth_room = hearth
         .create_room(
             &alice_tok,
-            json!({ "preset": "public_chat", "room_alias_name": "hall" }),
+            json!({
+                "preset": "public_chat",
+                "visibility": "public",
+                "room_alias_name": "hall",
+                "name": "The Hall",
+            }),
         )
         .await;
 
@@ -719,6 +729,59 @@ async fn hearth_and_synapse_look_up_each_others_profiles_and_aliases() {
         )
         .await;
     assert_eq!(status, 404, "{body}");
+
+    // Public room directories: each lists the other's rooms (federation /publicRooms), in full
+    // and filtered.
+    let listed = |body: &Value, room: &str, name: &str| {
+        body["chunk"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|r| r["room_id"] == room && r["name"] == name))
+    };
+    let synapse_server = synapse.server_name();
+    let (status, body) = hearth
+        .get(
+            &format!("/_matrix/client/v3/publicRooms?server={synapse_server}"),
+            Some(&alice_tok),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(listed(&body, &synapse_room, "The Plaza"), "{body}");
+    let (status, body) = hearth
+        .post(
+            &format!("/_matrix/client/v3/publicRooms?server={synapse_server}"),
+            Some(&alice_tok),
+            json!({ "filter": { "generic_search_term": "plaza" }, "limit": 5 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(listed(&body, &synapse_room, "The Plaza"), "{body}");
+    let hearth_server = hearth.name();
+    let (status, body) = synapse
+        .get(
+            &format!("/_matrix/client/v3/publicRooms?server={hearth_server}"),
+            Some(&sam_tok),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(listed(&body, &hearth_room, "The Hall"), "{body}");
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/publicRooms?server={hearth_server}"),
+            Some(&sam_tok),
+            json!({ "filter": { "generic_search_term": "hall" }, "limit": 5 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(listed(&body, &hearth_room, "The Hall"), "{body}");
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/publicRooms?server={hearth_server}"),
+            Some(&sam_tok),
+            json!({ "filter": { "generic_search_term": "nothing like it" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["chunk"], json!([]), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1111,5 +1174,284 @@ async fn concurrent_messages_redactions_powers_leaves_and_rejoins_with_synapse()
         let welcome = format!("v{version}: welcome back, sam");
         hearth.say(&hal_tok, &on_hearth, &welcome).await;
         sees(&synapse, &sam_tok, &on_hearth, &welcome).await;
+    }
+}
+
+/// Whether a /sync shows an invite to the room whose invite state names it `name`.
+fn invited_to(sync: &Value, room: &str, name: &str) -> Option<()> {
+    sync["rooms"]["invite"][room]["invite_state"]["events"]
+        .as_array()?
+        .iter()
+        .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == name)
+        .then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_between_hearth_and_synapse_are_accepted_and_rejected() {
+    let hearth = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let (sam, sam_tok) = synapse.register("sam").await;
+    let (sue, sue_tok) = synapse.register("sue").await;
+    let (hal, hal_tok, _) = hearth.register("hal", TEST_PASSWORD).await;
+    let (hugh, hugh_tok, _) = hearth.register("hugh", TEST_PASSWORD).await;
+
+    for version in VERSIONS {
+        // Sam's private room on Synapse; hal is invited, hugh too.
+        let name = format!("Synapse secret v{version}");
+        let (status, body) = synapse
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&sam_tok),
+                json!({ "room_version": version, "preset": "private_chat", "name": name }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let room = body["room_id"].as_str().expect("room_id").to_owned();
+        let before = format!("v{version}: before the invites");
+        synapse_say(&synapse, &sam_tok, &room, &before).await;
+        for who in [&hal, &hugh] {
+            let (status, body) = synapse
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+                    Some(&sam_tok),
+                    json!({ "user_id": who }),
+                )
+                .await;
+            assert_eq!(status, 200, "v{version}: sam invites {who}: {body}");
+        }
+        synced(&hearth, &hal_tok, "hal's invite", |s| {
+            invited_to(s, &room, &name)
+        })
+        .await;
+        // No server named: Hearth joins through the inviter's.
+        let (status, body) = hearth
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                Some(&hal_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: hal accepts: {body}");
+        sees_joined(&synapse, &sam_tok, &room, &hal).await;
+        // The history from before the join came along with it.
+        assert_eq!(texts(&hearth, &hal_tok, &room).await, [before.as_str()]);
+        let from_hal = format!("v{version}: thanks for the invite, sam");
+        hearth.say(&hal_tok, &room, &from_hal).await;
+        sees(&synapse, &sam_tok, &room, &from_hal).await;
+        let from_sam = format!("v{version}: welcome, hal");
+        synapse_say(&synapse, &sam_tok, &room, &from_sam).await;
+        sees(&hearth, &hal_tok, &room, &from_sam).await;
+        // Hugh says no. Hearth is in the room now (through hal), so the rejection is a leave
+        // Hearth sends itself.
+        synced(&hearth, &hugh_tok, "hugh's invite", |s| {
+            invited_to(s, &room, &name)
+        })
+        .await;
+        let (status, body) = hearth
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+                Some(&hugh_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: hugh rejects: {body}");
+        sees_membership(&synapse, &sam_tok, &room, &hugh, "leave").await;
+        // Sam asks again, and this time hugh accepts. Hearth is in the room already, so the
+        // invite also reaches it in a transaction, and the join is Hearth's own.
+        let (status, body) = synapse
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+                Some(&sam_tok),
+                json!({ "user_id": hugh }),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: sam invites hugh again: {body}");
+        synced(&hearth, &hugh_tok, "hugh's new invite", |s| {
+            invited_to(s, &room, &name)
+        })
+        .await;
+        let (status, body) = hearth
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                Some(&hugh_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: hugh accepts: {body}");
+        sees_joined(&synapse, &sam_tok, &room, &hugh).await;
+        let from_hugh = format!("v{version}: hugh is in after all");
+        hearth.say(&hugh_tok, &room, &from_hugh).await;
+        sees(&synapse, &sam_tok, &room, &from_hugh).await;
+
+        // Another private room on Synapse: hugh rejects while no Hearth user is in it, so
+        // Hearth goes through make_leave/send_leave on Synapse.
+        let name = format!("Synapse other secret v{version}");
+        let (status, body) = synapse
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&sam_tok),
+                json!({
+                    "room_version": version,
+                    "preset": "private_chat",
+                    "name": name,
+                    "invite": [hugh],
+                }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let other = body["room_id"].as_str().expect("room_id").to_owned();
+        synced(&hearth, &hugh_tok, "hugh's second invite", |s| {
+            invited_to(s, &other, &name)
+        })
+        .await;
+        let (status, body) = hearth
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&other)),
+                Some(&hugh_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: hugh rejects: {body}");
+        sees_membership(&synapse, &sam_tok, &other, &hugh, "leave").await;
+        let filter = enc(&json!({ "room": { "include_leave": true } }).to_string());
+        eventually(30, "hugh's rejection in his /sync", || async {
+            let (status, body) = hearth
+                .get(
+                    &format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
+                    Some(&hugh_tok),
+                )
+                .await;
+            (status == 200 && body["rooms"]["leave"][other.as_str()].is_object()).then_some(())
+        })
+        .await;
+
+        // Hal's private room on Hearth; sam is invited and accepts, sue rejects.
+        let name = format!("Hearth secret v{version}");
+        let room = hearth
+            .create_room(
+                &hal_tok,
+                json!({ "room_version": version, "preset": "private_chat", "name": name }),
+            )
+            .await;
+        for who in [&sam, &sue] {
+            let (status, body) = hearth
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+                    Some(&hal_tok),
+                    json!({ "user_id": who }),
+                )
+                .await;
+            assert_eq!(status, 200, "v{version}: hal invites {who}: {body}");
+        }
+        synced(&synapse, &sam_tok, "sam's invite", |s| {
+            invited_to(s, &room, &name)
+        })
+        .await;
+        let (status, body) = synapse
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                Some(&sam_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: sam accepts: {body}");
+        sees_joined(&hearth, &hal_tok, &room, &sam).await;
+        let from_sam = format!("v{version}: thanks for the invite, hal");
+        synapse_say(&synapse, &sam_tok, &room, &from_sam).await;
+        sees(&hearth, &hal_tok, &room, &from_sam).await;
+        let from_hal = format!("v{version}: welcome, sam");
+        hearth.say(&hal_tok, &room, &from_hal).await;
+        sees(&synapse, &sam_tok, &room, &from_hal).await;
+        synced(&synapse, &sue_tok, "sue's invite", |s| {
+            invited_to(s, &room, &name)
+        })
+        .await;
+        let (status, body) = synapse
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+                Some(&sue_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: sue rejects: {body}");
+        sees_membership(&hearth, &hal_tok, &room, &sue, "leave").await;
+
+        // A direct chat created with the invite in it: Synapse's user gets it marked direct.
+        let dm = hearth
+            .create_room(
+                &hal_tok,
+                json!({
+                    "room_version": version,
+                    "preset": "trusted_private_chat",
+                    "is_direct": true,
+                    "invite": [sam],
+                }),
+            )
+            .await;
+        synced(&synapse, &sam_tok, "sam's direct invite", |s| {
+            s["rooms"]["invite"][dm.as_str()]["invite_state"]["events"]
+                .as_array()?
+                .iter()
+                .any(|e| {
+                    e["type"] == "m.room.member"
+                        && e["state_key"] == sam.as_str()
+                        && e["content"]["is_direct"] == true
+                })
+                .then_some(())
+        })
+        .await;
+        let (status, body) = synapse
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&dm)),
+                Some(&sam_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            status, 200,
+            "v{version}: sam accepts the direct chat: {body}"
+        );
+        let from_sam = format!("v{version}: just between us");
+        synapse_say(&synapse, &sam_tok, &dm, &from_sam).await;
+        sees(&hearth, &hal_tok, &dm, &from_sam).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hearth_user_joining_a_synapse_room_sees_its_recent_history() {
+    let hearth = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let (_sam, sam_tok) = synapse.register("sam").await;
+    let (_hal, hal_tok, _) = hearth.register("hal", TEST_PASSWORD).await;
+
+    for version in VERSIONS {
+        let (status, body) = synapse
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&sam_tok),
+                json!({ "room_version": version, "preset": "public_chat" }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let room = body["room_id"].as_str().expect("room_id").to_owned();
+        // More than the 50 events Hearth fetches at a join.
+        let said: Vec<String> = (1..=60).map(|i| format!("v{version}: m{i}")).collect();
+        for text in &said {
+            synapse_say(&synapse, &sam_tok, &room, text).await;
+        }
+        let (status, body) = hearth
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?via={}",
+                    enc(&room),
+                    enc(synapse.server_name().as_str())
+                ),
+                Some(&hal_tok),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: {body}");
+        // The latest 50, in order, are there as soon as the join returns.
+        assert_eq!(texts(&hearth, &hal_tok, &room).await, said[10..]);
     }
 }

@@ -8,6 +8,7 @@ use ruma::{
     MilliSecondsSinceUnixEpoch, UInt,
 };
 
+use super::keys::forget_devices;
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
@@ -108,14 +109,12 @@ async fn delete(
             Some(&session.user_id),
         )
         .await?;
+    let devices = std::slice::from_ref(&req.body.device_id);
     services
         .sessions
-        .delete_devices(session.user, std::slice::from_ref(&req.body.device_id))
+        .delete_devices(session.user, devices)
         .await?;
-    services
-        .keys
-        .delete_device(session.user, req.body.device_id.as_str())
-        .await?;
+    forget_devices(&services, session.user, &session.user_id, devices).await?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -137,11 +136,6 @@ async fn delete_many(
         .sessions
         .delete_devices(session.user, &req.body.devices)
         .await?;
-    for device in &req.body.devices {
-        services
-            .keys
-            .delete_device(session.user, device.as_str())
-            .await?;
-    }
+    forget_devices(&services, session.user, &session.user_id, &req.body.devices).await?;
     Ok(delete_devices::v3::Response::new())
 }

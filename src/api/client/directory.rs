@@ -293,6 +293,18 @@ pub(crate) fn directory_page(
     Ok(resp)
 }
 
+/// The object without its null fields, at any depth.
+fn without_nulls(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k, without_nulls(v)))
+            .collect(),
+        other => other,
+    }
+}
+
 /// Another server's directory, when the client names one: its /publicRooms over federation.
 async fn remote_directory(
     services: &Services,
@@ -307,6 +319,8 @@ async fn remote_directory(
             "Federation is off, so other servers' directories cannot be read",
         ));
     }
+    // Absent, not null: Synapse fails with a 500 on `"limit": null`.
+    let body = without_nulls(body);
     let answer = services
         .federation
         .request_json(

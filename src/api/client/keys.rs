@@ -89,25 +89,82 @@ async fn upload(
         )
         .await?;
     if let Some(keys) = &device_keys {
-        // Servers sharing a room with us hear of the new device keys.
-        let edu = serde_json::json!({
-            "edu_type": "m.device_list_update",
-            "content": {
-                "user_id": session.user_id,
-                "device_id": session.device_id,
-                "stream_id": crate::service::now_ms(),
-                "prev_id": [],
-                "deleted": false,
-                "keys": keys,
-            },
-        });
-        services.sender.edu_to_peers_of(session.user, edu).await?;
+        announce_device(
+            &services,
+            session.user,
+            &session.user_id,
+            session.device_id.as_str(),
+            Some(keys),
+        )
+        .await?;
     }
     let counts = counts
         .into_iter()
         .map(|(alg, n)| (alg.as_str().into(), ruma::UInt::new_saturating(n)))
         .collect();
     Ok(upload_keys::v3::Response::new(counts))
+}
+
+/// Tells the servers sharing a room with a local user that one of their devices has new keys or
+/// signatures, or (`keys` None) is gone. `prev_id` stays empty, so receivers fetch the whole list
+/// again (/user/devices) rather than trusting a delta: always right, if not the cheapest.
+pub(crate) async fn announce_device(
+    services: &Services,
+    user: ShortId,
+    user_id: &ruma::UserId,
+    device_id: &str,
+    keys: Option<&JsonValue>,
+) -> Result<()> {
+    let mut content = serde_json::json!({
+        "user_id": user_id,
+        "device_id": device_id,
+        "stream_id": crate::service::now_ms(),
+        "prev_id": [],
+        "deleted": keys.is_none(),
+    });
+    if let Some(keys) = keys {
+        content["keys"] = keys.clone();
+    }
+    let edu = serde_json::json!({ "edu_type": "m.device_list_update", "content": content });
+    services.sender.edu_to_peers_of(user, edu).await
+}
+
+/// Deletes the keys of devices that are gone, and tells local and remote peers.
+pub(crate) async fn forget_devices(
+    services: &Services,
+    user: ShortId,
+    user_id: &ruma::UserId,
+    devices: &[OwnedDeviceId],
+) -> Result<()> {
+    for device in devices {
+        // A device that never published keys is in no other server's cache.
+        let had_keys = services.keys.device_keys(user, device.as_str())?.is_some();
+        services.keys.delete_device(user, device.as_str()).await?;
+        if had_keys {
+            announce_device(services, user, user_id, device.as_str(), None).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Tells the servers sharing a room with a local user of their current master and
+/// self-signing keys.
+async fn announce_signing_keys(
+    services: &Services,
+    user: ShortId,
+    user_id: &ruma::UserId,
+) -> Result<()> {
+    let mut content = serde_json::json!({ "user_id": user_id });
+    for (usage, field) in [
+        ("master", "master_key"),
+        ("self_signing", "self_signing_key"),
+    ] {
+        if let Some(k) = services.keys.cross_signing_key(user, usage)? {
+            content[field] = k;
+        }
+    }
+    let edu = serde_json::json!({ "edu_type": "m.signing_key_update", "content": content });
+    services.sender.edu_to_peers_of(user, edu).await
 }
 
 /// The device keys of a local user's devices (all when `only` is empty), with their display
@@ -446,17 +503,7 @@ async fn upload_cross_signing(
         .keys
         .set_cross_signing_keys(session.user, &keys)
         .await?;
-    let mut content = serde_json::json!({ "user_id": session.user_id });
-    for (usage, field) in [
-        ("master", "master_key"),
-        ("self_signing", "self_signing_key"),
-    ] {
-        if let Some(k) = services.keys.cross_signing_key(session.user, usage)? {
-            content[field] = k;
-        }
-    }
-    let edu = serde_json::json!({ "edu_type": "m.signing_key_update", "content": content });
-    services.sender.edu_to_peers_of(session.user, edu).await?;
+    announce_signing_keys(&services, session.user, &session.user_id).await?;
     Ok(upload_signing_keys::v3::Response::new())
 }
 
@@ -464,8 +511,11 @@ async fn upload_signatures_handler(
     State(services): State<AppState>,
     req: Ruma<upload_signatures::v3::Request>,
 ) -> Result<upload_signatures::v3::Response> {
-    req.session()?;
+    let session = req.session()?;
     let mut resp = upload_signatures::v3::Response::new();
+    // The user's own keys that gained signatures, to tell other servers of.
+    let mut own_devices = Vec::new();
+    let mut own_signing_keys = false;
     for (user_id, signed) in &req.body.signed_keys {
         let user = if services.users.is_local(user_id) {
             services.users.short_id(user_id)?
@@ -480,18 +530,42 @@ async fn upload_signatures_handler(
                 },
                 None => Err("Unknown user".to_owned()),
             };
-            if let Err(message) = outcome {
-                let failure = serde_json::from_value(serde_json::json!({
-                    "errcode": "M_INVALID_SIGNATURE",
-                    "error": message,
-                }))
-                .map_err(Error::internal)?;
-                resp.failures
-                    .entry(user_id.clone())
-                    .or_default()
-                    .insert(key_id.to_owned(), failure);
+            match outcome {
+                Ok(()) if *user_id == session.user_id => {
+                    match services.keys.device_keys(session.user, key_id)? {
+                        Some(keys) => own_devices.push((key_id.to_owned(), keys)),
+                        None => own_signing_keys = true,
+                    }
+                }
+                Ok(()) => {}
+                Err(message) => {
+                    let failure = serde_json::from_value(serde_json::json!({
+                        "errcode": "M_INVALID_SIGNATURE",
+                        "error": message,
+                    }))
+                    .map_err(Error::internal)?;
+                    resp.failures
+                        .entry(user_id.clone())
+                        .or_default()
+                        .insert(key_id.to_owned(), failure);
+                }
             }
         }
+    }
+    // Other servers cache our users' keys and refresh them only when told: a device signed
+    // with the self-signing key, or a master key signed by a device, must be announced.
+    for (device, keys) in &own_devices {
+        announce_device(
+            &services,
+            session.user,
+            &session.user_id,
+            device,
+            Some(keys),
+        )
+        .await?;
+    }
+    if own_signing_keys {
+        announce_signing_keys(&services, session.user, &session.user_id).await?;
     }
     Ok(resp)
 }

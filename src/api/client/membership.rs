@@ -351,6 +351,7 @@ async fn invite(
                 &session.user_id,
                 &invitee.user_id,
                 invitee.reason.as_deref(),
+                false,
             )
             .await?;
         return Ok(invite_user::v3::Response::new());

@@ -159,12 +159,15 @@ async fn create_room(
             format!("Room version {version} is not supported"),
         )
     })?;
-    for invitee in &body.invite {
-        if !services.users.is_local(invitee) {
-            return Err(Error::forbidden(
-                "Inviting users of other servers needs federation, which is not enabled yet",
-            ));
-        }
+    let remote_invitees: Vec<_> = body
+        .invite
+        .iter()
+        .filter(|u| !services.users.is_local(u))
+        .collect();
+    if !remote_invitees.is_empty() && !services.config.federation.enabled {
+        return Err(Error::forbidden(
+            "Federation is off, so users of other servers cannot be invited",
+        ));
     }
     let alias = match &body.room_alias_name {
         Some(name) => {
@@ -211,6 +214,14 @@ async fn create_room(
     if body.visibility == ruma::api::client::room::Visibility::Public {
         let (room, _) = services.rooms.known_room(&room_id)?;
         services.rooms.set_public(room, true).await?;
+    }
+    // The plan left these out: each goes through the invitee's server. A refusal fails the
+    // request (as in Synapse), though the room stays.
+    for invitee in remote_invitees {
+        services
+            .replication
+            .invite_remote(&room_id, &session.user_id, invitee, None, body.is_direct)
+            .await?;
     }
     Ok(create_room::v3::Response::new(room_id))
 }

@@ -153,6 +153,14 @@ async fn logout(
 ) -> Result<logout::v3::Response> {
     let session = req.session()?;
     services.sessions.logout(session).await?;
+    // The device goes with the session: its keys too, and peers stop encrypting for it.
+    super::keys::forget_devices(
+        &services,
+        session.user,
+        &session.user_id,
+        std::slice::from_ref(&session.device_id),
+    )
+    .await?;
     Ok(logout::v3::Response::new())
 }
 
@@ -161,9 +169,16 @@ async fn logout_all(
     req: Ruma<logout_all::v3::Request>,
 ) -> Result<logout_all::v3::Response> {
     let session = req.session()?;
+    let devices: Vec<_> = services
+        .sessions
+        .devices(session.user)?
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect();
     services
         .sessions
         .delete_all_devices(session.user, None)
         .await?;
+    super::keys::forget_devices(&services, session.user, &session.user_id, &devices).await?;
     Ok(logout_all::v3::Response::new())
 }

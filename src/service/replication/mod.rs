@@ -978,12 +978,16 @@ impl Service {
         inviter: &UserId,
         invitee: &UserId,
         reason: Option<&str>,
+        is_direct: bool,
     ) -> Result<()> {
         let (room, meta) = self.rooms.known_room(room_id)?;
         let rules = rooms::Service::version_rules(&meta.version)?;
         let mut content = json!({ "membership": "invite" });
         if let Some(r) = reason {
             content["reason"] = r.into();
+        }
+        if is_direct {
+            content["is_direct"] = true.into();
         }
         let (_, mut object) = self
             .rooms

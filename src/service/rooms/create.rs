@@ -183,7 +183,13 @@ pub fn plan(
             json!({ "topic": topic, "m.topic": [{ "mimetype": "text/plain", "body": topic }] }),
         ));
     }
-    for invitee in &req.invite {
+    // Users of other servers are invited once the room exists, through their server (the
+    // caller does that): their invite needs its server's countersignature.
+    for invitee in req
+        .invite
+        .iter()
+        .filter(|u| u.server_name() == creator.server_name())
+    {
         let mut content = json!({ "membership": "invite" });
         if req.is_direct {
             content["is_direct"] = true.into();
