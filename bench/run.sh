@@ -18,7 +18,7 @@
 #   --initial-sync-args    extra options for initial-sync, e.g. "--rooms 200"
 #   --media-args           extra options for media, e.g. "--files 10 --images 30"
 #
-# Environment: VENV (Synapse virtualenv, default $HEARTH_SYNAPSE_VENV, else ~/.cache/hearth-venv,
+# Environment: VENV (Synapse virtualenv, default $SYNAPSE_VENV, else ~/.cache/hearth-venv,
 # the one .ci/run makes for the interop tests), CARGO_TARGET_DIR.
 set -euo pipefail
 
@@ -58,7 +58,7 @@ for scenario in $SCENARIOS; do
 done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${VENV:-${HEARTH_SYNAPSE_VENV:-$HOME/.cache/hearth-venv}}
+VENV=${VENV:-${SYNAPSE_VENV:-$HOME/.cache/hearth-venv}}
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 log() { printf '== %s\n' "$*" >&2; }

@@ -96,6 +96,10 @@ pub struct Federation {
     pub tls_key: String,
     /// Longest wait between retries of a peer that does not answer.
     pub max_backoff: HumanDuration,
+    /// Address ranges never contacted as peers, on top of the built-in non-public ranges.
+    pub ip_range_deny: Vec<String>,
+    /// Address ranges contacted even if denied (e.g. peers on a private network).
+    pub ip_range_allow: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -312,6 +316,8 @@ impl Default for Federation {
             tls_cert: String::new(),
             tls_key: String::new(),
             max_backoff: HumanDuration(Duration::from_secs(3600)),
+            ip_range_deny: Vec::new(),
+            ip_range_allow: Vec::new(),
         }
     }
 }
@@ -474,6 +480,8 @@ impl Config {
         for (name, list) in [
             ("media.url_preview.deny", &preview.deny),
             ("media.url_preview.allow", &preview.allow),
+            ("federation.ip_range_deny", &self.federation.ip_range_deny),
+            ("federation.ip_range_allow", &self.federation.ip_range_allow),
         ] {
             for item in list {
                 if let Err(reason) = parse_cidr(item) {

@@ -82,6 +82,8 @@ impl TestServer {
             c.federation.verify_certificates = false;
             c.listen.federation = format!("127.0.0.1:{port}").parse().unwrap();
             c.server_name = format!("127.0.0.1:{port}").try_into().unwrap();
+            // Peers in tests live on loopback, which is refused by default.
+            c.federation.ip_range_allow = vec!["127.0.0.0/8".into()];
             tweak(c);
         })
         .await

@@ -326,3 +326,40 @@ async fn oversized_transactions_and_acl_denied_servers_are_refused() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_at_non_public_addresses_are_not_contacted() {
+    let a = TestServer::start_federating().await;
+    // The default policy: loopback is not a place peers live.
+    let strict = TestServer::start_federating_with(|c| c.federation.ip_range_allow.clear()).await;
+    let err = strict
+        .services()
+        .federation
+        .get_json(&a.config.server_name, "/_matrix/federation/v1/version")
+        .await
+        .expect_err("loopback refused");
+    assert!(err.to_string().contains("may not be contacted"), "{err}");
+    // Clients cannot point it there either: a join through A fails without reaching A.
+    let (_, tok, _) = strict.register("eve", TEST_PASSWORD).await;
+    let (_, alice_tok, _) = a.register("alice", TEST_PASSWORD).await;
+    let room = a
+        .create_room(&alice_tok, json!({ "preset": "public_chat" }))
+        .await;
+    let before = a.db_fingerprint();
+    let (status, body) = strict
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), a.name()),
+            Some(&tok),
+            json!({}),
+        )
+        .await;
+    assert_ne!(status, 200, "{body}");
+    assert_eq!(a.db_fingerprint(), before, "A heard nothing");
+    // An explicitly allowed range is reachable.
+    let open = TestServer::start_federating().await;
+    open.services()
+        .federation
+        .get_json(&a.config.server_name, "/_matrix/federation/v1/version")
+        .await
+        .expect("allowed");
+}

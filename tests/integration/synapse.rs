@@ -16,7 +16,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 
-/// Where `.ci/run` creates the virtualenv, under `$HOME`, unless `HEARTH_SYNAPSE_VENV` says
+/// Where `.ci/run` creates the virtualenv, under `$HOME`, unless `SYNAPSE_VENV` says
 /// otherwise.
 const DEFAULT_VENV: &str = ".cache/hearth-venv";
 /// How long Synapse may take to answer /versions (a first start creates its schema).
@@ -40,7 +40,7 @@ pub struct Synapse {
 /// The virtualenv with matrix-synapse, or a failure saying how to make one: interop tests must
 /// not pass by not running.
 fn venv() -> PathBuf {
-    let venv = std::env::var_os("HEARTH_SYNAPSE_VENV")
+    let venv = std::env::var_os("SYNAPSE_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
@@ -50,7 +50,7 @@ fn venv() -> PathBuf {
         venv.join("bin/synapse_homeserver").is_file() && venv.join("bin/python").exists(),
         "no Synapse virtualenv at {v} (bin/synapse_homeserver missing): run .ci/run, which \
          creates it, or create it with `python3 -m venv {v} && {v}/bin/pip install \
-         matrix-synapse`, or point HEARTH_SYNAPSE_VENV at one",
+         matrix-synapse`, or point SYNAPSE_VENV at one",
         v = venv.display()
     );
     venv
@@ -155,10 +155,10 @@ impl Synapse {
                 "filters": ["context"],
                 "filename": log_file,
             } },
-            // HEARTH_SYNAPSE_LOG=INFO (or DEBUG) for more when diagnosing, with
-            // HEARTH_SYNAPSE_LOG_DIR to keep the log (see `drop`).
+            // SYNAPSE_LOG=INFO (or DEBUG) for more when diagnosing, with
+            // SYNAPSE_LOG_DIR to keep the log (see `drop`).
             "root": {
-                "level": std::env::var("HEARTH_SYNAPSE_LOG").unwrap_or_else(|_| "WARNING".into()),
+                "level": std::env::var("SYNAPSE_LOG").unwrap_or_else(|_| "WARNING".into()),
                 "handlers": ["file"],
             },
             "disable_existing_loggers": false,
@@ -285,7 +285,7 @@ impl Synapse {
         }
     }
 
-    /// The last `lines` lines of Synapse's log (warnings and errors, unless HEARTH_SYNAPSE_LOG
+    /// The last `lines` lines of Synapse's log (warnings and errors, unless SYNAPSE_LOG
     /// says otherwise).
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.dir.path().join("homeserver.log"), lines)
@@ -429,7 +429,7 @@ impl Drop for Synapse {
             );
         }
         // Kept for reading after the run when asked (the folder below goes away).
-        if let Some(keep) = std::env::var_os("HEARTH_SYNAPSE_LOG_DIR") {
+        if let Some(keep) = std::env::var_os("SYNAPSE_LOG_DIR") {
             let to = PathBuf::from(keep).join(format!(
                 "synapse-{}.log",
                 self.server_name.replace(':', "_")

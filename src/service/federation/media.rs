@@ -311,7 +311,7 @@ impl Service {
             return Err(peer_error(origin, status, &body));
         }
         tracing::debug!(%origin, "federation media unknown to the origin; using /_matrix/media/v3");
-        let (base, host) = self.base_url(origin).await;
+        let (base, host) = self.base_url(origin).await?;
         let response = self
             .http
             .get(format!("{base}{}", request.legacy_path(origin)))
@@ -337,7 +337,7 @@ impl Service {
             &signed,
         )
         .map_err(Error::internal)?;
-        let (base, host) = self.base_url(destination).await;
+        let (base, host) = self.base_url(destination).await?;
         self.http
             .get(format!("{base}{path}"))
             .timeout(MEDIA_TIMEOUT)

@@ -54,13 +54,20 @@ pub struct Service {
     destinations: Mutex<HashMap<OwnedServerName, (Destination, Instant)>>,
     /// Certificate names whose connections go to another host (SRV targets, delegations).
     overrides: Arc<Mutex<HashMap<String, String>>>,
+    /// Which addresses peers may be contacted at (an IP literal skips DNS, so it is checked
+    /// here; names are checked by the resolver).
+    policy: Arc<crate::service::media::preview::AddressPolicy>,
 }
 
 /// Most destinations kept; beyond this the cache starts over.
 const DESTINATION_CACHE: usize = 10_000;
 
-/// reqwest's DNS, with SRV targets substituted for the names certificates are checked against.
-struct OverrideResolver(Arc<Mutex<HashMap<String, String>>>);
+/// reqwest's DNS, with SRV targets substituted for the names certificates are checked against,
+/// and addresses the policy denies left out.
+struct OverrideResolver(
+    Arc<Mutex<HashMap<String, String>>>,
+    Arc<crate::service::media::preview::AddressPolicy>,
+);
 
 impl reqwest::dns::Resolve for OverrideResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
@@ -70,9 +77,15 @@ impl reqwest::dns::Resolve for OverrideResolver {
             .get(name.as_str())
             .cloned()
             .unwrap_or_else(|| name.as_str().to_owned());
+        let policy = self.1.clone();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| policy.permits(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} has no address peers may be contacted at").into());
+            }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -90,9 +103,16 @@ impl Service {
     pub fn new(db: Db, config: Arc<Config>, key: Arc<ServerSigningKey>) -> Result<Self> {
         let verify = config.federation.verify_certificates;
         let overrides = Arc::new(Mutex::new(HashMap::new()));
+        let policy = Arc::new(crate::service::media::preview::AddressPolicy::from_lists(
+            &config.federation.ip_range_deny,
+            &config.federation.ip_range_allow,
+        ));
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
-            .dns_resolver(Arc::new(OverrideResolver(overrides.clone())))
+            .dns_resolver(Arc::new(OverrideResolver(
+                overrides.clone(),
+                policy.clone(),
+            )))
             .danger_accept_invalid_certs(!config.federation.verify_certificates)
             .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -106,6 +126,7 @@ impl Service {
             lookup: NetLookup::new(verify),
             destinations: Mutex::new(HashMap::new()),
             overrides,
+            policy,
         })
     }
 
@@ -121,7 +142,7 @@ impl Service {
 
     /// Where to reach a server's federation API (the spec's discovery order, cached), as a base
     /// URL whose host is the name the certificate must carry, and the Host header to send.
-    async fn base_url(&self, server: &ServerName) -> (String, String) {
+    async fn base_url(&self, server: &ServerName) -> Result<(String, String)> {
         let cached = self
             .destinations
             .lock()
@@ -140,15 +161,27 @@ impl Service {
                 d
             }
         };
+        if let Ok(ip) = dest
+            .connect_host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+        {
+            if !self.policy.permits(ip) {
+                return Err(Error::forbidden(format!(
+                    "{server} is at {ip}, which peers may not be contacted at"
+                )));
+            }
+        }
         if dest.connect_host != dest.tls_name {
             self.overrides
                 .lock()
                 .insert(dest.tls_name.clone(), dest.connect_host.clone());
         }
-        (
+        Ok((
             format!("https://{}:{}", dest.tls_name, dest.port),
             dest.host_header,
-        )
+        ))
     }
 
     /// A peer's keys, from the cache while valid, else fetched from the peer and verified. With
@@ -179,7 +212,7 @@ impl Service {
                 return Ok((cached.keys, cached.raw));
             }
         }
-        let (base, host) = self.base_url(server).await;
+        let (base, host) = self.base_url(server).await?;
         let url = format!("{base}/_matrix/key/v2/server");
         let response = self
             .http
@@ -311,7 +344,7 @@ impl Service {
             .map_err(|e| Error::internal(format!("request to {destination}: {e}")))?;
         let auth = xmatrix::sign_request(&self.key, self.server_name(), destination, &signed)
             .map_err(Error::internal)?;
-        let (base, host) = self.base_url(destination).await;
+        let (base, host) = self.base_url(destination).await?;
         let url = format!("{base}{path_and_query}");
         let mut req = self
             .http

@@ -71,15 +71,20 @@ pub struct AddressPolicy {
 
 impl AddressPolicy {
     pub fn new(config: &config::UrlPreview) -> Self {
+        Self::from_lists(&config.deny, &config.allow)
+    }
+
+    /// The built-in non-public ranges and `deny` refused, `allow` let through.
+    pub fn from_lists(deny: &[String], allow: &[String]) -> Self {
         // The configuration was validated at start; an entry that still fails to parse is skipped.
         let parse = |list: &[String]| -> Vec<IpNet> {
             list.iter().filter_map(|s| parse_cidr(s).ok()).collect()
         };
-        let mut deny = parse(&config.deny);
-        deny.extend(NON_PUBLIC.iter().filter_map(|s| s.parse::<IpNet>().ok()));
+        let mut denied = parse(deny);
+        denied.extend(NON_PUBLIC.iter().filter_map(|s| s.parse::<IpNet>().ok()));
         Self {
-            deny,
-            allow: parse(&config.allow),
+            deny: denied,
+            allow: parse(allow),
         }
     }
 
