@@ -177,6 +177,20 @@ pub async fn send_transaction(
     Ok(send_transaction_message::v1::Response::new(results))
 }
 
+/// 400 M_INCOMPATIBLE_ROOM_VERSION unless the asking server supports the room's version.
+fn check_version(supported: bool, version: &ruma::RoomVersionId) -> Result<()> {
+    if supported {
+        return Ok(());
+    }
+    Err(Error::new(
+        http::StatusCode::BAD_REQUEST,
+        ErrorCode::IncompatibleRoomVersion {
+            room_version: version.to_string(),
+        },
+        format!("The room is version {version}, which your server does not support"),
+    ))
+}
+
 pub async fn make_join(
     State(services): State<AppState>,
     req: Ruma<prepare_join_event::v1::Request>,
@@ -190,23 +204,13 @@ pub async fn make_join(
     if services.replication.denied_by_acl(room, origin)? {
         return Err(Error::forbidden("The room's server ACL denies your server"));
     }
+    // No `ver` at all means the asking server only knows version 1.
     let supported = if b.ver.is_empty() {
         meta.version == ruma::RoomVersionId::V1
     } else {
         b.ver.contains(&meta.version)
     };
-    if !supported {
-        return Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            ErrorCode::IncompatibleRoomVersion {
-                room_version: meta.version.to_string(),
-            },
-            format!(
-                "The room is version {}, which your server does not support",
-                meta.version
-            ),
-        ));
-    }
+    check_version(supported, &meta.version)?;
     let mut content = json!({ "membership": "join" });
     let current = services.rooms.membership_of(&b.user_id, room)?;
     if current != Some(MembershipState::Invite) && current != Some(MembershipState::Join) {
@@ -314,18 +318,7 @@ pub async fn make_knock(
     if services.replication.denied_by_acl(room, origin)? {
         return Err(Error::forbidden("The room's server ACL denies your server"));
     }
-    if !b.ver.contains(&meta.version) {
-        return Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            ErrorCode::IncompatibleRoomVersion {
-                room_version: meta.version.to_string(),
-            },
-            format!(
-                "The room is version {}, which your server does not support",
-                meta.version
-            ),
-        ));
-    }
+    check_version(b.ver.contains(&meta.version), &meta.version)?;
     let (version, template) =
         services
             .rooms

@@ -102,6 +102,38 @@ impl Service {
         self.federation.server_name()
     }
 
+    /// Signs an event of one of our users built from a template (ours or a resident's): old
+    /// hashes and signatures dropped, the v1/v2 event ID or origin added where the version has
+    /// them, hashed and signed. Returns its event ID and the signed event.
+    fn sign_new(
+        &self,
+        mut object: CanonicalJsonObject,
+        rules: &RoomVersionRules,
+    ) -> Result<(OwnedEventId, CanonicalJsonObject)> {
+        object.remove("hashes");
+        object.remove("signatures");
+        object.remove("unsigned");
+        if rules.redaction.keep_origin_membership_prev_state {
+            object.insert("origin".into(), self.server_name().as_str().into());
+        }
+        let v1_id = rules
+            .event_format
+            .require_event_id
+            .then(|| EventId::new_v1(self.server_name()));
+        if let Some(id) = &v1_id {
+            object.insert("event_id".into(), id.as_str().into());
+        }
+        hearth_federation::pdu::hash_and_sign(self.server_name(), &self.key, &mut object, rules)
+            .map_err(Error::internal)?;
+        let event_id = match v1_id {
+            Some(id) => id,
+            None => hearth_federation::pdu::event_id(&object, rules)
+                .map_err(Error::internal)?
+                .ok_or_else(|| Error::internal("no event ID"))?,
+        };
+        Ok((event_id, object))
+    }
+
     /// Checks a received PDU's signatures (fetching the signers' keys) and content hash, and
     /// derives its event ID. A hash mismatch gives the redacted event, as the spec asks.
     pub async fn verify(
@@ -694,28 +726,7 @@ impl Service {
             }
         }
         event["origin_server_ts"] = crate::service::now_ms().into();
-        if rules.redaction.keep_origin_membership_prev_state {
-            event["origin"] = self.server_name().as_str().into();
-        }
-        let mut object = to_canonical(event)?;
-        object.remove("hashes");
-        object.remove("signatures");
-        object.remove("unsigned");
-        let v1_id = rules
-            .event_format
-            .require_event_id
-            .then(|| EventId::new_v1(self.server_name()));
-        if let Some(id) = &v1_id {
-            object.insert("event_id".into(), id.as_str().into());
-        }
-        hearth_federation::pdu::hash_and_sign(self.server_name(), &self.key, &mut object, &rules)
-            .map_err(Error::internal)?;
-        let event_id = match v1_id {
-            Some(id) => id,
-            None => hearth_federation::pdu::event_id(&object, &rules)
-                .map_err(Error::internal)?
-                .ok_or_else(|| Error::internal("no event ID"))?,
-        };
+        let (event_id, mut object) = self.sign_new(to_canonical(event)?, &rules)?;
         let answer = self
             .federation
             .request_json(
@@ -1290,25 +1301,7 @@ impl Service {
             event["content"]["reason"] = r.into();
         }
         event["origin_server_ts"] = crate::service::now_ms().into();
-        let mut object = to_canonical(event)?;
-        object.remove("hashes");
-        object.remove("signatures");
-        object.remove("unsigned");
-        let v1_id = rules
-            .event_format
-            .require_event_id
-            .then(|| EventId::new_v1(self.server_name()));
-        if let Some(id) = &v1_id {
-            object.insert("event_id".into(), id.as_str().into());
-        }
-        hearth_federation::pdu::hash_and_sign(self.server_name(), &self.key, &mut object, &rules)
-            .map_err(Error::internal)?;
-        let event_id = match v1_id {
-            Some(id) => id,
-            None => hearth_federation::pdu::event_id(&object, &rules)
-                .map_err(Error::internal)?
-                .ok_or_else(|| Error::internal("no event ID"))?,
-        };
+        let (event_id, object) = self.sign_new(to_canonical(event)?, &rules)?;
         let answer = self
             .federation
             .request_json(
