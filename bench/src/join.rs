@@ -25,9 +25,9 @@ pub struct JoinArgs {
     /// Room sizes to measure, comma-separated: members on the first server before the join.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     pub members: Vec<usize>,
-    /// Rooms per size, each joined once by a new user of the second server. Every measurement is
-    /// then a first join (the second server has never seen the room), not a join into a room it
-    /// already holds.
+    /// Rooms per size, each with members of its own and joined once by a new user of the second
+    /// server. Every measurement is then a first join (the second server has never seen the room
+    /// or its members), not a join into a room it already holds.
     #[arg(long, default_value_t = 3)]
     pub rooms: usize,
     /// Messages sent into each room after it is filled, so the join comes after some history.
@@ -98,19 +98,23 @@ async fn create_room(a: &Server, common: &Common, creator: &User) -> Result<Stri
         .map_err(|e| format!("createRoom: {e}"))
 }
 
-/// Joins `members` to every room (interleaved, so concurrent joins spread over the rooms rather
-/// than queueing on one), then sends `messages` into each from the first few of them.
+/// Joins each room's members to it (interleaved, so that concurrent joins spread over the rooms
+/// rather than queueing on one), then sends `messages` into each from the first few of them.
 async fn fill(
     a: &Server,
     common: &Common,
-    rooms: &[String],
-    members: &[User],
+    creator: &User,
+    rooms: &[(String, Vec<User>)],
     messages: usize,
     tag: &str,
 ) -> Result<(), String> {
-    let joins: Vec<(User, String)> = members
-        .iter()
-        .flat_map(|u| rooms.iter().map(move |r| (u.clone(), r.clone())))
+    let longest = rooms.iter().map(|(_, m)| m.len()).max().unwrap_or(0);
+    let joins: Vec<(User, String)> = (0..longest)
+        .flat_map(|i| {
+            rooms
+                .iter()
+                .filter_map(move |(room, members)| Some((members.get(i)?.clone(), room.clone())))
+        })
         .collect();
     let s = a.clone();
     run_concurrently(
@@ -127,26 +131,26 @@ async fn fill(
     )
     .await?;
 
-    let senders = members.len().clamp(1, SENDERS);
-    let streams: Vec<(usize, String, User)> = rooms
-        .iter()
-        .enumerate()
-        .flat_map(|(r, room)| {
-            members[..senders]
-                .iter()
-                .map(move |u| (r, room.clone(), u.clone()))
-        })
-        .collect();
+    // (room index, room, sender, which of the room's senders it is, how many it has)
+    let mut streams = Vec::new();
+    for (r, (room, members)) in rooms.iter().enumerate() {
+        let senders: Vec<&User> = std::iter::once(creator)
+            .chain(members)
+            .take(SENDERS)
+            .collect();
+        for (k, user) in senders.iter().enumerate() {
+            streams.push((r, room.clone(), (*user).clone(), k, senders.len()));
+        }
+    }
     let (s, tag) = (a.clone(), tag.to_owned());
     run_concurrently(
-        streams.into_iter().enumerate().collect(),
+        streams,
         common.setup_concurrency,
-        move |(stream, (r, room, user)): (usize, (usize, String, User))| {
+        move |(r, room, user, k, n): (usize, String, User, usize, usize)| {
             let (s, tag) = (s.clone(), tag.clone());
-            // The messages of one room, dealt out round-robin to its senders.
-            let mine = (stream % senders..messages).step_by(senders);
             async move {
-                for seq in mine {
+                // The room's messages, dealt out round-robin to its senders.
+                for seq in (k..messages).step_by(n) {
                     let txn = format!("{tag}-{r}-{seq}");
                     s.send_text(&user, &room, &txn, &message_body(r, seq as u64))
                         .await
@@ -249,11 +253,9 @@ pub async fn run(server: &Server, common: &Common, args: &JoinArgs) -> Result<Re
     let conc = common.setup_concurrency;
     let run = run_id();
 
-    let most = args.members.iter().copied().max().unwrap_or(1);
-    let mut names = vec![format!("hb{run}c")];
-    names.extend((1..most).map(|i| format!("hb{run}m{i}")));
-    let members = register_all(a, names, conc).await?;
-    let creator = members[0].clone();
+    let creator = register_all(a, vec![format!("hb{run}c")], 1)
+        .await?
+        .remove(0);
     let a_name = creator.server_name().to_owned();
     let mut joiners = register_all(
         b,
@@ -263,15 +265,6 @@ pub async fn run(server: &Server, common: &Common, args: &JoinArgs) -> Result<Re
         conc,
     )
     .await?;
-    note(
-        NAME,
-        t,
-        format!(
-            "{} users on {a_name}, {} on the second server",
-            members.len(),
-            joiners.len()
-        ),
-    );
 
     // Each server fetches the other's signing keys on first contact, and connections open:
     // a one-member room takes that cost out of the measured joins.
@@ -286,22 +279,28 @@ pub async fn run(server: &Server, common: &Common, args: &JoinArgs) -> Result<Re
     let mut samples = serde_json::Map::new();
     let mut joiners = joiners.into_iter();
     for &n in &args.members {
-        let rooms = {
-            let mut rooms = Vec::new();
-            for _ in 0..args.rooms {
-                rooms.push(create_room(a, common, &creator).await?);
-            }
-            rooms
-        };
+        // Members of their own in every room: a server joining a room has usually never seen
+        // most of its members, and interning them is part of the work.
+        let mut names = Vec::new();
+        for r in 0..args.rooms {
+            names.extend((1..n).map(|i| format!("hb{run}s{n}r{r}m{i}")));
+        }
+        let mut members = register_all(a, names, conc).await?.into_iter();
+        let mut rooms = Vec::new();
+        for _ in 0..args.rooms {
+            let room = create_room(a, common, &creator).await?;
+            rooms.push((room, members.by_ref().take(n - 1).collect::<Vec<_>>()));
+        }
         fill(
             a,
             common,
+            &creator,
             &rooms,
-            &members[1..n],
             args.messages,
             &format!("{run}-{n}"),
         )
         .await?;
+        let rooms: Vec<String> = rooms.into_iter().map(|(room, _)| room).collect();
         note(
             NAME,
             t,
