@@ -747,11 +747,27 @@ impl Service {
     /// Authorises a PDU against the events it names as its auth events (the first of the
     /// spec's checks on a received event).
     pub fn authorise_by_auth_events(&self, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
+        self.authorise_by_auth_events_with(rules, pdu, &|_| None)
+    }
+
+    /// As `authorise_by_auth_events`, where `pending` finds events checked but not written yet
+    /// (a batch of outliers is written once, after all of them are checked).
+    pub fn authorise_by_auth_events_with(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        pending: &dyn Fn(&EventId) -> Option<Pdu>,
+    ) -> Result<()> {
+        let find = |id: &EventId| -> Result<Option<Pdu>> {
+            match pending(id) {
+                Some(p) => Ok(Some(p)),
+                None => self.pdu_by_id(id),
+            }
+        };
         let mut by_key: HashMap<(StateEventType, String), Pdu> = HashMap::new();
         for id in &pdu.auth_events {
-            let a = self
-                .pdu_by_id(id)?
-                .ok_or_else(|| Error::forbidden(format!("auth event {id} is missing")))?;
+            let a =
+                find(id)?.ok_or_else(|| Error::forbidden(format!("auth event {id} is missing")))?;
             if let Some(sk) = &a.state_key {
                 let k = (StateEventType::from(a.kind.to_string()), sk.clone());
                 if by_key.insert(k, a.clone()).is_some() {
@@ -766,13 +782,13 @@ impl Service {
             if let Some(room_id) = &pdu.room_id {
                 let create_id = OwnedEventId::try_from(format!("${}", room_id.strip_sigil()))
                     .map_err(|e| Error::forbidden(format!("room ID: {e}")))?;
-                if let Some(create) = self.pdu_by_id(&create_id)? {
+                if let Some(create) = find(&create_id)? {
                     by_key.insert((StateEventType::RoomCreate, String::new()), create);
                 }
             }
         }
         state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
-            self.pdu_by_id(id).ok().flatten()
+            find(id).ok().flatten()
         })
         .map_err(|e| Error::forbidden(format!("Event not authorised: {e}")))?;
         state_res::check_state_dependent_auth_rules(
