@@ -115,7 +115,8 @@ impl Service {
 
     /// A state map from stored events (by ID); every event must be stored.
     pub fn state_from_events(&self, ids: &[OwnedEventId]) -> Result<StateMap> {
-        let mut out = StateMap::new();
+        let mut keys = Vec::with_capacity(ids.len());
+        let mut events = Vec::with_capacity(ids.len());
         for id in ids {
             let short = self
                 .event_short(id)?
@@ -126,10 +127,13 @@ impl Service {
             let Some(sk) = &pdu.state_key else {
                 continue;
             };
-            let sk = self.state_key_for(&StateEventType::from(pdu.kind.to_string()), sk)?;
-            out.insert(sk, short);
+            keys.push(key::state_key_id(&pdu.kind.to_string(), sk));
+            events.push(short);
         }
-        Ok(out)
+        // All at once: a joined room's state is mostly keys this server has never seen.
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let shorts = self.shortids.get_or_create_many(IdKind::StateKey, &keys)?;
+        Ok(shorts.into_iter().zip(events).collect())
     }
 
     /// `base` with a state event applied.
@@ -444,6 +448,7 @@ impl Service {
         for sk in old.keys().filter(|k| !new.contains_key(k)) {
             batch.delete(Cf::RoomState, key::pair(room, *sk));
         }
+        let mut members = Vec::new();
         for (sk, ev) in new {
             if old.get(sk) == Some(ev) {
                 continue;
@@ -466,14 +471,19 @@ impl Service {
             else {
                 continue;
             };
-            let Ok(target) = UserId::parse(state_key.as_str()) else {
+            if UserId::parse(state_key.as_str()).is_err() {
                 continue;
-            };
-            let user = self.shortids.get_or_create(IdKind::User, target.as_str())?;
+            }
             let m = Membership {
                 state: membership_code(&membership),
                 event: *ev,
             };
+            members.push((state_key, m));
+        }
+        // Interned together: adopting a remote room's state brings a user per member.
+        let ids: Vec<&[u8]> = members.iter().map(|(u, _)| u.as_bytes()).collect();
+        let users = self.shortids.get_or_create_many(IdKind::User, &ids)?;
+        for (user, (_, m)) in users.into_iter().zip(&members) {
             batch.put(Cf::Memberships, key::pair(user, room), m.encode());
             batch.put(Cf::RoomMembers, key::pair(room, user), m.encode());
             batch.delete(Cf::Forgotten, key::pair(user, room));
