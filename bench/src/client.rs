@@ -63,6 +63,13 @@ pub struct User {
     pub token: String,
 }
 
+impl User {
+    /// The server part of the user ID (`@name:server`, where the server may carry a port).
+    pub fn server_name(&self) -> &str {
+        self.user_id.split_once(':').map_or("", |(_, s)| s)
+    }
+}
+
 /// One event of a `/messages` chunk, reduced to what the scenarios check.
 #[derive(Debug, Clone)]
 pub struct PageEvent {
@@ -153,6 +160,9 @@ pub struct Server {
     /// The server's process ID when it runs on this machine, for the scenarios that read its
     /// memory, file descriptors or CPU time from /proc.
     pub pid: Option<u32>,
+    /// A second server of the same kind that federates with this one, for the scenarios that
+    /// join across servers (`join`).
+    pub peer: Option<Box<Server>>,
 }
 
 impl Server {
@@ -168,7 +178,16 @@ impl Server {
             shared_secret: shared_secret.to_owned(),
             timeout,
             pid,
+            peer: None,
         })
+    }
+
+    /// This server with `peer` as its federating partner.
+    pub fn with_peer(self, peer: Server) -> Server {
+        Server {
+            peer: Some(Box::new(peer)),
+            ..self
+        }
     }
 
     /// The same server behind a new, empty connection pool: its connections are opened, counted
@@ -379,6 +398,20 @@ impl Server {
 
     pub async fn join(&self, user: &User, room_id: &str) -> Result<(), Failure> {
         let path = format!("/_matrix/client/v3/join/{}", encode(room_id));
+        self.call(Method::POST, &path, Some(&user.token), Some(&json!({})))
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /join/{roomIdOrAlias}` naming `server` as the one to join through, in both the
+    /// spec's `via` and the older `server_name` (which Synapse and Hearth also read): a join of
+    /// a room this server may never have heard of.
+    pub async fn join_via(&self, user: &User, room_id: &str, server: &str) -> Result<(), Failure> {
+        let server = encode(server);
+        let path = format!(
+            "/_matrix/client/v3/join/{}?server_name={server}&via={server}",
+            encode(room_id)
+        );
         self.call(Method::POST, &path, Some(&user.token), Some(&json!({})))
             .await?;
         Ok(())

@@ -8,6 +8,7 @@
 mod client;
 mod common;
 mod initial_sync;
+mod join;
 mod longpoll;
 mod media;
 mod messages;
@@ -71,6 +72,31 @@ struct Target {
     /// from /proc, and the sync scenarios wait for it to go idle before measuring.
     #[arg(long)]
     pid: Option<u32>,
+    /// Base URL of a second server's client API that federates with the first (`join`).
+    #[arg(long, requires = "peer_secret")]
+    peer: Option<String>,
+    /// The second server's registration shared secret.
+    #[arg(long)]
+    peer_secret: Option<String>,
+    /// The second server's process ID, when it runs on this machine.
+    #[arg(long)]
+    peer_pid: Option<u32>,
+}
+
+/// A second server of the same kind, federating with the first.
+#[derive(Debug, Clone)]
+struct Peer {
+    url: String,
+    secret: String,
+    pid: Option<u32>,
+}
+
+fn peer(url: Option<String>, secret: Option<String>, pid: Option<u32>) -> Option<Peer> {
+    Some(Peer {
+        url: url?,
+        secret: secret?,
+        pid,
+    })
 }
 
 #[derive(Subcommand)]
@@ -121,6 +147,14 @@ enum Command {
         #[command(flatten)]
         args: media::MediaArgs,
     },
+    /// A user of a second server (--peer) joins rooms of N members on the first: time to the
+    /// join's 200 and to the room in the user's /sync.
+    Join {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        args: join::JoinArgs,
+    },
     /// Runs one scenario against Hearth, then Synapse, and prints both and the ratio.
     Compare {
         /// Hearth's client API base URL.
@@ -141,6 +175,20 @@ enum Command {
         /// Synapse's process ID, when it runs on this machine (see `--pid`).
         #[arg(long)]
         synapse_pid: Option<u32>,
+        /// A second Hearth federating with the first (`join`).
+        #[arg(long, requires = "hearth_peer_secret")]
+        hearth_peer: Option<String>,
+        #[arg(long)]
+        hearth_peer_secret: Option<String>,
+        #[arg(long)]
+        hearth_peer_pid: Option<u32>,
+        /// A second Synapse federating with the first (`join`).
+        #[arg(long, requires = "synapse_peer_secret")]
+        synapse_peer: Option<String>,
+        #[arg(long)]
+        synapse_peer_secret: Option<String>,
+        #[arg(long)]
+        synapse_peer_pid: Option<u32>,
         #[command(subcommand)]
         scenario: Scenario,
     },
@@ -161,6 +209,8 @@ enum Scenario {
     InitialSync(initial_sync::InitialSyncArgs),
     /// Upload and download throughput of large files, thumbnail generation rate.
     Media(media::MediaArgs),
+    /// A user of the peer server joins rooms of N members on the first (needs the peers).
+    Join(join::JoinArgs),
 }
 
 impl Scenario {
@@ -172,6 +222,7 @@ impl Scenario {
             Scenario::SyncMemory(args) => sync_memory::run(server, common, args).await,
             Scenario::InitialSync(args) => initial_sync::run(server, common, args).await,
             Scenario::Media(args) => media::run(server, common, args).await,
+            Scenario::Join(args) => join::run(server, common, args).await,
         }
     }
 
@@ -183,6 +234,7 @@ impl Scenario {
             Scenario::SyncMemory(_) => "sync-memory",
             Scenario::InitialSync(_) => "initial-sync",
             Scenario::Media(_) => "media",
+            Scenario::Join(_) => "join",
         }
     }
 }
@@ -203,9 +255,36 @@ fn main() -> ExitCode {
     runtime.block_on(run(cli))
 }
 
+/// The server at `url` (and its peer, if any), once each answers /versions.
+async fn connect(
+    url: &str,
+    secret: &str,
+    timeout: Duration,
+    pid: Option<u32>,
+    peer: Option<&Peer>,
+) -> Result<Server, String> {
+    let server = Server::new(url, secret, timeout, pid)?;
+    server
+        .versions()
+        .await
+        .map_err(|e| format!("{url} is not answering /versions: {e}"))?;
+    let Some(p) = peer else {
+        return Ok(server);
+    };
+    let other = Server::new(&p.url, &p.secret, timeout, p.pid)?;
+    other
+        .versions()
+        .await
+        .map_err(|e| format!("{} is not answering /versions: {e}", p.url))?;
+    Ok(server.with_peer(other))
+}
+
 async fn run(cli: Cli) -> ExitCode {
     let common = cli.common;
-    let single = |t: Target| vec![("server", t.server, t.shared_secret, t.pid)];
+    let single = |t: Target| {
+        let p = peer(t.peer, t.peer_secret, t.peer_pid);
+        vec![("server", t.server, t.shared_secret, t.pid, p)]
+    };
     let (targets, scenario) = match cli.command {
         Command::Send { target, args } => (single(target), Scenario::Send(args)),
         Command::Messages { target, args } => (single(target), Scenario::Messages(args)),
@@ -213,6 +292,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::SyncMemory { target, args } => (single(target), Scenario::SyncMemory(args)),
         Command::InitialSync { target, args } => (single(target), Scenario::InitialSync(args)),
         Command::Media { target, args } => (single(target), Scenario::Media(args)),
+        Command::Join { target, args } => (single(target), Scenario::Join(args)),
         Command::Compare {
             hearth,
             hearth_secret,
@@ -220,11 +300,29 @@ async fn run(cli: Cli) -> ExitCode {
             synapse_secret,
             hearth_pid,
             synapse_pid,
+            hearth_peer,
+            hearth_peer_secret,
+            hearth_peer_pid,
+            synapse_peer,
+            synapse_peer_secret,
+            synapse_peer_pid,
             scenario,
         } => (
             vec![
-                ("hearth", hearth, hearth_secret, hearth_pid),
-                ("synapse", synapse, synapse_secret, synapse_pid),
+                (
+                    "hearth",
+                    hearth,
+                    hearth_secret,
+                    hearth_pid,
+                    peer(hearth_peer, hearth_peer_secret, hearth_peer_pid),
+                ),
+                (
+                    "synapse",
+                    synapse,
+                    synapse_secret,
+                    synapse_pid,
+                    peer(synapse_peer, synapse_peer_secret, synapse_peer_pid),
+                ),
             ],
             scenario,
         ),
@@ -239,12 +337,9 @@ async fn run(cli: Cli) -> ExitCode {
     let mut ok = true;
     let mut reports = Vec::new();
     // One server after the other, never both at once: on a small machine they would share CPU.
-    for (label, url, secret, pid) in &targets {
-        let result = match Server::new(url, secret, timeout, *pid) {
-            Ok(server) => match server.versions().await {
-                Ok(_) => scenario.run(&server, &common).await,
-                Err(e) => Err(format!("{url} is not answering /versions: {e}")),
-            },
+    for (label, url, secret, pid, peer) in &targets {
+        let result = match connect(url, secret, timeout, *pid, peer.as_ref()).await {
+            Ok(server) => scenario.run(&server, &common).await,
             Err(e) => Err(e),
         };
         match result {

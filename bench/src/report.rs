@@ -1,6 +1,8 @@
 //! What a scenario measured, printed twice: aligned lines for people and one JSON line per result
 //! (lines starting with `{`) for scripts.
 
+use std::borrow::Cow;
+
 use serde_json::{json, Map, Value};
 
 use crate::stats::Failures;
@@ -8,9 +10,10 @@ use crate::stats::Failures;
 /// One measured number.
 #[derive(Debug, Clone)]
 pub struct Metric {
-    /// Stable JSON key, e.g. `messages_per_sec`.
-    pub key: &'static str,
-    pub label: &'static str,
+    /// Stable JSON key, e.g. `messages_per_sec` (built at run time where it names a parameter,
+    /// such as `join_1000_median_ms`).
+    pub key: Cow<'static, str>,
+    pub label: Cow<'static, str>,
     pub value: f64,
     pub unit: &'static str,
     /// Whether `compare` divides it: rates and latencies yes, counts and wall times no.
@@ -24,10 +27,15 @@ pub struct Metric {
 const LOWER_IS_BETTER: &[&str] = &["ms", "s", "MiB", "KiB"];
 
 impl Metric {
-    pub fn new(key: &'static str, label: &'static str, value: f64, unit: &'static str) -> Metric {
+    pub fn new(
+        key: impl Into<Cow<'static, str>>,
+        label: impl Into<Cow<'static, str>>,
+        value: f64,
+        unit: &'static str,
+    ) -> Metric {
         Metric {
-            key,
-            label,
+            key: key.into(),
+            label: label.into(),
             value,
             unit,
             comparable: true,
@@ -79,7 +87,7 @@ impl Report {
         let metrics: Map<String, Value> = self
             .metrics
             .iter()
-            .map(|m| (m.key.to_owned(), json!(m.value)))
+            .map(|m| (m.key.to_string(), json!(m.value)))
             .collect();
         let failures: Map<String, Value> = self
             .failures
@@ -113,14 +121,19 @@ pub fn print_ratio(scenario: &str, a_label: &str, a: &Report, b_label: &str, b: 
     let mut ratios = Map::new();
     let mut better = Map::new();
     for m in a.metrics.iter().filter(|m| m.comparable) {
-        let Some(other) = b.metric(m.key) else {
+        let Some(other) = b.metric(&m.key) else {
             continue;
         };
         let ratio = m.value / other;
         let verdict = if !ratio.is_finite() || ratio == 1.0 {
             "".to_owned()
         } else if (ratio < 1.0) == m.lower_is_better {
-            format!("{a_label} better")
+            if matches!(m.unit, "ms" | "s") {
+                // "0.04x" undersells a time; the inverse is how the README states it.
+                format!("{a_label} better ({}x faster)", fmt_num(1.0 / ratio))
+            } else {
+                format!("{a_label} better")
+            }
         } else {
             format!("{b_label} better")
         };
@@ -132,9 +145,9 @@ pub fn print_ratio(scenario: &str, a_label: &str, a: &Report, b_label: &str, b: 
             fmt_num(ratio),
             if m.lower_is_better { "<1" } else { ">1" },
         );
-        ratios.insert(m.key.to_owned(), json!(ratio));
+        ratios.insert(m.key.to_string(), json!(ratio));
         better.insert(
-            m.key.to_owned(),
+            m.key.to_string(),
             json!(if m.lower_is_better { "lower" } else { "higher" }),
         );
     }

@@ -3,7 +3,10 @@
 //! persist) and joining rooms that live elsewhere (make_join / send_join as the joining server).
 //! The sending half is `service::sender`; the resident side of joins is in the federation API.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use hearth_federation::ServerSigningKey;
 use ruma::{
@@ -272,39 +275,45 @@ impl Service {
     ) -> Result<()> {
         events.sort_by_key(|v| v.pdu.depth);
         let mut pending: Vec<Checked> = events;
+        // Checked here, written together at the end: one synced write per event made the state
+        // of a 1,000-member room a thousand fsyncs. Later events' auth checks find them here.
+        let mut checked: HashMap<OwnedEventId, Pdu> = HashMap::new();
+        let mut out = Vec::with_capacity(pending.len());
         // Repeat while progress is made: an event's auth events may come later in depth order
         // when depths lie.
         while !pending.is_empty() {
             let mut next = Vec::new();
             let mut progressed = false;
             for v in pending {
-                let ready = v
-                    .pdu
-                    .auth_events
-                    .iter()
-                    .all(|a| self.rooms.event_short(a).ok().flatten().is_some());
+                let ready = v.pdu.auth_events.iter().all(|a| {
+                    checked.contains_key(a) || self.rooms.event_short(a).ok().flatten().is_some()
+                });
                 if !ready {
                     next.push(v);
                     continue;
                 }
                 progressed = true;
-                let flags = match self.rooms.authorise_by_auth_events(rules, &v.pdu) {
+                let flags = match self
+                    .rooms
+                    .authorise_by_auth_events_with(rules, &v.pdu, &|id| checked.get(id).cloned())
+                {
                     Ok(()) => 0,
                     Err(e) => {
                         tracing::info!(event_id = %v.event_id, "auth event rejected: {e}");
                         REJECTED
                     }
                 };
-                self.rooms
-                    .store_outliers(vec![(v.event_id, v.object, flags)])
-                    .await?;
+                checked.insert(v.event_id.clone(), v.pdu);
+                out.push((v.event_id, v.object, flags));
             }
             if !progressed {
+                // What was checked is still good, and spares fetching it again.
+                self.rooms.store_outliers(out).await?;
                 return Err(bad_event("events with auth events nobody sent"));
             }
             pending = next;
         }
-        Ok(())
+        self.rooms.store_outliers(out).await
     }
 
     /// Receives one PDU from `origin` (a /send transaction, a send_join): verify, fetch what is

@@ -115,7 +115,8 @@ impl Service {
 
     /// A state map from stored events (by ID); every event must be stored.
     pub fn state_from_events(&self, ids: &[OwnedEventId]) -> Result<StateMap> {
-        let mut out = StateMap::new();
+        let mut keys = Vec::with_capacity(ids.len());
+        let mut events = Vec::with_capacity(ids.len());
         for id in ids {
             let short = self
                 .event_short(id)?
@@ -126,10 +127,13 @@ impl Service {
             let Some(sk) = &pdu.state_key else {
                 continue;
             };
-            let sk = self.state_key_for(&StateEventType::from(pdu.kind.to_string()), sk)?;
-            out.insert(sk, short);
+            keys.push(key::state_key_id(&pdu.kind.to_string(), sk));
+            events.push(short);
         }
-        Ok(out)
+        // All at once: a joined room's state is mostly keys this server has never seen.
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let shorts = self.shortids.get_or_create_many(IdKind::StateKey, &keys)?;
+        Ok(shorts.into_iter().zip(events).collect())
     }
 
     /// `base` with a state event applied.
@@ -444,6 +448,7 @@ impl Service {
         for sk in old.keys().filter(|k| !new.contains_key(k)) {
             batch.delete(Cf::RoomState, key::pair(room, *sk));
         }
+        let mut members = Vec::new();
         for (sk, ev) in new {
             if old.get(sk) == Some(ev) {
                 continue;
@@ -466,14 +471,19 @@ impl Service {
             else {
                 continue;
             };
-            let Ok(target) = UserId::parse(state_key.as_str()) else {
+            if UserId::parse(state_key.as_str()).is_err() {
                 continue;
-            };
-            let user = self.shortids.get_or_create(IdKind::User, target.as_str())?;
+            }
             let m = Membership {
                 state: membership_code(&membership),
                 event: *ev,
             };
+            members.push((state_key, m));
+        }
+        // Interned together: adopting a remote room's state brings a user per member.
+        let ids: Vec<&[u8]> = members.iter().map(|(u, _)| u.as_bytes()).collect();
+        let users = self.shortids.get_or_create_many(IdKind::User, &ids)?;
+        for (user, (_, m)) in users.into_iter().zip(&members) {
             batch.put(Cf::Memberships, key::pair(user, room), m.encode());
             batch.put(Cf::RoomMembers, key::pair(room, user), m.encode());
             batch.delete(Cf::Forgotten, key::pair(user, room));
@@ -885,11 +895,27 @@ impl Service {
     /// Authorises a PDU against the events it names as its auth events (the first of the
     /// spec's checks on a received event).
     pub fn authorise_by_auth_events(&self, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
+        self.authorise_by_auth_events_with(rules, pdu, &|_| None)
+    }
+
+    /// As `authorise_by_auth_events`, where `pending` finds events checked but not written yet
+    /// (a batch of outliers is written once, after all of them are checked).
+    pub fn authorise_by_auth_events_with(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        pending: &dyn Fn(&EventId) -> Option<Pdu>,
+    ) -> Result<()> {
+        let find = |id: &EventId| -> Result<Option<Pdu>> {
+            match pending(id) {
+                Some(p) => Ok(Some(p)),
+                None => self.pdu_by_id(id),
+            }
+        };
         let mut by_key: HashMap<(StateEventType, String), Pdu> = HashMap::new();
         for id in &pdu.auth_events {
-            let a = self
-                .pdu_by_id(id)?
-                .ok_or_else(|| Error::forbidden(format!("auth event {id} is missing")))?;
+            let a =
+                find(id)?.ok_or_else(|| Error::forbidden(format!("auth event {id} is missing")))?;
             if let Some(sk) = &a.state_key {
                 let k = (StateEventType::from(a.kind.to_string()), sk.clone());
                 if by_key.insert(k, a.clone()).is_some() {
@@ -904,13 +930,13 @@ impl Service {
             if let Some(room_id) = &pdu.room_id {
                 let create_id = OwnedEventId::try_from(format!("${}", room_id.strip_sigil()))
                     .map_err(|e| Error::forbidden(format!("room ID: {e}")))?;
-                if let Some(create) = self.pdu_by_id(&create_id)? {
+                if let Some(create) = find(&create_id)? {
                     by_key.insert((StateEventType::RoomCreate, String::new()), create);
                 }
             }
         }
         state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
-            self.pdu_by_id(id).ok().flatten()
+            find(id).ok().flatten()
         })
         .map_err(|e| Error::forbidden(format!("Event not authorised: {e}")))?;
         state_res::check_state_dependent_auth_rules(
