@@ -28,7 +28,6 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
     timer: JoinHandle<()>,
-    pusher: JoinHandle<()>,
     sending: JoinHandle<()>,
     federation: Option<JoinHandle<()>>,
     /// Where the federation listener is bound, when federation is on.
@@ -132,19 +131,6 @@ impl Server {
             }
             None => None,
         };
-        // Push rule evaluation of persisted events, off the request path.
-        let pusher = {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            services.rooms.set_event_listener(tx);
-            let push = services.push.clone();
-            let mut stop = shutdown_rx.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = push.run(rx) => {}
-                    _ = stop.wait_for(|s| *s) => {}
-                }
-            })
-        };
         // The outgoing federation queue, resumed from what the database holds.
         let sending = {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -179,6 +165,18 @@ impl Server {
                 let _ = shutdown_rx.wait_for(|stop| *stop).await;
             })
             .await;
+            // Requests whose clients hung up may still be finishing their writes: they land
+            // before the database closes (bounded, so a stuck peer cannot hold shutdown).
+            let tasks = task_services.tasks.clone();
+            if tokio::time::timeout(std::time::Duration::from_secs(60), tasks.wait_idle())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    running = tasks.running(),
+                    "shutting down with requests still running"
+                );
+            }
             let flushed = task_services.db.flush();
             result.map_err(Error::internal)?;
             flushed?;
@@ -197,7 +195,6 @@ impl Server {
             shutdown,
             task,
             timer,
-            pusher,
             sending,
             federation,
             federation_addr: config
@@ -220,14 +217,12 @@ impl Server {
             services,
             task,
             timer,
-            pusher,
             sending,
             federation,
             retention,
             ..
         } = self;
         let _ = timer.await;
-        let _ = pusher.await;
         let _ = sending.await;
         if let Some(f) = federation {
             let _ = f.await;

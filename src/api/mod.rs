@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod detach;
 pub mod federation;
 pub mod ruma;
 
@@ -29,6 +30,7 @@ pub type AppState = Arc<Services>;
 
 /// The federation listener's router: server-server and key APIs (and nothing of the client API).
 pub fn federation_router(services: AppState) -> Router {
+    let tasks = services.tasks.clone();
     federation::routes(Router::new())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -36,6 +38,10 @@ pub fn federation_router(services: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             Error::internal("handler panicked").into_response()
         }))
+        .layer(axum::middleware::from_fn_with_state(
+            tasks,
+            detach::detach_writes,
+        ))
         .layer(TraceLayer::new_for_http())
 }
 
@@ -135,6 +141,7 @@ pub fn client_router(services: AppState) -> Router {
             http::header::RANGE,
             http::HeaderName::from_static("x-requested-with"),
         ]);
+    let tasks = services.tasks.clone();
     let router = client::routes(Router::new());
     let router = admin::routes(router);
     router
@@ -144,6 +151,10 @@ pub fn client_router(services: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             Error::internal("handler panicked").into_response()
         }))
+        .layer(axum::middleware::from_fn_with_state(
+            tasks,
+            detach::detach_writes,
+        ))
         .layer(TraceLayer::new_for_http())
         .layer(cors)
 }

@@ -21,6 +21,7 @@ pub mod sender;
 pub mod sessions;
 pub mod stream;
 pub mod sync;
+pub mod tasks;
 pub mod typing;
 pub mod uiaa;
 pub mod users;
@@ -63,6 +64,8 @@ pub struct Services {
     /// Single-use nonces of shared-secret registration, with their issue time.
     pub registration_nonces:
         parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Work that a client hanging up must not cancel; shutdown waits for it.
+    pub tasks: tasks::InFlight,
 }
 
 impl Services {
@@ -116,11 +119,13 @@ impl Services {
         ));
         let push = Arc::new(push::Service::new(
             db.clone(),
-            stream.clone(),
             rooms.clone(),
             account_data.clone(),
             receipts.clone(),
         ));
+        // Push rules are evaluated in the commit of each event (see `rooms::Notifier`).
+        let notifier: Arc<dyn rooms::Notifier> = push.clone();
+        rooms.set_notifier(Arc::downgrade(&notifier));
         let federation = Arc::new(federation::Service::new(
             db.clone(),
             config.clone(),
@@ -185,6 +190,7 @@ impl Services {
             signing_key,
             console_secret,
             registration_nonces: Default::default(),
+            tasks: Default::default(),
         })
     }
 }

@@ -14,7 +14,7 @@ use std::{
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::storage::{Batch, IdKind, ShortId, ShortIds};
+use crate::storage::{Batch, Db, IdKind, ShortId, ShortIds, StorageResult};
 
 pub struct Stream {
     shortids: Arc<ShortIds>,
@@ -36,25 +36,17 @@ impl Stream {
         }
     }
 
-    /// Allocates an event's short ID (its position) into `batch`; call [`Stream::complete`] with
-    /// it once the batch is written or abandoned.
-    pub fn allocate_event_in(&self, batch: &mut Batch, event_id: &str) -> ShortId {
-        let mut pending = self.pending.lock();
-        let short = self.shortids.allocate_in(batch, IdKind::Event, event_id);
-        *pending.entry(short).or_default() += 1;
-        short
+    /// Starts a reservation of stream positions for one write (see [`Reservation`]).
+    pub fn reserve(self: &Arc<Self>) -> Reservation {
+        Reservation {
+            stream: self.clone(),
+            positions: Vec::new(),
+        }
     }
 
-    /// Allocates a bare position into `batch`; [`Stream::complete`] it as for events.
-    pub fn allocate_position_in(&self, batch: &mut Batch) -> ShortId {
-        let mut pending = self.pending.lock();
-        let short = self.shortids.allocate_position_in(batch);
-        *pending.entry(short).or_default() += 1;
-        short
-    }
-
-    /// Marks positions durable (or abandoned) and publishes the new position.
-    pub fn complete(&self, positions: &[ShortId]) {
+    /// Marks positions durable (or abandoned) and publishes the new position. Only a
+    /// [`Reservation`] ends positions, when it is dropped: nothing else can leave one pending.
+    fn complete(&self, positions: &[ShortId]) {
         let mut pending = self.pending.lock();
         for p in positions {
             if let Some(n) = pending.get_mut(p) {
@@ -108,6 +100,61 @@ impl Stream {
             if let Some(tx) = waiters.get(&user) {
                 tx.send_replace(pos);
             }
+        }
+    }
+}
+
+/// Stream positions taken for one write. They stay pending (holding the published position
+/// below them) only while the reservation lives, and end when it is dropped, however that
+/// happens: after its batch is written ([`Reservation::write`] keeps it alive until the write is
+/// durable or has failed, even if the caller's future is dropped meanwhile), or unwritten, when a
+/// request is cancelled or fails before its write, in which case the positions are skipped.
+/// So a dropped request can never hold the stream back, and no reader can pass a position whose
+/// write may still land.
+pub struct Reservation {
+    stream: Arc<Stream>,
+    positions: Vec<ShortId>,
+}
+
+impl Reservation {
+    /// Allocates an event's short ID (its position), with its mappings in `batch`.
+    pub fn event_in(&mut self, batch: &mut Batch, event_id: &str) -> ShortId {
+        let mut pending = self.stream.pending.lock();
+        let short = self
+            .stream
+            .shortids
+            .allocate_in(batch, IdKind::Event, event_id);
+        *pending.entry(short).or_default() += 1;
+        self.positions.push(short);
+        short
+    }
+
+    /// Allocates a bare position (a receipt, an account data change, ...) into `batch`.
+    pub fn position_in(&mut self, batch: &mut Batch) -> ShortId {
+        let mut pending = self.stream.pending.lock();
+        let short = self.stream.shortids.allocate_position_in(batch);
+        *pending.entry(short).or_default() += 1;
+        self.positions.push(short);
+        short
+    }
+
+    /// The positions taken so far, in allocation order.
+    pub fn positions(&self) -> &[ShortId] {
+        &self.positions
+    }
+
+    /// Writes `batch` durably and then ends the reservation. The write runs on a blocking
+    /// thread that owns the reservation, so cancelling this future neither stops the write nor
+    /// publishes the positions before the write has landed.
+    pub async fn write(self, db: &Db, batch: Batch) -> StorageResult<()> {
+        db.write_holding(batch, self).await
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.positions.is_empty() {
+            self.stream.complete(&self.positions);
         }
     }
 }

@@ -23,6 +23,7 @@ pub enum StorageError {
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+pub use self::Result as StorageResult;
 
 /// One change in a write batch.
 #[derive(Debug)]
@@ -150,6 +151,24 @@ impl Db {
         tokio::task::spawn_blocking(move || kv.write(batch))
             .await
             .map_err(|e| StorageError::Engine(format!("write task failed: {e}")))?
+    }
+
+    /// [`Db::write`], keeping `hold` alive until the write is durable or has failed: whatever must
+    /// not end before the write does (a stream reservation) goes with the write, not with the
+    /// caller's future, which a client hanging up may drop at any await.
+    pub async fn write_holding<H: Send + 'static>(&self, batch: Batch, hold: H) -> Result<()> {
+        let kv = self.kv.clone();
+        tokio::task::spawn_blocking(move || {
+            let written = if batch.is_empty() {
+                Ok(())
+            } else {
+                kv.write(batch)
+            };
+            drop(hold);
+            written
+        })
+        .await
+        .map_err(|e| StorageError::Engine(format!("write task failed: {e}")))?
     }
 
     pub fn flush(&self) -> Result<()> {

@@ -9,17 +9,17 @@ use serde_json::{json, Value};
 
 use crate::common::{enc, eventually, TestServer, TEST_PASSWORD};
 
-struct Pair {
-    a: TestServer,
-    b: TestServer,
-    alice_tok: String,
-    bob: String,
-    bob_tok: String,
-    room: String,
+pub(crate) struct Pair {
+    pub a: TestServer,
+    pub b: TestServer,
+    pub alice_tok: String,
+    pub bob: String,
+    pub bob_tok: String,
+    pub room: String,
 }
 
 /// A public room on A that bob of B joined.
-async fn pair() -> Pair {
+pub(crate) async fn pair() -> Pair {
     let a = TestServer::start_federating().await;
     let b = TestServer::start_federating().await;
     let (_, alice_tok, _) = a.register("alice", TEST_PASSWORD).await;
@@ -47,7 +47,7 @@ async fn pair() -> Pair {
 
 impl Pair {
     /// An event from bob, built on A's current head and signed with B's key, as B would send it.
-    fn forge(
+    pub fn forge(
         &self,
         kind: &str,
         state_key: Option<&str>,
@@ -137,7 +137,7 @@ impl Pair {
     }
 }
 
-fn value(o: &CanonicalJsonObject) -> Value {
+pub(crate) fn value(o: &CanonicalJsonObject) -> Value {
     serde_json::to_value(o).unwrap()
 }
 

@@ -1,5 +1,5 @@
 //! The S3 media backend against moto, a local S3-compatible server on loopback, run from the
-//! Python environment `.ci/run` prepares (`SYNAPSE_VENV`, default
+//! Python environment the tests provision (`peers`, `SYNAPSE_VENV`, default
 //! `~/.cache/hearth-venv`). Without moto these tests fail: they are the only check of the backend.
 
 use std::{
@@ -36,19 +36,7 @@ impl Drop for Moto {
 }
 
 fn moto_server() -> PathBuf {
-    let venv = std::env::var_os("SYNAPSE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/hearth-venv")
-        });
-    let path = venv.join("bin/moto_server");
-    assert!(
-        path.exists(),
-        "{} is missing: install it with `{}/bin/pip install 'moto[server]'` (.ci/run does)",
-        path.display(),
-        venv.display()
-    );
-    path
+    crate::peers::python_env().join("bin/moto_server")
 }
 
 async fn start_moto() -> Moto {

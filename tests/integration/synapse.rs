@@ -16,9 +16,6 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 
-/// Where `.ci/run` creates the virtualenv, under `$HOME`, unless `SYNAPSE_VENV` says
-/// otherwise.
-const DEFAULT_VENV: &str = ".cache/hearth-venv";
 /// How long Synapse may take to answer /versions (a first start creates its schema).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -37,23 +34,9 @@ pub struct Synapse {
     pub startup: Duration,
 }
 
-/// The virtualenv with matrix-synapse, or a failure saying how to make one: interop tests must
-/// not pass by not running.
+/// The virtualenv with matrix-synapse (made on first use; see `peers`).
 fn venv() -> PathBuf {
-    let venv = std::env::var_os("SYNAPSE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-            PathBuf::from(home).join(DEFAULT_VENV)
-        });
-    assert!(
-        venv.join("bin/synapse_homeserver").is_file() && venv.join("bin/python").exists(),
-        "no Synapse virtualenv at {v} (bin/synapse_homeserver missing): run .ci/run, which \
-         creates it, or create it with `python3 -m venv {v} && {v}/bin/pip install \
-         matrix-synapse`, or point SYNAPSE_VENV at one",
-        v = venv.display()
-    );
-    venv
+    crate::peers::python_env()
 }
 
 /// Two distinct free loopback ports, held together so the kernel cannot hand out one twice.

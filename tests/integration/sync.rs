@@ -864,3 +864,68 @@ async fn device_lists_keys_and_transaction_ids() {
         .await;
     assert_eq!(page["chunk"][0]["unsigned"]["transaction_id"], "my-txn-1");
 }
+
+/// A message answers a waiting /sync once, with its unread counts in that same answer: the
+/// next long-poll from there has nothing to wake it (the counts are not a second change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_wakes_a_long_poll_once_with_its_counts() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    let (bob_id, bob, _) = server.register("bob", PASSWORD).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    join(&server, &bob, &room).await;
+    let mut since = sync(&server, &bob, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mentions = [json!({}), json!({ "user_ids": [bob_id] })];
+    for (i, (text, mentions)) in ["hello", "hello bob"].iter().zip(mentions).enumerate() {
+        let url = server.url();
+        let waiting = tokio::spawn({
+            let (bob, since) = (bob.clone(), since.clone());
+            async move {
+                reqwest::Client::new()
+                    .get(format!(
+                        "{url}/_matrix/client/v3/sync?since={since}&timeout=30000"
+                    ))
+                    .bearer_auth(bob)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, body) = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t{i}"),
+                Some(&alice),
+                json!({ "msgtype": "m.text", "body": text, "m.mentions": mentions }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let woken = waiting.await.unwrap();
+        let joined = &woken["rooms"]["join"][room.as_str()];
+        assert_eq!(bodies(joined), vec![text.to_string()], "{woken}");
+        // Unread since bob's join: one message, then two (the second mentions him).
+        assert_eq!(
+            joined["unread_notifications"]["notification_count"],
+            i + 1,
+            "the counts come with the event: {woken}"
+        );
+        assert_eq!(joined["unread_notifications"]["highlight_count"], i);
+        let next = woken["next_batch"].as_str().unwrap();
+        let quiet = sync(&server, &bob, &format!("since={next}&timeout=1500")).await;
+        assert!(
+            quiet["rooms"]["join"]
+                .as_object()
+                .is_none_or(|m| m.is_empty()),
+            "a second answer for the same message: {quiet}"
+        );
+        since = quiet["next_batch"].as_str().unwrap().to_owned();
+    }
+}

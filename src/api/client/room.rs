@@ -21,8 +21,8 @@ use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
     service::{
-        now_ms,
-        rooms::{create, history::Access, pdu::client_event, NewEvent, Txn},
+        rooms::{create, history::Access, NewEvent, Txn},
+        sync::Since,
         Services,
     },
     storage::ShortId,
@@ -135,14 +135,11 @@ pub fn client_raw<T>(
     short: ShortId,
     room_id: &RoomId,
 ) -> Result<Option<Raw<T>>> {
-    let Some(stored) = services.rooms.event_json(short)? else {
-        return Ok(None);
-    };
-    let event_id = services.rooms.event_id_of(short)?;
-    let json = client_event(&event_id, room_id, &stored, now_ms());
-    Ok(Some(Raw::from_json(
-        serde_json::value::to_raw_value(&json).map_err(Error::internal)?,
-    )))
+    services
+        .rooms
+        .client_event(short, room_id)?
+        .map(|json| to_raw(&json))
+        .transpose()
 }
 
 async fn create_room(
@@ -403,12 +400,20 @@ async fn get_state_for_key(
     Ok(content.into())
 }
 
-/// Pagination tokens are stream positions: `p<position>`.
+/// Pagination tokens are stream positions: `p<position>`. A /sync token (`next_batch`,
+/// `s<position>_<typing serial>`) names a stream position too, and the spec has clients page
+/// /messages (and /relations) from one, so it reads as that position.
 pub fn parse_token(token: &str) -> Result<u64> {
+    let bad = || Error::invalid_param(format!("Invalid pagination token `{token}`"));
+    if token.starts_with('s') {
+        return Since::parse(token)
+            .map(|since| since.pos)
+            .map_err(|_| bad());
+    }
     token
         .strip_prefix('p')
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| Error::invalid_param(format!("Invalid pagination token `{token}`")))
+        .ok_or_else(bad)
 }
 
 pub fn make_token(pos: u64) -> String {
@@ -481,18 +486,20 @@ async fn messages(
         }
     }
     let mut resp = get_message_events::v3::Response::new();
-    // A concrete position even when paging from the live end, so the token stays meaningful.
-    let start = if from == u64::MAX {
-        services
-            .rooms
-            .timeline(room, u64::MAX, false, 1)?
-            .first()
-            .copied()
-            .unwrap_or(0)
-    } else {
-        from
+    resp.start = match &body.from {
+        // The token given, whichever kind (a /sync one included) it was.
+        Some(token) => token.clone(),
+        // A concrete position even when paging from the live end, so the token stays meaningful.
+        None if from == u64::MAX => make_token(
+            services
+                .rooms
+                .timeline(room, u64::MAX, false, 1)?
+                .first()
+                .copied()
+                .unwrap_or(0),
+        ),
+        None => make_token(from),
     };
-    resp.start = make_token(start);
     resp.end = if chunk.is_empty() {
         None
     } else {

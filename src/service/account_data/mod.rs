@@ -72,7 +72,8 @@ impl Service {
             let (old_pos, _) = decode(Cf::AccountData, &old)?;
             batch.delete(Cf::AccountDataByPos, key::pair(user, old_pos));
         }
-        let pos = self.stream.allocate_position_in(&mut batch);
+        let mut reserved = self.stream.reserve();
+        let pos = reserved.position_in(&mut batch);
         // A removal is a change too: it is stored as an empty object, which is what clients are
         // sent for deleted account data.
         let content = content.cloned().unwrap_or_else(|| serde_json::json!({}));
@@ -82,9 +83,7 @@ impl Service {
         let mut index = room.to_be_bytes().to_vec();
         index.extend_from_slice(kind.as_bytes());
         batch.put(Cf::AccountDataByPos, key::pair(user, pos), index);
-        let written = self.db.write(batch).await;
-        self.stream.complete(&[pos]);
-        written?;
+        reserved.write(&self.db, batch).await?;
         self.stream.wake([user]);
         Ok(())
     }

@@ -12,7 +12,10 @@ use serde_json::{json, Value as JsonValue};
 
 use crate::{
     error::{Error, Result},
-    service::{rooms, stream::Stream},
+    service::{
+        rooms,
+        stream::{Reservation, Stream},
+    },
     storage::{decode_u64, schema::key, Batch, Cf, Db, ShortId},
 };
 
@@ -61,22 +64,19 @@ impl Service {
         self.rooms.peers(user)
     }
 
-    /// Records that `user`'s keys changed, in `batch`; returns the position to complete.
-    fn note_change_in(&self, batch: &mut Batch, user: ShortId) -> u64 {
-        let pos = self.stream.allocate_position_in(batch);
+    /// Records that `user`'s keys changed, in `batch`, at a position of `reserved`.
+    fn note_change_in(&self, batch: &mut Batch, reserved: &mut Reservation, user: ShortId) {
+        let pos = reserved.position_in(batch);
         batch.put(Cf::KeyChanges, key::u64_key(pos), user.to_be_bytes());
-        pos
     }
 
     async fn commit(
         &self,
         batch: Batch,
-        positions: &[u64],
+        reserved: Reservation,
         wake: impl IntoIterator<Item = ShortId>,
     ) -> Result<()> {
-        let written = self.db.write(batch).await;
-        self.stream.complete(positions);
-        written?;
+        reserved.write(&self.db, batch).await?;
         self.stream.wake(wake);
         Ok(())
     }
@@ -93,7 +93,7 @@ impl Service {
     ) -> Result<BTreeMap<String, u64>> {
         let _guard = self.write.lock().await;
         let mut batch = Batch::new();
-        let mut positions = Vec::new();
+        let mut reserved = self.stream.reserve();
         let mut wake = BTreeSet::new();
         if let Some(keys) = device_keys {
             let k = key::user_and_str(user, device);
@@ -102,7 +102,7 @@ impl Service {
             // Re-uploading the same keys is a no-op for everyone else.
             if old.as_deref() != Some(new.as_slice()) {
                 batch.put(Cf::DeviceKeys, k, new);
-                positions.push(self.note_change_in(&mut batch, user));
+                self.note_change_in(&mut batch, &mut reserved, user);
                 wake = self.key_watchers(user)?;
             }
         }
@@ -133,7 +133,7 @@ impl Service {
                 value,
             );
         }
-        self.commit(batch, &positions, wake).await?;
+        self.commit(batch, reserved, wake).await?;
         self.one_time_key_counts(user, device)
     }
 
@@ -203,9 +203,10 @@ impl Service {
                 batch.delete(cf, row?.0);
             }
         }
-        let pos = self.note_change_in(&mut batch, user);
+        let mut reserved = self.stream.reserve();
+        self.note_change_in(&mut batch, &mut reserved, user);
         let wake = self.key_watchers(user)?;
-        self.commit(batch, &[pos], wake).await
+        self.commit(batch, reserved, wake).await
     }
 
     pub fn cross_signing_key(&self, user: ShortId, usage: &str) -> Result<Option<JsonValue>> {
@@ -230,9 +231,10 @@ impl Service {
                 serde_json::to_vec(k).map_err(Error::internal)?,
             );
         }
-        let pos = self.note_change_in(&mut batch, user);
+        let mut reserved = self.stream.reserve();
+        self.note_change_in(&mut batch, &mut reserved, user);
         let wake = self.key_watchers(user)?;
-        self.commit(batch, &[pos], wake).await
+        self.commit(batch, reserved, wake).await
     }
 
     /// Merges the signatures of `signed` into the stored key it signs: a device's keys (by device
@@ -306,9 +308,10 @@ impl Service {
         }
         let mut batch = Batch::new();
         batch.put(cf, k, serde_json::to_vec(&json).map_err(|e| e.to_string())?);
-        let pos = self.note_change_in(&mut batch, user);
+        let mut reserved = self.stream.reserve();
+        self.note_change_in(&mut batch, &mut reserved, user);
         let wake = self.key_watchers(user).map_err(|e| e.to_string())?;
-        self.commit(batch, &[pos], wake)
+        self.commit(batch, reserved, wake)
             .await
             .map_err(|e| e.to_string())
     }
@@ -357,9 +360,10 @@ impl Service {
     /// local users who share a room with them see it in device_lists.changed and query again.
     pub async fn remote_keys_changed(&self, user: ShortId) -> Result<()> {
         let mut batch = Batch::new();
-        let pos = self.note_change_in(&mut batch, user);
+        let mut reserved = self.stream.reserve();
+        self.note_change_in(&mut batch, &mut reserved, user);
         let wake = self.key_watchers(user)?;
-        self.commit(batch, &[pos], wake).await
+        self.commit(batch, reserved, wake).await
     }
 
     /// Users whose keys changed in (since, upto].
@@ -423,7 +427,7 @@ impl Service {
         devices_of: impl Fn(ShortId) -> Result<Vec<String>>,
     ) -> Result<()> {
         let mut batch = Batch::new();
-        let mut positions = Vec::new();
+        let mut reserved = self.stream.reserve();
         let mut wake = BTreeSet::new();
         for (user, device, content) in messages {
             let devices = match device {
@@ -431,8 +435,7 @@ impl Service {
                 None => devices_of(user)?,
             };
             for device in devices {
-                let pos = self.stream.allocate_position_in(&mut batch);
-                positions.push(pos);
+                let pos = reserved.position_in(&mut batch);
                 let message = ToDeviceMessage {
                     sender: sender.to_owned(),
                     kind: kind.to_owned(),
@@ -446,7 +449,7 @@ impl Service {
             }
             wake.insert(user);
         }
-        self.commit(batch, &positions, wake).await
+        self.commit(batch, reserved, wake).await
     }
 
     /// A device's inbox: drops what the client acknowledged (positions up to `ack`) and returns

@@ -85,14 +85,13 @@ impl Service {
             }
             batch.delete(Cf::PresenceByPos, key::u64_key(old_pos));
         }
-        let pos = self.stream.allocate_position_in(&mut batch);
+        let mut reserved = self.stream.reserve();
+        let pos = reserved.position_in(&mut batch);
         let mut value = pos.to_be_bytes().to_vec();
         value.extend_from_slice(&serde_json::to_vec(&new).map_err(Error::internal)?);
         batch.put(Cf::Presence, k, value);
         batch.put(Cf::PresenceByPos, key::u64_key(pos), user.to_be_bytes());
-        let written = self.db.write(batch).await;
-        self.stream.complete(&[pos]);
-        written?;
+        reserved.write(&self.db, batch).await?;
         self.stream.wake(peers(user));
         Ok(())
     }
@@ -143,12 +142,9 @@ impl Service {
     }
 
     /// A /sync starts: with `set_presence` online (the default) the user is online and active.
-    pub async fn sync_started(
-        &self,
-        user: ShortId,
-        set: &PresenceState,
-        peers: &Peers<'_>,
-    ) -> Result<()> {
+    /// Counts the sync at once (pair it with [`Service::sync_ended`] however the sync ends) and
+    /// returns the presence to store, if any, with [`Service::store_started`].
+    pub fn sync_started(&self, user: ShortId, set: &PresenceState) -> Option<PresenceState> {
         let now = now_ms();
         {
             let mut live = self.live.lock();
@@ -160,16 +156,23 @@ impl Service {
             }
         }
         self.timer.notify_one();
-        if *set == PresenceState::Offline {
-            return Ok(());
-        }
+        (*set != PresenceState::Offline).then(|| set.clone())
+    }
+
+    /// Stores the presence a starting /sync sets (see [`Service::sync_started`]).
+    pub async fn store_started(
+        &self,
+        user: ShortId,
+        presence: PresenceState,
+        peers: &Peers<'_>,
+    ) -> Result<()> {
         let status_msg = self.get(user)?.and_then(|s| s.status_msg);
         self.store(
             user,
             Stored {
-                presence: set.clone(),
+                presence,
                 status_msg,
-                last_active_ts: now,
+                last_active_ts: now_ms(),
             },
             peers,
         )

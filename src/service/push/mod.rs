@@ -9,17 +9,16 @@ use std::{collections::HashMap, sync::Arc};
 use parking_lot::Mutex;
 use ruma::{
     events::{room::member::MembershipState, StateEventType},
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
-    OwnedUserId, UInt, UserId,
+    CanonicalJsonObject, OwnedUserId, RoomId, UInt, UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as JsonValue};
-use tokio::sync::mpsc;
 
 use crate::{
     error::{Error, Result},
-    service::{account_data, receipts, rooms, stream::Stream},
+    service::{account_data, receipts, rooms},
     storage::{schema::key, Batch, Cf, Db, ShortId},
 };
 
@@ -50,7 +49,6 @@ pub struct Counts {
 
 pub struct Service {
     db: Db,
-    stream: Arc<Stream>,
     rooms: Arc<rooms::Service>,
     account_data: Arc<account_data::Service>,
     receipts: Arc<receipts::Service>,
@@ -62,14 +60,12 @@ pub struct Service {
 impl Service {
     pub fn new(
         db: Db,
-        stream: Arc<Stream>,
         rooms: Arc<rooms::Service>,
         account_data: Arc<account_data::Service>,
         receipts: Arc<receipts::Service>,
     ) -> Self {
         Self {
             db,
-            stream,
             rooms,
             account_data,
             receipts,
@@ -111,12 +107,15 @@ impl Service {
         Ok(())
     }
 
-    /// Evaluates new events of a room for its local members and records their notifications.
-    async fn evaluate(&self, room: ShortId, events: Vec<ShortId>) -> Result<()> {
-        let Some(meta) = self.rooms.meta(room)? else {
-            return Ok(());
-        };
-        let room_id = meta.room_id.clone();
+    /// Evaluates events about to be committed for the room's local members and adds their
+    /// notifications to the events' batch (see [`rooms::Notifier`]).
+    fn evaluate_in(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        room_id: &RoomId,
+        events: &[(ShortId, &CanonicalJsonObject)],
+    ) -> Result<()> {
         let server = self.rooms.server_name().clone();
         let members: Vec<(ShortId, OwnedUserId)> = self
             .rooms
@@ -133,8 +132,10 @@ impl Service {
         if local.is_empty() {
             return Ok(());
         }
-        // Per member, once per batch rather than once per event.
-        let mut names: HashMap<ShortId, String> = HashMap::new();
+        let power_levels: Option<PushConditionPowerLevelsCtx> =
+            self.rooms.current_power_levels(room)?.map(Into::into);
+        // Per member, once per group of events rather than once per event.
+        let mut contexts = Vec::with_capacity(local.len());
         for (user, user_id) in &local {
             let name = self
                 .rooms
@@ -146,102 +147,82 @@ impl Service {
                         .map(str::to_owned)
                 })
                 .unwrap_or_else(|| user_id.localpart().to_owned());
-            names.insert(*user, name);
+            let mut ctx = PushConditionRoomCtx::new(
+                room_id.to_owned(),
+                UInt::new_saturating(joined as u64),
+                user_id.clone(),
+                name,
+            );
+            ctx.power_levels = power_levels.clone();
+            contexts.push((*user, self.ruleset(*user, user_id)?, ctx));
         }
-        let power_levels: Option<PushConditionPowerLevelsCtx> =
-            self.rooms.current_power_levels(room)?.map(Into::into);
-        let mut batch = Batch::new();
-        let mut positions = Vec::new();
         let mut notified = Vec::new();
-        for event in events {
-            let Some(pdu) = self.rooms.pdu(event)? else {
-                continue;
-            };
-            let Some(json) = self.rooms.client_event_json(event, &room_id, &pdu.sender)? else {
-                continue;
-            };
-            let raw: Raw<ruma::events::AnySyncTimelineEvent> =
-                Raw::from_json(serde_json::value::to_raw_value(&json).map_err(Error::internal)?);
+        for (event, object) in events {
+            let json = serde_json::to_value(object).map_err(Error::internal)?;
+            let sender = json.get("sender").and_then(JsonValue::as_str).unwrap_or("");
+            let ts = json
+                .get("origin_server_ts")
+                .and_then(JsonValue::as_u64)
+                .unwrap_or_default();
             let thread = json
                 .pointer("/content/m.relates_to")
                 .filter(|r| r.get("rel_type").and_then(JsonValue::as_str) == Some("m.thread"))
                 .and_then(|r| r.get("event_id"))
                 .and_then(JsonValue::as_str)
                 .map(str::to_owned);
-            for (user, user_id) in &local {
-                if *user_id == pdu.sender {
+            // Flattened once per event, not once per member: most of the cost of a match.
+            let raw: Raw<JsonValue> =
+                Raw::from_json(serde_json::value::to_raw_value(&json).map_err(Error::internal)?);
+            let flat = FlattenedJson::from_raw(&raw);
+            for (user, ruleset, ctx) in &contexts {
+                if ctx.user_id.as_str() == sender {
                     continue;
                 }
-                let display_name = names.get(user).cloned().unwrap_or_default();
-                let mut ctx = PushConditionRoomCtx::new(
-                    room_id.clone(),
-                    UInt::new_saturating(joined as u64),
-                    user_id.clone(),
-                    display_name,
-                );
-                ctx.power_levels = power_levels.clone();
-                let ruleset = self.ruleset(*user, user_id)?;
-                let actions = ruleset.get_actions(&raw, &ctx).await.to_vec();
+                let Some(actions) = first_match(ruleset, &flat, ctx) else {
+                    continue;
+                };
                 if !actions.iter().any(Action::should_notify) {
                     continue;
                 }
-                let highlight = actions.iter().any(Action::is_highlight);
                 let record = StoredNotification {
+                    highlight: actions.iter().any(Action::is_highlight),
                     actions,
-                    highlight,
                     thread: thread.clone(),
-                    ts: pdu.origin_server_ts.get().into(),
+                    ts,
                 };
                 batch.put(
                     Cf::Notifications,
-                    key::notification(*user, room, event),
+                    key::notification(*user, room, *event),
                     serde_json::to_vec(&record).map_err(Error::internal)?,
                 );
-                notified.push((*user, room));
+                notified.push((*user, *event));
             }
         }
-        if batch.is_empty() {
-            return Ok(());
+        // Marked now, before the write: a marker counts only once the stream has passed its
+        // position (see `counts_changed_between`), so one whose write failed does no harm.
+        let mut changed = self.counts_changed.lock();
+        if changed.len() > 100_000 {
+            changed.clear();
         }
-        // A position of its own, so waiting syncs see the counts change.
-        let pos = self.stream.allocate_position_in(&mut batch);
-        positions.push(pos);
-        let written = self.db.write(batch).await;
-        self.stream.complete(&positions);
-        written?;
-        notified.sort_unstable();
-        notified.dedup();
-        {
-            let mut changed = self.counts_changed.lock();
-            if changed.len() > 100_000 {
-                changed.clear();
-            }
-            for key in &notified {
-                changed.insert(*key, pos);
-            }
+        for (user, event) in notified {
+            let mark = changed.entry((user, room)).or_default();
+            *mark = (*mark).max(event);
         }
-        self.stream.wake(notified.into_iter().map(|(u, _)| u));
         Ok(())
     }
 
-    /// The worker that evaluates events as the pipeline persists them.
-    pub async fn run(
-        self: Arc<Self>,
-        mut events: mpsc::UnboundedReceiver<(ShortId, Vec<ShortId>)>,
-    ) {
-        while let Some((room, shorts)) = events.recv().await {
-            if let Err(e) = self.evaluate(room, shorts).await {
-                tracing::warn!("push rule evaluation failed: {e}");
-            }
-        }
-    }
-
-    /// Whether the user's counts in the room grew after `since`.
-    pub fn counts_changed_since(&self, user: ShortId, room: ShortId, since: u64) -> bool {
+    /// Whether the user's counts in the room grew at a position in (since, upto].
+    pub fn counts_changed_between(
+        &self,
+        user: ShortId,
+        room: ShortId,
+        since: u64,
+        upto: u64,
+    ) -> bool {
         self.counts_changed
             .lock()
             .get(&(user, room))
-            .is_some_and(|p| *p > since)
+            .is_some_and(|p| *p > since && *p <= upto)
     }
 
     /// The position of the user's latest read receipt (unthreaded, or on `thread`), public or
@@ -359,4 +340,37 @@ impl Service {
         }
         Ok((out, next))
     }
+}
+
+impl rooms::Notifier for Service {
+    fn notifications_in(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        room_id: &RoomId,
+        events: &[(ShortId, &CanonicalJsonObject)],
+    ) -> Result<()> {
+        self.evaluate_in(batch, room, room_id, events)
+    }
+}
+
+/// The actions of the first rule of `ruleset` that applies, as `Ruleset::get_actions` finds them
+/// but on an event flattened once for all members. Rule matching is async in ruma only for the
+/// thread-subscription callback, which this context does not set, so it completes at once.
+fn first_match(
+    ruleset: &Ruleset,
+    event: &FlattenedJson,
+    ctx: &PushConditionRoomCtx,
+) -> Option<Vec<Action>> {
+    use futures_util::FutureExt;
+    for rule in ruleset {
+        match rule.applies(event, ctx).now_or_never() {
+            Some(true) => return Some(rule.actions().to_vec()),
+            Some(false) => {}
+            None => {
+                tracing::warn!(rule_id = rule.rule_id(), "push rule needs async evaluation");
+            }
+        }
+    }
+    None
 }

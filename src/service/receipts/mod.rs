@@ -62,7 +62,8 @@ impl Service {
             let old_pos = decode_u64(Cf::Receipts, old.get(..8).unwrap_or_default())?;
             batch.delete(Cf::ReceiptsByPos, key::pair(room, old_pos));
         }
-        let pos = self.stream.allocate_position_in(&mut batch);
+        let mut reserved = self.stream.reserve();
+        let pos = reserved.position_in(&mut batch);
         let mut value = pos.to_be_bytes().to_vec();
         value.extend_from_slice(
             &serde_json::to_vec(&Stored {
@@ -73,9 +74,7 @@ impl Service {
         );
         batch.put(Cf::ReceiptsByPos, key::pair(room, pos), k.clone());
         batch.put(Cf::Receipts, k, value);
-        let written = self.db.write(batch).await;
-        self.stream.complete(&[pos]);
-        written?;
+        reserved.write(&self.db, batch).await?;
         if kind == "m.read.private" {
             self.stream.wake([user]);
         } else {

@@ -33,7 +33,7 @@ use self::{
 use crate::{
     error::{Error, Result},
     service::stream::Stream,
-    storage::{decode_u64, encode_json, schema::key, Cf, Db, IdKind, ShortId, ShortIds},
+    storage::{decode_u64, encode_json, schema::key, Batch, Cf, Db, IdKind, ShortId, ShortIds},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -128,6 +128,19 @@ impl Membership {
     }
 }
 
+/// Push rule evaluation as the commit of events needs it (implemented by the push service).
+pub trait Notifier: Send + Sync {
+    /// Evaluates `events` (built or received, not yet written) for the room's local members and
+    /// adds the notifications to `batch`.
+    fn notifications_in(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        room_id: &RoomId,
+        events: &[(ShortId, &CanonicalJsonObject)],
+    ) -> Result<()>;
+}
+
 pub struct Service {
     db: Db,
     shortids: Arc<ShortIds>,
@@ -135,9 +148,9 @@ pub struct Service {
     server_name: OwnedServerName,
     signing_key: Arc<hearth_federation::ServerSigningKey>,
     stream: Arc<Stream>,
-    /// Where persisted events go next (push rule evaluation), set once at start.
-    event_listener:
-        std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<(ShortId, Vec<ShortId>)>>,
+    /// Who evaluates push rules for events as they are committed, set once at start. Weak: the
+    /// push service holds this one.
+    notifier: std::sync::OnceLock<std::sync::Weak<dyn Notifier>>,
     /// One writer at a time per room keeps prev_events, depth and state consistent.
     room_locks: Mutex<HashMap<ShortId, Arc<pipeline::RoomSlot>>>,
     /// Serialises alias creation and deletion (check, then write).
@@ -168,7 +181,7 @@ impl Service {
             server_name,
             signing_key,
             stream,
-            event_listener: std::sync::OnceLock::new(),
+            notifier: std::sync::OnceLock::new(),
             room_locks: Mutex::new(HashMap::new()),
             alias_lock: tokio::sync::Mutex::new(()),
             create_lock: tokio::sync::Mutex::new(()),
@@ -178,17 +191,26 @@ impl Service {
         })
     }
 
-    /// Sends every persisted event's (room, positions) to `tx`, after it is durable.
-    pub fn set_event_listener(
-        &self,
-        tx: tokio::sync::mpsc::UnboundedSender<(ShortId, Vec<ShortId>)>,
-    ) {
-        let _ = self.event_listener.set(tx);
+    /// Sets who evaluates push rules for committed events (see [`Notifier`]).
+    pub fn set_notifier(&self, notifier: std::sync::Weak<dyn Notifier>) {
+        let _ = self.notifier.set(notifier);
     }
 
-    fn persisted(&self, room: ShortId, events: Vec<ShortId>) {
-        if let Some(tx) = self.event_listener.get() {
-            let _ = tx.send((room, events));
+    /// Adds the notifications of events about to be committed to their batch, so the counts
+    /// become visible with the events, in the same /sync answer and the same wake-up. A failed
+    /// evaluation costs notifications, never the events.
+    fn notifications_in(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        room_id: &RoomId,
+        events: &[(ShortId, &CanonicalJsonObject)],
+    ) {
+        let Some(notifier) = self.notifier.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        if let Err(e) = notifier.notifications_in(batch, room, room_id, events) {
+            tracing::warn!(%room_id, "push rule evaluation failed: {e}");
         }
     }
 

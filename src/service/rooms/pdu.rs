@@ -157,7 +157,9 @@ const CLIENT_FIELDS: &[&str] = &[
     "redacts",
 ];
 
-/// The client (ClientEvent) form of a stored PDU.
+/// The client (ClientEvent) form of a stored PDU, without `unsigned.redacted_because`: what is
+/// stored there is the redaction as a PDU (no event ID from v3 on, federation fields), which
+/// `rooms::Service::client_event` turns into the client form of the redaction.
 pub fn client_event(
     event_id: &EventId,
     room_id: &RoomId,
@@ -172,19 +174,18 @@ pub fn client_event(
     }
     out.insert("event_id".into(), event_id.as_str().into());
     out.insert("room_id".into(), room_id.as_str().into());
-    let mut unsigned = match stored.get("unsigned") {
-        Some(serde_json::Value::Object(u)) => {
-            let mut keep = serde_json::Map::new();
-            if let Some(r) = u.get("redacted_because") {
-                keep.insert("redacted_because".into(), r.clone());
-            }
-            keep
-        }
-        _ => serde_json::Map::new(),
-    };
+    let mut unsigned = serde_json::Map::new();
     if let Some(ts) = stored.get("origin_server_ts").and_then(|v| v.as_u64()) {
         unsigned.insert("age".into(), now_ms.saturating_sub(ts).into());
     }
     out.insert("unsigned".into(), serde_json::Value::Object(unsigned));
     serde_json::Value::Object(out)
+}
+
+/// The redaction stored in a redacted PDU's `unsigned.redacted_because` (the redaction event as
+/// a PDU), if any.
+pub fn stored_redacted_because(
+    stored: &serde_json::Map<String, serde_json::Value>,
+) -> Option<&serde_json::Map<String, serde_json::Value>> {
+    stored.get("unsigned")?.get("redacted_because")?.as_object()
 }

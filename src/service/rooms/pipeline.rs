@@ -19,6 +19,7 @@ use serde_json::Value as JsonValue;
 use super::{membership_code, pdu::Pdu, state::StateMap, EventMeta, Membership, RoomMeta, Service};
 use crate::{
     error::{Error, ErrorCode, Result},
+    service::stream::Reservation,
     storage::{schema::key, Batch, Cf, IdKind, ShortId},
 };
 
@@ -79,6 +80,16 @@ struct Job {
     ev: NewEvent,
     txn: Option<(ShortId, String, String)>,
     reply: tokio::sync::oneshot::Sender<Result<Sent>>,
+}
+
+/// One event built and authorised, its writes added to a batch that is not written yet.
+struct Prepared {
+    sent: Sent,
+    /// The room's head after it.
+    meta: RoomMeta,
+    /// Other servers it goes to.
+    servers: Vec<ruma::OwnedServerName>,
+    object: CanonicalJsonObject,
 }
 
 /// Most events persisted in one write; bounds the batch size and the latency of its first event.
@@ -407,22 +418,11 @@ impl Service {
         let lock = self.room_lock(room);
         let _guard = lock.lock().await;
         let mut batch = Batch::new();
-        let short = self.stream.allocate_event_in(&mut batch, event_id.as_str());
-        let sk = match self.state_key_for(&StateEventType::RoomCreate, "") {
-            Ok(sk) => sk,
-            Err(e) => {
-                self.stream.complete(&[short]);
-                return Err(e);
-            }
-        };
+        let mut reserved = self.stream.reserve();
+        let short = reserved.event_in(&mut batch, event_id.as_str());
+        let sk = self.state_key_for(&StateEventType::RoomCreate, "")?;
         let state = Arc::new(StateMap::from([(sk, short)]));
-        let group = match self.state.store_in(&mut batch, None, &state) {
-            Ok(g) => g,
-            Err(e) => {
-                self.stream.complete(&[short]);
-                return Err(e);
-            }
-        };
+        let group = self.state.store_in(&mut batch, None, &state)?;
         batch.put(
             Cf::Pdus,
             key::u64_key(short),
@@ -451,9 +451,7 @@ impl Service {
             create_event: event_id,
         };
         batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&meta));
-        let written = self.db.write(batch).await;
-        self.stream.complete(&[short]);
-        written?;
+        reserved.write(&self.db, batch).await?;
         tracing::info!(%room_id, %version, "room created");
 
         for ev in then {
@@ -564,7 +562,9 @@ impl Service {
             }
         };
         let mut batch = Batch::new();
+        let mut reserved = self.stream.reserve();
         let mut accepted: Vec<(tokio::sync::oneshot::Sender<Result<Sent>>, Sent)> = Vec::new();
+        let mut objects: Vec<(ShortId, CanonicalJsonObject)> = Vec::new();
         let mut group_txns: HashMap<(ShortId, String, String), Sent> = HashMap::new();
         let mut group_servers: Vec<ruma::OwnedServerName> = Vec::new();
         for job in jobs {
@@ -598,8 +598,22 @@ impl Service {
                 txn_id: id,
             });
             let mut one = Batch::new();
-            match self.prepare(&mut one, room, &meta, &rules, &job.sender, job.ev, txn) {
-                Ok((sent, new_meta, servers)) => {
+            match self.prepare(
+                &mut one,
+                &mut reserved,
+                room,
+                &meta,
+                &rules,
+                &job.sender,
+                job.ev,
+                txn,
+            ) {
+                Ok(Prepared {
+                    sent,
+                    meta: new_meta,
+                    servers,
+                    object,
+                }) => {
                     for s in servers {
                         if !group_servers.contains(&s) {
                             group_servers.push(s);
@@ -607,6 +621,7 @@ impl Service {
                     }
                     batch.ops.extend(one.ops);
                     meta = new_meta;
+                    objects.push((sent.short, object));
                     if let Some(key) = job.txn {
                         group_txns.insert(key, sent.clone());
                     }
@@ -620,14 +635,13 @@ impl Service {
         if accepted.is_empty() {
             return;
         }
+        let events: Vec<(ShortId, &CanonicalJsonObject)> =
+            objects.iter().map(|(s, o)| (*s, o)).collect();
+        self.notifications_in(&mut batch, room, &meta.room_id, &events);
         batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&meta));
-        let written = self.db.write(batch).await;
-        let positions: Vec<ShortId> = accepted.iter().map(|(_, s)| s.short).collect();
-        self.stream.complete(&positions);
-        match written {
+        match reserved.write(&self.db, batch).await {
             Ok(()) => {
                 self.wake_room(room, &[]);
-                self.persisted(room, positions.clone());
                 self.announce_destinations(group_servers);
                 tracing::debug!(room_id = %meta.room_id, events = accepted.len(), "event group persisted");
                 for (reply, sent) in accepted {
@@ -657,18 +671,30 @@ impl Service {
         txn: Option<Txn<'_>>,
     ) -> Result<Sent> {
         let mut batch = Batch::new();
-        let (sent, new_meta, servers) =
-            self.prepare(&mut batch, room, meta, rules, sender, ev, txn)?;
+        let mut reserved = self.stream.reserve();
+        let Prepared {
+            sent,
+            meta: new_meta,
+            servers,
+            object,
+        } = self.prepare(
+            &mut batch,
+            &mut reserved,
+            room,
+            meta,
+            rules,
+            sender,
+            ev,
+            txn,
+        )?;
+        self.notifications_in(&mut batch, room, &meta.room_id, &[(sent.short, &object)]);
         batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
-        let written = self.db.write(batch).await;
-        self.stream.complete(&[sent.short]);
-        written?;
+        reserved.write(&self.db, batch).await?;
         *meta = new_meta;
         if self.is_member_event(sent.short) {
             self.servers_cache.lock().remove(&room);
         }
         self.wake_room(room, &[sent.short]);
-        self.persisted(room, vec![sent.short]);
         self.announce_destinations(servers);
         Ok(sent)
     }
@@ -679,13 +705,14 @@ impl Service {
     fn prepare(
         &self,
         batch: &mut Batch,
+        reserved: &mut Reservation,
         room: ShortId,
         meta: &RoomMeta,
         rules: &RoomVersionRules,
         sender: &UserId,
         ev: NewEvent,
         txn: Option<Txn<'_>>,
-    ) -> Result<(Sent, RoomMeta, Vec<ruma::OwnedServerName>)> {
+    ) -> Result<Prepared> {
         let state = self.state.load(meta.state_group)?;
         let raw_content = serde_json::value::to_raw_value(&ev.content).map_err(Error::internal)?;
         let auth_types = state_res::auth_types_for_event(
@@ -749,9 +776,10 @@ impl Service {
             }
         }
 
-        let short = self.stream.allocate_event_in(batch, event_id.as_str());
-        // The position is pending from here on: give it back if the event goes no further.
-        let filled = self.fill(
+        // The position is pending from here on; the reservation gives it back if the event goes
+        // no further.
+        let short = reserved.event_in(batch, event_id.as_str());
+        self.fill(
             batch,
             room,
             meta,
@@ -764,11 +792,7 @@ impl Service {
             redaction_target,
             txn,
             depth,
-        );
-        if filled.is_err() {
-            self.stream.complete(&[short]);
-        }
-        filled
+        )
     }
 
     /// The writes of one built and authorised event (see `prepare`).
@@ -787,7 +811,7 @@ impl Service {
         redaction_target: Option<ShortId>,
         txn: Option<Txn<'_>>,
         depth: u64,
-    ) -> Result<(Sent, RoomMeta, Vec<ruma::OwnedServerName>)> {
+    ) -> Result<Prepared> {
         let mut state_after = meta.state_group;
         if let Some(sk) = &pdu.state_key {
             let kind = StateEventType::from(pdu.kind.to_string());
@@ -861,7 +885,12 @@ impl Service {
         new_meta.depth = depth;
         new_meta.state_group = state_after;
         tracing::debug!(room_id = %meta.room_id, %event_id, kind = %pdu.kind, "event built");
-        Ok((Sent { event_id, short }, new_meta, servers))
+        Ok(Prepared {
+            sent: Sent { event_id, short },
+            meta: new_meta,
+            servers,
+            object,
+        })
     }
 
     /// Replaces a stored event with its redacted form.

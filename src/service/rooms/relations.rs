@@ -2,10 +2,13 @@
 //! list, and the aggregations bundled into `unsigned.m.relations`. Owns the `relations` and
 //! `threads` keyspaces.
 
-use ruma::UserId;
+use ruma::{room_version_rules::EventIdFormatVersion, OwnedEventId, UserId};
 use serde_json::{json, Value as JsonValue};
 
-use super::{pdu::Pdu, Service};
+use super::{
+    pdu::{client_event, stored_redacted_because, Pdu},
+    Service,
+};
 use crate::{
     error::{Error, Result},
     storage::{decode_u64, schema::key, Batch, Cf, ShortId},
@@ -69,38 +72,95 @@ impl Service {
         Ok(())
     }
 
-    /// An event in the client format as `viewer` sees it, with bundled aggregations.
+    /// An event in the client format as `viewer` sees it, with bundled aggregations (and, for a
+    /// redacted event, the redaction under `unsigned.redacted_because`).
     pub fn client_event_json(
         &self,
         short: ShortId,
         room_id: &ruma::RoomId,
         viewer: &UserId,
     ) -> Result<Option<JsonValue>> {
-        use super::pdu::client_event;
         let now = crate::service::now_ms();
         let Some(stored) = self.event_json(short)? else {
             return Ok(None);
         };
         let event_id = self.event_id_of(short)?;
-        let mut json = client_event(&event_id, room_id, &stored, now);
-        let redacted = stored
-            .get("unsigned")
-            .and_then(|u| u.get("redacted_because"))
-            .is_some();
-        if !redacted {
-            let plain = |s: ShortId| -> Result<Option<JsonValue>> {
-                self.event_json(s)?
-                    .map(|st| {
-                        self.event_id_of(s)
-                            .map(|id| client_event(&id, room_id, &st, now))
-                    })
-                    .transpose()
-            };
+        let mut json = self.client_form(&event_id, room_id, &stored, now)?;
+        if stored_redacted_because(&stored).is_none() {
+            let plain = |s: ShortId| self.client_event(s, room_id);
             if let Some(agg) = self.bundled_aggregations(short, viewer, &plain)? {
                 json["unsigned"]["m.relations"] = agg;
             }
         }
         Ok(Some(json))
+    }
+
+    /// An event in the client format, without bundled aggregations; a redacted one carries its
+    /// redaction, in the client format too, under `unsigned.redacted_because`.
+    pub fn client_event(
+        &self,
+        short: ShortId,
+        room_id: &ruma::RoomId,
+    ) -> Result<Option<JsonValue>> {
+        let Some(stored) = self.event_json(short)? else {
+            return Ok(None);
+        };
+        let event_id = self.event_id_of(short)?;
+        self.client_form(&event_id, room_id, &stored, crate::service::now_ms())
+            .map(Some)
+    }
+
+    /// The client form of a stored event. A redacted event stores its redaction as a PDU (no event
+    /// ID from v3 on, hashes, signatures, DAG links); clients get it as a client event, with the
+    /// event ID derived from it by the room version's rules. Federation serves the stored PDU
+    /// as it is.
+    fn client_form(
+        &self,
+        event_id: &ruma::EventId,
+        room_id: &ruma::RoomId,
+        stored: &serde_json::Map<String, JsonValue>,
+        now: u64,
+    ) -> Result<JsonValue> {
+        let mut json = client_event(event_id, room_id, stored, now);
+        if let Some(because) = stored_redacted_because(stored) {
+            if let Some(redaction) = self.client_redaction(room_id, because, now)? {
+                json["unsigned"]["redacted_because"] = redaction;
+            }
+        }
+        Ok(json)
+    }
+
+    /// The client form of the redaction PDU a redacted event of `room_id` stores.
+    fn client_redaction(
+        &self,
+        room_id: &ruma::RoomId,
+        because: &serde_json::Map<String, JsonValue>,
+        now: u64,
+    ) -> Result<Option<JsonValue>> {
+        let Some(meta) = self
+            .room_short(room_id)?
+            .map(|room| self.meta(room))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        let rules = Self::version_rules(&meta.version)?;
+        let event_id = match rules.event_id_format {
+            EventIdFormatVersion::V1 => because
+                .get("event_id")
+                .and_then(JsonValue::as_str)
+                .and_then(|id| OwnedEventId::try_from(id).ok()),
+            _ => ruma::canonical_json::try_from_json_map(because.clone())
+                .ok()
+                .and_then(|object| hearth_federation::pdu::event_id(&object, &rules).ok())
+                .flatten(),
+        };
+        let Some(event_id) = event_id else {
+            tracing::warn!(%room_id, "a redacted event's redaction has no readable event ID");
+            return Ok(None);
+        };
+        Ok(Some(client_event(&event_id, room_id, because, now)))
     }
 
     /// Refuses a second annotation with the same type and key on the same event by the same

@@ -72,29 +72,21 @@ impl Service {
     ) -> Result<()> {
         let _guard = self.outlier_lock.lock().await;
         let mut batch = Batch::new();
-        let mut positions = Vec::new();
+        let mut reserved = self.stream.reserve();
         let mut seen = HashSet::new();
         for (id, object, flags) in events {
             if !seen.insert(id.clone()) || self.event_short(&id)?.is_some() {
                 continue;
             }
-            let short = self.stream.allocate_event_in(&mut batch, id.as_str());
-            positions.push(short);
-            match serde_json::to_vec(&object) {
-                Ok(json) => batch.put(Cf::Pdus, key::u64_key(short), json),
-                Err(e) => {
-                    self.stream.complete(&positions);
-                    return Err(Error::internal(e));
-                }
-            }
+            let json = serde_json::to_vec(&object).map_err(Error::internal)?;
+            let short = reserved.event_in(&mut batch, id.as_str());
+            batch.put(Cf::Pdus, key::u64_key(short), json);
             batch.put(Cf::Outliers, key::u64_key(short), vec![flags | OUTLIER]);
         }
-        if positions.is_empty() {
+        if reserved.positions().is_empty() {
             return Ok(());
         }
-        let written = self.db.write(batch).await;
-        self.stream.complete(&positions);
-        Ok(written?)
+        Ok(reserved.write(&self.db, batch).await?)
     }
 
     /// The state after an event placed in the DAG.
@@ -518,16 +510,16 @@ impl Service {
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         let current = self.state.load(meta.state_group)?;
         let mut batch = Batch::new();
+        let mut reserved = self.stream.reserve();
         // An event we held as an outlier keeps its short ID and gains its place in the DAG.
-        let (short, fresh) = match self.event_short(event_id)? {
-            Some(s) => (s, false),
-            None => (
-                self.stream.allocate_event_in(&mut batch, event_id.as_str()),
-                true,
-            ),
+        let short = match self.event_short(event_id)? {
+            Some(s) => s,
+            None => reserved.event_in(&mut batch, event_id.as_str()),
         };
-        let positions: Vec<ShortId> = if fresh { vec![short] } else { vec![] };
-        let result = self
+        if flags == 0 {
+            self.notifications_in(&mut batch, room, &meta.room_id, &[(short, &object)]);
+        }
+        let servers = self
             .fill_remote(
                 &mut batch,
                 room,
@@ -545,23 +537,13 @@ impl Service {
             .map(|(new_meta, servers)| {
                 batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
                 servers
-            });
-        let servers = match result {
-            Ok(s) => s,
-            Err(e) => {
-                self.stream.complete(&positions);
-                return Err(e);
-            }
-        };
-        let written = self.db.write(batch).await;
-        self.stream.complete(&positions);
-        written?;
+            })?;
+        reserved.write(&self.db, batch).await?;
         if pdu.kind == TimelineEventType::RoomMember {
             self.servers_cache.lock().remove(&room);
         }
         if flags == 0 {
             self.wake_room(room, &[short]);
-            self.persisted(room, vec![short]);
         }
         self.announce_destinations(servers);
         Ok(short)
@@ -788,20 +770,12 @@ impl Service {
         let slot = self.room_lock(room);
         let _guard = slot.lock().await;
         let mut batch = Batch::new();
-        let (short, positions) = match self.event_short(event_id)? {
-            Some(s) => (s, Vec::new()),
-            None => {
-                let s = self.stream.allocate_event_in(&mut batch, event_id.as_str());
-                (s, vec![s])
-            }
+        let mut reserved = self.stream.reserve();
+        let short = match self.event_short(event_id)? {
+            Some(s) => s,
+            None => reserved.event_in(&mut batch, event_id.as_str()),
         };
-        let json = match serde_json::to_vec(&object) {
-            Ok(j) => j,
-            Err(e) => {
-                self.stream.complete(&positions);
-                return Err(Error::internal(e));
-            }
-        };
+        let json = serde_json::to_vec(&object).map_err(Error::internal)?;
         batch.put(Cf::Pdus, key::u64_key(short), json);
         batch.put(Cf::Outliers, key::u64_key(short), vec![OUTLIER]);
         let m = Membership {
@@ -819,9 +793,7 @@ impl Service {
             ),
             None => batch.delete(Cf::InviteState, key::pair(user, room)),
         }
-        let written = self.db.write(batch).await;
-        self.stream.complete(&positions);
-        written?;
+        reserved.write(&self.db, batch).await?;
         self.stream.wake([user]);
         Ok(())
     }
@@ -843,43 +815,33 @@ impl Service {
             .meta(room)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         let mut batch = Batch::new();
-        let mut positions = Vec::new();
-        let filled = (|| -> Result<()> {
-            for (event_id, object, pdu) in &events {
-                if self.event_short(event_id)?.is_some() {
-                    continue;
-                }
-                let short = self.stream.allocate_event_in(&mut batch, event_id.as_str());
-                positions.push(short);
-                batch.put(
-                    Cf::Pdus,
-                    key::u64_key(short),
-                    serde_json::to_vec(object).map_err(Error::internal)?,
-                );
-                batch.put(
-                    Cf::EventMeta,
-                    key::u64_key(short),
-                    EventMeta {
-                        room,
-                        depth: pdu.depth,
-                        state_before: meta.state_group,
-                        state_after: meta.state_group,
-                        redacted: false,
-                    }
-                    .encode(),
-                );
-                batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
-                self.index_relation_in(&mut batch, room, short, pdu)?;
+        let mut reserved = self.stream.reserve();
+        for (event_id, object, pdu) in &events {
+            if self.event_short(event_id)?.is_some() {
+                continue;
             }
-            Ok(())
-        })();
-        if let Err(e) = filled {
-            self.stream.complete(&positions);
-            return Err(e);
+            let short = reserved.event_in(&mut batch, event_id.as_str());
+            batch.put(
+                Cf::Pdus,
+                key::u64_key(short),
+                serde_json::to_vec(object).map_err(Error::internal)?,
+            );
+            batch.put(
+                Cf::EventMeta,
+                key::u64_key(short),
+                EventMeta {
+                    room,
+                    depth: pdu.depth,
+                    state_before: meta.state_group,
+                    state_after: meta.state_group,
+                    redacted: false,
+                }
+                .encode(),
+            );
+            batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
+            self.index_relation_in(&mut batch, room, short, pdu)?;
         }
-        let written = self.db.write(batch).await;
-        self.stream.complete(&positions);
-        written?;
+        reserved.write(&self.db, batch).await?;
         Ok(())
     }
 

@@ -105,13 +105,12 @@ impl Service {
         let mut value = vec![EDU];
         value.extend(serde_json::to_vec(&edu).map_err(Error::internal)?);
         let mut batch = Batch::new();
-        let pos = self.stream.allocate_position_in(&mut batch);
+        let mut reserved = self.stream.reserve();
+        let pos = reserved.position_in(&mut batch);
         for d in destinations {
             batch.put(Cf::FedQueue, key::fed_queue(d.as_str(), pos), value.clone());
         }
-        let written = self.db.write(batch).await;
-        self.stream.complete(&[pos]);
-        written?;
+        reserved.write(&self.db, batch).await?;
         self.rooms_wake(destinations.to_vec());
         Ok(())
     }

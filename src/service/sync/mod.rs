@@ -95,18 +95,30 @@ const STRIPPED_STATE: &[&str] = &[
 pub async fn sync(services: &Services, req: Request<'_>) -> Result<v3::Response> {
     let deadline = tokio::time::Instant::now() + req.timeout;
     let _in_flight = if services.presence.enabled() {
-        let rooms = services.rooms.clone();
-        let peers = move |u: ShortId| {
-            rooms
-                .peers(u)
-                .map(|p| p.into_iter().collect())
-                .unwrap_or_default()
-        };
-        services
-            .presence
-            .sync_started(req.user, &req.set_presence, &peers)
-            .await?;
-        Some(SyncInFlight(services, req.user))
+        // Counted before anything can be cancelled, and uncounted by the guard however the
+        // request ends (a client hanging up drops this future at any await).
+        let store = services.presence.sync_started(req.user, &req.set_presence);
+        let in_flight = SyncInFlight(services, req.user);
+        if let Some(presence) = store {
+            // A write with a wake-up after it: a task of its own, so a dropped /sync cannot
+            // stop it between the two.
+            let (service, rooms, user) =
+                (services.presence.clone(), services.rooms.clone(), req.user);
+            services
+                .tasks
+                .spawn(async move {
+                    let peers = move |u: ShortId| {
+                        rooms
+                            .peers(u)
+                            .map(|p| p.into_iter().collect())
+                            .unwrap_or_default()
+                    };
+                    service.store_started(user, presence, &peers).await
+                })
+                .await
+                .map_err(|e| Error::internal(format!("presence task failed: {e}")))??;
+        }
+        Some(in_flight)
     } else {
         None
     };
@@ -408,8 +420,11 @@ async fn build(
                     c.highlight_count = Some(UInt::new_saturating(h));
                     joined.unread_thread_notifications.insert(root, c);
                 }
-                if since_pos.is_some_and(|s| services.push.counts_changed_since(req.user, room, s))
-                {
+                if since_pos.is_some_and(|s| {
+                    services
+                        .push
+                        .counts_changed_between(req.user, room, s, upto.pos)
+                }) {
                     room_has_data = true;
                 }
                 if !room_has_data {
