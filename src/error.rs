@@ -1,101 +1,84 @@
-//! The one error type of the server and its mapping to Matrix errcodes and HTTP statuses.
+//! The one error type of the server: a Matrix [`ErrorKind`] (ruma's) and a message, with the HTTP
+//! status derived from the kind in one place ([`default_status`]). Services say *what* went wrong
+//! (the kind, or a named cause such as [`Error::upstream`]); they never pick an HTTP status. The few
+//! answers whose status differs from the kind's default for the same errcode (405 vs 404
+//! `M_UNRECOGNIZED`, 502 `M_TOO_LARGE` for remote media, 504 for a peer that timed out) are named
+//! constructors here or an explicit [`Error::with_status`] in `api/`.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, time::Duration};
 
 use axum::response::{IntoResponse, Response};
 use http::{header, StatusCode};
-use ruma::api::client::uiaa::UiaaInfo;
+pub use ruma::api::error::ErrorKind;
+use ruma::{
+    api::{
+        client::uiaa::UiaaInfo,
+        error::{
+            IncompatibleRoomVersionErrorData, LimitExceededErrorData, RetryAfter,
+            StandardErrorBody, UnknownTokenErrorData, WrongRoomKeysVersionErrorData,
+        },
+    },
+    RoomVersionId,
+};
 use serde_json::json;
 
 use crate::storage::StorageError;
 
-/// A Matrix error code, with the extra fields some of them carry.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ErrorCode {
-    Forbidden,
-    UnknownToken {
-        soft_logout: bool,
-    },
-    MissingToken,
-    BadJson,
-    NotJson,
-    NotFound,
-    LimitExceeded {
-        retry_after_ms: u64,
-    },
-    Unrecognized,
-    Unknown,
-    UserInUse,
-    InvalidUsername,
-    InvalidParam,
-    MissingParam,
-    TooLarge,
-    UserDeactivated,
-    WeakPassword,
-    Exclusive,
-    Unauthorized,
-    UnsupportedRoomVersion,
-    ProfileTooLarge,
-    KeyTooLarge,
-    RoomInUse,
-    BadAlias,
-    DuplicateAnnotation,
-    /// An async upload to a media ID that already has content.
-    CannotOverwriteMedia,
-    /// Media created with /create whose content has not arrived in time.
-    NotYetUploaded,
-    /// A key backup write named a version other than the current one.
-    /// make_join for a room version the joining server did not list.
-    IncompatibleRoomVersion {
-        room_version: String,
-    },
-    WrongRoomKeysVersion {
-        current_version: String,
-    },
-}
-
-impl ErrorCode {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Forbidden => "M_FORBIDDEN",
-            Self::DuplicateAnnotation => "M_DUPLICATE_ANNOTATION",
-            Self::UnknownToken { .. } => "M_UNKNOWN_TOKEN",
-            Self::MissingToken => "M_MISSING_TOKEN",
-            Self::BadJson => "M_BAD_JSON",
-            Self::NotJson => "M_NOT_JSON",
-            Self::NotFound => "M_NOT_FOUND",
-            Self::LimitExceeded { .. } => "M_LIMIT_EXCEEDED",
-            Self::Unrecognized => "M_UNRECOGNIZED",
-            Self::Unknown => "M_UNKNOWN",
-            Self::UserInUse => "M_USER_IN_USE",
-            Self::InvalidUsername => "M_INVALID_USERNAME",
-            Self::InvalidParam => "M_INVALID_PARAM",
-            Self::MissingParam => "M_MISSING_PARAM",
-            Self::TooLarge => "M_TOO_LARGE",
-            Self::UserDeactivated => "M_USER_DEACTIVATED",
-            Self::WeakPassword => "M_WEAK_PASSWORD",
-            Self::Exclusive => "M_EXCLUSIVE",
-            Self::Unauthorized => "M_UNAUTHORIZED",
-            Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
-            Self::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
-            Self::KeyTooLarge => "M_KEY_TOO_LARGE",
-            Self::RoomInUse => "M_ROOM_IN_USE",
-            Self::BadAlias => "M_BAD_ALIAS",
-            Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
-            Self::IncompatibleRoomVersion { .. } => "M_INCOMPATIBLE_ROOM_VERSION",
-            Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
-            Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
-        }
+/// The HTTP status a kind answers with unless the error says otherwise.
+pub fn default_status(kind: &ErrorKind) -> StatusCode {
+    use ErrorKind::*;
+    match kind {
+        LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+        TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        NotFound | Unrecognized => StatusCode::NOT_FOUND,
+        CannotOverwriteMedia => StatusCode::CONFLICT,
+        NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
+        Forbidden
+        | GuestAccessForbidden
+        | UserDeactivated
+        | UserSuspended
+        | WrongRoomKeysVersion(_)
+        | ThreepidAuthFailed
+        | ThreepidDenied
+        | ResourceLimitExceeded(_) => StatusCode::FORBIDDEN,
+        UnknownToken(_) | MissingToken | Unauthorized | UserLocked => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 
-#[derive(Debug)]
+/// A kind ruma has no variant for (`M_PROFILE_TOO_LARGE`, `M_KEY_TOO_LARGE`, ...): ruma keeps
+/// unknown errcodes as custom kinds, which only its deserializer can build.
+pub fn custom_kind(errcode: &str) -> ErrorKind {
+    serde_json::from_value(json!({ "errcode": errcode })).unwrap_or(ErrorKind::Unknown)
+}
+
+/// `M_UNKNOWN_TOKEN`, with `soft_logout` when the session can be resumed by logging in again.
+pub fn unknown_token_kind(soft_logout: bool) -> ErrorKind {
+    let mut data = UnknownTokenErrorData::new();
+    data.soft_logout = soft_logout;
+    ErrorKind::UnknownToken(data)
+}
+
+/// `M_INCOMPATIBLE_ROOM_VERSION` for a room of `room_version`.
+pub fn incompatible_room_version_kind(room_version: &str) -> ErrorKind {
+    let version = RoomVersionId::try_from(room_version).unwrap_or(RoomVersionId::V1);
+    ErrorKind::IncompatibleRoomVersion(IncompatibleRoomVersionErrorData::new(version))
+}
+
+/// `M_WRONG_ROOM_KEYS_VERSION`, naming the current backup version.
+pub fn wrong_room_keys_version_kind(current_version: impl Into<String>) -> ErrorKind {
+    ErrorKind::WrongRoomKeysVersion(WrongRoomKeysVersionErrorData::new(current_version.into()))
+}
+
+#[derive(Clone, Debug)]
 pub enum Error {
     /// A Matrix error response.
     Matrix {
-        status: StatusCode,
-        code: ErrorCode,
+        kind: ErrorKind,
         message: Cow<'static, str>,
+        /// Set only where the same errcode needs another status than [`default_status`]
+        /// (the constructors below and [`Error::with_status`]); `None` almost everywhere.
+        status_override: Option<StatusCode>,
     },
     /// User-interactive authentication is needed (or a stage failed): 401 with the flows.
     Uiaa(Box<UiaaInfo>),
@@ -106,77 +89,177 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+    /// An error of `kind`, answered with the kind's status.
+    pub fn matrix(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
         Self::Matrix {
-            status,
-            code,
+            kind,
             message: message.into(),
+            status_override: None,
         }
     }
     pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+        Self::matrix(ErrorKind::Forbidden, message)
     }
     pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
+        Self::matrix(ErrorKind::NotFound, message)
     }
     pub fn bad_json(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadJson, message)
+        Self::matrix(ErrorKind::BadJson, message)
+    }
+    pub fn not_json(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::matrix(ErrorKind::NotJson, message)
     }
     pub fn invalid_param(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidParam, message)
+        Self::matrix(ErrorKind::InvalidParam, message)
     }
     pub fn missing_param(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorCode::MissingParam, message)
+        Self::matrix(ErrorKind::MissingParam, message)
     }
-    pub fn unrecognized(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(status, ErrorCode::Unrecognized, message)
+    pub fn missing_token(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::matrix(ErrorKind::MissingToken, message)
+    }
+    pub fn unauthorized(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::matrix(ErrorKind::Unauthorized, message)
+    }
+    /// `400 M_UNKNOWN`: a request we refuse for a reason no errcode names.
+    pub fn unknown(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::matrix(ErrorKind::Unknown, message)
+    }
+    /// `404 M_UNRECOGNIZED`: no such endpoint (see [`Error::method_not_allowed`] for 405).
+    pub fn unrecognized(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::matrix(ErrorKind::Unrecognized, message)
+    }
+    /// `405 M_UNRECOGNIZED`: the endpoint exists, not with this method.
+    pub fn method_not_allowed(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::unrecognized(message).with_status(StatusCode::METHOD_NOT_ALLOWED)
     }
     pub fn too_large(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, message)
+        Self::matrix(ErrorKind::TooLarge, message)
     }
     pub fn limit_exceeded(retry_after_ms: u64) -> Self {
-        Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::LimitExceeded { retry_after_ms },
-            "Too many requests",
-        )
+        let mut data = LimitExceededErrorData::new();
+        data.retry_after = Some(RetryAfter::Delay(Duration::from_millis(retry_after_ms)));
+        Self::matrix(ErrorKind::LimitExceeded(data), "Too many requests")
+    }
+    /// `502 M_UNKNOWN`: a peer or upstream server failed us or answered something unusable.
+    pub fn upstream(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::unknown(message).with_status(StatusCode::BAD_GATEWAY)
+    }
+    /// `502` with `kind`: an upstream answer we pass on under its errcode (e.g. `M_TOO_LARGE` for
+    /// remote media larger than we serve), still reported as the upstream's failure.
+    pub fn upstream_kind(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::matrix(kind, message).with_status(StatusCode::BAD_GATEWAY)
+    }
+    /// `504 M_UNKNOWN`: a peer or upstream server did not answer in time.
+    pub fn upstream_timeout(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::unknown(message).with_status(StatusCode::GATEWAY_TIMEOUT)
+    }
+    /// `409 M_UNKNOWN`: the request conflicts with what exists (e.g. an alias already taken).
+    pub fn conflict(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::unknown(message).with_status(StatusCode::CONFLICT)
     }
     pub fn internal(message: impl std::fmt::Display) -> Self {
         Self::Internal(message.to_string())
     }
 
-    /// Replaces the errcode, keeping status and message.
-    pub fn with_code(self, new: ErrorCode) -> Self {
+    /// Replaces the kind, keeping message and status.
+    pub fn with_kind(self, new: ErrorKind) -> Self {
         match self {
             Self::Matrix {
-                status, message, ..
+                message,
+                status_override,
+                kind,
             } => Self::Matrix {
-                status,
-                code: new,
+                status_override: status_override.or_else(|| Some(default_status(&kind))),
+                kind: new,
                 message,
             },
             other => other,
         }
     }
 
+    /// Answers with `status` instead of the kind's default. For `api/`, where an endpoint's
+    /// contract fixes a status for an errcode (services use the named constructors above).
+    pub fn with_status(self, status: StatusCode) -> Self {
+        match self {
+            Self::Matrix { kind, message, .. } => Self::Matrix {
+                status_override: (status != default_status(&kind)).then_some(status),
+                kind,
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// Compatibility with the former `Error::new(status, ErrorCode, message)`, kept only so
+    /// `service/rooms/` and `service/replication/` compile until they switch to
+    /// [`Error::matrix`] and the named constructors. Do not use in new code.
+    #[doc(hidden)]
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<ErrorKind>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self::matrix(code.into(), message).with_status(status)
+    }
+
+    pub fn kind(&self) -> Option<&ErrorKind> {
+        match self {
+            Self::Matrix { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Matrix { status, .. } => *status,
+            Self::Matrix {
+                kind,
+                status_override,
+                ..
+            } => status_override.unwrap_or_else(|| default_status(kind)),
             Self::Uiaa(_) => StatusCode::UNAUTHORIZED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The errcode, for logs and tests.
-    pub fn errcode(&self) -> &'static str {
+    pub fn errcode(&self) -> String {
         match self {
-            Self::Matrix { code, .. } => code.as_str(),
+            Self::Matrix { kind, .. } => kind.errcode().to_string(),
             Self::Uiaa(info) => info
                 .auth_error
                 .as_ref()
                 .map(|_| "M_FORBIDDEN")
-                .unwrap_or("M_UNAUTHORIZED"),
-            Self::Internal(_) => "M_UNKNOWN",
+                .unwrap_or("M_UNAUTHORIZED")
+                .to_owned(),
+            Self::Internal(_) => "M_UNKNOWN".to_owned(),
+        }
+    }
+}
+
+/// The hand-made errcode enum this module had before it carried ruma's [`ErrorKind`]; kept only
+/// for [`Error::new`] callers in `service/rooms/` and `service/replication/`. Do not use in new
+/// code: name an [`ErrorKind`] instead.
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum ErrorCode {
+    BadJson,
+    InvalidParam,
+    DuplicateAnnotation,
+    Unknown,
+    IncompatibleRoomVersion { room_version: String },
+}
+
+impl From<ErrorCode> for ErrorKind {
+    fn from(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::BadJson => ErrorKind::BadJson,
+            ErrorCode::InvalidParam => ErrorKind::InvalidParam,
+            ErrorCode::DuplicateAnnotation => ErrorKind::DuplicateAnnotation,
+            ErrorCode::Unknown => ErrorKind::Unknown,
+            ErrorCode::IncompatibleRoomVersion { room_version } => {
+                incompatible_room_version_kind(&room_version)
+            }
         }
     }
 }
@@ -184,7 +267,7 @@ impl Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Matrix { code, message, .. } => write!(f, "{}: {message}", code.as_str()),
+            Self::Matrix { kind, message, .. } => write!(f, "{}: {message}", kind.errcode()),
             Self::Uiaa(_) => f.write_str("user-interactive authentication required"),
             Self::Internal(message) => f.write_str(message),
         }
@@ -203,24 +286,9 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match self {
-            Error::Matrix { code, message, .. } => {
-                let mut body = json!({ "errcode": code.as_str(), "error": message });
-                match code {
-                    ErrorCode::LimitExceeded { retry_after_ms } => {
-                        body["retry_after_ms"] = retry_after_ms.into();
-                    }
-                    ErrorCode::UnknownToken { soft_logout: true } => {
-                        body["soft_logout"] = true.into();
-                    }
-                    ErrorCode::IncompatibleRoomVersion { room_version } => {
-                        body["room_version"] = room_version.as_str().into();
-                    }
-                    ErrorCode::WrongRoomKeysVersion { current_version } => {
-                        body["current_version"] = current_version.into();
-                    }
-                    _ => {}
-                }
-                body
+            Error::Matrix { kind, message, .. } => {
+                serde_json::to_value(StandardErrorBody::new(kind, message.into_owned()))
+                    .unwrap_or_else(|_| json!({ "errcode": "M_UNKNOWN", "error": "" }))
             }
             Error::Uiaa(info) => serde_json::to_value(&*info).unwrap_or_else(|_| json!({})),
             Error::Internal(message) => {
@@ -242,5 +310,90 @@ impl IntoResponse for Error {
             }
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(e: Error) -> (u16, String) {
+        let status = e.status().as_u16();
+        let body = match e {
+            Error::Matrix { kind, message, .. } => {
+                serde_json::to_value(StandardErrorBody::new(kind, message.into_owned()))
+                    .unwrap()
+                    .to_string()
+            }
+            _ => String::new(),
+        };
+        (status, body)
+    }
+
+    #[test]
+    fn bodies_keep_the_errcode_message_and_extra_fields() {
+        assert_eq!(
+            body(Error::limit_exceeded(1500)),
+            (
+                429,
+                r#"{"errcode":"M_LIMIT_EXCEEDED","error":"Too many requests","retry_after_ms":1500}"#
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            body(Error::matrix(unknown_token_kind(true), "expired")),
+            (
+                401,
+                r#"{"errcode":"M_UNKNOWN_TOKEN","error":"expired","soft_logout":true}"#.to_owned()
+            )
+        );
+        assert_eq!(
+            body(Error::matrix(unknown_token_kind(false), "no")).1,
+            r#"{"errcode":"M_UNKNOWN_TOKEN","error":"no"}"#
+        );
+        assert_eq!(
+            body(Error::matrix(incompatible_room_version_kind("12"), "v")),
+            (
+                400,
+                r#"{"errcode":"M_INCOMPATIBLE_ROOM_VERSION","error":"v","room_version":"12"}"#
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            body(Error::matrix(wrong_room_keys_version_kind("3"), "w")),
+            (
+                403,
+                r#"{"current_version":"3","errcode":"M_WRONG_ROOM_KEYS_VERSION","error":"w"}"#
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            body(Error::matrix(custom_kind("M_PROFILE_TOO_LARGE"), "p")),
+            (
+                400,
+                r#"{"errcode":"M_PROFILE_TOO_LARGE","error":"p"}"#.to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn status_comes_from_the_kind_unless_overridden() {
+        assert_eq!(Error::not_found("x").status(), 404);
+        assert_eq!(Error::unrecognized("x").status(), 404);
+        assert_eq!(Error::method_not_allowed("x").status(), 405);
+        assert_eq!(Error::upstream("x").status(), 502);
+        assert_eq!(Error::upstream_timeout("x").status(), 504);
+        assert_eq!(Error::upstream_kind(ErrorKind::TooLarge, "x").status(), 502);
+        assert_eq!(Error::matrix(ErrorKind::NotYetUploaded, "x").status(), 504);
+        assert_eq!(
+            Error::matrix(ErrorKind::CannotOverwriteMedia, "x").status(),
+            409
+        );
+        // Swapping the kind keeps the status the error had.
+        let e = Error::bad_json("x").with_kind(ErrorKind::Forbidden);
+        assert_eq!(
+            (e.status().as_u16(), e.errcode().as_str()),
+            (400, "M_FORBIDDEN")
+        );
     }
 }

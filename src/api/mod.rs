@@ -16,7 +16,7 @@ use axum::{
     routing::{on, MethodFilter},
     Router,
 };
-use http::{Method, StatusCode};
+use http::Method;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     cors::{Any, CorsLayer},
@@ -111,15 +111,11 @@ pub(crate) fn axum_path(path: &str) -> String {
 }
 
 async fn not_found() -> Response {
-    Error::unrecognized(StatusCode::NOT_FOUND, "Unrecognized request").into_response()
+    Error::unrecognized("Unrecognized request").into_response()
 }
 
 async fn method_not_allowed() -> Response {
-    Error::unrecognized(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "Method not allowed for this endpoint",
-    )
-    .into_response()
+    Error::method_not_allowed("Method not allowed for this endpoint").into_response()
 }
 
 /// The client-facing router (client-server API, well-known, admin API).

@@ -11,7 +11,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::BytesMut;
-use http::StatusCode;
 use ruma::api::{
     auth_scheme::{
         AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
@@ -23,7 +22,7 @@ use ruma::api::{
 };
 
 use crate::{
-    error::{Error, ErrorCode},
+    error::Error,
     service::{sessions::Session, Services},
 };
 
@@ -79,13 +78,9 @@ impl<T> Ruma<T> {
     /// The session behind the access token; present on every endpoint that requires one.
     pub fn session(&self) -> Result<&Session, Error> {
         // Endpoints with optional auth that still need a user answer as if the token were missing.
-        self.session.as_ref().ok_or_else(|| {
-            Error::new(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::MissingToken,
-                "Missing access token",
-            )
-        })
+        self.session
+            .as_ref()
+            .ok_or_else(|| Error::missing_token("Missing access token"))
     }
 }
 
@@ -95,9 +90,7 @@ pub fn access_token(parts: &http::request::Parts) -> Result<Option<String>, Erro
         let value = value.to_str().unwrap_or_default();
         return match value.strip_prefix("Bearer ") {
             Some(token) if !token.trim().is_empty() => Ok(Some(token.trim().to_owned())),
-            _ => Err(Error::new(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::MissingToken,
+            _ => Err(Error::missing_token(
                 "Authorization header must be `Bearer <access token>`",
             )),
         };
@@ -198,24 +191,16 @@ async fn drain(body: axum::body::Body) {
 pub fn parse_error(e: FromHttpRequestError) -> Error {
     match e {
         FromHttpRequestError::MethodMismatch { .. } => {
-            Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+            Error::method_not_allowed("Method not allowed")
         }
         FromHttpRequestError::Deserialization(d) => match d {
             DeserializationError::Json(j) => match j.classify() {
                 serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                    Error::new(
-                        StatusCode::BAD_REQUEST,
-                        ErrorCode::NotJson,
-                        format!("Body is not valid JSON: {j}"),
-                    )
+                    Error::not_json(format!("Body is not valid JSON: {j}"))
                 }
                 _ => json_data_error(&j.to_string()),
             },
-            DeserializationError::Utf8(e) => Error::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::NotJson,
-                format!("Body is not UTF-8: {e}"),
-            ),
+            DeserializationError::Utf8(e) => Error::not_json(format!("Body is not UTF-8: {e}")),
             DeserializationError::Ident(e) => {
                 Error::invalid_param(format!("Invalid identifier: {e}"))
             }
@@ -231,15 +216,7 @@ pub fn parse_error(e: FromHttpRequestError) -> Error {
 }
 
 fn json_data_error(message: &str) -> Error {
-    if message.starts_with("missing field") {
-        Error::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadJson,
-            message.to_owned(),
-        )
-    } else {
-        Error::bad_json(message.to_owned())
-    }
+    Error::bad_json(message.to_owned())
 }
 
 /// Authenticates a request as `requirement` asks, and records the device as seen.
@@ -260,11 +237,7 @@ pub fn authenticate(
     let session = match (requirement, token) {
         (AuthRequirement::None | AuthRequirement::ServerSignatures, _) => None,
         (AuthRequirement::AccessToken, None) => {
-            return Err(Error::new(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::MissingToken,
-                "Missing access token",
-            ))
+            return Err(Error::missing_token("Missing access token"))
         }
         (_, Some(token)) => Some(services.sessions.authenticate(&token)?),
         (AuthRequirement::AccessTokenOptional, None) => None,

@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod devices;
 pub mod federation;
 pub mod filters;
 pub mod key_backup;
@@ -14,6 +15,7 @@ pub mod profiles;
 pub mod push;
 pub mod ratelimit;
 pub mod receipts;
+pub mod receiver;
 pub mod registration_tokens;
 pub mod replication;
 pub mod rooms;

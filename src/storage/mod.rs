@@ -1,16 +1,19 @@
 //! The only code that touches RocksDB. Services see the narrow `KeyValue` trait (point reads,
 //! atomic batches, ordered scans) so that a distributed transactional engine could back it later;
-//! keyspaces and key layouts live in `schema`.
+//! services reach keyspaces through typed tables (`table`), one per keyspace (`tables`).
 
 mod rocks;
 pub mod schema;
 mod shortid;
+pub mod table;
+pub mod tables;
 
 use std::sync::Arc;
 
 pub use rocks::RocksDb;
 pub use schema::{Cf, IdKind, ShortId};
 pub use shortid::ShortIds;
+pub use table::Table;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

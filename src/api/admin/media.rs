@@ -13,7 +13,6 @@ use super::Admin;
 use crate::{
     api::AppState,
     error::{Error, Result},
-    storage::schema::key::{MEDIA_EXPIRY_LOCAL, MEDIA_EXPIRY_REMOTE},
 };
 
 fn before_ts(query: Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<u64> {
@@ -30,10 +29,7 @@ pub async fn purge_media_cache(
     _: Admin,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>> {
-    let deleted = services
-        .media
-        .purge(MEDIA_EXPIRY_REMOTE, before_ts(query)?)
-        .await?;
+    let deleted = services.media.purge_remote_cache(before_ts(query)?).await?;
     Ok(Json(json!({ "deleted": deleted.len() })))
 }
 
@@ -43,10 +39,7 @@ pub async fn delete_local_media(
     _: Admin,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>> {
-    let deleted = services
-        .media
-        .purge(MEDIA_EXPIRY_LOCAL, before_ts(query)?)
-        .await?;
+    let deleted = services.media.purge_local(before_ts(query)?).await?;
     Ok(Json(
         json!({ "total": deleted.len(), "deleted_media": deleted }),
     ))

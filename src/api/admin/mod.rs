@@ -21,7 +21,7 @@ use super::{
     AppState,
 };
 use crate::{
-    error::{Error, ErrorCode, Result},
+    error::{Error, Result},
     service::Services,
 };
 
@@ -72,11 +72,7 @@ impl FromRequestParts<Arc<Services>> for Admin {
         services: &Arc<Services>,
     ) -> Result<Self> {
         let Some(token) = access_token(parts)? else {
-            return Err(Error::new(
-                http::StatusCode::UNAUTHORIZED,
-                ErrorCode::MissingToken,
-                "Missing access token",
-            ));
+            return Err(Error::missing_token("Missing access token"));
         };
         if constant_time_eq(token.as_bytes(), services.console_secret.as_bytes()) {
             return Ok(Admin);
@@ -109,10 +105,6 @@ pub async fn json_body<T: DeserializeOwned>(services: &Services, req: Request) -
     };
     serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => Error::bad_json(e.to_string()),
-        _ => Error::new(
-            http::StatusCode::BAD_REQUEST,
-            ErrorCode::NotJson,
-            format!("Body is not valid JSON: {e}"),
-        ),
+        _ => Error::not_json(format!("Body is not valid JSON: {e}")),
     })
 }

@@ -26,7 +26,7 @@ fn enabled_secret(services: &AppState) -> Result<&str> {
     let secret = services.config.registration.shared_secret.as_str();
     if secret.is_empty() {
         return Err(Error::bad_json("Shared secret registration is not enabled")
-            .with_code(crate::error::ErrorCode::Forbidden));
+            .with_kind(crate::error::ErrorKind::Forbidden));
     }
     Ok(secret)
 }
@@ -92,7 +92,7 @@ pub async fn register(State(services): State<AppState>, req: Request) -> Result<
         .is_some_and(|t| t.elapsed() < NONCE_LIFETIME);
     if !fresh {
         return Err(
-            Error::bad_json("Unrecognised nonce").with_code(crate::error::ErrorCode::Unknown)
+            Error::bad_json("Unrecognised nonce").with_kind(crate::error::ErrorKind::Unknown)
         );
     }
     let expected = registration_mac(

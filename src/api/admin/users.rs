@@ -26,19 +26,15 @@ fn local_user_id(services: &AppState, raw: &str) -> Result<ruma::OwnedUserId> {
 }
 
 fn describe(services: &AppState, user_id: &UserId) -> Result<Value> {
-    let (short, record) = services
-        .users
-        .get(user_id)?
-        .ok_or_else(|| Error::not_found("User not found"))?;
-    let profile = services.profiles.all(short)?;
+    let account = accounts::summary(services, user_id)?;
     Ok(json!({
-        "name": record.user_id,
-        "admin": record.admin,
-        "deactivated": record.deactivated,
-        "creation_ts": record.created_ts / 1000,
-        "displayname": profile.get("displayname"),
-        "avatar_url": profile.get("avatar_url"),
-        "devices": services.sessions.devices(short)?.len(),
+        "name": account.user_id,
+        "admin": account.admin,
+        "deactivated": account.deactivated,
+        "creation_ts": account.created_ts / 1000,
+        "displayname": account.displayname,
+        "avatar_url": account.avatar_url,
+        "devices": account.devices,
     }))
 }
 
@@ -69,57 +65,17 @@ pub async fn put_user(
 ) -> Result<(StatusCode, Json<Value>)> {
     let user_id = local_user_id(&services, &user_id)?;
     let body: PutUser = json_body(&services, req).await?;
-    let status = match services.users.get(&user_id)? {
-        None => {
-            services
-                .users
-                .user_id_for_new_localpart(user_id.localpart())?;
-            accounts::create(
-                &services,
-                &user_id,
-                body.password.clone(),
-                body.admin.unwrap_or(false),
-                body.displayname.clone(),
-                None,
-            )
-            .await?;
-            StatusCode::CREATED
-        }
-        Some((short, mut record)) => {
-            if let Some(p) = body.password {
-                let logout = body.logout_devices.unwrap_or(true).then_some(None);
-                accounts::set_password(&services, &user_id, p, logout).await?;
-                record = services
-                    .users
-                    .get(&user_id)?
-                    .map(|(_, r)| r)
-                    .unwrap_or(record);
-            }
-            if let Some(name) = body.displayname {
-                services
-                    .profiles
-                    .set(short, "displayname", Some(Value::String(name)))
-                    .await?;
-            }
-            if body.deactivated == Some(true) && !record.deactivated {
-                accounts::deactivate(&services, &user_id, false).await?;
-                record = services
-                    .users
-                    .get(&user_id)?
-                    .map(|(_, r)| r)
-                    .unwrap_or(record);
-            }
-            if let Some(admin) = body.admin {
-                record.admin = admin;
-            }
-            if body.deactivated == Some(false) {
-                record.deactivated = false;
-            }
-            let mut batch = crate::storage::Batch::new();
-            services.users.put_in(&mut batch, short, &record);
-            services.db.write(batch).await?;
-            StatusCode::OK
-        }
+    let changes = accounts::AdminChanges {
+        password: body.password,
+        logout_devices: body.logout_devices.unwrap_or(true),
+        displayname: body.displayname,
+        admin: body.admin,
+        deactivated: body.deactivated,
+    };
+    let status = if accounts::create_or_modify(&services, &user_id, changes).await? {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
     Ok((status, Json(describe(&services, &user_id)?)))
 }

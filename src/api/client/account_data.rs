@@ -16,7 +16,7 @@ use serde_json::{json, Value as JsonValue};
 
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
-    error::{Error, ErrorCode, Result},
+    error::{Error, Result},
     service::{account_data::GLOBAL, Services},
     storage::ShortId,
 };
@@ -46,11 +46,10 @@ fn own(session_user: &UserId, user: &UserId) -> Result<()> {
 
 fn writable(kind: &str) -> Result<()> {
     if SERVER_MANAGED.contains(&kind) {
-        return Err(Error::new(
-            http::StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::BadJson,
-            format!("{kind} is managed by the server and cannot be set here"),
-        ));
+        return Err(Error::bad_json(format!(
+            "{kind} is managed by the server and cannot be set here"
+        ))
+        .with_status(http::StatusCode::METHOD_NOT_ALLOWED));
     }
     Ok(())
 }

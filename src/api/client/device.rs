@@ -8,11 +8,10 @@ use ruma::{
     MilliSecondsSinceUnixEpoch, UInt,
 };
 
-use super::keys::forget_devices;
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
-    service::{sessions::DeviceRecord, uiaa},
+    service::{devices::forget_devices, sessions::DeviceRecord, uiaa},
     storage::ShortId,
 };
 

@@ -21,8 +21,7 @@ use serde_json::Value as JsonValue;
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
-    service::{sync::Since, uiaa, Services},
-    storage::ShortId,
+    service::{devices, sync::Since, uiaa},
 };
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
@@ -89,7 +88,7 @@ async fn upload(
         )
         .await?;
     if let Some(keys) = &device_keys {
-        announce_device(
+        devices::announce_device(
             &services,
             session.user,
             &session.user_id,
@@ -103,94 +102,6 @@ async fn upload(
         .map(|(alg, n)| (alg.as_str().into(), ruma::UInt::new_saturating(n)))
         .collect();
     Ok(upload_keys::v3::Response::new(counts))
-}
-
-/// Tells the servers sharing a room with a local user that one of their devices has new keys or
-/// signatures, or (`keys` None) is gone. `prev_id` stays empty, so receivers fetch the whole list
-/// again (/user/devices) rather than trusting a delta: always right, if not the cheapest.
-pub(crate) async fn announce_device(
-    services: &Services,
-    user: ShortId,
-    user_id: &ruma::UserId,
-    device_id: &str,
-    keys: Option<&JsonValue>,
-) -> Result<()> {
-    let mut content = serde_json::json!({
-        "user_id": user_id,
-        "device_id": device_id,
-        "stream_id": crate::service::now_ms(),
-        "prev_id": [],
-        "deleted": keys.is_none(),
-    });
-    if let Some(keys) = keys {
-        content["keys"] = keys.clone();
-    }
-    let edu = serde_json::json!({ "edu_type": "m.device_list_update", "content": content });
-    services.sender.edu_to_peers_of(user, edu).await
-}
-
-/// Deletes the keys of devices that are gone, and tells local and remote peers.
-pub(crate) async fn forget_devices(
-    services: &Services,
-    user: ShortId,
-    user_id: &ruma::UserId,
-    devices: &[OwnedDeviceId],
-) -> Result<()> {
-    for device in devices {
-        // A device that never published keys is in no other server's cache.
-        let had_keys = services.keys.device_keys(user, device.as_str())?.is_some();
-        services.keys.delete_device(user, device.as_str()).await?;
-        if had_keys {
-            announce_device(services, user, user_id, device.as_str(), None).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Tells the servers sharing a room with a local user of their current master and
-/// self-signing keys.
-async fn announce_signing_keys(
-    services: &Services,
-    user: ShortId,
-    user_id: &ruma::UserId,
-) -> Result<()> {
-    let mut content = serde_json::json!({ "user_id": user_id });
-    for (usage, field) in [
-        ("master", "master_key"),
-        ("self_signing", "self_signing_key"),
-    ] {
-        if let Some(k) = services.keys.cross_signing_key(user, usage)? {
-            content[field] = k;
-        }
-    }
-    let edu = serde_json::json!({ "edu_type": "m.signing_key_update", "content": content });
-    services.sender.edu_to_peers_of(user, edu).await
-}
-
-/// The device keys of a local user's devices (all when `only` is empty), with their display
-/// names in `unsigned`.
-pub(crate) fn local_device_keys(
-    services: &Services,
-    user: ShortId,
-    only: &[OwnedDeviceId],
-) -> Result<BTreeMap<OwnedDeviceId, JsonValue>> {
-    let mut out = BTreeMap::new();
-    for (device, mut keys) in services.keys.all_device_keys(user)? {
-        let device = OwnedDeviceId::from(device);
-        if !only.is_empty() && !only.contains(&device) {
-            continue;
-        }
-        if let Some(record) = services.sessions.get_device(user, &device)? {
-            if let Some(name) = record.display_name {
-                keys["unsigned"]["device_display_name"] = name.into();
-            }
-        } else {
-            // Keys outliving their device are not served.
-            continue;
-        }
-        out.insert(device, keys);
-    }
-    Ok(out)
 }
 
 async fn query(
@@ -239,7 +150,7 @@ async fn query(
             continue;
         };
         let mut map = BTreeMap::new();
-        for (device, keys) in local_device_keys(&services, user, devices)? {
+        for (device, keys) in devices::local_device_keys(&services, user, devices)? {
             map.insert(device, raw(&keys)?);
         }
         resp.device_keys.insert(user_id.clone(), map);
@@ -503,7 +414,7 @@ async fn upload_cross_signing(
         .keys
         .set_cross_signing_keys(session.user, &keys)
         .await?;
-    announce_signing_keys(&services, session.user, &session.user_id).await?;
+    devices::announce_signing_keys(&services, session.user, &session.user_id).await?;
     Ok(upload_signing_keys::v3::Response::new())
 }
 
@@ -555,7 +466,7 @@ async fn upload_signatures_handler(
     // Other servers cache our users' keys and refresh them only when told: a device signed
     // with the self-signing key, or a master key signed by a device, must be announced.
     for (device, keys) in &own_devices {
-        announce_device(
+        devices::announce_device(
             &services,
             session.user,
             &session.user_id,
@@ -565,7 +476,7 @@ async fn upload_signatures_handler(
         .await?;
     }
     if own_signing_keys {
-        announce_signing_keys(&services, session.user, &session.user_id).await?;
+        devices::announce_signing_keys(&services, session.user, &session.user_id).await?;
     }
     Ok(resp)
 }

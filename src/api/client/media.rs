@@ -409,12 +409,9 @@ async fn serve_download(
         RangeRequest::Full => None,
         RangeRequest::Partial(r) => Some(r),
         RangeRequest::Unsatisfiable => {
-            let mut resp = Error::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                crate::error::ErrorCode::Unknown,
-                "Requested range is not satisfiable",
-            )
-            .into_response();
+            let mut resp = Error::unknown("Requested range is not satisfiable")
+                .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .into_response();
             set(&mut resp, header::CONTENT_RANGE, &format!("bytes */{size}"));
             return Ok(resp);
         }

@@ -421,8 +421,7 @@ async fn forget(
         .ok_or_else(|| Error::not_found("Unknown room"))?;
     match services.rooms.membership_of(&session.user_id, room)? {
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
-            Err(Error::bad_json("Leave the room before forgetting it")
-                .with_code(crate::error::ErrorCode::Unknown))
+            Err(Error::unknown("Leave the room before forgetting it"))
         }
         None => Err(Error::not_found("You were never in this room")),
         _ => {

@@ -13,7 +13,7 @@ use serde_json::{Map, Value as JsonValue};
 
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
-    error::{Error, ErrorCode, Result},
+    error::{Error, Result},
     service::{replication::urlencode, sessions::Session, Services},
     storage::ShortId,
 };
@@ -59,13 +59,7 @@ async fn profile_of(services: &Services, user_id: &UserId) -> Result<Map<String,
             None,
         )
         .await?;
-    let peer_error = |why: String| {
-        Error::new(
-            http::StatusCode::BAD_GATEWAY,
-            ErrorCode::Unknown,
-            format!("{server} answered {why}"),
-        )
-    };
+    let peer_error = |why: String| Error::upstream(format!("{server} answered {why}"));
     match status.as_u16() {
         200..=299 => {}
         404 => return Err(Error::not_found("Profile not found")),
@@ -83,9 +77,8 @@ async fn profile_of(services: &Services, user_id: &UserId) -> Result<Map<String,
 /// Profile keys: the well-known ones, or namespaced lowercase names as the spec's grammar gives.
 fn check_key_name(name: &str) -> Result<()> {
     if name.len() > 255 {
-        return Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            crate::error::ErrorCode::KeyTooLarge,
+        return Err(Error::matrix(
+            crate::error::custom_kind("M_KEY_TOO_LARGE"),
             "Profile keys are at most 255 bytes",
         ));
     }
@@ -141,7 +134,7 @@ async fn get_field(
         if local {
             Error::internal(why)
         } else {
-            Error::new(http::StatusCode::BAD_GATEWAY, ErrorCode::Unknown, why)
+            Error::upstream(why)
         }
     })?;
     Ok(get_profile_field::v3::Response::new(value))

@@ -19,7 +19,7 @@ use serde_json::Value as JsonValue;
 
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
-    error::{Error, Result},
+    error::{Error, ErrorKind, Result},
     service::{
         rooms::{create, history::Access, NewEvent, Txn},
         sync::Since,
@@ -150,9 +150,8 @@ async fn create_room(
     let body = &req.body;
     let version = body.room_version.clone().unwrap_or(RoomVersionId::V12);
     let rules = version.rules().ok_or_else(|| {
-        Error::new(
-            http::StatusCode::BAD_REQUEST,
-            crate::error::ErrorCode::UnsupportedRoomVersion,
+        Error::matrix(
+            ErrorKind::UnsupportedRoomVersion,
             format!("Room version {version} is not supported"),
         )
     })?;
@@ -174,9 +173,8 @@ async fn create_room(
             ))
             .map_err(|e| Error::invalid_param(format!("Invalid room_alias_name: {e}")))?;
             if services.rooms.resolve_alias(&alias)?.is_some() {
-                return Err(Error::new(
-                    http::StatusCode::BAD_REQUEST,
-                    crate::error::ErrorCode::RoomInUse,
+                return Err(Error::matrix(
+                    ErrorKind::RoomInUse,
                     "Room alias already taken",
                 ));
             }
@@ -294,13 +292,7 @@ fn check_canonical_aliases(
     room_id: &RoomId,
     content: &JsonValue,
 ) -> Result<()> {
-    let bad_alias = |msg: String| {
-        Error::new(
-            http::StatusCode::BAD_REQUEST,
-            crate::error::ErrorCode::BadAlias,
-            msg,
-        )
-    };
+    let bad_alias = |msg: String| Error::matrix(ErrorKind::BadAlias, msg);
     let mut names: Vec<&str> = Vec::new();
     match content.get("alias") {
         Some(JsonValue::String(a)) => names.push(a),
@@ -609,9 +601,8 @@ async fn upgrade(
     let session = req.session()?;
     let body = &req.body;
     if body.new_version.rules().is_none() {
-        return Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            crate::error::ErrorCode::UnsupportedRoomVersion,
+        return Err(Error::matrix(
+            ErrorKind::UnsupportedRoomVersion,
             format!("Room version {} is not supported", body.new_version),
         ));
     }

@@ -14,8 +14,11 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::super::{client::keys::local_device_keys, ruma::Ruma, AppState};
-use crate::error::{Error, Result};
+use super::super::{ruma::Ruma, AppState};
+use crate::{
+    error::{Error, Result},
+    service::devices::local_device_keys,
+};
 
 fn raw<T>(value: &JsonValue) -> Result<Raw<T>> {
     Ok(Raw::from_json(

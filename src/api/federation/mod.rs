@@ -2,7 +2,6 @@
 //! endpoint that needs it is authenticated by its origin's X-Matrix signature (see `ruma.rs`).
 
 mod directory;
-mod edu;
 mod keys;
 mod media;
 mod openid;

@@ -4,7 +4,7 @@ use axum::extract::State;
 use ruma::api::federation::openid::get_openid_userinfo;
 
 use super::super::{ruma::Ruma, AppState};
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{unknown_token_kind, Error, Result};
 
 pub async fn userinfo(
     State(services): State<AppState>,
@@ -14,11 +14,7 @@ pub async fn userinfo(
         .openid
         .check(&req.body.access_token)
         .ok_or_else(|| {
-            Error::new(
-                http::StatusCode::UNAUTHORIZED,
-                ErrorCode::UnknownToken { soft_logout: false },
-                "Unknown or expired OpenID token",
-            )
+            Error::matrix(unknown_token_kind(false), "Unknown or expired OpenID token")
         })?;
     Ok(get_openid_userinfo::v1::Response::new(user))
 }

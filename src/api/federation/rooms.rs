@@ -2,8 +2,6 @@
 //! reads other servers make of our copy of a room's DAG (events, state, auth chains, backfill).
 //! A peer reads a room only while one of its users is in it (or the room is world-readable).
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use ruma::{
     api::federation::{
@@ -24,24 +22,20 @@ use serde_json::{json, value::RawValue as RawJsonValue, Value as JsonValue};
 
 use super::super::{ruma::Ruma, AppState};
 use crate::{
-    error::{Error, ErrorCode, Result},
+    error::{incompatible_room_version_kind, Error, Result},
     service::{
-        replication::{stripped, to_canonical, Refused},
-        rooms::remote::Relay,
+        receiver,
+        replication::{stripped, Refused},
         sender::{MAX_EDUS, MAX_PDUS},
         Services,
     },
-    storage::{schema::key, Batch, Cf, ShortId},
+    storage::ShortId,
 };
 
 fn origin<T>(req: &Ruma<T>) -> Result<&ServerName> {
-    req.origin.as_deref().ok_or_else(|| {
-        Error::new(
-            http::StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "Missing X-Matrix origin",
-        )
-    })
+    req.origin
+        .as_deref()
+        .ok_or_else(|| Error::unauthorized("Missing X-Matrix origin"))
 }
 
 fn raw_event(services: &Services, short: ShortId) -> Result<Box<RawJsonValue>> {
@@ -116,64 +110,18 @@ pub async fn send_transaction(
         ));
     }
     if body.pdus.len() > MAX_PDUS || body.edus.len() > MAX_EDUS {
-        return Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            ErrorCode::BadJson,
-            format!("A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"),
-        ));
+        return Err(Error::bad_json(format!(
+            "A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
+        )));
     }
-    let txn_key = key::fed_txn(origin.as_str(), body.transaction_id.as_str());
-    if let Some(done) = services.db.get(Cf::FedTxns, &txn_key)? {
-        if let Ok(pdus) = serde_json::from_slice::<BTreeMap<OwnedEventId, Option<String>>>(&done) {
-            return Ok(send_transaction_message::v1::Response::new(
-                pdus.into_iter()
-                    .map(|(k, v)| (k, v.map_or(Ok(()), Err)))
-                    .collect(),
-            ));
-        }
-    }
-    let mut results: BTreeMap<OwnedEventId, std::result::Result<(), String>> = BTreeMap::new();
-    for raw in &body.pdus {
-        let object = match serde_json::from_str::<JsonValue>(raw.get())
-            .map_err(|e| e.to_string())
-            .and_then(|v| to_canonical(v).map_err(|e| e.to_string()))
-        {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::info!(%origin, "unreadable PDU in a transaction: {e}");
-                continue;
-            }
-        };
-        match services
-            .replication
-            .receive(&origin, object, Relay::No)
-            .await
-        {
-            Ok(id) => {
-                results.insert(id, Ok(()));
-            }
-            Err((id, why)) => {
-                tracing::info!(%origin, event_id = ?id, "PDU not accepted: {why}");
-                if let Some(id) = id {
-                    results.insert(id, Err(why.to_string()));
-                }
-            }
-        }
-    }
-    for edu in &body.edus {
-        if let Err(e) = super::edu::receive(&services, &origin, edu.json().get()).await {
-            tracing::info!(%origin, "EDU not accepted: {e}");
-        }
-    }
-    let record: BTreeMap<&OwnedEventId, Option<&String>> =
-        results.iter().map(|(k, v)| (k, v.as_ref().err())).collect();
-    let mut batch = Batch::new();
-    batch.put(
-        Cf::FedTxns,
-        txn_key,
-        serde_json::to_vec(&record).map_err(Error::internal)?,
-    );
-    services.db.write(batch).await?;
+    let results = receiver::receive_transaction(
+        &services,
+        &origin,
+        body.transaction_id.as_str(),
+        &body.pdus,
+        &body.edus,
+    )
+    .await?;
     Ok(send_transaction_message::v1::Response::new(results))
 }
 
@@ -182,11 +130,8 @@ fn check_version(supported: bool, version: &ruma::RoomVersionId) -> Result<()> {
     if supported {
         return Ok(());
     }
-    Err(Error::new(
-        http::StatusCode::BAD_REQUEST,
-        ErrorCode::IncompatibleRoomVersion {
-            room_version: version.to_string(),
-        },
+    Err(Error::matrix(
+        incompatible_room_version_kind(version.as_str()),
         format!("The room is version {version}, which your server does not support"),
     ))
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use serde_json::Value as JsonValue;
 
 use crate::{
-    error::{Error, Result},
+    error::Result,
     service::stream::Stream,
-    storage::{decode_u64, schema::key, Batch, Cf, Db, ShortId},
+    storage::{tables, Batch, Db, ShortId, Table},
 };
 
 /// The room part of the key for global account data.
@@ -16,6 +16,8 @@ pub const GLOBAL: ShortId = 0;
 
 pub struct Service {
     db: Db,
+    entries: Table<tables::AccountData>,
+    by_pos: Table<tables::AccountDataByPos>,
     stream: Arc<Stream>,
     /// Serialises writes, so replacing an entry and its position index is never interleaved.
     write: tokio::sync::Mutex<()>,
@@ -28,19 +30,11 @@ pub struct Entry {
     pub content: JsonValue,
 }
 
-fn decode(cf: Cf, v: &[u8]) -> Result<(u64, JsonValue)> {
-    let (pos, json) = v
-        .split_at_checked(8)
-        .ok_or_else(|| Error::internal(format!("corrupt {} value", cf.name())))?;
-    let pos = decode_u64(cf, pos)?;
-    let content = serde_json::from_slice(json)
-        .map_err(|e| Error::internal(format!("corrupt {} value: {e}", cf.name())))?;
-    Ok((pos, content))
-}
-
 impl Service {
     pub fn new(db: Db, stream: Arc<Stream>) -> Self {
         Self {
+            entries: Table::new(&db),
+            by_pos: Table::new(&db),
             db,
             stream,
             write: tokio::sync::Mutex::new(()),
@@ -48,13 +42,10 @@ impl Service {
     }
 
     pub fn get(&self, user: ShortId, room: ShortId, kind: &str) -> Result<Option<JsonValue>> {
-        match self
-            .db
-            .get(Cf::AccountData, &key::account_data(user, room, kind))?
-        {
-            Some(v) => Ok(Some(decode(Cf::AccountData, &v)?.1)),
-            None => Ok(None),
-        }
+        Ok(self
+            .entries
+            .get((user, room, kind))?
+            .map(|(_, content)| content))
     }
 
     /// Sets (or, with `None`, removes) an entry and wakes the user's /sync.
@@ -66,23 +57,19 @@ impl Service {
         content: Option<&JsonValue>,
     ) -> Result<()> {
         let _guard = self.write.lock().await;
-        let k = key::account_data(user, room, kind);
         let mut batch = Batch::new();
-        if let Some(old) = self.db.get(Cf::AccountData, &k)? {
-            let (old_pos, _) = decode(Cf::AccountData, &old)?;
-            batch.delete(Cf::AccountDataByPos, key::pair(user, old_pos));
+        if let Some((old_pos, _)) = self.entries.get((user, room, kind))? {
+            self.by_pos.delete_in(&mut batch, (user, old_pos));
         }
         let mut reserved = self.stream.reserve();
         let pos = reserved.position_in(&mut batch);
         // A removal is a change too: it is stored as an empty object, which is what clients are
         // sent for deleted account data.
         let content = content.cloned().unwrap_or_else(|| serde_json::json!({}));
-        let mut value = pos.to_be_bytes().to_vec();
-        value.extend_from_slice(&serde_json::to_vec(&content).map_err(Error::internal)?);
-        batch.put(Cf::AccountData, k, value);
-        let mut index = room.to_be_bytes().to_vec();
-        index.extend_from_slice(kind.as_bytes());
-        batch.put(Cf::AccountDataByPos, key::pair(user, pos), index);
+        self.entries
+            .put_in(&mut batch, (user, room, kind), &(pos, content));
+        self.by_pos
+            .put_in(&mut batch, (user, pos), &(room, kind.to_owned()));
         reserved.write(&self.db, batch).await?;
         self.stream.wake([user]);
         Ok(())
@@ -93,10 +80,8 @@ impl Service {
         let mut out = Vec::new();
         match since {
             None => {
-                for row in self.db.scan_prefix(Cf::AccountData, &key::u64_key(user)) {
-                    let (k, v) = row?;
-                    let (room, kind) = split_entry_key(&k)?;
-                    let (pos, content) = decode(Cf::AccountData, &v)?;
+                for row in self.entries.scan((user,)) {
+                    let ((_, room, kind), (pos, content)) = row?;
                     if pos <= upto {
                         out.push(Entry {
                             room,
@@ -107,15 +92,12 @@ impl Service {
                 }
             }
             Some(since) => {
-                let rows = self.db.scan_range(
-                    Cf::AccountDataByPos,
-                    &key::pair(user, since.saturating_add(1)),
-                    &key::pair(user, upto.saturating_add(1)),
-                    false,
+                let rows = self.by_pos.range(
+                    (user, since.saturating_add(1)),
+                    (user, upto.saturating_add(1)),
                 );
                 for row in rows {
-                    let (_, v) = row?;
-                    let (room, kind) = split_index(&v)?;
+                    let (_, (room, kind)) = row?;
                     if let Some(content) = self.get(user, room, &kind)? {
                         out.push(Entry {
                             room,
@@ -128,23 +110,4 @@ impl Service {
         }
         Ok(out)
     }
-}
-
-fn split_entry_key(k: &[u8]) -> Result<(ShortId, String)> {
-    let room = k
-        .get(8..16)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| Error::internal("corrupt account_data key"))?;
-    let kind = String::from_utf8_lossy(k.get(16..).unwrap_or_default()).into_owned();
-    Ok((room, kind))
-}
-
-fn split_index(v: &[u8]) -> Result<(ShortId, String)> {
-    let room = v
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| Error::internal("corrupt account_data_by_pos value"))?;
-    Ok((room, String::from_utf8_lossy(&v[8..]).into_owned()))
 }

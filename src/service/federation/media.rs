@@ -16,7 +16,7 @@ use serde_json::Value as JsonValue;
 
 use super::Service;
 use crate::{
-    error::{Error, ErrorCode, Result},
+    error::{Error, ErrorKind, Result},
     service::media::preview::{self, AddressPolicy},
 };
 
@@ -105,7 +105,7 @@ pub struct RemoteFile {
 
 /// Answer of a peer that does not serve the federation media endpoints (spec: fall back on
 /// `404 M_UNRECOGNIZED`; older servers also answer 400 or 405, or 404 without a JSON body).
-fn is_unrecognized(status: http::StatusCode, body: &[u8]) -> bool {
+fn is_unrecognized(status: u16, body: &[u8]) -> bool {
     let errcode = serde_json::from_slice::<JsonValue>(body)
         .ok()
         .and_then(|v| {
@@ -114,27 +114,26 @@ fn is_unrecognized(status: http::StatusCode, body: &[u8]) -> bool {
                 .map(str::to_owned)
         });
     match errcode.as_deref() {
-        Some("M_UNRECOGNIZED") => matches!(status.as_u16(), 400 | 404 | 405),
+        Some("M_UNRECOGNIZED") => matches!(status, 400 | 404 | 405),
         Some(_) => false,
-        None => matches!(status.as_u16(), 404 | 405),
+        None => matches!(status, 404 | 405),
     }
 }
 
 fn too_large(origin: &ServerName) -> Error {
-    Error::new(
-        http::StatusCode::BAD_GATEWAY,
-        ErrorCode::TooLarge,
+    Error::upstream_kind(
+        ErrorKind::TooLarge,
         format!("The content on {origin} is too large to serve"),
     )
 }
 
 fn bad_gateway(message: String) -> Error {
-    Error::new(http::StatusCode::BAD_GATEWAY, ErrorCode::Unknown, message)
+    Error::upstream(message)
 }
 
 /// The error a failed answer of the origin becomes for our client: the origin's 404 and 504
 /// (not yet uploaded) and thumbnailing errors pass through, anything else is the origin's fault.
-fn peer_error(origin: &ServerName, status: http::StatusCode, body: &[u8]) -> Error {
+fn peer_error(origin: &ServerName, status: u16, body: &[u8]) -> Error {
     let errcode = serde_json::from_slice::<JsonValue>(body)
         .ok()
         .and_then(|v| {
@@ -143,18 +142,15 @@ fn peer_error(origin: &ServerName, status: http::StatusCode, body: &[u8]) -> Err
                 .map(str::to_owned)
         })
         .unwrap_or_default();
-    match (status.as_u16(), errcode.as_str()) {
+    match (status, errcode.as_str()) {
         (404, _) => Error::not_found(format!("{origin} does not have this media")),
-        (504, "M_NOT_YET_UPLOADED") => Error::new(
-            http::StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::NotYetUploaded,
+        (504, "M_NOT_YET_UPLOADED") => Error::matrix(
+            ErrorKind::NotYetUploaded,
             "Content has not yet been uploaded",
         ),
-        (400, "M_UNKNOWN") => Error::new(
-            http::StatusCode::BAD_REQUEST,
-            ErrorCode::Unknown,
-            "Cannot generate thumbnails for the requested content",
-        ),
+        (400, "M_UNKNOWN") => {
+            Error::unknown("Cannot generate thumbnails for the requested content")
+        }
         (413 | 502, "M_TOO_LARGE") => too_large(origin),
         _ => bad_gateway(format!("{origin} answered {status} {errcode}")),
     }
@@ -299,8 +295,8 @@ impl Service {
     ) -> Result<RemoteFile> {
         let path = request.federation_path();
         let response = self.signed_get(origin, &path).await?;
-        let status = response.status();
-        if status.is_success() {
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
             return self.read_multipart(origin, response, limit).await;
         }
         // Error bodies are small; a large one is not an error body we understand.
@@ -403,7 +399,7 @@ impl Service {
         let fetched = tokio::time::timeout(MEDIA_TIMEOUT, preview::fetch(&policy, location, limit))
             .await
             .map_err(|_| bad_gateway(format!("{origin}'s media location {location} timed out")))?
-            .map_err(|e| match e.errcode() {
+            .map_err(|e| match e.errcode().as_str() {
                 "M_TOO_LARGE" => too_large(origin),
                 _ => bad_gateway(format!("{origin}'s media location {location}: {e}")),
             })?;
@@ -421,8 +417,8 @@ impl Service {
         response: reqwest::Response,
         limit: u64,
     ) -> Result<RemoteFile> {
-        let status = response.status();
-        if !status.is_success() {
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
             let body = read_limited(origin, response, MULTIPART_OVERHEAD)
                 .await?
                 .unwrap_or_default();
@@ -490,17 +486,10 @@ mod tests {
 
     #[test]
     fn unrecognized_endpoints_fall_back_and_missing_media_does_not() {
-        let code = |s: u16| http::StatusCode::from_u16(s).unwrap();
-        assert!(is_unrecognized(
-            code(404),
-            br#"{"errcode":"M_UNRECOGNIZED"}"#
-        ));
-        assert!(is_unrecognized(
-            code(400),
-            br#"{"errcode":"M_UNRECOGNIZED"}"#
-        ));
-        assert!(is_unrecognized(code(404), b"<html>Not Found</html>"));
-        assert!(!is_unrecognized(code(404), br#"{"errcode":"M_NOT_FOUND"}"#));
-        assert!(!is_unrecognized(code(500), b""));
+        assert!(is_unrecognized(404, br#"{"errcode":"M_UNRECOGNIZED"}"#));
+        assert!(is_unrecognized(400, br#"{"errcode":"M_UNRECOGNIZED"}"#));
+        assert!(is_unrecognized(404, b"<html>Not Found</html>"));
+        assert!(!is_unrecognized(404, br#"{"errcode":"M_NOT_FOUND"}"#));
+        assert!(!is_unrecognized(500, b""));
     }
 }

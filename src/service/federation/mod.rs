@@ -22,7 +22,7 @@ use serde_json::Value as JsonValue;
 
 use crate::{
     config::Config,
-    error::{Error, ErrorCode, Result},
+    error::{Error, Result},
     service::now_ms,
     storage::{Batch, Cf, Db},
 };
@@ -92,11 +92,7 @@ impl reqwest::dns::Resolve for OverrideResolver {
 }
 
 fn unauthorized(why: impl std::fmt::Display) -> Error {
-    Error::new(
-        http::StatusCode::UNAUTHORIZED,
-        ErrorCode::Unauthorized,
-        format!("Request authentication failed: {why}"),
-    )
+    Error::unauthorized(format!("Request authentication failed: {why}"))
 }
 
 impl Service {
@@ -315,11 +311,9 @@ impl Service {
                 .and_then(JsonValue::as_str)
                 .unwrap_or("");
             let error = json.get("error").and_then(JsonValue::as_str).unwrap_or("");
-            return Err(Error::new(
-                http::StatusCode::BAD_GATEWAY,
-                ErrorCode::Unknown,
-                format!("{destination} answered {status} {code} {error}"),
-            ));
+            return Err(Error::upstream(format!(
+                "{destination} answered {status} {code} {error}"
+            )));
         }
         Ok(json)
     }
@@ -332,7 +326,7 @@ impl Service {
         method: http::Method,
         path_and_query: &str,
         body: Option<&JsonValue>,
-    ) -> Result<(http::StatusCode, JsonValue)> {
+    ) -> Result<(PeerStatus, JsonValue)> {
         let bytes = match body {
             Some(b) => serde_json::to_vec(b).map_err(Error::internal)?,
             None => Vec::new(),
@@ -360,11 +354,35 @@ impl Service {
             .send()
             .await
             .map_err(|e| Error::not_found(format!("Cannot reach {destination}: {e}")))?;
-        let status = response.status();
+        let status = PeerStatus(response.status().as_u16());
         let json: JsonValue = response
             .json()
             .await
             .map_err(|e| Error::not_found(format!("Unreadable answer from {destination}: {e}")))?;
         Ok((status, json))
+    }
+}
+
+/// The HTTP status a peer answered with: what the federation client reports, so callers judge a
+/// peer's answer without depending on the HTTP stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerStatus(pub u16);
+
+impl PeerStatus {
+    pub fn is_success(self) -> bool {
+        (200..300).contains(&self.0)
+    }
+    /// A 4xx other than 429: the peer refuses this request and would refuse it again.
+    pub fn is_refusal(self) -> bool {
+        (400..500).contains(&self.0) && self.0 != 429
+    }
+    pub fn as_u16(self) -> u16 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for PeerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
     }
 }

@@ -3,18 +3,20 @@
 use serde_json::Value as JsonValue;
 
 use crate::{
-    error::{Error, Result},
-    storage::{schema::key, Batch, Cf, Db, ShortId},
+    error::Result,
+    storage::{tables, Batch, Db, ShortId, Table},
 };
 
 pub struct Service {
     db: Db,
+    filters: Table<tables::Filters>,
     write: tokio::sync::Mutex<()>,
 }
 
 impl Service {
     pub fn new(db: Db) -> Self {
         Self {
+            filters: Table::new(&db),
             db,
             write: tokio::sync::Mutex::new(()),
         }
@@ -24,24 +26,15 @@ impl Service {
     pub async fn create(&self, user: ShortId, filter: &JsonValue) -> Result<String> {
         let _guard = self.write.lock().await;
         let last = self
-            .db
-            .scan_range(
-                Cf::Filters,
-                &key::pair(user, u64::MAX),
-                &key::u64_key(user),
-                true,
-            )
+            .filters
+            .scan_rev((user,))
+            .keys()
             .next()
             .transpose()?
-            .and_then(|(k, _)| key::split_pair(&k).map(|(_, id)| id))
-            .unwrap_or(0);
+            .map_or(0, |(_, id)| id);
         let id = last + 1;
         let mut b = Batch::new();
-        b.put(
-            Cf::Filters,
-            key::pair(user, id),
-            serde_json::to_vec(filter).map_err(Error::internal)?,
-        );
+        self.filters.put_in(&mut b, (user, id), filter);
         self.db.write(b).await?;
         Ok(id.to_string())
     }
@@ -50,13 +43,6 @@ impl Service {
         let Ok(id) = id.parse::<u64>() else {
             return Ok(None);
         };
-        match self.db.get(Cf::Filters, &key::pair(user, id))? {
-            Some(v) => {
-                Ok(Some(serde_json::from_slice(&v).map_err(|e| {
-                    Error::internal(format!("stored filter: {e}"))
-                })?))
-            }
-            None => Ok(None),
-        }
+        Ok(self.filters.get((user, id))?)
     }
 }

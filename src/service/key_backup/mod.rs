@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
 use crate::{
-    error::{Error, ErrorCode, Result},
-    storage::{schema::key, Batch, Cf, Db, ShortId},
+    error::{wrong_room_keys_version_kind, Error, Result},
+    storage::{tables, Batch, Db, ShortId, Table},
 };
 
 /// A backup version as stored.
@@ -110,22 +110,14 @@ fn unknown_version() -> Error {
     Error::not_found("Unknown backup version")
 }
 
-fn decode_version(v: &[u8]) -> Result<StoredVersion> {
-    serde_json::from_slice(v).map_err(|e| Error::internal(format!("corrupt backup version: {e}")))
-}
-
-fn decode_key(v: &[u8]) -> Result<KeyData> {
-    let json = serde_json::from_slice(v)
-        .map_err(|e| Error::internal(format!("corrupt backup key: {e}")))?;
+fn decode_key(json: JsonValue) -> Result<KeyData> {
     KeyData::from_json(json).map_err(|e| Error::internal(format!("corrupt backup key: {e}")))
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(Error::internal)
 }
 
 pub struct Service {
     db: Db,
+    versions: Table<tables::BackupVersions<StoredVersion>>,
+    keys: Table<tables::BackupKeys>,
     /// Serialises read-modify-write of versions and their keys, so counts and etags stay exact.
     write: tokio::sync::Mutex<()>,
 }
@@ -133,16 +125,15 @@ pub struct Service {
 impl Service {
     pub fn new(db: Db) -> Self {
         Self {
+            versions: Table::new(&db),
+            keys: Table::new(&db),
             db,
             write: tokio::sync::Mutex::new(()),
         }
     }
 
     fn stored(&self, user: ShortId, version: u64) -> Result<Option<StoredVersion>> {
-        self.db
-            .get(Cf::BackupVersions, &key::backup_version(user, version))?
-            .map(|v| decode_version(&v))
-            .transpose()
+        Ok(self.versions.get((user, version))?)
     }
 
     /// A version that exists and was not deleted.
@@ -156,32 +147,18 @@ impl Service {
     /// The highest version number ever allocated to the user, deleted or not.
     fn last_allocated(&self, user: ShortId) -> Result<u64> {
         Ok(self
-            .db
-            .scan_range(
-                Cf::BackupVersions,
-                &key::backup_version(user, u64::MAX),
-                &key::user_prefix(user),
-                true,
-            )
+            .versions
+            .scan_rev((user,))
+            .keys()
             .next()
             .transpose()?
-            .and_then(|(k, _)| key::split_pair(&k).map(|(_, n)| n))
-            .unwrap_or(0))
+            .map_or(0, |(_, n)| n))
     }
 
     /// The current version: the newest one that was not deleted.
     fn current(&self, user: ShortId) -> Result<Option<(u64, StoredVersion)>> {
-        let rows = self.db.scan_range(
-            Cf::BackupVersions,
-            &key::backup_version(user, u64::MAX),
-            &key::user_prefix(user),
-            true,
-        );
-        for row in rows {
-            let (k, v) = row?;
-            let (_, n) = key::split_pair(&k)
-                .ok_or_else(|| Error::internal("corrupt backup_versions key"))?;
-            let stored = decode_version(&v)?;
+        for row in self.versions.scan_rev((user,)) {
+            let ((_, n), stored) = row?;
             if !stored.deleted {
                 return Ok(Some((n, stored)));
             }
@@ -212,16 +189,16 @@ impl Service {
             .checked_add(1)
             .ok_or_else(|| Error::internal("backup versions exhausted"))?;
         let mut batch = Batch::new();
-        batch.put(
-            Cf::BackupVersions,
-            key::backup_version(user, n),
-            encode(&StoredVersion {
+        self.versions.put_in(
+            &mut batch,
+            (user, n),
+            &StoredVersion {
                 algorithm: algorithm.to_owned(),
                 auth_data: auth_data.clone(),
                 count: 0,
                 etag: 0,
                 deleted: false,
-            })?,
+            },
         );
         self.db.write(batch).await?;
         Ok(n.to_string())
@@ -252,11 +229,7 @@ impl Service {
         }
         stored.auth_data = auth_data.clone();
         let mut batch = Batch::new();
-        batch.put(
-            Cf::BackupVersions,
-            key::backup_version(user, n),
-            encode(&stored)?,
-        );
+        self.versions.put_in(&mut batch, (user, n), &stored);
         self.db.write(batch).await?;
         Ok(())
     }
@@ -271,22 +244,12 @@ impl Service {
             return Ok(());
         }
         let mut batch = Batch::new();
-        for row in self
-            .db
-            .scan_prefix(Cf::BackupKeys, &key::backup_version(user, n))
-        {
-            let (k, _) = row?;
-            batch.delete(Cf::BackupKeys, k);
-        }
+        self.keys.delete_prefix_in(&mut batch, (user, n))?;
         stored.deleted = true;
         stored.auth_data = JsonValue::Null;
         stored.count = 0;
         stored.etag += 1;
-        batch.put(
-            Cf::BackupVersions,
-            key::backup_version(user, n),
-            encode(&stored)?,
-        );
+        self.versions.put_in(&mut batch, (user, n), &stored);
         self.db.write(batch).await?;
         Ok(())
     }
@@ -303,33 +266,26 @@ impl Service {
         let (n, mut stored) = self.live(user, version)?.ok_or_else(unknown_version)?;
         // Only the newest live version takes keys; older ones can still be read and cleared.
         if let Some((current, _)) = self.current(user)?.filter(|(c, _)| *c != n) {
-            return Err(Error::new(
-                http::StatusCode::FORBIDDEN,
-                ErrorCode::WrongRoomKeysVersion {
-                    current_version: current.to_string(),
-                },
+            return Err(Error::matrix(
+                wrong_room_keys_version_kind(current.to_string()),
                 "Keys can only be added to the current backup version",
             ));
         }
         let mut batch = Batch::new();
         let mut changed = false;
         for k in keys {
-            let db_key = key::backup_key(user, n, &k.room_id, &k.session_id);
-            match self.db.get(Cf::BackupKeys, &db_key)? {
-                Some(old) if !k.data.replaces(&decode_key(&old)?) => continue,
+            let row = (user, n, k.room_id.as_str(), k.session_id.as_str());
+            match self.keys.get(row)?.map(decode_key).transpose()? {
+                Some(old) if !k.data.replaces(&old) => continue,
                 Some(_) => {}
                 None => stored.count += 1,
             }
-            batch.put(Cf::BackupKeys, db_key, encode(&k.data.json)?);
+            self.keys.put_in(&mut batch, row, &k.data.json);
             changed = true;
         }
         if changed {
             stored.etag += 1;
-            batch.put(
-                Cf::BackupVersions,
-                key::backup_version(user, n),
-                encode(&stored)?,
-            );
+            self.versions.put_in(&mut batch, (user, n), &stored);
             self.db.write(batch).await?;
         }
         Ok((stored.etag.to_string(), stored.count))
@@ -346,30 +302,25 @@ impl Service {
         let (n, _) = self.live(user, version)?.ok_or_else(unknown_version)?;
         let mut out = Vec::new();
         if let (Some(room_id), Some(session_id)) = (room_id, session_id) {
-            if let Some(v) = self.db.get(
-                Cf::BackupKeys,
-                &key::backup_key(user, n, room_id, session_id),
-            )? {
+            if let Some(v) = self.keys.get((user, n, room_id, session_id))? {
                 out.push(SessionKey {
                     room_id: room_id.to_owned(),
                     session_id: session_id.to_owned(),
-                    data: decode_key(&v)?,
+                    data: decode_key(v)?,
                 });
             }
             return Ok(out);
         }
-        let prefix = match room_id {
-            Some(room_id) => key::backup_room_prefix(user, n, room_id),
-            None => key::backup_version(user, n).to_vec(),
+        let rows = match room_id {
+            Some(room_id) => self.keys.scan((user, n, room_id)),
+            None => self.keys.scan((user, n)),
         };
-        for row in self.db.scan_prefix(Cf::BackupKeys, &prefix) {
-            let (k, v) = row?;
-            let (room_id, session_id) = key::split_backup_key(&k)
-                .ok_or_else(|| Error::internal("corrupt backup_keys key"))?;
+        for row in rows {
+            let ((_, _, room_id, session_id), v) = row?;
             out.push(SessionKey {
-                room_id: room_id.to_owned(),
-                session_id: session_id.to_owned(),
-                data: decode_key(&v)?,
+                room_id,
+                session_id,
+                data: decode_key(v)?,
             });
         }
         Ok(out)
@@ -389,30 +340,21 @@ impl Service {
         let mut batch = Batch::new();
         let mut removed = 0u64;
         if let (Some(room_id), Some(session_id)) = (room_id, session_id) {
-            let k = key::backup_key(user, n, room_id, session_id);
-            if self.db.get(Cf::BackupKeys, &k)?.is_some() {
-                batch.delete(Cf::BackupKeys, k);
+            let k = (user, n, room_id, session_id);
+            if self.keys.contains(k)? {
+                self.keys.delete_in(&mut batch, k);
                 removed += 1;
             }
         } else {
-            let prefix = match room_id {
-                Some(room_id) => key::backup_room_prefix(user, n, room_id),
-                None => key::backup_version(user, n).to_vec(),
+            removed = match room_id {
+                Some(room_id) => self.keys.delete_prefix_in(&mut batch, (user, n, room_id))?,
+                None => self.keys.delete_prefix_in(&mut batch, (user, n))?,
             };
-            for row in self.db.scan_prefix(Cf::BackupKeys, &prefix) {
-                let (k, _) = row?;
-                batch.delete(Cf::BackupKeys, k);
-                removed += 1;
-            }
         }
         if removed > 0 {
             stored.count = stored.count.saturating_sub(removed);
             stored.etag += 1;
-            batch.put(
-                Cf::BackupVersions,
-                key::backup_version(user, n),
-                encode(&stored)?,
-            );
+            self.versions.put_in(&mut batch, (user, n), &stored);
             self.db.write(batch).await?;
         }
         Ok((stored.etag.to_string(), stored.count))

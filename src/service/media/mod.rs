@@ -39,7 +39,7 @@ use self::{
 };
 use crate::{
     config,
-    error::{Error, ErrorCode, Result},
+    error::{Error, ErrorKind, Result},
     service::{
         federation::{self, media::MediaRequest},
         now_ms, random_string, users,
@@ -150,46 +150,9 @@ pub struct Service {
 }
 
 /// What a finished remote fetch tells the callers that waited for it.
-type FlightOutcome = std::result::Result<Content, SharedError>;
-
-/// An error every waiter of a fetch receives a copy of.
-#[derive(Clone, Debug)]
-struct SharedError {
-    status: http::StatusCode,
-    code: ErrorCode,
-    message: String,
-}
-
-impl From<&Error> for SharedError {
-    fn from(e: &Error) -> Self {
-        match e {
-            Error::Matrix {
-                status,
-                code,
-                message,
-            } => Self {
-                status: *status,
-                code: code.clone(),
-                message: message.to_string(),
-            },
-            other => Self {
-                status: http::StatusCode::INTERNAL_SERVER_ERROR,
-                code: ErrorCode::Unknown,
-                message: other.to_string(),
-            },
-        }
-    }
-}
-
-impl From<SharedError> for Error {
-    fn from(e: SharedError) -> Self {
-        if e.status == http::StatusCode::INTERNAL_SERVER_ERROR {
-            Error::internal(e.message)
-        } else {
-            Error::new(e.status, e.code, e.message)
-        }
-    }
-}
+/// What a finished remote fetch tells the callers that waited for it: every waiter receives a
+/// copy of the error.
+type FlightOutcome = std::result::Result<Content, Error>;
 
 /// Removes a fetch from the in-flight map when its leader finishes or is dropped (a client that
 /// went away); waiters then see the outcome, or no outcome and try again themselves.
@@ -537,9 +500,8 @@ impl Service {
             ));
         }
         if record.content_hash.is_some() {
-            return Err(Error::new(
-                http::StatusCode::CONFLICT,
-                ErrorCode::CannotOverwriteMedia,
+            return Err(Error::matrix(
+                ErrorKind::CannotOverwriteMedia,
                 "Media already uploaded",
             ));
         }
@@ -612,9 +574,8 @@ impl Service {
                 return Err(Error::not_found("Media not found"));
             }
             if tokio::time::timeout_at(deadline, uploaded).await.is_err() {
-                return Err(Error::new(
-                    http::StatusCode::GATEWAY_TIMEOUT,
-                    ErrorCode::NotYetUploaded,
+                return Err(Error::matrix(
+                    ErrorKind::NotYetUploaded,
                     "Content has not yet been uploaded",
                 ));
             }
@@ -737,18 +698,13 @@ impl Service {
                         key: key.clone(),
                     };
                     let outcome = fetch().await;
-                    tx.send_replace(Some(
-                        outcome
-                            .as_ref()
-                            .map(Clone::clone)
-                            .map_err(SharedError::from),
-                    ));
+                    tx.send_replace(Some(outcome.clone()));
                     return outcome;
                 }
                 Err(mut rx) => {
                     if let Ok(done) = rx.wait_for(Option::is_some).await {
                         if let Some(outcome) = done.clone() {
-                            return outcome.map_err(Error::from);
+                            return outcome;
                         }
                     }
                     // The fetch was abandoned without an outcome: try again.
@@ -838,11 +794,7 @@ impl Service {
         .await
         .map_err(Error::internal)?;
         let Some((format, (width, height))) = info else {
-            return Err(Error::new(
-                http::StatusCode::BAD_GATEWAY,
-                ErrorCode::Unknown,
-                "The origin's thumbnail is not an image",
-            ));
+            return Err(Error::upstream("The origin's thumbnail is not an image"));
         };
         let record = ThumbnailRecord {
             content_hash: hash.to_hex(),
@@ -934,13 +886,7 @@ impl Service {
                 head.extend_from_slice(&chunk.map_err(io_error)?);
             }
         }
-        let cannot = || {
-            Error::new(
-                http::StatusCode::BAD_REQUEST,
-                ErrorCode::Unknown,
-                "Cannot generate thumbnails for the requested content",
-            )
-        };
+        let cannot = || Error::unknown("Cannot generate thumbnails for the requested content");
         let out_type = thumbnail::output_type(&head).ok_or_else(cannot)?;
         // When the original is served as its own thumbnail, its type is what it is, whatever
         // the uploader claimed (the spec allows only image types here).
@@ -1070,9 +1016,19 @@ impl Service {
         Ok(true)
     }
 
+    /// Drops cached remote media fetched before `before_ts`; returns the media IDs deleted.
+    pub async fn purge_remote_cache(&self, before_ts: u64) -> Result<Vec<String>> {
+        self.purge(MEDIA_EXPIRY_REMOTE, before_ts).await
+    }
+
+    /// Deletes local media uploaded before `before_ts`; returns the media IDs deleted.
+    pub async fn purge_local(&self, before_ts: u64) -> Result<Vec<String>> {
+        self.purge(MEDIA_EXPIRY_LOCAL, before_ts).await
+    }
+
     /// Deletes everything of one expiry kind dated before `before_ts`; returns the media IDs (or
     /// URLs) deleted.
-    pub async fn purge(&self, kind: u8, before_ts: u64) -> Result<Vec<String>> {
+    async fn purge(&self, kind: u8, before_ts: u64) -> Result<Vec<String>> {
         let mut deleted = Vec::new();
         loop {
             let rows: Vec<Vec<u8>> = self
@@ -1206,13 +1162,7 @@ impl Service {
             self.fetch_preview(parsed.as_str()),
         )
         .await
-        .map_err(|_| {
-            Error::new(
-                http::StatusCode::GATEWAY_TIMEOUT,
-                ErrorCode::Unknown,
-                "Timed out fetching the URL",
-            )
-        })??;
+        .map_err(|_| Error::upstream_timeout("Timed out fetching the URL"))??;
         let mut batch = Batch::new();
         if let Some(old) = cached {
             batch.delete(

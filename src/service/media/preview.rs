@@ -171,11 +171,7 @@ pub async fn fetch(policy: &AddressPolicy, url: &str, max_size: u64) -> Result<F
 fn upstream(message: impl Into<String>) -> Error {
     let message = message.into();
     tracing::debug!(%message, "URL preview fetch failed");
-    Error::new(
-        http::StatusCode::BAD_GATEWAY,
-        crate::error::ErrorCode::Unknown,
-        message,
-    )
+    Error::upstream(message)
 }
 
 /// A client that can connect to `url`'s host only at addresses that passed the policy.

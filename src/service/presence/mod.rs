@@ -16,9 +16,9 @@ use tokio::sync::Notify;
 
 use crate::{
     config,
-    error::{Error, Result},
+    error::Result,
     service::{now_ms, stream::Stream},
-    storage::{decode_u64, schema::key, Batch, Cf, Db, ShortId},
+    storage::{tables, Batch, Db, ShortId, Table},
 };
 
 /// Who to wake about a user's presence change, computed only when something is written.
@@ -42,6 +42,8 @@ struct Live {
 
 pub struct Service {
     db: Db,
+    presence: Table<tables::Presence<Stored>>,
+    by_pos: Table<tables::PresenceByPos>,
     stream: Arc<Stream>,
     config: config::Presence,
     live: Mutex<HashMap<ShortId, Live>>,
@@ -52,6 +54,8 @@ pub struct Service {
 impl Service {
     pub fn new(db: Db, stream: Arc<Stream>, config: config::Presence) -> Self {
         Self {
+            presence: Table::new(&db),
+            by_pos: Table::new(&db),
             db,
             stream,
             config,
@@ -66,31 +70,24 @@ impl Service {
     }
 
     pub fn get(&self, user: ShortId) -> Result<Option<Stored>> {
-        match self.db.get(Cf::Presence, &key::u64_key(user))? {
-            Some(v) => Ok(Some(decode(&v)?.1)),
-            None => Ok(None),
-        }
+        Ok(self.presence.get(user)?.map(|(_, stored)| stored))
     }
 
     /// Writes a new presence if it differs from the stored one; wakes the user's peers.
     async fn store(&self, user: ShortId, new: Stored, peers: &Peers<'_>) -> Result<()> {
         let _guard = self.write.lock().await;
-        let k = key::u64_key(user);
         let mut batch = Batch::new();
-        if let Some(old) = self.db.get(Cf::Presence, &k)? {
-            let (old_pos, old) = decode(&old)?;
+        if let Some((old_pos, old)) = self.presence.get(user)? {
             // Only the state and message count as changes; activity alone is not written.
             if old.presence == new.presence && old.status_msg == new.status_msg {
                 return Ok(());
             }
-            batch.delete(Cf::PresenceByPos, key::u64_key(old_pos));
+            self.by_pos.delete_in(&mut batch, old_pos);
         }
         let mut reserved = self.stream.reserve();
         let pos = reserved.position_in(&mut batch);
-        let mut value = pos.to_be_bytes().to_vec();
-        value.extend_from_slice(&serde_json::to_vec(&new).map_err(Error::internal)?);
-        batch.put(Cf::Presence, k, value);
-        batch.put(Cf::PresenceByPos, key::u64_key(pos), user.to_be_bytes());
+        self.presence.put_in(&mut batch, user, &(pos, new));
+        self.by_pos.put_in(&mut batch, pos, &user);
         reserved.write(&self.db, batch).await?;
         self.stream.wake(peers(user));
         Ok(())
@@ -205,17 +202,14 @@ impl Service {
     /// Users whose presence changed in (since, upto] (every user with a presence when `since` is
     /// `None`).
     pub fn changes(&self, since: Option<u64>, upto: u64) -> Result<Vec<ShortId>> {
-        let rows = self.db.scan_range(
-            Cf::PresenceByPos,
-            &key::u64_key(since.map_or(0, |s| s.saturating_add(1))),
-            &key::u64_key(upto.saturating_add(1)),
-            false,
+        let rows = self.by_pos.range(
+            since.map_or(0, |s| s.saturating_add(1)),
+            upto.saturating_add(1),
         );
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for row in rows {
-            let (_, v) = row?;
-            let user = decode_u64(Cf::PresenceByPos, &v)?;
+            let (_, user) = row?;
             if seen.insert(user) {
                 out.push(user);
             }
@@ -292,17 +286,6 @@ impl Service {
             }
         }
     }
-}
-
-fn decode(v: &[u8]) -> Result<(u64, Stored)> {
-    let (pos, json) = v
-        .split_at_checked(8)
-        .ok_or_else(|| Error::internal("corrupt presence"))?;
-    Ok((
-        decode_u64(Cf::Presence, pos)?,
-        serde_json::from_slice(json)
-            .map_err(|e| Error::internal(format!("corrupt presence: {e}")))?,
-    ))
 }
 
 /// The m.presence event of a user, as /sync and GET /presence show it.

@@ -8,7 +8,7 @@ use serde_json::Value as JsonValue;
 use super::users;
 use crate::{
     error::{Error, Result},
-    storage::{decode_json, encode_json, schema::key, Batch, Cf, Db, ShortId},
+    storage::{tables, Batch, Db, ShortId, Table},
 };
 
 /// Largest profile (all fields, serialised) a user may keep, as the spec's 64 KiB limit.
@@ -16,12 +16,17 @@ pub const MAX_PROFILE_BYTES: usize = 65536;
 
 pub struct Service {
     db: Db,
+    profiles: Table<tables::Profiles>,
     users: Arc<users::Service>,
 }
 
 impl Service {
     pub fn new(db: Db, users: Arc<users::Service>) -> Self {
-        Self { db, users }
+        Self {
+            profiles: Table::new(&db),
+            db,
+            users,
+        }
     }
 
     pub fn users(&self) -> &users::Service {
@@ -29,29 +34,18 @@ impl Service {
     }
 
     pub fn all(&self, user: ShortId) -> Result<BTreeMap<String, JsonValue>> {
-        self.db
-            .scan_prefix(Cf::Profiles, &key::user_prefix(user))
-            .map(|r| {
-                let (k, v) = r?;
-                let (_, field) = key::split_user_key(&k)
-                    .ok_or_else(|| Error::internal("corrupt profile key"))?;
-                Ok((field.to_owned(), decode_json(Cf::Profiles, &v)?))
-            })
+        self.profiles
+            .scan((user,))
+            .map(|r| Ok(r.map(|((_, field), value)| (field, value))?))
             .collect()
     }
 
     pub fn get(&self, user: ShortId, field: &str) -> Result<Option<JsonValue>> {
-        Ok(self
-            .db
-            .get_json(Cf::Profiles, &key::profile_field(user, field))?)
+        Ok(self.profiles.get((user, field))?)
     }
 
     pub fn set_in(&self, batch: &mut Batch, user: ShortId, field: &str, value: &JsonValue) {
-        batch.put(
-            Cf::Profiles,
-            key::profile_field(user, field),
-            encode_json(value),
-        );
+        self.profiles.put_in(batch, (user, field), value);
     }
 
     /// Sets (or with `None` removes) one field, keeping the whole profile under the size limit.
@@ -66,15 +60,14 @@ impl Service {
                     .unwrap_or(usize::MAX)
                     > MAX_PROFILE_BYTES
                 {
-                    return Err(Error::new(
-                        http::StatusCode::BAD_REQUEST,
-                        crate::error::ErrorCode::ProfileTooLarge,
+                    return Err(Error::matrix(
+                        crate::error::custom_kind("M_PROFILE_TOO_LARGE"),
                         "Profile would exceed 64 KiB",
                     ));
                 }
                 self.set_in(&mut b, user, field, v);
             }
-            None => b.delete(Cf::Profiles, key::profile_field(user, field)),
+            None => self.profiles.delete_in(&mut b, (user, field)),
         }
         self.db.write(b).await?;
         Ok(())
@@ -83,9 +76,7 @@ impl Service {
     /// Removes every field; used when an account is deactivated with `erase`.
     pub async fn erase(&self, user: ShortId) -> Result<()> {
         let mut b = Batch::new();
-        for field in self.all(user)?.keys() {
-            b.delete(Cf::Profiles, key::profile_field(user, field));
-        }
+        self.profiles.delete_prefix_in(&mut b, (user,))?;
         self.db.write(b).await?;
         Ok(())
     }

@@ -7,13 +7,13 @@ use ruma::{OwnedEventId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    error::{Error, Result},
+    error::Result,
     service::{rooms, stream::Stream},
-    storage::{decode_u64, schema::key, Batch, Cf, Db, ShortId},
+    storage::{tables, Batch, Db, ShortId, Table},
 };
 
 #[derive(Serialize, Deserialize)]
-struct Stored {
+pub struct Stored {
     event_id: OwnedEventId,
     ts: u64,
 }
@@ -30,6 +30,8 @@ pub struct Receipt {
 
 pub struct Service {
     db: Db,
+    receipts: Table<tables::Receipts<Stored>>,
+    by_pos: Table<tables::ReceiptsByPos>,
     stream: Arc<Stream>,
     rooms: Arc<rooms::Service>,
     write: tokio::sync::Mutex<()>,
@@ -38,6 +40,8 @@ pub struct Service {
 impl Service {
     pub fn new(db: Db, stream: Arc<Stream>, rooms: Arc<rooms::Service>) -> Self {
         Self {
+            receipts: Table::new(&db),
+            by_pos: Table::new(&db),
             db,
             stream,
             rooms,
@@ -56,24 +60,20 @@ impl Service {
         ts: u64,
     ) -> Result<()> {
         let _guard = self.write.lock().await;
-        let k = key::receipt(room, user, kind, thread);
+        let k = (room, user, kind, thread);
         let mut batch = Batch::new();
-        if let Some(old) = self.db.get(Cf::Receipts, &k)? {
-            let old_pos = decode_u64(Cf::Receipts, old.get(..8).unwrap_or_default())?;
-            batch.delete(Cf::ReceiptsByPos, key::pair(room, old_pos));
+        if let Some((old_pos, _)) = self.receipts.get(k)? {
+            self.by_pos.delete_in(&mut batch, (room, old_pos));
         }
         let mut reserved = self.stream.reserve();
         let pos = reserved.position_in(&mut batch);
-        let mut value = pos.to_be_bytes().to_vec();
-        value.extend_from_slice(
-            &serde_json::to_vec(&Stored {
-                event_id: event_id.to_owned(),
-                ts,
-            })
-            .map_err(Error::internal)?,
-        );
-        batch.put(Cf::ReceiptsByPos, key::pair(room, pos), k.clone());
-        batch.put(Cf::Receipts, k, value);
+        let stored = Stored {
+            event_id: event_id.to_owned(),
+            ts,
+        };
+        let row = (room, user, kind.to_owned(), thread.to_owned());
+        self.by_pos.put_in(&mut batch, (room, pos), &row);
+        self.receipts.put_in(&mut batch, k, &(pos, stored));
         reserved.write(&self.db, batch).await?;
         if kind == "m.read.private" {
             self.stream.wake([user]);
@@ -91,38 +91,24 @@ impl Service {
         kind: &str,
         thread: &str,
     ) -> Result<Option<OwnedEventId>> {
-        match self
-            .db
-            .get(Cf::Receipts, &key::receipt(room, user, kind, thread))?
-        {
-            Some(v) => Ok(Some(self.decode(&v)?.1.event_id)),
-            None => Ok(None),
-        }
+        Ok(self
+            .receipts
+            .get((room, user, kind, thread))?
+            .map(|(_, stored)| stored.event_id))
     }
 
-    fn decode(&self, v: &[u8]) -> Result<(u64, Stored)> {
-        let (pos, json) = v
-            .split_at_checked(8)
-            .ok_or_else(|| Error::internal("corrupt receipt"))?;
-        Ok((
-            decode_u64(Cf::Receipts, pos)?,
-            serde_json::from_slice(json)
-                .map_err(|e| Error::internal(format!("corrupt receipt: {e}")))?,
-        ))
-    }
-
-    fn receipt(&self, k: &[u8], v: &[u8]) -> Result<Option<Receipt>> {
-        let Some((_, user, kind, thread)) = key::split_receipt(k) else {
-            return Err(Error::internal("corrupt receipt key"));
-        };
-        let (_, stored) = self.decode(v)?;
-        Ok(Some(Receipt {
+    fn receipt(
+        &self,
+        (_, user, kind, thread): tables::ReceiptKey,
+        stored: Stored,
+    ) -> Result<Receipt> {
+        Ok(Receipt {
             user: self.rooms.user_id_of(user)?,
-            kind: kind.to_owned(),
-            thread: thread.to_owned(),
+            kind,
+            thread,
             event_id: stored.event_id,
             ts: stored.ts,
-        }))
+        })
     }
 
     /// Receipts of a room changed in (since, upto], or all of them when `since` is `None`.
@@ -130,25 +116,23 @@ impl Service {
         let mut out = Vec::new();
         match since {
             None => {
-                for row in self.db.scan_prefix(Cf::Receipts, &key::u64_key(room)) {
-                    let (k, v) = row?;
-                    let pos = decode_u64(Cf::Receipts, v.get(..8).unwrap_or_default())?;
+                for row in self.receipts.scan((room,)) {
+                    let (k, (pos, stored)) = row?;
                     if pos <= upto {
-                        out.extend(self.receipt(&k, &v)?);
+                        out.push(self.receipt(k, stored)?);
                     }
                 }
             }
             Some(since) => {
-                let rows = self.db.scan_range(
-                    Cf::ReceiptsByPos,
-                    &key::pair(room, since.saturating_add(1)),
-                    &key::pair(room, upto.saturating_add(1)),
-                    false,
+                let rows = self.by_pos.range(
+                    (room, since.saturating_add(1)),
+                    (room, upto.saturating_add(1)),
                 );
                 for row in rows {
                     let (_, k) = row?;
-                    if let Some(v) = self.db.get(Cf::Receipts, &k)? {
-                        out.extend(self.receipt(&k, &v)?);
+                    let (r, u, kind, thread) = &k;
+                    if let Some((_, stored)) = self.receipts.get((*r, *u, kind, thread))? {
+                        out.push(self.receipt(k, stored)?);
                     }
                 }
             }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::now_ms;
 use crate::{
     error::Result,
-    storage::{decode_json, encode_json, schema::key, Batch, Cf, Db},
+    storage::{tables, Batch, Db, Table},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -22,6 +22,7 @@ pub struct RegistrationToken {
 
 pub struct Service {
     db: Db,
+    tokens: Table<tables::RegistrationTokens<RegistrationToken>>,
     pending: Mutex<HashMap<String, u64>>,
     // Serialises the read-modify-write of a token's counters.
     update: tokio::sync::Mutex<()>,
@@ -30,6 +31,7 @@ pub struct Service {
 impl Service {
     pub fn new(db: Db) -> Self {
         Self {
+            tokens: Table::new(&db),
             db,
             pending: Mutex::new(HashMap::new()),
             update: tokio::sync::Mutex::new(()),
@@ -37,9 +39,7 @@ impl Service {
     }
 
     pub fn get(&self, token: &str) -> Result<Option<RegistrationToken>> {
-        Ok(self
-            .db
-            .get_json(Cf::RegistrationTokens, &key::registration_token(token))?)
+        Ok(self.tokens.get(token)?)
     }
 
     pub fn pending(&self, token: &str) -> u64 {
@@ -47,10 +47,7 @@ impl Service {
     }
 
     pub fn list(&self) -> Result<Vec<RegistrationToken>> {
-        self.db
-            .scan_prefix(Cf::RegistrationTokens, &[])
-            .map(|r| Ok(decode_json(Cf::RegistrationTokens, &r?.1)?))
-            .collect()
+        Ok(self.tokens.iter().values().collect::<Result<_, _>>()?)
     }
 
     /// Whether a registration may start with this token now.
@@ -108,11 +105,7 @@ impl Service {
 
     pub async fn put(&self, t: &RegistrationToken) -> Result<()> {
         let mut b = Batch::new();
-        b.put(
-            Cf::RegistrationTokens,
-            key::registration_token(&t.token),
-            encode_json(t),
-        );
+        self.tokens.put_in(&mut b, &t.token, t);
         self.db.write(b).await?;
         Ok(())
     }
@@ -122,7 +115,7 @@ impl Service {
             return Ok(false);
         }
         let mut b = Batch::new();
-        b.delete(Cf::RegistrationTokens, key::registration_token(token));
+        self.tokens.delete_in(&mut b, token);
         self.db.write(b).await?;
         Ok(true)
     }

@@ -6,6 +6,7 @@
 //! one monotonic counter orders every timeline.
 
 pub mod alias;
+mod commit;
 pub mod create;
 pub mod history;
 pub mod pdu;

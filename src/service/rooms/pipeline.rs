@@ -16,7 +16,13 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::{membership_code, pdu::Pdu, state::StateMap, EventMeta, Membership, RoomMeta, Service};
+use super::{
+    commit::{EventCommit, InRoom, Place, Placed},
+    pdu::Pdu,
+    remote::Relay,
+    state::StateMap,
+    RoomMeta, Service,
+};
 use crate::{
     error::{Error, ErrorCode, Result},
     service::stream::Reservation,
@@ -82,14 +88,12 @@ struct Job {
     reply: tokio::sync::oneshot::Sender<Result<Sent>>,
 }
 
-/// One event built and authorised, its writes added to a batch that is not written yet.
+/// One event built and authorised, not written yet.
 struct Prepared {
     sent: Sent,
     /// The room's head after it.
     meta: RoomMeta,
-    /// Other servers it goes to.
-    servers: Vec<ruma::OwnedServerName>,
-    object: CanonicalJsonObject,
+    commit: EventCommit,
 }
 
 /// Most events persisted in one write; bounds the batch size and the latency of its first event.
@@ -423,25 +427,27 @@ impl Service {
         let sk = self.state_key_for(&StateEventType::RoomCreate, "")?;
         let state = Arc::new(StateMap::from([(sk, short)]));
         let group = self.state.store_in(&mut batch, None, &state)?;
-        batch.put(
-            Cf::Pdus,
-            key::u64_key(short),
-            serde_json::to_vec(&object).map_err(Error::internal)?,
-        );
-        batch.put(
-            Cf::EventMeta,
-            key::u64_key(short),
-            EventMeta {
-                room,
+        let pdu = Pdu::from_canonical(event_id.clone(), &object).map_err(Error::internal)?;
+        let create = EventCommit {
+            short,
+            event_id: event_id.clone(),
+            object,
+            pdu: Some(pdu),
+            place: Place::Timeline(Placed {
                 depth: 1,
                 state_before: group,
                 state_after: group,
-                redacted: false,
-            }
-            .encode(),
-        );
-        batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
-        batch.put(Cf::RoomState, key::pair(room, sk), short.to_be_bytes());
+            }),
+            current: Some((Arc::new(StateMap::new()), state)),
+            redacts: None,
+            txn: None,
+            relay: Relay::ToRoom,
+        };
+        let in_room = InRoom {
+            room,
+            room_id: &room_id,
+        };
+        self.commit_in(&mut batch, Some(&in_room), &[create])?;
         let mut meta = RoomMeta {
             room_id: room_id.clone(),
             version: version.clone(),
@@ -564,9 +570,8 @@ impl Service {
         let mut batch = Batch::new();
         let mut reserved = self.stream.reserve();
         let mut accepted: Vec<(tokio::sync::oneshot::Sender<Result<Sent>>, Sent)> = Vec::new();
-        let mut objects: Vec<(ShortId, CanonicalJsonObject)> = Vec::new();
+        let mut commits: Vec<EventCommit> = Vec::new();
         let mut group_txns: HashMap<(ShortId, String, String), Sent> = HashMap::new();
-        let mut group_servers: Vec<ruma::OwnedServerName> = Vec::new();
         for job in jobs {
             let outcome = (|| -> Result<Option<Sent>> {
                 if let Some(key) = &job.txn {
@@ -611,17 +616,11 @@ impl Service {
                 Ok(Prepared {
                     sent,
                     meta: new_meta,
-                    servers,
-                    object,
+                    commit,
                 }) => {
-                    for s in servers {
-                        if !group_servers.contains(&s) {
-                            group_servers.push(s);
-                        }
-                    }
                     batch.ops.extend(one.ops);
                     meta = new_meta;
-                    objects.push((sent.short, object));
+                    commits.push(commit);
                     if let Some(key) = job.txn {
                         group_txns.insert(key, sent.clone());
                     }
@@ -635,9 +634,20 @@ impl Service {
         if accepted.is_empty() {
             return;
         }
-        let events: Vec<(ShortId, &CanonicalJsonObject)> =
-            objects.iter().map(|(s, o)| (*s, o)).collect();
-        self.notifications_in(&mut batch, room, &meta.room_id, &events);
+        let in_room = InRoom {
+            room,
+            room_id: &meta.room_id,
+        };
+        let group_servers = match self.commit_in(&mut batch, Some(&in_room), &commits) {
+            Ok(servers) => servers,
+            Err(e) => {
+                let msg = e.to_string();
+                for (reply, _) in accepted {
+                    let _ = reply.send(Err(Error::internal(&msg)));
+                }
+                return;
+            }
+        };
         batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&meta));
         match reserved.write(&self.db, batch).await {
             Ok(()) => {
@@ -675,8 +685,7 @@ impl Service {
         let Prepared {
             sent,
             meta: new_meta,
-            servers,
-            object,
+            commit,
         } = self.prepare(
             &mut batch,
             &mut reserved,
@@ -687,7 +696,11 @@ impl Service {
             ev,
             txn,
         )?;
-        self.notifications_in(&mut batch, room, &meta.room_id, &[(sent.short, &object)]);
+        let in_room = InRoom {
+            room,
+            room_id: &meta.room_id,
+        };
+        let servers = self.commit_in(&mut batch, Some(&in_room), &[commit])?;
         batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
         reserved.write(&self.db, batch).await?;
         *meta = new_meta;
@@ -779,9 +792,8 @@ impl Service {
         // The position is pending from here on; the reservation gives it back if the event goes
         // no further.
         let short = reserved.event_in(batch, event_id.as_str());
-        self.fill(
+        self.place_local(
             batch,
-            room,
             meta,
             rules,
             &state,
@@ -795,12 +807,12 @@ impl Service {
         )
     }
 
-    /// The writes of one built and authorised event (see `prepare`).
+    /// What the commit of one built and authorised event writes, and the room's head after it
+    /// (see `prepare`). State groups are stored into `batch` here.
     #[allow(clippy::too_many_arguments)]
-    fn fill(
+    fn place_local(
         &self,
         batch: &mut Batch,
-        room: ShortId,
         meta: &RoomMeta,
         rules: &RoomVersionRules,
         state: &Arc<StateMap>,
@@ -808,11 +820,12 @@ impl Service {
         event_id: OwnedEventId,
         object: CanonicalJsonObject,
         pdu: Pdu,
-        redaction_target: Option<ShortId>,
+        redacts: Option<ShortId>,
         txn: Option<Txn<'_>>,
         depth: u64,
     ) -> Result<Prepared> {
         let mut state_after = meta.state_group;
+        let mut current = None;
         if let Some(sk) = &pdu.state_key {
             let kind = StateEventType::from(pdu.kind.to_string());
             let sk_short = self.state_key_for(&kind, sk)?;
@@ -822,101 +835,34 @@ impl Service {
             state_after =
                 self.state
                     .store_in(batch, Some((meta.state_group, state)), &new_state)?;
-            batch.put(
-                Cf::RoomState,
-                key::pair(room, sk_short),
-                short.to_be_bytes(),
-            );
-            if pdu.kind == TimelineEventType::RoomMember {
-                let membership = pdu
-                    .content_field("membership")
-                    .and_then(|m| m.as_str().map(MembershipState::from))
-                    .ok_or_else(|| Error::bad_json("Member event without membership"))?;
-                let target = ruma::UserId::parse(sk.as_str())
-                    .map_err(|_| Error::bad_json("Member state key is not a user ID"))?;
-                let user = self.shortids.get_or_create(IdKind::User, target.as_str())?;
-                let m = Membership {
-                    state: membership_code(&membership),
-                    event: short,
-                };
-                batch.put(Cf::Memberships, key::pair(user, room), m.encode());
-                batch.put(Cf::RoomMembers, key::pair(room, user), m.encode());
-                // Any new membership brings a forgotten room back.
-                batch.delete(Cf::Forgotten, key::pair(user, room));
-            }
+            current = Some((state.clone(), new_state));
         }
-        batch.put(
-            Cf::Pdus,
-            key::u64_key(short),
-            serde_json::to_vec(&object).map_err(Error::internal)?,
-        );
-        batch.put(
-            Cf::EventMeta,
-            key::u64_key(short),
-            EventMeta {
-                room,
-                depth,
-                state_before: meta.state_group,
-                state_after,
-                redacted: false,
-            }
-            .encode(),
-        );
-        batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
-        self.index_relation_in(batch, room, short, &pdu)?;
-        if let Some(t_short) = redaction_target {
-            self.redact_in(batch, rules, t_short, &object)?;
-        }
-        if let Some(t) = &txn {
-            batch.put(
-                Cf::TxnIds,
-                key::txn_id(t.user, t.device_id, room, t.txn_id),
-                event_id.as_str().as_bytes().to_vec(),
-            );
-            // The way back, so the sending device sees its transaction ID on the event.
-            let mut v = t.device_id.as_bytes().to_vec();
-            v.push(0xff);
-            v.extend_from_slice(t.txn_id.as_bytes());
-            batch.put(Cf::EventTxn, key::u64_key(short), v);
-        }
-        let servers = self.queue_outgoing_in(batch, room, short, &pdu, None)?;
         let mut new_meta = meta.clone();
         new_meta.extremities = vec![event_id.clone()];
         new_meta.depth = depth;
         new_meta.state_group = state_after;
         tracing::debug!(room_id = %meta.room_id, %event_id, kind = %pdu.kind, "event built");
         Ok(Prepared {
-            sent: Sent { event_id, short },
+            sent: Sent {
+                event_id: event_id.clone(),
+                short,
+            },
             meta: new_meta,
-            servers,
-            object,
+            commit: EventCommit {
+                short,
+                event_id,
+                object,
+                pdu: Some(pdu),
+                place: Place::Timeline(Placed {
+                    depth,
+                    state_before: meta.state_group,
+                    state_after,
+                }),
+                current,
+                redacts: redacts.map(|target| (target, rules.clone())),
+                txn: txn.map(|t| (t.user, t.device_id.to_owned(), t.txn_id.to_owned())),
+                relay: Relay::ToRoom,
+            },
         })
-    }
-
-    /// Replaces a stored event with its redacted form.
-    pub(super) fn redact_in(
-        &self,
-        batch: &mut Batch,
-        rules: &RoomVersionRules,
-        target: ShortId,
-        because: &CanonicalJsonObject,
-    ) -> Result<()> {
-        let Some(object) = self.event_canonical(target)? else {
-            return Ok(());
-        };
-        self.unindex_relation_in(batch, target)?;
-        let redacted =
-            hearth_federation::pdu::redacted(object, &rules.redaction, Some(because.clone()))
-                .map_err(Error::internal)?;
-        batch.put(
-            Cf::Pdus,
-            key::u64_key(target),
-            serde_json::to_vec(&redacted).map_err(Error::internal)?,
-        );
-        if let Some(mut m) = self.event_meta(target)? {
-            m.redacted = true;
-            batch.put(Cf::EventMeta, key::u64_key(target), m.encode());
-        }
-        Ok(())
     }
 }

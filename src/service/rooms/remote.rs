@@ -18,7 +18,12 @@ use ruma::{
 
 use state_res::utils::event_id_set::EventIdSet;
 
-use super::{membership_code, pdu::Pdu, state::StateMap, EventMeta, Membership, RoomMeta, Service};
+use super::{
+    commit::{EventCommit, InRoom, Place, Placed},
+    pdu::Pdu,
+    state::StateMap,
+    RoomMeta, Service,
+};
 use crate::{
     error::{Error, Result},
     storage::{schema::key, Batch, Cf, IdKind, ShortId},
@@ -73,19 +78,30 @@ impl Service {
         let _guard = self.outlier_lock.lock().await;
         let mut batch = Batch::new();
         let mut reserved = self.stream.reserve();
+        let mut commits = Vec::new();
         let mut seen = HashSet::new();
         for (id, object, flags) in events {
             if !seen.insert(id.clone()) || self.event_short(&id)?.is_some() {
                 continue;
             }
-            let json = serde_json::to_vec(&object).map_err(Error::internal)?;
             let short = reserved.event_in(&mut batch, id.as_str());
-            batch.put(Cf::Pdus, key::u64_key(short), json);
-            batch.put(Cf::Outliers, key::u64_key(short), vec![flags | OUTLIER]);
+            commits.push(EventCommit {
+                short,
+                pdu: Pdu::from_canonical(id.clone(), &object).ok(),
+                event_id: id,
+                object,
+                place: Place::Outlier(flags | OUTLIER),
+                current: None,
+                redacts: None,
+                txn: None,
+                relay: Relay::No,
+            });
         }
-        if reserved.positions().is_empty() {
+        if commits.is_empty() {
             return Ok(());
         }
+        // Outside any room's DAG: no room rows, no notifications.
+        self.commit_in(&mut batch, None, &commits)?;
         Ok(reserved.write(&self.db, batch).await?)
     }
 
@@ -428,61 +444,6 @@ impl Service {
         Ok(room)
     }
 
-    /// The current-state rows (and membership indexes) that turn `old` into `new`.
-    fn write_current_state_diff(
-        &self,
-        batch: &mut Batch,
-        room: ShortId,
-        old: &StateMap,
-        new: &StateMap,
-        extra: Option<(ShortId, &Pdu)>,
-    ) -> Result<()> {
-        for sk in old.keys().filter(|k| !new.contains_key(k)) {
-            batch.delete(Cf::RoomState, key::pair(room, *sk));
-        }
-        let mut members = Vec::new();
-        for (sk, ev) in new {
-            if old.get(sk) == Some(ev) {
-                continue;
-            }
-            batch.put(Cf::RoomState, key::pair(room, *sk), ev.to_be_bytes());
-            let (kind, state_key) = self.state_key_of(*sk)?;
-            if kind != StateEventType::RoomMember {
-                continue;
-            }
-            let pdu = match extra {
-                Some((s, p)) if s == *ev => p.clone(),
-                _ => match self.pdu(*ev)? {
-                    Some(p) => p,
-                    None => continue,
-                },
-            };
-            let Some(membership) = pdu
-                .content_field("membership")
-                .and_then(|m| m.as_str().map(MembershipState::from))
-            else {
-                continue;
-            };
-            if UserId::parse(state_key.as_str()).is_err() {
-                continue;
-            }
-            let m = Membership {
-                state: membership_code(&membership),
-                event: *ev,
-            };
-            members.push((state_key, m));
-        }
-        // Interned together: adopting a remote room's state brings a user per member.
-        let ids: Vec<&[u8]> = members.iter().map(|(u, _)| u.as_bytes()).collect();
-        let users = self.shortids.get_or_create_many(IdKind::User, &ids)?;
-        for (user, (_, m)) in users.into_iter().zip(&members) {
-            batch.put(Cf::Memberships, key::pair(user, room), m.encode());
-            batch.put(Cf::RoomMembers, key::pair(room, user), m.encode());
-            batch.delete(Cf::Forgotten, key::pair(user, room));
-        }
-        Ok(())
-    }
-
     /// Places an event from another server (or one we relay as the resident server of a join) in
     /// the room's DAG. `state_before` is the state its prev_events lead to; `flags` marks it
     /// soft-failed (stored with its state, never in the timeline or a head). Returns its short ID.
@@ -516,28 +477,26 @@ impl Service {
             Some(s) => s,
             None => reserved.event_in(&mut batch, event_id.as_str()),
         };
-        if flags == 0 {
-            self.notifications_in(&mut batch, room, &meta.room_id, &[(short, &object)]);
-        }
-        let servers = self
-            .fill_remote(
-                &mut batch,
-                room,
-                &meta,
-                &current,
-                rules,
-                short,
-                event_id,
-                object,
-                pdu,
-                state_before,
-                flags,
-                relay,
-            )
-            .map(|(new_meta, servers)| {
-                batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
-                servers
-            })?;
+        let (commit, new_meta) = self.place_remote(
+            &mut batch,
+            room,
+            &meta,
+            &current,
+            rules,
+            short,
+            event_id,
+            object,
+            pdu,
+            state_before,
+            flags,
+            relay,
+        )?;
+        let in_room = InRoom {
+            room,
+            room_id: &meta.room_id,
+        };
+        let servers = self.commit_in(&mut batch, Some(&in_room), &[commit])?;
+        batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
         reserved.write(&self.db, batch).await?;
         if pdu.kind == TimelineEventType::RoomMember {
             self.servers_cache.lock().remove(&room);
@@ -549,8 +508,11 @@ impl Service {
         Ok(short)
     }
 
+    /// Where a remote event goes: the state groups before and after it (stored into `batch`),
+    /// the room's new current state and heads when it joins the timeline, and what its commit
+    /// writes.
     #[allow(clippy::too_many_arguments)]
-    fn fill_remote(
+    fn place_remote(
         &self,
         batch: &mut Batch,
         room: ShortId,
@@ -559,13 +521,12 @@ impl Service {
         rules: &RoomVersionRules,
         short: ShortId,
         event_id: &EventId,
-        mut object: CanonicalJsonObject,
+        object: CanonicalJsonObject,
         pdu: &Pdu,
         state_before: Arc<StateMap>,
         flags: u8,
         relay: Relay,
-    ) -> Result<(RoomMeta, Vec<OwnedServerName>)> {
-        object.remove("unsigned");
+    ) -> Result<(EventCommit, RoomMeta)> {
         let before_group =
             self.state
                 .store_in(batch, Some((meta.state_group, current)), &state_before)?;
@@ -576,8 +537,24 @@ impl Service {
         } else {
             before_group
         };
+        let placed = Placed {
+            depth: pdu.depth,
+            state_before: before_group,
+            state_after: after_group,
+        };
         let mut new_meta = meta.clone();
         new_meta.depth = meta.depth.max(pdu.depth);
+        let mut commit = EventCommit {
+            short,
+            event_id: event_id.to_owned(),
+            object,
+            pdu: Some(pdu.clone()),
+            place: Place::Hidden(placed, flags),
+            current: None,
+            redacts: None,
+            txn: None,
+            relay,
+        };
         if flags == 0 {
             // The new heads: this event replaces the heads it builds on.
             let builds_on_all = meta.extremities.iter().all(|e| pdu.prev_events.contains(e));
@@ -602,42 +579,16 @@ impl Service {
                 self.state
                     .store_in(batch, Some((after_group, &after)), &new_current)?
             };
-            self.write_current_state_diff(batch, room, current, &new_current, Some((short, pdu)))?;
-            batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
-            self.index_relation_in(batch, room, short, pdu)?;
             if pdu.kind == TimelineEventType::RoomRedaction {
-                if let Some(target) = self.redaction_target(room, rules, pdu, &after)? {
-                    self.redact_in(batch, rules, target, &object)?;
-                }
+                commit.redacts = self
+                    .redaction_target(room, rules, pdu, &after)?
+                    .map(|target| (target, rules.clone()));
             }
-            batch.delete(Cf::Outliers, key::u64_key(short));
-        } else {
-            batch.put(Cf::Outliers, key::u64_key(short), vec![flags]);
+            commit.place = Place::Timeline(placed);
+            commit.current = Some((current.clone(), new_current));
         }
-        batch.put(
-            Cf::Pdus,
-            key::u64_key(short),
-            serde_json::to_vec(&object).map_err(Error::internal)?,
-        );
-        batch.put(
-            Cf::EventMeta,
-            key::u64_key(short),
-            EventMeta {
-                room,
-                depth: pdu.depth,
-                state_before: before_group,
-                state_after: after_group,
-                redacted: false,
-            }
-            .encode(),
-        );
-        let servers = if relay == Relay::ToRoom && flags == 0 {
-            self.queue_outgoing_in(batch, room, short, pdu, Some(pdu.sender.server_name()))?
-        } else {
-            Vec::new()
-        };
-        tracing::debug!(room_id = %meta.room_id, %event_id, kind = %pdu.kind, flags, "remote event stored");
-        Ok((new_meta, servers))
+        tracing::debug!(room_id = %meta.room_id, %event_id, kind = %pdu.kind, flags, "remote event placed");
+        Ok((commit, new_meta))
     }
 
     /// The event a remote redaction may redact: in the same room, and sent from the redacting
@@ -775,16 +726,30 @@ impl Service {
             Some(s) => s,
             None => reserved.event_in(&mut batch, event_id.as_str()),
         };
-        let json = serde_json::to_vec(&object).map_err(Error::internal)?;
-        batch.put(Cf::Pdus, key::u64_key(short), json);
-        batch.put(Cf::Outliers, key::u64_key(short), vec![OUTLIER]);
-        let m = Membership {
-            state: membership_code(&membership),
-            event: short,
+        let pdu = Pdu::from_canonical(event_id.to_owned(), &object).map_err(Error::bad_json)?;
+        if pdu.state_key.as_deref() != Some(user_id.as_str())
+            || pdu
+                .content_field("membership")
+                .and_then(|m| m.as_str().map(str::to_owned))
+                .as_deref()
+                != Some(membership.as_str())
+        {
+            return Err(Error::bad_json(
+                "The event is not that membership of that user",
+            ));
+        }
+        let commit = EventCommit {
+            short,
+            event_id: event_id.to_owned(),
+            object,
+            pdu: Some(pdu),
+            place: Place::RemoteMembership,
+            current: None,
+            redacts: None,
+            txn: None,
+            relay: Relay::No,
         };
-        batch.put(Cf::Memberships, key::pair(user, room), m.encode());
-        batch.put(Cf::RoomMembers, key::pair(room, user), m.encode());
-        batch.delete(Cf::Forgotten, key::pair(user, room));
+        self.commit_in(&mut batch, Some(&InRoom { room, room_id }), &[commit])?;
         match invite_state {
             Some(state) => batch.put(
                 Cf::InviteState,
@@ -816,31 +781,33 @@ impl Service {
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         let mut batch = Batch::new();
         let mut reserved = self.stream.reserve();
-        for (event_id, object, pdu) in &events {
-            if self.event_short(event_id)?.is_some() {
+        let mut commits = Vec::with_capacity(events.len());
+        for (event_id, object, pdu) in events {
+            if self.event_short(&event_id)?.is_some() {
                 continue;
             }
             let short = reserved.event_in(&mut batch, event_id.as_str());
-            batch.put(
-                Cf::Pdus,
-                key::u64_key(short),
-                serde_json::to_vec(object).map_err(Error::internal)?,
-            );
-            batch.put(
-                Cf::EventMeta,
-                key::u64_key(short),
-                EventMeta {
-                    room,
+            commits.push(EventCommit {
+                short,
+                place: Place::History(Placed {
                     depth: pdu.depth,
                     state_before: meta.state_group,
                     state_after: meta.state_group,
-                    redacted: false,
-                }
-                .encode(),
-            );
-            batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
-            self.index_relation_in(&mut batch, room, short, pdu)?;
+                }),
+                event_id,
+                object,
+                pdu: Some(pdu),
+                current: None,
+                redacts: None,
+                txn: None,
+                relay: Relay::No,
+            });
         }
+        let in_room = InRoom {
+            room,
+            room_id: &meta.room_id,
+        };
+        self.commit_in(&mut batch, Some(&in_room), &commits)?;
         reserved.write(&self.db, batch).await?;
         Ok(())
     }

@@ -333,7 +333,7 @@ impl Service {
                 Some(&body),
             )
             .await?;
-        if status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS {
+        if status.is_refusal() {
             // Sending the same transaction again would get the same refusal: drop it.
             tracing::warn!(%dest, %status, "peer refused a transaction: {answer}");
             return Ok(());

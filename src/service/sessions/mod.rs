@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::{now_ms, random_string, users};
 use crate::{
-    error::{Error, ErrorCode, Result},
+    error::{unknown_token_kind, Error, Result},
     storage::{decode_json, encode_json, schema::key, Batch, Cf, Db, ShortId},
 };
 
@@ -92,9 +92,8 @@ fn token_key(hash: &str) -> Vec<u8> {
 }
 
 fn unknown_token(soft_logout: bool) -> Error {
-    Error::new(
-        http::StatusCode::UNAUTHORIZED,
-        ErrorCode::UnknownToken { soft_logout },
+    Error::matrix(
+        unknown_token_kind(soft_logout),
         if soft_logout {
             "Access token has expired"
         } else {

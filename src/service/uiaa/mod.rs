@@ -168,11 +168,7 @@ impl Service {
             let mut sessions = self.sessions.lock();
             self.expire(&mut sessions);
             let Some(s) = sessions.get(session_id) else {
-                return Err(Error::new(
-                    http::StatusCode::BAD_REQUEST,
-                    crate::error::ErrorCode::Unknown,
-                    "Unknown or expired UIAA session",
-                ));
+                return Err(Error::unknown("Unknown or expired UIAA session"));
             };
             // A session proves one operation for one account; it cannot be carried elsewhere.
             if s.purpose != purpose || s.user.as_deref() != caller {

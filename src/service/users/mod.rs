@@ -11,8 +11,8 @@ use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    error::{Error, ErrorCode, Result},
-    storage::{encode_json, schema::key, Batch, Cf, Db, IdKind, ShortId, ShortIds},
+    error::{Error, ErrorKind, Result},
+    storage::{tables, Batch, Db, IdKind, ShortId, ShortIds, Table},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -28,7 +28,7 @@ pub struct UserRecord {
 }
 
 pub struct Service {
-    db: Db,
+    users: Table<tables::Users<UserRecord>>,
     shortids: Arc<ShortIds>,
     server_name: OwnedServerName,
     /// Held from the availability check to the write of a new account, so two concurrent
@@ -39,7 +39,7 @@ pub struct Service {
 impl Service {
     pub fn new(db: Db, shortids: Arc<ShortIds>, server_name: OwnedServerName) -> Self {
         Self {
-            db,
+            users: Table::new(&db),
             shortids,
             server_name,
             creation: tokio::sync::Mutex::new(()),
@@ -60,13 +60,7 @@ impl Service {
 
     /// Checks a requested localpart against the grammar for new user IDs and builds the user ID.
     pub fn user_id_for_new_localpart(&self, localpart: &str) -> Result<OwnedUserId> {
-        let invalid = |why: &'static str| {
-            Error::new(
-                http::StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidUsername,
-                why,
-            )
-        };
+        let invalid = |why: &'static str| Error::matrix(ErrorKind::InvalidUsername, why);
         if localpart.is_empty() {
             return Err(invalid("User name must not be empty"));
         }
@@ -103,10 +97,7 @@ impl Service {
         let Some(short) = self.short_id(user_id)? else {
             return Ok(None);
         };
-        Ok(self
-            .db
-            .get_json::<UserRecord>(Cf::Users, &key::user(short))?
-            .map(|r| (short, r)))
+        Ok(self.users.get(short)?.map(|r| (short, r)))
     }
 
     pub fn exists(&self, user_id: &UserId) -> Result<bool> {
@@ -132,24 +123,17 @@ impl Service {
             deactivated: false,
             created_ts: super::now_ms(),
         };
-        batch.put(Cf::Users, key::user(short), encode_json(&record));
+        self.users.put_in(batch, short, &record);
         Ok(short)
     }
 
     pub fn put_in(&self, batch: &mut Batch, short: ShortId, record: &UserRecord) {
-        batch.put(Cf::Users, key::user(short), encode_json(record));
+        self.users.put_in(batch, short, record);
     }
 
     /// All local accounts, in creation order.
     pub fn list(&self) -> Result<Vec<(ShortId, UserRecord)>> {
-        self.db
-            .scan_prefix(Cf::Users, &[])
-            .map(|r| {
-                let (k, v) = r?;
-                let short = crate::storage::decode_u64(Cf::Users, &k)?;
-                Ok((short, crate::storage::decode_json(Cf::Users, &v)?))
-            })
-            .collect()
+        Ok(self.users.iter().collect::<Result<_, _>>()?)
     }
 }
 

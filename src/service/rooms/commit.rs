@@ -1,0 +1,333 @@
+//! The one function that writes events, whatever their origin: built here, received in a
+//! transaction, part of a send_join answer, fetched as history or as an auth chain. Building
+//! (local) or verifying (remote) and authorising come before it; what it writes goes into the
+//! caller's batch, which the caller writes under its stream reservation and follows with the
+//! wake-ups. Local and remote events thus get the same rows by construction: the canonical
+//! event, its place (timeline, DAG only, or outlier), the room's current state and the
+//! membership indexes that follow from it, relations, redactions, the sending device's
+//! transaction ID, the federation outbox rows, and the notifications of local members.
+
+use std::sync::Arc;
+
+use ruma::{
+    events::{room::member::MembershipState, StateEventType},
+    room_version_rules::RoomVersionRules,
+    CanonicalJsonObject, OwnedEventId, OwnedServerName, RoomId, UserId,
+};
+
+use super::{
+    membership_code, pdu::Pdu, remote::Relay, state::StateGroupId, state::StateMap, EventMeta,
+    Membership, Service,
+};
+use crate::{
+    error::{Error, Result},
+    storage::{schema::key, Batch, Cf, IdKind, ShortId},
+};
+
+/// Where an event sits once written.
+pub(super) enum Place {
+    /// Content only, outside the DAG (auth chains, fetched state), with its flags (see
+    /// `remote::OUTLIER` and friends).
+    Outlier(u8),
+    /// A membership of one of our users in a room we are not in (an invite from another server,
+    /// or the leave that rejects it): an outlier that moves the membership indexes.
+    RemoteMembership,
+    /// In the DAG and the room's timeline; local members are notified.
+    Timeline(Placed),
+    /// In the timeline, from before our join: never notified, never a head.
+    History(Placed),
+    /// In the DAG with its state, outside the timeline (soft-failed), with its flags.
+    Hidden(Placed, u8),
+}
+
+/// An event's position in the DAG.
+#[derive(Clone, Copy)]
+pub(super) struct Placed {
+    pub depth: u64,
+    pub state_before: StateGroupId,
+    pub state_after: StateGroupId,
+}
+
+/// A client's transaction ID for an event it sent: (user, device, transaction).
+pub(super) type TxnKey = (ShortId, String, String);
+
+/// Everything the commit of one event writes.
+pub(super) struct EventCommit {
+    pub short: ShortId,
+    pub event_id: OwnedEventId,
+    pub object: CanonicalJsonObject,
+    /// Parsed, for every event placed in the DAG; an outlier may be kept unparsed.
+    pub pdu: Option<Pdu>,
+    pub place: Place,
+    /// The room's current state before and after, when the event moves it.
+    pub current: Option<(Arc<StateMap>, Arc<StateMap>)>,
+    /// The event this one redacts, already checked as redactable by its sender, and the room
+    /// version's rules to redact it by.
+    pub redacts: Option<(ShortId, RoomVersionRules)>,
+    pub txn: Option<TxnKey>,
+    /// Whether other servers in the room are ours to tell (everyone but the sender's server).
+    pub relay: Relay,
+}
+
+/// The room events are committed to.
+pub(super) struct InRoom<'a> {
+    pub room: ShortId,
+    pub room_id: &'a RoomId,
+}
+
+impl Service {
+    /// Adds the writes of `events`, in order, to `batch`; returns the other servers they were
+    /// queued for. Without a room, only outliers can be committed (an auth chain is fetched
+    /// before we know the room). The room's head (`Cf::Rooms`) is the caller's: only it knows
+    /// the new one.
+    pub(super) fn commit_in(
+        &self,
+        batch: &mut Batch,
+        in_room: Option<&InRoom<'_>>,
+        events: &[EventCommit],
+    ) -> Result<Vec<OwnedServerName>> {
+        let mut servers: Vec<OwnedServerName> = Vec::new();
+        for e in events {
+            let short = e.short;
+            let (pdu, room) = match (&e.pdu, &e.place, in_room) {
+                (_, Place::Outlier(flags), _) => {
+                    self.event_row_in(batch, short, &e.object)?;
+                    batch.put(Cf::Outliers, key::u64_key(short), vec![*flags]);
+                    continue;
+                }
+                (Some(pdu), Place::RemoteMembership, Some(r)) => {
+                    self.event_row_in(batch, short, &e.object)?;
+                    batch.put(
+                        Cf::Outliers,
+                        key::u64_key(short),
+                        vec![super::remote::OUTLIER],
+                    );
+                    self.remote_membership_in(batch, r.room, short, pdu)?;
+                    continue;
+                }
+                (Some(pdu), _, Some(r)) => (pdu, r),
+                _ => {
+                    return Err(Error::internal(
+                        "an event placed in a room's DAG needs its room and its parsed form",
+                    ))
+                }
+            };
+            let room = room.room;
+            self.event_row_in(batch, short, &e.object)?;
+            let placed = match &e.place {
+                Place::Outlier(_) | Place::RemoteMembership => {
+                    unreachable!("outliers are written above")
+                }
+                Place::Timeline(p) | Place::History(p) => {
+                    batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
+                    // An event we held as an outlier gains its place.
+                    batch.delete(Cf::Outliers, key::u64_key(short));
+                    self.index_relation_in(batch, room, short, pdu)?;
+                    p
+                }
+                Place::Hidden(p, flags) => {
+                    batch.put(Cf::Outliers, key::u64_key(short), vec![*flags]);
+                    p
+                }
+            };
+            {
+                let p = placed;
+                batch.put(
+                    Cf::EventMeta,
+                    key::u64_key(short),
+                    EventMeta {
+                        room,
+                        depth: p.depth,
+                        state_before: p.state_before,
+                        state_after: p.state_after,
+                        redacted: false,
+                    }
+                    .encode(),
+                );
+            }
+            if let Some((old, new)) = &e.current {
+                if !Arc::ptr_eq(old, new) {
+                    self.write_current_state_diff(batch, room, old, new, Some((short, pdu)))?;
+                }
+            }
+            if let Some((target, rules)) = &e.redacts {
+                self.redact_in(batch, rules, *target, &e.object)?;
+            }
+            if let Some((user, device, txn_id)) = &e.txn {
+                batch.put(
+                    Cf::TxnIds,
+                    key::txn_id(*user, device, room, txn_id),
+                    e.event_id.as_str().as_bytes().to_vec(),
+                );
+                // The way back, so the sending device sees its transaction ID on the event.
+                let mut v = device.as_bytes().to_vec();
+                v.push(0xff);
+                v.extend_from_slice(txn_id.as_bytes());
+                batch.put(Cf::EventTxn, key::u64_key(short), v);
+            }
+            if let (Relay::ToRoom, Place::Timeline(_)) = (e.relay, &e.place) {
+                let queued = self.queue_outgoing_in(
+                    batch,
+                    room,
+                    short,
+                    pdu,
+                    Some(pdu.sender.server_name()),
+                )?;
+                for s in queued {
+                    if !servers.contains(&s) {
+                        servers.push(s);
+                    }
+                }
+            }
+        }
+        let notify: Vec<(ShortId, &CanonicalJsonObject)> = events
+            .iter()
+            .filter(|e| matches!(e.place, Place::Timeline(_)))
+            .map(|e| (e.short, &e.object))
+            .collect();
+        if let (false, Some(r)) = (notify.is_empty(), in_room) {
+            self.notifications_in(batch, r.room, r.room_id, &notify);
+        }
+        Ok(servers)
+    }
+
+    /// The event row: the canonical JSON that signatures verify against, byte for byte. The only
+    /// writer of new event rows (a redaction rewrites one, in `redact_in`).
+    fn event_row_in(
+        &self,
+        batch: &mut Batch,
+        short: ShortId,
+        object: &CanonicalJsonObject,
+    ) -> Result<()> {
+        let mut stored = object.clone();
+        // Peers' unsigned data is theirs, not the event's.
+        stored.remove("unsigned");
+        batch.put(
+            Cf::Pdus,
+            key::u64_key(short),
+            serde_json::to_vec(&stored).map_err(Error::internal)?,
+        );
+        Ok(())
+    }
+
+    /// The membership indexes of a `Place::RemoteMembership` event.
+    fn remote_membership_in(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        short: ShortId,
+        pdu: &Pdu,
+    ) -> Result<()> {
+        if pdu.kind != ruma::events::TimelineEventType::RoomMember {
+            return Err(Error::bad_json("Not a membership event"));
+        }
+        let (Some(target), Some(membership)) = (
+            pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()),
+            pdu.content_field("membership")
+                .and_then(|m| m.as_str().map(MembershipState::from)),
+        ) else {
+            return Err(Error::bad_json(
+                "A membership without a user or a membership",
+            ));
+        };
+        let user = self.shortids.get_or_create(IdKind::User, target.as_str())?;
+        self.index_membership_in(batch, room, user, &membership, short);
+        Ok(())
+    }
+
+    /// The current-state rows (and membership indexes) that turn `old` into `new`; `extra` is an
+    /// event of `new` not written yet.
+    pub(super) fn write_current_state_diff(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        old: &StateMap,
+        new: &StateMap,
+        extra: Option<(ShortId, &Pdu)>,
+    ) -> Result<()> {
+        for sk in old.keys().filter(|k| !new.contains_key(k)) {
+            batch.delete(Cf::RoomState, key::pair(room, *sk));
+        }
+        let mut members = Vec::new();
+        for (sk, ev) in new {
+            if old.get(sk) == Some(ev) {
+                continue;
+            }
+            batch.put(Cf::RoomState, key::pair(room, *sk), ev.to_be_bytes());
+            let (kind, state_key) = self.state_key_of(*sk)?;
+            if kind != StateEventType::RoomMember {
+                continue;
+            }
+            let pdu = match extra {
+                Some((s, p)) if s == *ev => p.clone(),
+                _ => match self.pdu(*ev)? {
+                    Some(p) => p,
+                    None => continue,
+                },
+            };
+            let Some(membership) = pdu
+                .content_field("membership")
+                .and_then(|m| m.as_str().map(MembershipState::from))
+            else {
+                continue;
+            };
+            if UserId::parse(state_key.as_str()).is_err() {
+                continue;
+            }
+            members.push((state_key, membership, *ev));
+        }
+        // Interned together: adopting a remote room's state brings a user per member.
+        let ids: Vec<&[u8]> = members.iter().map(|(u, _, _)| u.as_bytes()).collect();
+        let users = self.shortids.get_or_create_many(IdKind::User, &ids)?;
+        for (user, (_, membership, event)) in users.into_iter().zip(&members) {
+            self.index_membership_in(batch, room, user, membership, *event);
+        }
+        Ok(())
+    }
+
+    /// The membership indexes (by user and by room) of `user` in `room`: the only writer of
+    /// both. Any new membership brings a forgotten room back.
+    pub(super) fn index_membership_in(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        user: ShortId,
+        membership: &MembershipState,
+        event: ShortId,
+    ) {
+        let m = Membership {
+            state: membership_code(membership),
+            event,
+        };
+        batch.put(Cf::Memberships, key::pair(user, room), m.encode());
+        batch.put(Cf::RoomMembers, key::pair(room, user), m.encode());
+        batch.delete(Cf::Forgotten, key::pair(user, room));
+    }
+
+    /// Replaces a stored event with its redacted form (the redaction being `because`).
+    pub(super) fn redact_in(
+        &self,
+        batch: &mut Batch,
+        rules: &RoomVersionRules,
+        target: ShortId,
+        because: &CanonicalJsonObject,
+    ) -> Result<()> {
+        let Some(object) = self.event_canonical(target)? else {
+            return Ok(());
+        };
+        self.unindex_relation_in(batch, target)?;
+        let redacted =
+            hearth_federation::pdu::redacted(object, &rules.redaction, Some(because.clone()))
+                .map_err(Error::internal)?;
+        batch.put(
+            Cf::Pdus,
+            key::u64_key(target),
+            serde_json::to_vec(&redacted).map_err(Error::internal)?,
+        );
+        if let Some(mut m) = self.event_meta(target)? {
+            m.redacted = true;
+            batch.put(Cf::EventMeta, key::u64_key(target), m.encode());
+        }
+        Ok(())
+    }
+}
