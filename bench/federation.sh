@@ -7,6 +7,9 @@
 # `hearth-bench compare` for each scenario and stops everything on exit. Loopback only.
 # The join scenario needs servers that federate: after the others (whose servers are stopped
 # first), it gets two fresh Hearths and two fresh Synapses, each pair federating on loopback.
+# Every scenario ends with a health check of each server it drove (for join, both of each pair):
+# a fresh /sync must see a message sent after the load within 15 s. A server that fails it gets
+# no figures; the run stops there, says so in the summary and exits non-zero.
 #
 #   bench/run.sh [--install] [--sqlite] [--keep] [--scenarios "..."] [--send-args "..."] ...
 #
@@ -50,7 +53,7 @@ while [[ $# -gt 0 ]]; do
         --initial-sync-args) INITIAL_SYNC_ARGS="$2"; shift ;;
         --join-args) JOIN_ARGS="$2"; shift ;;
         --scenarios) SCENARIOS="$2"; shift ;;
-        -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -450,6 +453,7 @@ cpu_snapshot() {
 
 RC=0
 SUMMARY=()
+HEALTH_FAILED=""
 HEARTHS=""
 SYNAPSES=""
 # Runs one scenario with `hearth-bench compare`; $3... are the servers' options.
@@ -461,6 +465,12 @@ run_scenario() {
     # shellcheck disable=SC2086 # extra options are meant to split into words
     if ! "$BIN/hearth-bench" compare "$@" "$scenario" $extra | tee "$WORK/$scenario.out"; then
         log "scenario $scenario reported failures"
+        RC=1
+    fi
+    # One grep, not two in a pipe: with pipefail, grep -q's early exit could fail the first.
+    if grep -q '"type":"health".*"ok":false\|"ok":false.*"type":"health"' "$WORK/$scenario.out"; then
+        log "scenario $scenario: HEALTH CHECK FAILED (a fresh /sync did not see a new message)"
+        HEALTH_FAILED+=" $scenario"
         RC=1
     fi
     after=$(cpu_snapshot)
@@ -507,6 +517,8 @@ if [[ -n "$SINGLE" ]]; then
             sync-memory) run_scenario sync-memory "$SYNC_MEMORY_ARGS" "${PAIR[@]}" ;;
             initial-sync) run_scenario initial-sync "$INITIAL_SYNC_ARGS" "${PAIR[@]}" ;;
         esac
+        # A server that stopped delivering would make every later figure meaningless.
+        [[ -n "$HEALTH_FAILED" ]] && { log "stopping: the health check failed"; break; }
     done
     SUMMARY+=("$FRESH_RSS; at the end: hearth $(rss_of "$HP"), synapse $(rss_of "$SP")")
     [[ " $SINGLE " == *" sync-memory "* ]] \
@@ -516,7 +528,7 @@ if [[ -n "$SINGLE" ]]; then
 fi
 
 # --- two Hearths, two Synapses, each pair federating -----------------------------------------------
-if [[ $WANT_JOIN == 1 ]]; then
+if [[ $WANT_JOIN == 1 && -z "$HEALTH_FAILED" ]]; then
     HEARTHS="hearth_a hearth_b"
     SYNAPSES="synapse_a synapse_b"
     for key in $HEARTHS; do start_hearth "$key" 1; done
@@ -539,8 +551,10 @@ fi
 log "summary (Synapse on $DB_DESC; scenarios took $((SECONDS - STARTED_AT)) s)"
 for line in "${SUMMARY[@]}"; do log "$line"; done
 for scenario in $SCENARIOS; do
+    [[ -f "$WORK/$scenario.out" ]] || continue
     grep -h '^{"' "$WORK/$scenario.out" | grep '"type":"ratio"\|"type":"error"' >&2 || true
 done
+[[ -n "$HEALTH_FAILED" ]] && log "HEALTH CHECK FAILED after:$HEALTH_FAILED (see the \"health:\" lines above; no figures for that server, later scenarios not run)"
 for key in hearth hearth_a hearth_b; do
     [[ -s "$WORK/$key.log" ]] || continue
     log "Hearth $key logged $(wc -l <"$WORK/$key.log") lines at warn or above; the last ones:"

@@ -2,6 +2,9 @@
 # Benchmarks Hearth against Synapse on this machine: builds both release binaries, starts a fresh
 # Hearth and a fresh Synapse (on PostgreSQL when its server binaries are here, else SQLite), runs
 # `hearth-bench compare` for each scenario and stops everything on exit. Loopback only.
+# Every scenario ends with a health check of each server: a fresh /sync must see a message sent
+# after the load within 15 s. A server that fails it (e.g. its /sync stream froze) gets no
+# figures; the run stops there, says so in the summary and exits non-zero.
 #
 #   bench/run.sh [--install] [--sqlite] [--keep] [--scenarios "..."] [--send-args "..."] ...
 #
@@ -44,7 +47,7 @@ while [[ $# -gt 0 ]]; do
         --initial-sync-args) INITIAL_SYNC_ARGS="$2"; shift ;;
         --media-args) MEDIA_ARGS="$2"; shift ;;
         --scenarios) SCENARIOS="$2"; shift ;;
-        -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -370,6 +373,7 @@ cpu_snapshot() { echo "$(cpu_of "$HEARTH_PID") $(cpu_of "$SYNAPSE_PID") $(cpu_po
 
 RC=0
 CPU_REPORT=()
+HEALTH_FAILED=""
 run_scenario() {
     local scenario=$1 extra=$2 before after
     log "scenario $scenario ${extra:+($extra)}"
@@ -381,6 +385,12 @@ run_scenario() {
         --synapse "$SYNAPSE_URL" --synapse-secret "$SYNAPSE_SECRET" --synapse-pid "$SYNAPSE_PID" \
         "$scenario" $extra | tee "$WORK/$scenario.out"; then
         log "scenario $scenario reported failures"
+        RC=1
+    fi
+    # One grep, not two in a pipe: with pipefail, grep -q's early exit could fail the first.
+    if grep -q '"type":"health".*"ok":false\|"ok":false.*"type":"health"' "$WORK/$scenario.out"; then
+        log "scenario $scenario: HEALTH CHECK FAILED (a fresh /sync did not see a new message)"
+        HEALTH_FAILED+=" $scenario"
         RC=1
     fi
     after=$(cpu_snapshot)
@@ -402,6 +412,8 @@ for scenario in $SCENARIOS; do
         initial-sync) run_scenario initial-sync "$INITIAL_SYNC_ARGS" ;;
         media) run_scenario media "$MEDIA_ARGS" ;;
     esac
+    # A server that stopped delivering would make every later figure meaningless.
+    [[ -n "$HEALTH_FAILED" ]] && { log "stopping: the health check failed"; break; }
 done
 
 log "summary (Synapse on $DB_DESC; scenarios took $((SECONDS - STARTED_AT)) s)"
@@ -410,8 +422,10 @@ log "$FRESH_RSS; at the end: hearth $(rss_of "$HEARTH_PID"), synapse $(rss_of "$
 [[ " $SCENARIOS " == *" sync-memory "* ]] \
     && log "sync-memory counts each server process only: Synapse's PostgreSQL is not in its RSS"
 for scenario in $SCENARIOS; do
+    [[ -f "$WORK/$scenario.out" ]] || continue
     grep -h '^{"' "$WORK/$scenario.out" | grep '"type":"ratio"\|"type":"error"' >&2 || true
 done
+[[ -n "$HEALTH_FAILED" ]] && log "HEALTH CHECK FAILED after:$HEALTH_FAILED (see the \"health:\" lines above; no figures for that server, later scenarios not run)"
 if [[ -s "$WORK/hearth.log" ]]; then
     log "Hearth logged $(wc -l <"$WORK/hearth.log") lines at warn or above; the last ones:"
     tail -n 10 "$WORK/hearth.log" >&2

@@ -2,11 +2,15 @@
 //! it measured. Only spec endpoints (plus Synapse's shared-secret registration, which Hearth also
 //! offers) are used, so the same run can be pointed at Hearth, Synapse or anything else.
 //!
+//! Every scenario ends with [`health::check`] against each server it drove: a fresh /sync must
+//! still see a message sent after the load, or the run reports a failure instead of figures.
+//!
 //! Adding a scenario: a module with `XArgs` and `run(&Server, &Common, &XArgs) -> Report`, and a
-//! variant in [`Scenario`]; `compare` and the output format come for free.
+//! variant in [`Scenario`]; `compare`, the health check and the output format come for free.
 
 mod client;
 mod common;
+mod health;
 mod initial_sync;
 mod join;
 mod longpoll;
@@ -41,7 +45,8 @@ struct Cli {
 /// Options every scenario shares.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Exit 0 even when requests failed or checks found lost or misordered events.
+    /// Exit 0 even when requests failed or checks found lost or misordered events (never when
+    /// setup or the closing health check failed).
     #[arg(long, global = true)]
     pub allow_failures: bool,
     /// Per-request timeout in seconds; a request that takes longer counts as a failure.
@@ -336,41 +341,69 @@ async fn run(cli: Cli) -> ExitCode {
 
     let mut ok = true;
     let mut reports = Vec::new();
+    let name = scenario.name();
     // One server after the other, never both at once: on a small machine they would share CPU.
     for (label, url, secret, pid, peer) in &targets {
-        let result = match connect(url, secret, timeout, *pid, peer.as_ref()).await {
-            Ok(server) => scenario.run(&server, &common).await,
-            Err(e) => Err(e),
+        let server = match connect(url, secret, timeout, *pid, peer.as_ref()).await {
+            Ok(server) => server,
+            Err(e) => {
+                print_failure(name, label, url, &e);
+                ok = false;
+                continue;
+            }
         };
+        let result = scenario.run(&server, &common).await;
+        match &result {
+            Ok(report) => report.print_text(label, url),
+            Err(e) => print_failure(name, label, url, e),
+        }
+        // Every server the scenario drove: this one, and the peer where `join` joined.
+        let mut unhealthy = Vec::new();
+        let peers = peer.as_ref().zip(server.peer.as_deref());
+        let checked =
+            std::iter::once((url, &server, false)).chain(peers.map(|(p, s)| (&p.url, s, true)));
+        for (u, s, is_peer) in checked {
+            let outcome = health::check(s, &common).await;
+            health::print(name, label, u, is_peer, &outcome);
+            if let Err(e) = outcome {
+                unhealthy.push(if is_peer { format!("peer {u}: {e}") } else { e });
+            }
+        }
         match result {
-            Ok(report) => {
-                report.print(label, url);
+            Ok(report) if unhealthy.is_empty() => {
+                report.print_json(label, url);
                 ok &= report.failures.total() == 0 || common.allow_failures;
                 reports.push((label, report));
             }
-            Err(e) => {
-                // A scenario that could not even be set up is never "allowed".
-                println!("[{}] {label} ({url}) FAILED: {e}", scenario.name());
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "type": "error",
-                        "scenario": scenario.name(),
-                        "server": label,
-                        "url": url,
-                        "error": e,
-                    })
-                );
+            Ok(_) => {
+                // Figures from a server that stopped delivering are not figures.
+                let error = format!("health check: {}", unhealthy.join("; "));
+                print_failure(name, label, url, &error);
                 ok = false;
             }
+            // A scenario that could not even be set up is never "allowed".
+            Err(_) => ok = false,
         }
     }
     if let [(a_label, a), (b_label, b)] = reports.as_slice() {
-        report::print_ratio(scenario.name(), a_label, a, b_label, b);
+        report::print_ratio(name, a_label, a, b_label, b);
     }
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// A scenario that failed against one server, for people and as a JSON line (`"type":"error"`).
+fn print_failure(scenario: &str, label: &str, url: &str, error: &str) {
+    println!("[{scenario}] {label} ({url}) FAILED: {error}");
+    let line = serde_json::json!({
+        "type": "error",
+        "scenario": scenario,
+        "server": label,
+        "url": url,
+        "error": error,
+    });
+    println!("{line}");
 }

@@ -71,8 +71,8 @@ impl Report {
         self.metrics.iter().find(|m| m.key == key).map(|m| m.value)
     }
 
-    /// Prints the report of `server` (a label such as `hearth`) at `url`.
-    pub fn print(&self, server: &str, url: &str) {
+    /// Prints the report of `server` (a label such as `hearth`) at `url` for people.
+    pub fn print_text(&self, server: &str, url: &str) {
         println!("[{}] {server} ({url})", self.scenario);
         for m in &self.metrics {
             println!("  {:<34} {:>12} {}", m.label, fmt_num(m.value), m.unit);
@@ -84,6 +84,11 @@ impl Report {
         for note in &self.notes {
             println!("  note: {note}");
         }
+    }
+
+    /// Prints the report's JSON line (`"type":"figure"`) for scripts: only for figures that
+    /// count, i.e. not when the closing health check failed.
+    pub fn print_json(&self, server: &str, url: &str) {
         let metrics: Map<String, Value> = self
             .metrics
             .iter()
