@@ -331,3 +331,146 @@ impl Service {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The commit path through the rooms service, on a real database in a temporary folder.
+
+    use std::sync::Arc;
+
+    use ruma::{
+        events::{room::member::MembershipState, StateEventType, TimelineEventType},
+        CanonicalJsonValue, OwnedUserId, RoomVersionId,
+    };
+    use serde_json::json;
+
+    use crate::{
+        config::Config,
+        service::{
+            rooms::{remote::OUTLIER, NewEvent, Service},
+            Services,
+        },
+        storage::{Db, IdKind, RocksDb},
+    };
+
+    fn services(dir: &std::path::Path) -> Services {
+        let kv = Arc::new(RocksDb::open(&dir.join("db"), 1 << 20).unwrap());
+        let mut config = Config::default();
+        config.database.path = dir.to_owned();
+        Services::build(Arc::new(config), Db::new(kv).unwrap(), "secret".into()).unwrap()
+    }
+
+    fn user(s: &Services, name: &str) -> (OwnedUserId, u64) {
+        let id = OwnedUserId::try_from(format!("@{name}:{}", s.config.server_name)).unwrap();
+        let short = s
+            .rooms
+            .shortids
+            .get_or_create(IdKind::User, id.as_str())
+            .unwrap();
+        (id, short)
+    }
+
+    fn text(body: &str) -> NewEvent {
+        NewEvent::message(
+            TimelineEventType::RoomMessage,
+            json!({ "msgtype": "m.text", "body": body }),
+        )
+    }
+
+    #[tokio::test]
+    async fn local_events_get_their_place_state_memberships_and_redactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = services(dir.path());
+        let rooms: &Service = &s.rooms;
+        let (alice, alice_short) = user(&s, "alice");
+        let room_id = rooms
+            .create_room(
+                &RoomVersionId::V12,
+                &alice,
+                json!({}),
+                vec![NewEvent::state(
+                    StateEventType::RoomMember,
+                    alice.as_str(),
+                    json!({ "membership": "join" }),
+                )],
+            )
+            .await
+            .unwrap();
+        let (room, meta) = rooms.known_room(&room_id).unwrap();
+        let hello = rooms
+            .send(&room_id, &alice, text("hello"), None)
+            .await
+            .unwrap();
+
+        // Both events are in the timeline, in order, with their meta; the join is current state
+        // and indexed both ways.
+        let timeline = rooms.timeline(room, 0, true, 10).unwrap();
+        assert_eq!(timeline.len(), 3, "create, join, message");
+        assert_eq!(timeline[2], hello.short);
+        let join = timeline[1];
+        assert!(rooms.event_meta(join).unwrap().is_some());
+        let m = rooms.membership(alice_short, room).unwrap().unwrap();
+        assert_eq!((m.membership(), m.event), (MembershipState::Join, join));
+        assert!(rooms
+            .members(room)
+            .unwrap()
+            .iter()
+            .any(|(u, m)| *u == alice_short && m.event == join));
+        assert_eq!(
+            rooms
+                .current_state_event(room, &StateEventType::RoomMember, alice.as_str())
+                .unwrap(),
+            Some(join)
+        );
+        let message_meta = rooms.event_meta(hello.short).unwrap().unwrap();
+        assert_eq!(message_meta.room, room);
+        assert_eq!(message_meta.state_before, message_meta.state_after);
+        assert!(meta.depth < message_meta.depth);
+
+        // A redaction rewrites its target's row in the same commit.
+        let mut redaction = NewEvent::message(TimelineEventType::RoomRedaction, json!({}));
+        redaction.redacts = Some(hello.event_id.clone());
+        rooms.send(&room_id, &alice, redaction, None).await.unwrap();
+        let target = rooms.event_json(hello.short).unwrap().unwrap();
+        assert_eq!(target["content"], json!({}));
+        assert!(rooms.event_meta(hello.short).unwrap().unwrap().redacted);
+    }
+
+    #[tokio::test]
+    async fn outliers_are_content_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = services(dir.path());
+        let rooms: &Service = &s.rooms;
+        let (alice, _) = user(&s, "alice");
+        let room_id = rooms
+            .create_room(&RoomVersionId::V12, &alice, json!({}), vec![])
+            .await
+            .unwrap();
+        let (room, meta) = rooms.known_room(&room_id).unwrap();
+        // Any well-formed event will do: outliers are stored for their content only.
+        let create = rooms.event_canonical(rooms.event_short(&meta.create_event).unwrap().unwrap());
+        let mut object = create.unwrap().unwrap();
+        object.insert(
+            "state_key".into(),
+            CanonicalJsonValue::String("other".into()),
+        );
+        object.insert(
+            "unsigned".into(),
+            CanonicalJsonValue::String("theirs".into()),
+        );
+        let id = ruma::OwnedEventId::try_from("$outlier").unwrap();
+        rooms
+            .store_outliers(vec![(id.clone(), object, 0)])
+            .await
+            .unwrap();
+        let short = rooms.event_short(&id).unwrap().unwrap();
+        assert_eq!(rooms.event_flags(short).unwrap(), OUTLIER);
+        assert!(rooms.event_meta(short).unwrap().is_none(), "not in the DAG");
+        assert!(!rooms.timeline(room, 0, true, 10).unwrap().contains(&short));
+        let stored = rooms.event_json(short).unwrap().unwrap();
+        assert!(
+            stored.get("unsigned").is_none(),
+            "a peer's unsigned data is not kept"
+        );
+    }
+}
