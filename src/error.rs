@@ -191,18 +191,6 @@ impl Error {
         }
     }
 
-    /// Compatibility with the former `Error::new(status, ErrorCode, message)`, kept only so
-    /// `service/rooms/` and `service/replication/` compile until they switch to
-    /// [`Error::matrix`] and the named constructors. Do not use in new code.
-    #[doc(hidden)]
-    pub fn new(
-        status: StatusCode,
-        code: impl Into<ErrorKind>,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
-        Self::matrix(code.into(), message).with_status(status)
-    }
-
     pub fn kind(&self) -> Option<&ErrorKind> {
         match self {
             Self::Matrix { kind, .. } => Some(kind),
@@ -233,33 +221,6 @@ impl Error {
                 .unwrap_or("M_UNAUTHORIZED")
                 .to_owned(),
             Self::Internal(_) => "M_UNKNOWN".to_owned(),
-        }
-    }
-}
-
-/// The hand-made errcode enum this module had before it carried ruma's [`ErrorKind`]; kept only
-/// for [`Error::new`] callers in `service/rooms/` and `service/replication/`. Do not use in new
-/// code: name an [`ErrorKind`] instead.
-#[doc(hidden)]
-#[derive(Clone, Debug, PartialEq)]
-pub enum ErrorCode {
-    BadJson,
-    InvalidParam,
-    DuplicateAnnotation,
-    Unknown,
-    IncompatibleRoomVersion { room_version: String },
-}
-
-impl From<ErrorCode> for ErrorKind {
-    fn from(code: ErrorCode) -> Self {
-        match code {
-            ErrorCode::BadJson => ErrorKind::BadJson,
-            ErrorCode::InvalidParam => ErrorKind::InvalidParam,
-            ErrorCode::DuplicateAnnotation => ErrorKind::DuplicateAnnotation,
-            ErrorCode::Unknown => ErrorKind::Unknown,
-            ErrorCode::IncompatibleRoomVersion { room_version } => {
-                incompatible_room_version_kind(&room_version)
-            }
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod content;
 pub mod detach;
 pub mod federation;
 pub mod ruma;

@@ -4,8 +4,10 @@
 pub mod account_data;
 pub mod accounts;
 pub mod devices;
+pub mod directory;
 pub mod federation;
 pub mod filters;
+pub mod join_rules;
 pub mod key_backup;
 pub mod keys;
 pub mod media;
@@ -24,6 +26,7 @@ pub mod sessions;
 pub mod stream;
 pub mod sync;
 pub mod tasks;
+pub mod timeline;
 pub mod typing;
 pub mod uiaa;
 pub mod users;
@@ -205,10 +208,11 @@ struct StoredSigningKey {
 
 /// The server's signing key: generated on first start and kept in the database from then on.
 fn load_or_create_signing_key(db: &Db) -> crate::Result<hearth_federation::ServerSigningKey> {
-    use crate::storage::{schema::key, Batch, Cf};
+    use crate::storage::{tables, Batch, Table};
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    if let Some(stored) = db.get_json::<StoredSigningKey>(Cf::Global, key::GLOBAL_SIGNING_KEY)? {
+    let table = Table::<tables::SigningKey<StoredSigningKey>>::new(db);
+    if let Some(stored) = table.get(())? {
         let der = b64
             .decode(stored.pkcs8_der)
             .map_err(|e| crate::Error::internal(format!("stored signing key: {e}")))?;
@@ -219,13 +223,13 @@ fn load_or_create_signing_key(db: &Db) -> crate::Result<hearth_federation::Serve
     let key =
         hearth_federation::ServerSigningKey::generate(&version).map_err(crate::Error::internal)?;
     let mut batch = Batch::new();
-    batch.put(
-        Cf::Global,
-        key::GLOBAL_SIGNING_KEY,
-        crate::storage::encode_json(&StoredSigningKey {
+    table.put_in(
+        &mut batch,
+        (),
+        &StoredSigningKey {
             version,
             pkcs8_der: b64.encode(key.der()),
-        }),
+        },
     );
     db.kv().write(batch)?;
     tracing::info!(key_id = %key.key_id(), "generated the server signing key");

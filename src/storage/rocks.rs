@@ -144,7 +144,7 @@ impl KeyValue for RocksDb {
 }
 
 /// The smallest key greater than every key starting with `prefix`, if one exists.
-fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut upper = prefix.to_vec();
     while let Some(last) = upper.pop() {
         if last < u8::MAX {

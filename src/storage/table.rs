@@ -11,7 +11,9 @@ use std::marker::PhantomData;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{encode_json, schema::Cf, Batch, Db, KvIter, Result, StorageError};
+use super::{
+    encode_json, rocks::prefix_successor, schema::Cf, Batch, Db, KvIter, Result, StorageError,
+};
 
 /// One part of a key.
 pub trait Field {
@@ -55,9 +57,6 @@ pub enum Str {}
 /// A UTF-8 string followed by 0xff, so that fields can follow it.
 pub enum Term {}
 
-/// Bytes running to the end of the key.
-pub enum Bytes {}
-
 /// A SHA-256 digest.
 pub enum Hash32 {}
 
@@ -91,20 +90,6 @@ impl Field for Term {
         Some((utf8(&raw[..end])?, &raw[end + 1..]))
     }
     fn borrow(owned: &String) -> &str {
-        owned
-    }
-}
-
-impl Field for Bytes {
-    type Ref<'a> = &'a [u8];
-    type Owned = Vec<u8>;
-    fn put(value: &[u8], out: &mut Vec<u8>) {
-        out.extend_from_slice(value);
-    }
-    fn take(raw: &[u8]) -> Option<(Vec<u8>, &[u8])> {
-        Some((raw.to_vec(), &[]))
-    }
-    fn borrow(owned: &Vec<u8>) -> &[u8] {
         owned
     }
 }
@@ -293,7 +278,7 @@ type Value<S> = <<S as Schema>::Value as ValueCodec>::Value;
 
 /// A keyspace as services use it.
 pub struct Table<S> {
-    db: Db,
+    pub(super) db: Db,
     schema: PhantomData<fn() -> S>,
 }
 
@@ -396,7 +381,7 @@ impl<S: Schema> Table<S> {
     {
         let start = Self::prefix(prefix);
         // From the first key past the prefix's rows (skipped if it exists) down to the prefix.
-        let end = successor(&start).unwrap_or_else(|| vec![0xff; start.len() + 64]);
+        let end = prefix_successor(&start).unwrap_or_else(|| vec![0xff; start.len() + 64]);
         let rows = self.db.scan_range(S::CF, &end, &start, true);
         let under = move |r: &Result<(Vec<u8>, Vec<u8>)>| match r {
             Ok((k, _)) => k.starts_with(&start),
@@ -437,18 +422,6 @@ impl<S: Schema> Table<S> {
         }
         Ok(n)
     }
-}
-
-/// The smallest key greater than every key starting with `prefix`, if one exists.
-fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut next = prefix.to_vec();
-    while let Some(last) = next.pop() {
-        if last < u8::MAX {
-            next.push(last + 1);
-            return Some(next);
-        }
-    }
-    None
 }
 
 /// Rows of a scan, decoded: `(key, value)`.

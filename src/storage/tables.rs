@@ -13,9 +13,10 @@ use serde_json::Value as JsonValue;
 
 use super::schema::{key, Cf};
 use super::table::{
-    Bytes, Empty, Hash32, Json, KeyCodec, Packed, Positioned, Raw, Schema, Str, Table, Term,
+    Empty, Field, Hash32, Json, KeyCodec, Packed, Positioned, Raw, Schema, Str, Table, Term,
     ValueCodec, U32, U64, U8,
 };
+use super::Result;
 
 /// Declares keyspaces: `Name<T>: cf, key => value;`, `T` being the record its owner stores.
 macro_rules! tables {
@@ -120,10 +121,10 @@ tables! {
     MediaThumbnails<T>: MediaThumbnails, (Term, Term, U32, U32, U8, Str) => Json<T>;
     /// content hash (sha256) . the key of a `media` or `media_thumbnails` row (see
     /// [`MediaSubject`]) → nothing: who uses a stored file; the file goes with its last row.
-    MediaRefs: MediaRefs, (Hash32, Bytes) => Empty;
+    MediaRefs: MediaRefs, (Hash32, MediaSubject) => Empty;
     /// kind (u8: [`MEDIA_EXPIRY_LOCAL`], ...) . time (ms, u64) . subject (a `media` key, or for
     /// previews the URL) → nothing: what the retention job may delete, oldest first.
-    MediaExpiry: MediaExpiry, (U8, U64, Bytes) => Empty;
+    MediaExpiry: MediaExpiry, (U8, U64, MediaSubject) => Empty;
     /// user (short) . media ID (str) → expiry time (ms, u64) of a /create awaiting its upload.
     MediaPending: MediaPending, (U64, Str) => Packed<U64>;
     /// user (short) → bytes of local media the user uploaded (u64), for the quota.
@@ -244,6 +245,30 @@ impl ValueCodec for QueuedItem {
     }
 }
 
+impl Table<FedQueue> {
+    /// The destinations with queued rows, each once, in order.
+    pub fn destinations(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut from = Vec::new();
+        // Server names are UTF-8, so every key sorts below 0xff.
+        while let Some(row) = self
+            .db
+            .scan_range(Cf::FedQueue, &from, &[0xff], false)
+            .next()
+        {
+            let (k, _) = row?;
+            let Some((destination, _)) = <FedQueue as Schema>::Key::decode(&k) else {
+                break;
+            };
+            // Past this destination's rows.
+            from = Self::key((&destination, u64::MAX));
+            from.push(0);
+            out.push(destination);
+        }
+        Ok(out)
+    }
+}
+
 /// Kinds of rows in `media_expiry`.
 pub const MEDIA_EXPIRY_LOCAL: u8 = 0;
 pub const MEDIA_EXPIRY_REMOTE: u8 = 1;
@@ -251,43 +276,32 @@ pub const MEDIA_EXPIRY_PENDING: u8 = 2;
 pub const MEDIA_EXPIRY_PREVIEW: u8 = 3;
 
 /// What a `media_refs` or `media_expiry` row points at: the key of a media item or of one of its
-/// thumbnails, or a URL preview's URL. Opaque to services; compare and hash it freely.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// thumbnails, or a URL preview's URL, running to the end of the key. Opaque to services: build it
+/// with [`MediaSubject::media`], [`MediaSubject::thumbnail`] or [`MediaSubject::url`]; compare
+/// and hash it freely. The empty subject sorts first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MediaSubject(Vec<u8>);
+
+/// A media item's key: server name, media ID.
+pub type MediaKey<'a> = (&'a str, &'a str);
+
+/// A thumbnail's key: server name, media ID, width, height, method, content type.
+pub type ThumbnailKey<'a> = (&'a str, &'a str, u32, u32, u8, &'a str);
 
 impl MediaSubject {
     /// A media item (its `media` key).
-    pub fn media(server: &str, media_id: &str) -> Self {
-        Self(Table::<Media<()>>::key((server, media_id)))
+    pub fn media(item: MediaKey<'_>) -> Self {
+        Self(Table::<Media<()>>::key(item))
     }
 
     /// A thumbnail (its `media_thumbnails` key).
-    pub fn thumbnail(
-        (server, media_id, width, height, method, content_type): ThumbnailKey<'_>,
-    ) -> Self {
-        Self(Table::<MediaThumbnails<()>>::key((
-            server,
-            media_id,
-            width,
-            height,
-            method,
-            content_type,
-        )))
+    pub fn thumbnail(thumbnail: ThumbnailKey<'_>) -> Self {
+        Self(Table::<MediaThumbnails<()>>::key(thumbnail))
     }
 
     /// A URL preview.
     pub fn url(url: &str) -> Self {
         Self(url.as_bytes().to_vec())
-    }
-
-    /// The bytes, as a row key of `media_refs` and `media_expiry` holds them.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// Back from the bytes of a `media_expiry` row.
-    pub fn from_bytes(raw: Vec<u8>) -> Self {
-        Self(raw)
     }
 
     /// (server name, media ID) of a media item's subject.
@@ -299,10 +313,390 @@ impl MediaSubject {
     pub fn as_url(&self) -> String {
         String::from_utf8_lossy(&self.0).into_owned()
     }
+
+    /// The bytes, for an in-memory key (single-flight fetches).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Field for MediaSubject {
+    type Ref<'a> = &'a MediaSubject;
+    type Owned = MediaSubject;
+    fn put(value: &MediaSubject, out: &mut Vec<u8>) {
+        out.extend_from_slice(&value.0);
+    }
+    fn take(raw: &[u8]) -> Option<(MediaSubject, &[u8])> {
+        Some((MediaSubject(raw.to_vec()), &[]))
+    }
+    fn borrow(owned: &MediaSubject) -> &MediaSubject {
+        owned
+    }
 }
 
 /// A `receipts` key as read back: room, user, receipt type, thread.
 pub type ReceiptKey = (u64, u64, String, String);
 
-/// A thumbnail's key: server, media ID, width, height, method, content type.
-pub type ThumbnailKey<'a> = (&'a str, &'a str, u32, u32, u8, &'a str);
+#[cfg(test)]
+mod tests {
+    //! Every keyspace's codecs: keys and values read back as written, keys keep the byte layout
+    //! that databases already hold, and keys sort as scans need.
+
+    use std::{fmt::Debug, sync::Arc};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::storage::{Batch, Db, RocksDb};
+
+    type Key<'a, S> = <<S as Schema>::Key as KeyCodec>::Key<'a>;
+    type Value<S> = <<S as Schema>::Value as ValueCodec>::Value;
+
+    /// Encodes a key and a value, decodes them and checks they come back; returns the key bytes.
+    fn round_trip<S: Schema>(key: Key<'_, S>, value: Value<S>) -> Vec<u8>
+    where
+        Value<S>: PartialEq + Debug,
+    {
+        let raw = Table::<S>::key(key);
+        let back = S::Key::decode(&raw).expect("the key decodes");
+        let mut again = Vec::new();
+        S::Key::encode(S::Key::borrow(&back), &mut again);
+        assert_eq!(again, raw, "{:?}: the key reads back", S::CF);
+        let bytes = S::Value::encode(&value);
+        assert_eq!(S::Value::decode(&bytes).unwrap(), value, "{:?}", S::CF);
+        raw
+    }
+
+    fn be(n: u64) -> [u8; 8] {
+        n.to_be_bytes()
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[test]
+    fn account_keyspaces_round_trip_in_their_layout() {
+        let j = json!({"a": [1, "b"]});
+        assert_eq!(round_trip::<Users<JsonValue>>(7, j.clone()), be(7));
+        assert_eq!(
+            round_trip::<Profiles>((7, "displayname"), j.clone()),
+            cat(&[&be(7), b"displayname"])
+        );
+        assert_eq!(
+            round_trip::<Devices<JsonValue>>((7, "DEV"), j.clone()),
+            cat(&[&be(7), b"DEV"])
+        );
+        assert_eq!(
+            round_trip::<AccessTokens<JsonValue>>(&[9; 32], j.clone()),
+            [9; 32]
+        );
+        assert_eq!(
+            round_trip::<RefreshTokens<JsonValue>>(&[1; 32], j.clone()),
+            [1; 32]
+        );
+        assert_eq!(
+            round_trip::<RegistrationTokens<JsonValue>>("tok", j.clone()),
+            b"tok"
+        );
+        assert_eq!(
+            round_trip::<Filters>((7, 3), j.clone()),
+            cat(&[&be(7), &be(3)])
+        );
+        assert_eq!(
+            round_trip::<AccountData>((7, 0, "m.push_rules"), (42, j.clone())),
+            cat(&[&be(7), &be(0), b"m.push_rules"])
+        );
+        assert_eq!(
+            round_trip::<AccountDataByPos>((7, 42), (9, "m.tag".into())),
+            cat(&[&be(7), &be(42)])
+        );
+        assert_eq!(
+            round_trip::<BackupVersions<JsonValue>>((7, 2), j.clone()),
+            cat(&[&be(7), &be(2)])
+        );
+        assert_eq!(
+            round_trip::<BackupKeys>((7, 2, "!r:x", "sess"), j),
+            cat(&[&be(7), &be(2), b"!r:x\xffsess"])
+        );
+    }
+
+    #[test]
+    fn e2ee_and_stream_keyspaces_round_trip_in_their_layout() {
+        let j = json!({"k": "v"});
+        assert_eq!(
+            round_trip::<DeviceKeys>((7, "DEV"), j.clone()),
+            cat(&[&be(7), b"DEV"])
+        );
+        assert_eq!(
+            round_trip::<OneTimeKeys>((7, "DEV", "signed_curve25519:AAA"), j.clone()),
+            cat(&[&be(7), b"DEV\xffsigned_curve25519:AAA"])
+        );
+        assert_eq!(
+            round_trip::<FallbackKeys<JsonValue>>((7, "DEV", "signed_curve25519"), j.clone()),
+            cat(&[&be(7), b"DEV\xffsigned_curve25519"])
+        );
+        assert_eq!(
+            round_trip::<CrossSigningKeys>((7, "master"), j.clone()),
+            cat(&[&be(7), b"master"])
+        );
+        assert_eq!(round_trip::<KeyChanges>(42, 7), be(42));
+        assert_eq!(
+            round_trip::<ToDevice<JsonValue>>((7, "DEV", 42), j.clone()),
+            cat(&[&be(7), b"DEV\xff", &be(42)])
+        );
+        assert_eq!(round_trip::<Presence<JsonValue>>(7, (42, j.clone())), be(7));
+        assert_eq!(round_trip::<PresenceByPos>(42, 7), be(42));
+        assert_eq!(
+            round_trip::<Receipts<JsonValue>>((3, 7, "m.read", ""), (42, j.clone())),
+            cat(&[&be(3), &be(7), b"m.read\xff"])
+        );
+        let receipt = (3, 7, "m.read".to_owned(), "$root".to_owned());
+        assert_eq!(
+            round_trip::<ReceiptsByPos>((3, 42), receipt.clone()),
+            cat(&[&be(3), &be(42)])
+        );
+        // The index points at the receipt's own key, byte for byte.
+        assert_eq!(
+            <Packed<(U64, U64, Term, Str)>>::encode(&receipt),
+            Table::<Receipts<()>>::key((3, 7, "m.read", "$root"))
+        );
+        assert_eq!(
+            round_trip::<Notifications<JsonValue>>((7, 3, 42), j),
+            cat(&[&be(7), &be(3), &be(42)])
+        );
+    }
+
+    #[test]
+    fn federation_and_media_keyspaces_round_trip_in_their_layout() {
+        let j = json!([1, 2]);
+        assert_eq!(
+            round_trip::<ServerKeys<JsonValue>>("a.org", j.clone()),
+            b"a.org"
+        );
+        assert_eq!(
+            round_trip::<FedQueue>(("a.org", 42), QueuedItem::Pdu(9)),
+            cat(&[b"a.org\xff", &be(42)])
+        );
+        round_trip::<FedQueue>(("a.org", 43), QueuedItem::Edu(b"{}".to_vec()));
+        assert_eq!(
+            QueuedItem::encode(&QueuedItem::Pdu(9)),
+            cat(&[&[0], &be(9)])
+        );
+        assert_eq!(
+            QueuedItem::encode(&QueuedItem::Edu(b"{}".to_vec())),
+            b"\x01{}"
+        );
+        assert_eq!(
+            round_trip::<FedTxns<JsonValue>>(("a.org", "txn1"), j.clone()),
+            b"a.org\xfftxn1"
+        );
+        assert_eq!(
+            round_trip::<Media<JsonValue>>(("a.org", "abc"), j.clone()),
+            b"a.org\xffabc"
+        );
+        let thumb = ("a.org", "abc", 32, 24, 1, "image/png");
+        assert_eq!(
+            round_trip::<MediaThumbnails<JsonValue>>(thumb, j.clone()),
+            cat(&[
+                b"a.org\xffabc\xff",
+                &32u32.to_be_bytes(),
+                &24u32.to_be_bytes(),
+                &[1],
+                b"image/png"
+            ])
+        );
+        let media = MediaSubject::media(("a.org", "abc"));
+        assert_eq!(media.as_bytes(), b"a.org\xffabc");
+        assert_eq!(media.media_item(), Some(("a.org".into(), "abc".into())));
+        assert_eq!(
+            MediaSubject::thumbnail(thumb).as_bytes(),
+            Table::<MediaThumbnails<()>>::key(thumb)
+        );
+        assert_eq!(
+            round_trip::<MediaRefs>((&[5; 32], &media), ()),
+            cat(&[&[5; 32], b"a.org\xffabc"])
+        );
+        assert_eq!(
+            round_trip::<MediaExpiry>((MEDIA_EXPIRY_REMOTE, 1000, &media), ()),
+            cat(&[&[1], &be(1000), b"a.org\xffabc"])
+        );
+        assert_eq!(
+            round_trip::<MediaPending>((7, "abc"), 99),
+            cat(&[&be(7), b"abc"])
+        );
+        assert_eq!(round_trip::<MediaUsage>(7, 1 << 40), be(7));
+        assert_eq!(
+            round_trip::<UrlPreviews<JsonValue>>("https://x/", j),
+            b"https://x/"
+        );
+        assert_eq!(
+            round_trip::<SigningKey<JsonValue>>((), json!({"version": "a_1"})),
+            b"signing_key"
+        );
+    }
+
+    #[test]
+    fn room_keyspaces_round_trip_in_their_layout() {
+        let j = json!({"room_id": "!r:x"});
+        assert_eq!(round_trip::<Rooms<JsonValue>>(3, j.clone()), be(3));
+        assert_eq!(round_trip::<Pdus>(9, b"{\"a\":1}".to_vec()), be(9));
+        let meta = (3, 10, 100, 101, 1);
+        assert_eq!(round_trip::<EventMeta>(9, meta), be(9));
+        assert_eq!(
+            <Packed<(U64, U64, U64, U64, U8)>>::encode(&meta),
+            cat(&[&be(3), &be(10), &be(100), &be(101), &[1]])
+        );
+        assert_eq!(round_trip::<Timeline>((3, 9), ()), cat(&[&be(3), &be(9)]));
+        assert_eq!(round_trip::<StateGroups>(5, vec![0; 20]), be(5));
+        assert_eq!(round_trip::<RoomState>((3, 4), 9), cat(&[&be(3), &be(4)]));
+        assert_eq!(
+            round_trip::<Memberships>((7, 3), (1, 9)),
+            cat(&[&be(7), &be(3)])
+        );
+        assert_eq!(<Packed<(U8, U64)>>::encode(&(1, 9)), cat(&[&[1], &be(9)]));
+        assert_eq!(
+            round_trip::<RoomMembers>((3, 7), (2, 9)),
+            cat(&[&be(3), &be(7)])
+        );
+        assert_eq!(
+            round_trip::<TxnIds>((7, "DEV", 3, "t1"), "$e".into()),
+            cat(&[&be(7), b"DEV\xff", &be(3), b"t1"])
+        );
+        assert_eq!(
+            round_trip::<EventTxn>(9, ("DEV".into(), "t1".into())),
+            be(9)
+        );
+        assert_eq!(
+            <Packed<(Term, Str)>>::encode(&("DEV".into(), "t1".into())),
+            b"DEV\xfft1"
+        );
+        assert_eq!(
+            round_trip::<Relations>((8, 9), "m.thread".into()),
+            cat(&[&be(8), &be(9)])
+        );
+        assert_eq!(round_trip::<Threads>((3, 8), 9), cat(&[&be(3), &be(8)]));
+        assert_eq!(round_trip::<Reports<JsonValue>>(1, j.clone()), be(1));
+        assert_eq!(round_trip::<Aliases<JsonValue>>("#a:x", j.clone()), b"#a:x");
+        assert_eq!(
+            round_trip::<RoomAliases>((3, "#a:x"), ()),
+            cat(&[&be(3), b"#a:x"])
+        );
+        assert_eq!(round_trip::<PublicRooms>(3, ()), be(3));
+        assert_eq!(round_trip::<Forgotten>((7, 3), ()), cat(&[&be(7), &be(3)]));
+        assert_eq!(round_trip::<Outliers>(9, 4), be(9));
+        assert_eq!(
+            round_trip::<InviteState<JsonValue>>((7, 3), j),
+            cat(&[&be(7), &be(3)])
+        );
+    }
+
+    #[test]
+    fn malformed_rows_are_refused() {
+        assert_eq!(<(U64, U64)>::decode(&[0; 15]), None);
+        assert_eq!(<(U64, U64)>::decode(&[0; 17]), None);
+        assert_eq!(<(Term, U64)>::decode(b"a.org"), None, "no terminator");
+        assert_eq!(
+            <(U64, Str)>::decode(&cat(&[&be(1), b"\xfe"])),
+            None,
+            "not UTF-8"
+        );
+        assert!(<Positioned<Json<JsonValue>>>::decode(&[0; 7]).is_err());
+        assert!(QueuedItem::decode(&[0, 1, 2]).is_err());
+        assert!(QueuedItem::decode(&[7]).is_err());
+    }
+
+    /// A fresh database holding `rows` in the keyspace of `S`.
+    fn filled<'a, S: Schema>(
+        rows: impl IntoIterator<Item = (Key<'a, S>, Value<S>)>,
+    ) -> (tempfile::TempDir, Table<S>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::new(Arc::new(RocksDb::open(dir.path(), 1 << 20).unwrap())).unwrap();
+        let table = Table::<S>::new(&db);
+        let mut b = Batch::new();
+        for (key, value) in rows {
+            table.put_in(&mut b, key, &value);
+        }
+        db.kv().write(b).unwrap();
+        (dir, table)
+    }
+
+    #[test]
+    fn positions_sort_numerically_and_ranges_are_half_open() {
+        let (_dir, by_pos) =
+            filled::<PresenceByPos>([256, 1, 2, 255, 1 << 40].map(|pos| (pos, pos * 10)));
+        let all: Vec<u64> = by_pos.iter().keys().map(Result::unwrap).collect();
+        assert_eq!(all, [1, 2, 255, 256, 1 << 40]);
+        let some: Vec<(u64, u64)> = by_pos.range(2, 256).map(Result::unwrap).collect();
+        assert_eq!(some, [(2, 20), (255, 2550)]);
+    }
+
+    #[test]
+    fn a_prefix_scan_sees_only_its_own_rows() {
+        // Users 1 and 256 differ in one byte; devices "AB" and "ABC" share a prefix.
+        let (_dir, otks) = filled::<OneTimeKeys>(
+            [
+                (1, "AB", "curve:1"),
+                (1, "AB", "ed:1"),
+                (1, "ABC", "curve:2"),
+                (256, "AB", "curve:3"),
+            ]
+            .map(|key| (key, json!(key.2))),
+        );
+        let ids = |rows: crate::storage::table::Rows<'_, OneTimeKeys>| -> Vec<String> {
+            rows.keys().map(|k| k.unwrap().2).collect()
+        };
+        // A 0xff-ended string sorts after the strings it begins: "ABC" before "AB".
+        assert_eq!(ids(otks.scan((1,))), ["curve:2", "curve:1", "ed:1"]);
+        assert_eq!(ids(otks.scan((1, "AB"))), ["curve:1", "ed:1"]);
+        assert_eq!(ids(otks.scan((1, "AB", "curve:"))), ["curve:1"]);
+        assert_eq!(ids(otks.scan((256,))), ["curve:3"]);
+        assert!(!otks.any((2,)).unwrap());
+
+        let mut b = Batch::new();
+        assert_eq!(otks.delete_prefix_in(&mut b, (1, "AB")).unwrap(), 2);
+        otks.db.kv().write(b).unwrap();
+        assert_eq!(ids(otks.scan((1,))), ["curve:2"]);
+    }
+
+    #[test]
+    fn a_reverse_scan_starts_at_the_last_row_of_the_prefix() {
+        let (_dir, filters) = filled::<Filters>(
+            [(1, 1), (1, 2), (1, u64::MAX), (2, 1), (0, 5)].map(|key| (key, json!(key.1))),
+        );
+        let last = |user| filters.scan_rev((user,)).keys().next().transpose().unwrap();
+        assert_eq!(last(1), Some((1, u64::MAX)));
+        assert_eq!(last(2), Some((2, 1)));
+        assert_eq!(last(0), Some((0, 5)));
+        assert_eq!(last(3), None);
+        let ones: Vec<u64> = filters
+            .scan_rev((1,))
+            .keys()
+            .map(|k| k.unwrap().1)
+            .collect();
+        assert_eq!(ones, [u64::MAX, 2, 1]);
+    }
+
+    #[test]
+    fn queued_destinations_are_listed_once_each() {
+        let (_dir, queue) = filled::<FedQueue>(
+            [
+                ("b.org", 1),
+                ("a.org", 5),
+                ("a.org.uk", 2),
+                ("a.org", u64::MAX),
+            ]
+            .map(|key| (key, QueuedItem::Pdu(key.1))),
+        );
+        assert_eq!(
+            queue.destinations().unwrap(),
+            ["a.org.uk", "a.org", "b.org"]
+        );
+        let seqs: Vec<u64> = queue
+            .scan(("a.org",))
+            .keys()
+            .map(|k| k.unwrap().1)
+            .collect();
+        assert_eq!(seqs, [5, u64::MAX]);
+    }
+}

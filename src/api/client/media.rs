@@ -31,11 +31,15 @@ use serde_json::json;
 
 use crate::{
     api::{
+        content::{content_disposition, content_type, is_inline},
         ruma::{read_body, Authenticated, Ruma},
         AppState, RouterExt,
     },
     error::{Error, Result},
-    service::media::{parse_media_path, thumbnail::Method, Content},
+    service::media::{
+        parse_media_path,
+        thumbnail::{Method, MAX_THUMBNAIL_SIDE},
+    },
 };
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
@@ -86,40 +90,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 const CONTENT_SECURITY_POLICY: &str = "sandbox; default-src 'none'; script-src 'none'; \
      plugin-types application/pdf; style-src 'unsafe-inline'; object-src 'self';";
 
-/// Content types the spec lets servers serve `inline`; everything else is an attachment.
-const INLINE_TYPES: &[&str] = &[
-    "text/css",
-    "text/plain",
-    "text/csv",
-    "application/json",
-    "application/ld+json",
-    "image/jpeg",
-    "image/gif",
-    "image/png",
-    "image/apng",
-    "image/webp",
-    "image/avif",
-    "video/mp4",
-    "video/webm",
-    "video/ogg",
-    "video/quicktime",
-    "audio/mp4",
-    "audio/webm",
-    "audio/aac",
-    "audio/mpeg",
-    "audio/ogg",
-    "audio/wave",
-    "audio/wav",
-    "audio/x-wav",
-    "audio/x-pn-wav",
-    "audio/flac",
-    "audio/x-flac",
-];
-
 /// The spec's default wait for a `/create`d ID's content.
 const DEFAULT_TIMEOUT_MS: u64 = 20_000;
-/// Largest thumbnail side a client (or a peer) may ask for.
-pub(crate) const MAX_THUMBNAIL_SIDE: u32 = 4096;
 
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
@@ -520,50 +492,6 @@ pub(crate) fn content_headers(resp: &mut Response, content_type: &str, dispositi
     set(resp, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
 }
 
-/// The stored type when it is a usable header value, else `application/octet-stream` (the
-/// spec's answer for an unknown type).
-pub(crate) fn content_type(content: &Content) -> String {
-    content
-        .content_type
-        .as_deref()
-        .filter(|t| t.contains('/') && HeaderValue::from_str(t).is_ok())
-        .unwrap_or("application/octet-stream")
-        .to_owned()
-}
-
-pub(crate) fn is_inline(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    INLINE_TYPES.contains(&essence.as_str())
-}
-
-/// A Content-Disposition value with the filename per RFC 6266: a quoted `filename` when it is
-/// plain printable ASCII, else `filename*=utf-8''` with percent-encoding (RFC 8187).
-pub fn content_disposition(disposition: &str, filename: Option<&str>) -> String {
-    let Some(name) = filename.filter(|n| !n.is_empty()) else {
-        return disposition.to_owned();
-    };
-    let plain = name
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' && b != b'%');
-    if plain {
-        return format!("{disposition}; filename=\"{name}\"");
-    }
-    let mut encoded = String::with_capacity(name.len() * 3);
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            encoded.push(b as char);
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
-    format!("{disposition}; filename*=utf-8''{encoded}")
-}
-
 #[derive(Debug, PartialEq)]
 enum RangeRequest {
     Full,
@@ -634,22 +562,5 @@ mod tests {
         assert_eq!(range("bytes=0-1,5-6", 100), RangeRequest::Full);
         assert_eq!(range("items=0-1", 100), RangeRequest::Full);
         assert_eq!(requested_range(None, 100), RangeRequest::Full);
-    }
-
-    #[test]
-    fn dispositions_encode_filenames() {
-        assert_eq!(content_disposition("inline", None), "inline");
-        assert_eq!(
-            content_disposition("attachment", Some("cat.png")),
-            "attachment; filename=\"cat.png\""
-        );
-        assert_eq!(
-            content_disposition("inline", Some("kätzchen \"1\".png")),
-            "inline; filename*=utf-8''k%C3%A4tzchen%20%221%22.png"
-        );
-        assert!(is_inline("image/png"));
-        assert!(is_inline("Text/Plain; charset=utf-8"));
-        assert!(!is_inline("text/html"));
-        assert!(!is_inline("image/svg+xml"));
     }
 }

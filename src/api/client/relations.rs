@@ -20,11 +20,11 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::room::{client_json, event_matches, make_token, parse_token, to_raw};
+use super::room::{client_json, make_token, parse_token, to_raw};
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
-    service::{rooms::history::Viewer, Services},
+    service::{rooms::history::Viewer, timeline::event_matches, Services},
     storage::ShortId,
 };
 

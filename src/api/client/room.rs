@@ -23,7 +23,7 @@ use crate::{
     service::{
         rooms::{create, history::Access, NewEvent, Txn},
         sync::Since,
-        Services,
+        timeline, Services,
     },
     storage::ShortId,
 };
@@ -72,44 +72,6 @@ pub fn visible_state(
         }
         Access::Joined | Access::Public => Ok((room, services.rooms.current_state(room)?)),
     }
-}
-
-/// The member events of `users` as the reader sees the room (for lazy-loading members): from the
-/// current state, or from the state when a former member left.
-pub fn member_events<T>(
-    services: &Services,
-    reader: &UserId,
-    room_id: &RoomId,
-    users: &std::collections::BTreeSet<String>,
-) -> Result<Vec<Raw<T>>> {
-    let (room, access) = services.rooms.room_access(reader, room_id)?;
-    let left_state = match access {
-        Access::Former(event) => match services.rooms.event_meta(event)? {
-            Some(meta) => Some(services.rooms.state_at(meta.state_after)?),
-            None => None,
-        },
-        Access::Joined | Access::Public => None,
-    };
-    let mut out = Vec::new();
-    for user in users {
-        let event = match &left_state {
-            Some(state) => services
-                .rooms
-                .state_key_short(&StateEventType::RoomMember, user)?
-                .and_then(|k| state.get(&k).copied()),
-            None => services
-                .rooms
-                .current_state_event(room, &StateEventType::RoomMember, user)?,
-        };
-        if let Some(raw) = event
-            .map(|e| client_raw(services, e, room_id))
-            .transpose()?
-            .flatten()
-        {
-            out.push(raw);
-        }
-    }
-    Ok(out)
 }
 
 /// An event in the client format as `viewer` sees it, with bundled aggregations.
@@ -418,122 +380,33 @@ async fn messages(
 ) -> Result<get_message_events::v3::Response> {
     let session = req.session()?;
     let body = &req.body;
-    let (room, _) = services
-        .rooms
-        .room_access(&session.user_id, &body.room_id)?;
-    let mut viewer = services.rooms.viewer(&session.user_id, room)?;
-    let forward = body.dir == Direction::Forward;
-    let from = match &body.from {
-        Some(t) => parse_token(t)?,
-        None if forward => 0,
-        None => u64::MAX,
+    let query = timeline::PageQuery {
+        from: body.from.as_deref().map(parse_token).transpose()?,
+        to: body.to.as_deref().map(parse_token).transpose()?,
+        forward: body.dir == Direction::Forward,
+        limit: u64::from(body.limit).try_into().unwrap_or(usize::MAX),
+        filter: &body.filter,
     };
-    let to = body.to.as_deref().map(parse_token).transpose()?;
-    let limit = u64::from(body.limit).clamp(1, 1000) as usize;
-    let filter = &body.filter;
-
-    let mut chunk = Vec::new();
-    let mut senders = std::collections::BTreeSet::new();
-    let mut cursor = from;
-    let mut end = None;
-    // Filtered-out events still advance the cursor; read in pages until the chunk is full.
-    'pages: loop {
-        let page = services.rooms.timeline(room, cursor, forward, limit * 2)?;
-        if page.is_empty() {
-            break;
-        }
-        for pos in page.iter().copied() {
-            if to.is_some_and(|t| if forward { pos > t } else { pos <= t }) {
-                end = None;
-                break 'pages;
-            }
-            cursor = if forward { pos } else { pos.saturating_sub(1) };
-            end = Some(cursor);
-            let Some(stored) = services.rooms.event_json(pos)? else {
-                continue;
-            };
-            if !event_matches(filter, &stored) || !services.rooms.can_see(&mut viewer, pos)? {
-                continue;
-            }
-            if let Some(mut json) = client_json(&services, pos, &body.room_id, &session.user_id)? {
-                if let Some(sender) = json
-                    .get("sender")
-                    .and_then(JsonValue::as_str)
-                    .map(str::to_owned)
-                {
-                    if sender == session.user_id.as_str() {
-                        services.rooms.add_transaction_id(
-                            pos,
-                            session.device_id.as_str(),
-                            &mut json,
-                        )?;
-                    }
-                    senders.insert(sender);
-                }
-                chunk.push(to_raw(&json)?);
-            }
-            if chunk.len() >= limit {
-                break 'pages;
-            }
-        }
-    }
+    let page = timeline::page(
+        &services,
+        &session.user_id,
+        &session.device_id,
+        &body.room_id,
+        query,
+    )?;
     let mut resp = get_message_events::v3::Response::new();
-    resp.start = match &body.from {
-        // The token given, whichever kind (a /sync one included) it was.
-        Some(token) => token.clone(),
-        // A concrete position even when paging from the live end, so the token stays meaningful.
-        None if from == u64::MAX => make_token(
-            services
-                .rooms
-                .timeline(room, u64::MAX, false, 1)?
-                .first()
-                .copied()
-                .unwrap_or(0),
-        ),
-        None => make_token(from),
-    };
-    resp.end = if chunk.is_empty() {
-        None
-    } else {
-        end.map(make_token)
-    };
-    resp.chunk = chunk;
-    if !filter.lazy_load_options.is_disabled() {
-        resp.state = member_events(&services, &session.user_id, &body.room_id, &senders)?;
+    // The token given, whichever kind (a /sync one included) it was.
+    resp.start = body.from.clone().unwrap_or_else(|| make_token(page.start));
+    resp.end = page.end.map(make_token);
+    resp.chunk = page.events.iter().map(to_raw).collect::<Result<_>>()?;
+    if !body.filter.lazy_load_options.is_disabled() {
+        resp.state =
+            timeline::member_events(&services, &session.user_id, &body.room_id, &page.senders)?
+                .iter()
+                .map(to_raw)
+                .collect::<Result<_>>()?;
     }
     Ok(resp)
-}
-
-pub fn event_matches(
-    filter: &ruma::api::client::filter::RoomEventFilter,
-    stored: &serde_json::Map<String, JsonValue>,
-) -> bool {
-    let kind = stored.get("type").and_then(JsonValue::as_str).unwrap_or("");
-    let sender = stored
-        .get("sender")
-        .and_then(JsonValue::as_str)
-        .unwrap_or("");
-    let type_matches = |pattern: &String| match pattern.strip_suffix('*') {
-        Some(prefix) => kind.starts_with(prefix),
-        None => kind == pattern,
-    };
-    if filter.not_types.iter().any(type_matches) {
-        return false;
-    }
-    if let Some(types) = &filter.types {
-        if !types.iter().any(type_matches) {
-            return false;
-        }
-    }
-    if filter.not_senders.iter().any(|s| s.as_str() == sender) {
-        return false;
-    }
-    if let Some(senders) = &filter.senders {
-        if !senders.iter().any(|s| s.as_str() == sender) {
-            return false;
-        }
-    }
-    true
 }
 
 async fn get_event(

@@ -15,13 +15,17 @@ use ruma::{
 
 use crate::{
     api::{
-        client::media::{content_disposition, content_type, is_inline, MAX_THUMBNAIL_SIDE},
+        content::{content_disposition, content_type, is_inline},
         ruma::Ruma,
         AppState,
     },
     error::{Error, Result},
     service::{
-        media::{is_valid_media_id, thumbnail::Method, Content},
+        media::{
+            is_valid_media_id,
+            thumbnail::{Method, MAX_THUMBNAIL_SIDE},
+            Content,
+        },
         random_string,
     },
 };

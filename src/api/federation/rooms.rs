@@ -24,7 +24,7 @@ use super::super::{ruma::Ruma, AppState};
 use crate::{
     error::{incompatible_room_version_kind, Error, Result},
     service::{
-        receiver,
+        join_rules, receiver,
         replication::{stripped, Refused},
         sender::{MAX_EDUS, MAX_PDUS},
         Services,
@@ -159,9 +159,7 @@ pub async fn make_join(
     let mut content = json!({ "membership": "join" });
     let current = services.rooms.membership_of(&b.user_id, room)?;
     if current != Some(MembershipState::Invite) && current != Some(MembershipState::Join) {
-        if let Some(via) =
-            crate::api::client::membership::restricted_join_authoriser(&services, &b.user_id, room)?
-        {
+        if let Some(via) = join_rules::restricted_join_authoriser(&services, &b.user_id, room)? {
             content["join_authorised_via_users_server"] = via.as_str().into();
         }
     }

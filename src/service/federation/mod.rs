@@ -24,7 +24,7 @@ use crate::{
     config::Config,
     error::{Error, Result},
     service::now_ms,
-    storage::{Batch, Cf, Db},
+    storage::{tables, Batch, Db, StorageError, Table},
 };
 
 /// How long our published keys may be cached by others.
@@ -44,6 +44,7 @@ struct CachedKeys {
 
 pub struct Service {
     db: Db,
+    server_keys: Table<tables::ServerKeys<CachedKeys>>,
     config: Arc<Config>,
     key: Arc<ServerSigningKey>,
     http: reqwest::Client,
@@ -114,6 +115,7 @@ impl Service {
             .build()
             .map_err(|e| Error::internal(format!("federation client: {e}")))?;
         Ok(Self {
+            server_keys: Table::new(&db),
             db,
             config,
             key,
@@ -235,20 +237,16 @@ impl Service {
             fetched_ts: now_ms(),
         };
         let mut b = Batch::new();
-        b.put(
-            Cf::ServerKeys,
-            server.as_str().as_bytes().to_vec(),
-            serde_json::to_vec(&cached).map_err(Error::internal)?,
-        );
+        self.server_keys.put_in(&mut b, server.as_str(), &cached);
         self.db.write(b).await?;
         Ok((keys, raw))
     }
 
     fn cached(&self, server: &ServerName) -> Result<Option<CachedKeys>> {
-        match self.db.get(Cf::ServerKeys, server.as_str().as_bytes())? {
+        match self.server_keys.get(server.as_str()) {
             // An unreadable cache entry is refetched rather than trusted.
-            Some(v) => Ok(serde_json::from_slice(&v).ok()),
-            None => Ok(None),
+            Err(StorageError::Corrupt { .. }) => Ok(None),
+            found => Ok(found?),
         }
     }
 

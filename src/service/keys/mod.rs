@@ -16,7 +16,7 @@ use crate::{
         rooms,
         stream::{Reservation, Stream},
     },
-    storage::{decode_u64, schema::key, Batch, Cf, Db, ShortId},
+    storage::{tables, Batch, Db, ShortId, Table},
 };
 
 #[derive(Serialize, Deserialize)]
@@ -39,19 +39,33 @@ pub const USAGES: [&str; 3] = ["master", "self_signing", "user_signing"];
 
 pub struct Service {
     db: Db,
+    device_keys: Table<tables::DeviceKeys>,
+    one_time_keys: Table<tables::OneTimeKeys>,
+    fallback_keys: Table<tables::FallbackKeys<FallbackKey>>,
+    cross_signing_keys: Table<tables::CrossSigningKeys>,
+    key_changes: Table<tables::KeyChanges>,
+    to_device: Table<tables::ToDevice<ToDeviceMessage>>,
     stream: Arc<Stream>,
     rooms: Arc<rooms::Service>,
     /// Serialises read-modify-write of key material (claims, signature merges).
     write: tokio::sync::Mutex<()>,
 }
 
-fn decode_json(cf: Cf, v: &[u8]) -> Result<JsonValue> {
-    serde_json::from_slice(v).map_err(|e| Error::internal(format!("corrupt {}: {e}", cf.name())))
+/// The stored key that a signature upload names.
+enum Signed {
+    Device,
+    CrossSigning(&'static str),
 }
 
 impl Service {
     pub fn new(db: Db, stream: Arc<Stream>, rooms: Arc<rooms::Service>) -> Self {
         Self {
+            device_keys: Table::new(&db),
+            one_time_keys: Table::new(&db),
+            fallback_keys: Table::new(&db),
+            cross_signing_keys: Table::new(&db),
+            key_changes: Table::new(&db),
+            to_device: Table::new(&db),
             db,
             stream,
             rooms,
@@ -67,7 +81,7 @@ impl Service {
     /// Records that `user`'s keys changed, in `batch`, at a position of `reserved`.
     fn note_change_in(&self, batch: &mut Batch, reserved: &mut Reservation, user: ShortId) {
         let pos = reserved.position_in(batch);
-        batch.put(Cf::KeyChanges, key::u64_key(pos), user.to_be_bytes());
+        self.key_changes.put_in(batch, pos, &user);
     }
 
     async fn commit(
@@ -96,42 +110,34 @@ impl Service {
         let mut reserved = self.stream.reserve();
         let mut wake = BTreeSet::new();
         if let Some(keys) = device_keys {
-            let k = key::user_and_str(user, device);
-            let old = self.db.get(Cf::DeviceKeys, &k)?;
-            let new = serde_json::to_vec(keys).map_err(Error::internal)?;
             // Re-uploading the same keys is a no-op for everyone else.
-            if old.as_deref() != Some(new.as_slice()) {
-                batch.put(Cf::DeviceKeys, k, new);
+            if self.device_keys.get((user, device))?.as_ref() != Some(keys) {
+                self.device_keys.put_in(&mut batch, (user, device), keys);
                 self.note_change_in(&mut batch, &mut reserved, user);
                 wake = self.key_watchers(user)?;
             }
         }
         for (id, otk) in one_time_keys {
-            let k = key::device_item(user, device, id.as_bytes());
-            let value = serde_json::to_vec(otk).map_err(Error::internal)?;
-            match self.db.get(Cf::OneTimeKeys, &k)? {
-                Some(existing) if existing == value => {}
+            let k = (user, device, id.as_str());
+            match self.one_time_keys.get(k)? {
+                Some(existing) if existing == *otk => {}
                 Some(_) => {
                     return Err(Error::invalid_param(format!(
                         "One-time key {id} already exists with different content"
                     )))
                 }
-                None => batch.put(Cf::OneTimeKeys, k, value),
+                None => self.one_time_keys.put_in(&mut batch, k, otk),
             }
         }
         for (id, fallback) in fallback_keys {
             let algorithm = id.split_once(':').map_or(id.as_str(), |(a, _)| a);
-            let value = serde_json::to_vec(&FallbackKey {
+            let value = FallbackKey {
                 key_id: id.clone(),
                 key: fallback.clone(),
                 used: false,
-            })
-            .map_err(Error::internal)?;
-            batch.put(
-                Cf::FallbackKeys,
-                key::device_item(user, device, algorithm.as_bytes()),
-                value,
-            );
+            };
+            self.fallback_keys
+                .put_in(&mut batch, (user, device, algorithm), &value);
         }
         self.commit(batch, reserved, wake).await?;
         self.one_time_key_counts(user, device)
@@ -143,32 +149,21 @@ impl Service {
         device: &str,
     ) -> Result<BTreeMap<String, u64>> {
         let mut counts = BTreeMap::new();
-        for row in self
-            .db
-            .scan_prefix(Cf::OneTimeKeys, &key::device_prefix(user, device))
-        {
-            let (k, _) = row?;
-            let id = &k[key::device_prefix(user, device).len()..];
-            let id = String::from_utf8_lossy(id);
-            let algorithm = id
-                .split_once(':')
-                .map_or(id.as_ref(), |(a, _)| a)
-                .to_owned();
-            *counts.entry(algorithm).or_default() += 1;
+        for row in self.one_time_keys.scan((user, device)).keys() {
+            let (_, _, id) = row?;
+            let algorithm = id.split_once(':').map_or(id.as_str(), |(a, _)| a);
+            *counts.entry(algorithm.to_owned()).or_default() += 1;
         }
         Ok(counts)
     }
 
     /// Algorithms with a fallback key that was not used yet.
     pub fn unused_fallback_types(&self, user: ShortId, device: &str) -> Result<Vec<String>> {
-        let prefix = key::device_prefix(user, device);
         let mut out = Vec::new();
-        for row in self.db.scan_prefix(Cf::FallbackKeys, &prefix) {
-            let (k, v) = row?;
-            let fb: FallbackKey = serde_json::from_slice(&v)
-                .map_err(|e| Error::internal(format!("corrupt fallback key: {e}")))?;
+        for row in self.fallback_keys.scan((user, device)) {
+            let ((_, _, algorithm), fb) = row?;
             if !fb.used {
-                out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+                out.push(algorithm);
             }
         }
         Ok(out)
@@ -176,19 +171,15 @@ impl Service {
 
     /// A device's keys, if it uploaded any.
     pub fn device_keys(&self, user: ShortId, device: &str) -> Result<Option<JsonValue>> {
-        self.db
-            .get(Cf::DeviceKeys, &key::user_and_str(user, device))?
-            .map(|v| decode_json(Cf::DeviceKeys, &v))
-            .transpose()
+        Ok(self.device_keys.get((user, device))?)
     }
 
     /// All device keys of a user: (device ID, keys).
     pub fn all_device_keys(&self, user: ShortId) -> Result<Vec<(String, JsonValue)>> {
         let mut out = Vec::new();
-        for row in self.db.scan_prefix(Cf::DeviceKeys, &key::u64_key(user)) {
-            let (k, v) = row?;
-            let device = String::from_utf8_lossy(&k[8..]).into_owned();
-            out.push((device, decode_json(Cf::DeviceKeys, &v)?));
+        for row in self.device_keys.scan((user,)) {
+            let ((_, device), keys) = row?;
+            out.push((device, keys));
         }
         Ok(out)
     }
@@ -197,12 +188,13 @@ impl Service {
     pub async fn delete_device(&self, user: ShortId, device: &str) -> Result<()> {
         let _guard = self.write.lock().await;
         let mut batch = Batch::new();
-        batch.delete(Cf::DeviceKeys, key::user_and_str(user, device));
-        for cf in [Cf::OneTimeKeys, Cf::FallbackKeys, Cf::ToDevice] {
-            for row in self.db.scan_prefix(cf, &key::device_prefix(user, device)) {
-                batch.delete(cf, row?.0);
-            }
-        }
+        self.device_keys.delete_in(&mut batch, (user, device));
+        self.one_time_keys
+            .delete_prefix_in(&mut batch, (user, device))?;
+        self.fallback_keys
+            .delete_prefix_in(&mut batch, (user, device))?;
+        self.to_device
+            .delete_prefix_in(&mut batch, (user, device))?;
         let mut reserved = self.stream.reserve();
         self.note_change_in(&mut batch, &mut reserved, user);
         let wake = self.key_watchers(user)?;
@@ -210,10 +202,7 @@ impl Service {
     }
 
     pub fn cross_signing_key(&self, user: ShortId, usage: &str) -> Result<Option<JsonValue>> {
-        self.db
-            .get(Cf::CrossSigningKeys, &key::user_and_str(user, usage))?
-            .map(|v| decode_json(Cf::CrossSigningKeys, &v))
-            .transpose()
+        Ok(self.cross_signing_keys.get((user, usage))?)
     }
 
     /// Stores cross-signing keys (usage → key) and announces the change.
@@ -225,11 +214,7 @@ impl Service {
         let _guard = self.write.lock().await;
         let mut batch = Batch::new();
         for (usage, k) in keys {
-            batch.put(
-                Cf::CrossSigningKeys,
-                key::user_and_str(user, usage),
-                serde_json::to_vec(k).map_err(Error::internal)?,
-            );
+            self.cross_signing_keys.put_in(&mut batch, (user, usage), k);
         }
         let mut reserved = self.stream.reserve();
         self.note_change_in(&mut batch, &mut reserved, user);
@@ -247,15 +232,12 @@ impl Service {
         signed: &JsonValue,
     ) -> std::result::Result<(), String> {
         let _guard = self.write.lock().await;
-        let stored = (|| -> Result<Option<(Cf, Vec<u8>, JsonValue)>> {
-            let k = key::user_and_str(user, key_id);
-            if let Some(v) = self.db.get(Cf::DeviceKeys, &k)? {
-                return Ok(Some((Cf::DeviceKeys, k, decode_json(Cf::DeviceKeys, &v)?)));
+        let stored = (|| -> Result<Option<(Signed, JsonValue)>> {
+            if let Some(json) = self.device_keys.get((user, key_id))? {
+                return Ok(Some((Signed::Device, json)));
             }
             for usage in USAGES {
-                let k = key::user_and_str(user, usage);
-                if let Some(v) = self.db.get(Cf::CrossSigningKeys, &k)? {
-                    let json = decode_json(Cf::CrossSigningKeys, &v)?;
+                if let Some(json) = self.cross_signing_keys.get((user, usage))? {
                     let matches =
                         json.get("keys")
                             .and_then(JsonValue::as_object)
@@ -264,14 +246,14 @@ impl Service {
                                     .any(|id| id.split_once(':').map(|(_, p)| p) == Some(key_id))
                             });
                     if matches {
-                        return Ok(Some((Cf::CrossSigningKeys, k, json)));
+                        return Ok(Some((Signed::CrossSigning(usage), json)));
                     }
                 }
             }
             Ok(None)
         })()
         .map_err(|e| e.to_string())?;
-        let Some((cf, k, mut json)) = stored else {
+        let Some((signed_key, mut json)) = stored else {
             return Err("Unknown key".into());
         };
         // Only signatures are merged: the signed body must be the stored one.
@@ -307,7 +289,13 @@ impl Service {
             }
         }
         let mut batch = Batch::new();
-        batch.put(cf, k, serde_json::to_vec(&json).map_err(|e| e.to_string())?);
+        match signed_key {
+            Signed::Device => self.device_keys.put_in(&mut batch, (user, key_id), &json),
+            Signed::CrossSigning(usage) => {
+                self.cross_signing_keys
+                    .put_in(&mut batch, (user, usage), &json)
+            }
+        }
         let mut reserved = self.stream.reserve();
         self.note_change_in(&mut batch, &mut reserved, user);
         let wake = self.key_watchers(user).map_err(|e| e.to_string())?;
@@ -325,32 +313,26 @@ impl Service {
         algorithm: &str,
     ) -> Result<Option<(String, JsonValue)>> {
         let _guard = self.write.lock().await;
-        let mut prefix = key::device_prefix(user, device);
-        prefix.extend_from_slice(algorithm.as_bytes());
-        prefix.push(b':');
-        if let Some(row) = self.db.scan_prefix(Cf::OneTimeKeys, &prefix).next() {
-            let (k, v) = row?;
-            let id =
-                String::from_utf8_lossy(&k[key::device_prefix(user, device).len()..]).into_owned();
+        let of_algorithm = format!("{algorithm}:");
+        let first = self
+            .one_time_keys
+            .scan((user, device, of_algorithm.as_str()))
+            .next();
+        if let Some(row) = first {
+            let (k, otk) = row?;
             let mut batch = Batch::new();
-            batch.delete(Cf::OneTimeKeys, k);
+            self.one_time_keys.delete_row_in(&mut batch, &k);
             self.db.write(batch).await?;
-            return Ok(Some((id, decode_json(Cf::OneTimeKeys, &v)?)));
+            return Ok(Some((k.2, otk)));
         }
-        let fk = key::device_item(user, device, algorithm.as_bytes());
-        let Some(v) = self.db.get(Cf::FallbackKeys, &fk)? else {
+        let fk = (user, device, algorithm);
+        let Some(mut fb) = self.fallback_keys.get(fk)? else {
             return Ok(None);
         };
-        let mut fb: FallbackKey = serde_json::from_slice(&v)
-            .map_err(|e| Error::internal(format!("corrupt fallback key: {e}")))?;
         if !fb.used {
             fb.used = true;
             let mut batch = Batch::new();
-            batch.put(
-                Cf::FallbackKeys,
-                fk,
-                serde_json::to_vec(&fb).map_err(Error::internal)?,
-            );
+            self.fallback_keys.put_in(&mut batch, fk, &fb);
             self.db.write(batch).await?;
         }
         Ok(Some((fb.key_id, fb.key)))
@@ -369,15 +351,12 @@ impl Service {
     /// Users whose keys changed in (since, upto].
     pub fn changed_users(&self, since: u64, upto: u64) -> Result<BTreeSet<ShortId>> {
         let mut out = BTreeSet::new();
-        let rows = self.db.scan_range(
-            Cf::KeyChanges,
-            &key::u64_key(since.saturating_add(1)),
-            &key::u64_key(upto.saturating_add(1)),
-            false,
-        );
+        let rows = self
+            .key_changes
+            .range(since.saturating_add(1), upto.saturating_add(1));
         for row in rows {
-            let (_, v) = row?;
-            out.insert(decode_u64(Cf::KeyChanges, &v)?);
+            let (_, user) = row?;
+            out.insert(user);
         }
         Ok(out)
     }
@@ -441,11 +420,8 @@ impl Service {
                     kind: kind.to_owned(),
                     content: content.clone(),
                 };
-                batch.put(
-                    Cf::ToDevice,
-                    key::device_item(user, &device, &pos.to_be_bytes()),
-                    serde_json::to_vec(&message).map_err(Error::internal)?,
-                );
+                self.to_device
+                    .put_in(&mut batch, (user, &device, pos), &message);
             }
             wake.insert(user);
         }
@@ -461,23 +437,18 @@ impl Service {
         ack: Option<u64>,
         upto: u64,
     ) -> Result<Vec<ToDeviceMessage>> {
-        let prefix = key::device_prefix(user, device);
         let mut delete = Batch::new();
         let mut out = Vec::new();
-        for row in self.db.scan_prefix(Cf::ToDevice, &prefix) {
-            let (k, v) = row?;
-            let pos = decode_u64(Cf::ToDevice, &k[prefix.len()..])?;
+        for row in self.to_device.scan((user, device)) {
+            let ((_, _, pos), message) = row?;
             if ack.is_some_and(|a| pos <= a) {
-                delete.delete(Cf::ToDevice, k);
+                self.to_device.delete_in(&mut delete, (user, device, pos));
                 continue;
             }
             if pos > upto {
                 break;
             }
-            out.push(
-                serde_json::from_slice(&v)
-                    .map_err(|e| Error::internal(format!("corrupt to-device message: {e}")))?,
-            );
+            out.push(message);
         }
         self.db.write(delete).await?;
         Ok(out)

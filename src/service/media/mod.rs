@@ -45,13 +45,11 @@ use crate::{
         now_ms, random_string, users,
     },
     storage::{
-        decode_json, decode_u64, encode_json,
-        schema::key::{
-            self, media, media_expiry, media_pending, media_ref, media_thumbnail,
-            media_thumbnail_prefix, split_media, split_media_expiry, url_preview,
-            MEDIA_EXPIRY_LOCAL, MEDIA_EXPIRY_PENDING, MEDIA_EXPIRY_PREVIEW, MEDIA_EXPIRY_REMOTE,
+        tables::{
+            self, MediaKey, MediaSubject, ThumbnailKey, MEDIA_EXPIRY_LOCAL, MEDIA_EXPIRY_PENDING,
+            MEDIA_EXPIRY_PREVIEW, MEDIA_EXPIRY_REMOTE,
         },
-        Batch, Cf, Db, ShortId,
+        Batch, Db, ShortId, Table,
     },
 };
 
@@ -125,6 +123,13 @@ pub struct Content {
 
 pub struct Service {
     db: Db,
+    media: Table<tables::Media<MediaRecord>>,
+    thumbnails: Table<tables::MediaThumbnails<ThumbnailRecord>>,
+    refs: Table<tables::MediaRefs>,
+    expiry: Table<tables::MediaExpiry>,
+    pending: Table<tables::MediaPending>,
+    usage: Table<tables::MediaUsage>,
+    previews: Table<tables::UrlPreviews<CachedPreview>>,
     store: Arc<dyn MediaStore>,
     users: Arc<users::Service>,
     server_name: OwnedServerName,
@@ -238,6 +243,13 @@ impl Service {
         federation: Option<Arc<federation::Service>>,
     ) -> Self {
         Self {
+            media: Table::new(&db),
+            thumbnails: Table::new(&db),
+            refs: Table::new(&db),
+            expiry: Table::new(&db),
+            pending: Table::new(&db),
+            usage: Table::new(&db),
+            previews: Table::new(&db),
             db,
             store,
             users,
@@ -301,17 +313,12 @@ impl Service {
         format!("mxc://{}/{media_id}", self.server_name).into()
     }
 
-    fn record(&self, media_key: &[u8]) -> Result<Option<MediaRecord>> {
-        Ok(self.db.get_json(Cf::Media, media_key)?)
+    fn record(&self, item: MediaKey<'_>) -> Result<Option<MediaRecord>> {
+        Ok(self.media.get(item)?)
     }
 
     fn usage(&self, user: ShortId) -> Result<u64> {
-        Ok(self
-            .db
-            .get(Cf::MediaUsage, &key::user(user))?
-            .map(|v| decode_u64(Cf::MediaUsage, &v))
-            .transpose()?
-            .unwrap_or(0))
+        Ok(self.usage.get(user)?.unwrap_or(0))
     }
 
     /// Refuses an upload of `incoming` bytes that would take the user over the quota.
@@ -331,11 +338,11 @@ impl Service {
         hash: ContentHash,
         data: Bytes,
         mut batch: Batch,
-        reference: &[u8],
+        reference: &MediaSubject,
     ) -> Result<()> {
         let _content = self.content_lock(hash).lock().await;
         self.store.put(hash, data).await.map_err(io_error)?;
-        batch.put(Cf::MediaRefs, media_ref(&hash.0, reference), Vec::new());
+        self.refs.put_in(&mut batch, (&hash.0, reference), &());
         self.db.write(batch).await?;
         Ok(())
     }
@@ -344,13 +351,7 @@ impl Service {
     async fn release(&self, hashes: impl IntoIterator<Item = ContentHash>) -> Result<()> {
         for hash in hashes {
             let _content = self.content_lock(hash).lock().await;
-            if self
-                .db
-                .scan_prefix(Cf::MediaRefs, &hash.0)
-                .next()
-                .transpose()?
-                .is_none()
-            {
+            if !self.refs.any((&hash.0,))? {
                 self.store.delete(hash).await.map_err(io_error)?;
             }
         }
@@ -397,32 +398,28 @@ impl Service {
         data: Bytes,
     ) -> Result<()> {
         let hash = hash_of(data.clone()).await?;
-        let media_key = media(self.server_name.as_str(), media_id);
+        let item = (self.server_name.as_str(), media_id);
+        let subject = MediaSubject::media(item);
         record.content_hash = Some(hash.to_hex());
         record.size = data.len() as u64;
         record.created_ts = now_ms();
         let mut batch = Batch::new();
         if let Some(expires) = record.unused_expires_at.take() {
-            batch.delete(
-                Cf::MediaExpiry,
-                media_expiry(MEDIA_EXPIRY_PENDING, expires, &media_key),
-            );
+            self.expiry
+                .delete_in(&mut batch, (MEDIA_EXPIRY_PENDING, expires, &subject));
         }
-        batch.put(
-            Cf::MediaExpiry,
-            media_expiry(MEDIA_EXPIRY_LOCAL, record.created_ts, &media_key),
-            Vec::new(),
+        self.expiry.put_in(
+            &mut batch,
+            (MEDIA_EXPIRY_LOCAL, record.created_ts, &subject),
+            &(),
         );
         if let Some(user) = uploader {
-            batch.delete(Cf::MediaPending, media_pending(user, media_id));
-            batch.put(
-                Cf::MediaUsage,
-                key::user(user),
-                self.usage(user)?.saturating_add(record.size).to_be_bytes(),
-            );
+            self.pending.delete_in(&mut batch, (user, media_id));
+            let usage = self.usage(user)?.saturating_add(record.size);
+            self.usage.put_in(&mut batch, user, &usage);
         }
-        batch.put(Cf::Media, media_key.clone(), encode_json(&record));
-        self.put_referenced(hash, data, batch, &media_key).await?;
+        self.media.put_in(&mut batch, item, &record);
+        self.put_referenced(hash, data, batch, &subject).await?;
         self.expiry_changed.notify_one();
         tracing::debug!(media_id, size = record.size, "media stored");
         Ok(())
@@ -438,10 +435,10 @@ impl Service {
         let now = now_ms();
         let max = self.config.max_pending_uploads as usize;
         let waiting: Vec<u64> = self
-            .db
-            .scan_prefix(Cf::MediaPending, &key::user_prefix(user))
+            .pending
+            .scan((user,))
+            .values()
             .filter_map(|r| r.ok())
-            .filter_map(|(_, v)| decode_u64(Cf::MediaPending, &v).ok())
             .filter(|t| *t > now)
             .take(max)
             .collect();
@@ -452,7 +449,7 @@ impl Service {
         }
         let media_id = random_string(MEDIA_ID_LEN);
         let expires = now + self.config.unused_expiry.0.as_millis() as u64;
-        let media_key = media(self.server_name.as_str(), &media_id);
+        let item = (self.server_name.as_str(), media_id.as_str());
         let record = MediaRecord {
             content_hash: None,
             content_type: None,
@@ -464,17 +461,11 @@ impl Service {
             remote: false,
         };
         let mut batch = Batch::new();
-        batch.put(Cf::Media, media_key.clone(), encode_json(&record));
-        batch.put(
-            Cf::MediaPending,
-            media_pending(user, &media_id),
-            expires.to_be_bytes(),
-        );
-        batch.put(
-            Cf::MediaExpiry,
-            media_expiry(MEDIA_EXPIRY_PENDING, expires, &media_key),
-            Vec::new(),
-        );
+        self.media.put_in(&mut batch, item, &record);
+        self.pending.put_in(&mut batch, (user, &media_id), &expires);
+        let subject = MediaSubject::media(item);
+        self.expiry
+            .put_in(&mut batch, (MEDIA_EXPIRY_PENDING, expires, &subject), &());
         self.db.write(batch).await?;
         self.expiry_changed.notify_one();
         Ok((self.mxc(&media_id), expires))
@@ -490,7 +481,7 @@ impl Service {
     ) -> Result<MediaRecord> {
         let record = self
             .is_local(server)
-            .then(|| self.record(&media(server.as_str(), media_id)))
+            .then(|| self.record((server.as_str(), media_id)))
             .transpose()?
             .flatten()
             .ok_or_else(|| Error::not_found("Unknown media ID"))?;
@@ -557,7 +548,7 @@ impl Service {
     }
 
     async fn local_record(&self, media_id: &str, wait: Duration) -> Result<MediaRecord> {
-        let media_key = media(self.server_name.as_str(), media_id);
+        let item = (self.server_name.as_str(), media_id);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before the read, so an upload between the read and the wait still wakes us.
@@ -565,7 +556,7 @@ impl Service {
             tokio::pin!(uploaded);
             uploaded.as_mut().enable();
             let record = self
-                .record(&media_key)?
+                .record(item)?
                 .ok_or_else(|| Error::not_found("Media not found"))?;
             if record.content_hash.is_some() {
                 return Ok(record);
@@ -583,8 +574,8 @@ impl Service {
     }
 
     /// Cached remote media, if its content is here.
-    fn cached_remote(&self, media_key: &[u8]) -> Result<Option<Content>> {
-        self.record(media_key)?
+    fn cached_remote(&self, item: MediaKey<'_>) -> Result<Option<Content>> {
+        self.record(item)?
             .filter(|r| r.content_hash.is_some())
             .map(content_of)
             .transpose()
@@ -597,28 +588,24 @@ impl Service {
         media_id: &str,
         wait: Duration,
     ) -> Result<Content> {
-        let media_key = media(server.as_str(), media_id);
-        if let Some(content) = self.cached_remote(&media_key)? {
+        if let Some(content) = self.cached_remote((server.as_str(), media_id))? {
             return Ok(content);
         }
         let mut flight = vec![FLIGHT_DOWNLOAD];
-        flight.extend_from_slice(&media_key);
-        let media_key = &media_key;
-        self.single_flight(flight, move || {
-            self.download_remote(server, media_id, media_key, wait)
-        })
-        .await
+        flight.extend_from_slice(MediaSubject::media((server.as_str(), media_id)).as_bytes());
+        self.single_flight(flight, move || self.download_remote(server, media_id, wait))
+            .await
     }
 
     async fn download_remote(
         &self,
         server: &ServerName,
         media_id: &str,
-        media_key: &[u8],
         wait: Duration,
     ) -> Result<Content> {
+        let item = (server.as_str(), media_id);
         // A fetch that finished while we queued for the flight left it in the cache.
-        if let Some(content) = self.cached_remote(media_key)? {
+        if let Some(content) = self.cached_remote(item)? {
             return Ok(content);
         }
         let federation = self.federation.as_ref().ok_or_else(|| {
@@ -644,30 +631,26 @@ impl Service {
             unused_expires_at: None,
             remote: true,
         };
-        let _record = self.remote_lock(media_key).lock().await;
+        let subject = MediaSubject::media(item);
+        let _record = self.remote_lock(&subject).lock().await;
         let mut batch = Batch::new();
         // A record left by a thumbnail fetch is replaced, and so is its expiry row.
-        if let Some(old) = self.record(media_key)? {
-            batch.delete(
-                Cf::MediaExpiry,
-                media_expiry(MEDIA_EXPIRY_REMOTE, old.created_ts, media_key),
-            );
+        if let Some(old) = self.record(item)? {
+            self.expiry
+                .delete_in(&mut batch, (MEDIA_EXPIRY_REMOTE, old.created_ts, &subject));
         }
-        batch.put(
-            Cf::MediaExpiry,
-            media_expiry(MEDIA_EXPIRY_REMOTE, now, media_key),
-            Vec::new(),
-        );
-        batch.put(Cf::Media, media_key.to_vec(), encode_json(&record));
-        self.put_referenced(hash, file.data, batch, media_key)
+        self.expiry
+            .put_in(&mut batch, (MEDIA_EXPIRY_REMOTE, now, &subject), &());
+        self.media.put_in(&mut batch, item, &record);
+        self.put_referenced(hash, file.data, batch, &subject)
             .await?;
         self.expiry_changed.notify_one();
         content_of(record)
     }
 
-    fn remote_lock(&self, media_key: &[u8]) -> &Mutex<()> {
+    fn remote_lock(&self, item: &MediaSubject) -> &Mutex<()> {
         let mut hasher = DefaultHasher::new();
-        media_key.hash(&mut hasher);
+        item.hash(&mut hasher);
         stripe(&self.remote_locks, hasher.finish())
     }
 
@@ -724,21 +707,21 @@ impl Service {
         animated: bool,
         wait: Duration,
     ) -> Result<Content> {
-        let media_key = media(server.as_str(), media_id);
-        let thumb_key = media_thumbnail(
-            &media_key,
+        let thumb_key = (
+            server.as_str(),
+            media_id,
             width,
             height,
             method.as_u8(),
             remote_thumbnail_kind(animated),
         );
-        if let Some(content) = self.cached_thumbnail(&thumb_key)? {
+        if let Some(content) = self.cached_thumbnail(thumb_key)? {
             return Ok(content);
         }
         let mut flight = vec![FLIGHT_THUMBNAIL];
-        flight.extend_from_slice(&thumb_key);
+        flight.extend_from_slice(MediaSubject::thumbnail(thumb_key).as_bytes());
         self.single_flight(flight, || async {
-            if let Some(content) = self.cached_thumbnail(&thumb_key)? {
+            if let Some(content) = self.cached_thumbnail(thumb_key)? {
                 return Ok(content);
             }
             let federation = self.federation.as_ref().ok_or_else(|| {
@@ -755,17 +738,13 @@ impl Service {
             let file = federation
                 .fetch_media(server, request, self.max_upload_size())
                 .await?;
-            self.store_remote_thumbnail(&media_key, &thumb_key, file.data)
-                .await
+            self.store_remote_thumbnail(thumb_key, file.data).await
         })
         .await
     }
 
-    fn cached_thumbnail(&self, thumb_key: &[u8]) -> Result<Option<Content>> {
-        let Some(t) = self
-            .db
-            .get_json::<ThumbnailRecord>(Cf::MediaThumbnails, thumb_key)?
-        else {
+    fn cached_thumbnail(&self, thumb_key: ThumbnailKey<'_>) -> Result<Option<Content>> {
+        let Some(t) = self.thumbnails.get(thumb_key)? else {
             return Ok(None);
         };
         Ok(ContentHash::from_hex(&t.content_hash).map(|hash| Content {
@@ -781,8 +760,7 @@ impl Service {
     /// without content if it has none, so retention and purges find the thumbnail.
     async fn store_remote_thumbnail(
         &self,
-        media_key: &[u8],
-        thumb_key: &[u8],
+        thumb_key: ThumbnailKey<'_>,
         data: Bytes,
     ) -> Result<Content> {
         let sniffed = data.clone();
@@ -803,9 +781,11 @@ impl Service {
             width,
             height,
         };
-        let _record = self.remote_lock(media_key).lock().await;
+        let item = (thumb_key.0, thumb_key.1);
+        let subject = MediaSubject::media(item);
+        let _record = self.remote_lock(&subject).lock().await;
         let mut batch = Batch::new();
-        if self.record(media_key)?.is_none() {
+        if self.record(item)?.is_none() {
             let now = now_ms();
             let placeholder = MediaRecord {
                 content_hash: None,
@@ -817,19 +797,14 @@ impl Service {
                 unused_expires_at: None,
                 remote: true,
             };
-            batch.put(Cf::Media, media_key.to_vec(), encode_json(&placeholder));
-            batch.put(
-                Cf::MediaExpiry,
-                media_expiry(MEDIA_EXPIRY_REMOTE, now, media_key),
-                Vec::new(),
-            );
+            self.media.put_in(&mut batch, item, &placeholder);
+            self.expiry
+                .put_in(&mut batch, (MEDIA_EXPIRY_REMOTE, now, &subject), &());
         }
-        batch.put(
-            Cf::MediaThumbnails,
-            thumb_key.to_vec(),
-            encode_json(&record),
-        );
-        self.put_referenced(hash, data, batch, thumb_key).await?;
+        self.thumbnails.put_in(&mut batch, thumb_key, &record);
+        let thumb_subject = MediaSubject::thumbnail(thumb_key);
+        self.put_referenced(hash, data, batch, &thumb_subject)
+            .await?;
         self.expiry_changed.notify_one();
         Ok(Content {
             hash,
@@ -861,11 +836,7 @@ impl Service {
     ) -> Result<Content> {
         // Remote originals are not downloaded for a thumbnail: the origin makes it. One already
         // cached is thumbnailed here like local media.
-        if !self.is_local(server)
-            && self
-                .cached_remote(&media(server.as_str(), media_id))?
-                .is_none()
-        {
+        if !self.is_local(server) && self.cached_remote((server.as_str(), media_id))?.is_none() {
             return self
                 .remote_thumbnail(server, media_id, (width, height), method, animated, wait)
                 .await;
@@ -896,11 +867,17 @@ impl Service {
                 .map(|f| f.to_mime_type().to_owned()),
             ..original
         };
-        let media_key = media(server.as_str(), media_id);
-        let thumb_key = media_thumbnail(&media_key, width, height, method.as_u8(), out_type);
+        let thumb_key = (
+            server.as_str(),
+            media_id,
+            width,
+            height,
+            method.as_u8(),
+            out_type,
+        );
         // An animated request may be answered with the original instead, decided while generating.
         if !animated {
-            if let Some(content) = self.cached_thumbnail(&thumb_key)? {
+            if let Some(content) = self.cached_thumbnail(thumb_key)? {
                 return Ok(content);
             }
         }
@@ -941,10 +918,11 @@ impl Service {
             height: thumb.height,
         };
         let mut batch = Batch::new();
-        batch.put(Cf::MediaThumbnails, thumb_key.clone(), encode_json(&record));
+        self.thumbnails.put_in(&mut batch, thumb_key, &record);
         // The original may have been purged while we worked: then keep nothing.
-        if self.record(&media_key)?.is_some() {
-            self.put_referenced(hash, data, batch, &thumb_key).await?;
+        if self.record((server.as_str(), media_id))?.is_some() {
+            let subject = MediaSubject::thumbnail(thumb_key);
+            self.put_referenced(hash, data, batch, &subject).await?;
         }
         Ok(Content {
             hash,
@@ -955,8 +933,8 @@ impl Service {
     }
 
     /// Deletes a media item, its thumbnails, and the files nothing else uses.
-    async fn delete_media(&self, media_key: &[u8]) -> Result<bool> {
-        let Some(record) = self.record(media_key)? else {
+    async fn delete_media(&self, item: MediaKey<'_>) -> Result<bool> {
+        let Some(record) = self.record(item)? else {
             return Ok(false);
         };
         let user = match &record.uploader {
@@ -969,20 +947,27 @@ impl Service {
         };
         let mut batch = Batch::new();
         let mut hashes = Vec::new();
-        for row in self
-            .db
-            .scan_prefix(Cf::MediaThumbnails, &media_thumbnail_prefix(media_key))
-        {
-            let (k, v) = row?;
-            let t: ThumbnailRecord = decode_json(Cf::MediaThumbnails, &v)?;
+        for row in self.thumbnails.scan(item) {
+            let (k, t) = row?;
             if let Some(hash) = ContentHash::from_hex(&t.content_hash) {
-                batch.delete(Cf::MediaRefs, media_ref(&hash.0, &k));
+                let (server, media_id, width, height, method, content_type) = &k;
+                let thumbnail = (
+                    server.as_str(),
+                    media_id.as_str(),
+                    *width,
+                    *height,
+                    *method,
+                    content_type.as_str(),
+                );
+                let subject = MediaSubject::thumbnail(thumbnail);
+                self.refs.delete_in(&mut batch, (&hash.0, &subject));
                 hashes.push(hash);
             }
-            batch.delete(Cf::MediaThumbnails, k);
+            self.thumbnails.delete_row_in(&mut batch, &k);
         }
+        let subject = MediaSubject::media(item);
         if let Some(hash) = record.hash() {
-            batch.delete(Cf::MediaRefs, media_ref(&hash.0, media_key));
+            self.refs.delete_in(&mut batch, (&hash.0, &subject));
             hashes.push(hash);
         }
         let kind = if record.remote {
@@ -990,27 +975,18 @@ impl Service {
         } else {
             MEDIA_EXPIRY_LOCAL
         };
-        batch.delete(
-            Cf::MediaExpiry,
-            media_expiry(kind, record.created_ts, media_key),
-        );
+        self.expiry
+            .delete_in(&mut batch, (kind, record.created_ts, &subject));
         if let Some(expires) = record.unused_expires_at {
-            batch.delete(
-                Cf::MediaExpiry,
-                media_expiry(MEDIA_EXPIRY_PENDING, expires, media_key),
-            );
+            self.expiry
+                .delete_in(&mut batch, (MEDIA_EXPIRY_PENDING, expires, &subject));
         }
         if let Some(short) = user {
-            if let Some((_, media_id)) = split_media(media_key) {
-                batch.delete(Cf::MediaPending, media_pending(short, media_id));
-            }
-            batch.put(
-                Cf::MediaUsage,
-                key::user(short),
-                self.usage(short)?.saturating_sub(record.size).to_be_bytes(),
-            );
+            self.pending.delete_in(&mut batch, (short, item.1));
+            let usage = self.usage(short)?.saturating_sub(record.size);
+            self.usage.put_in(&mut batch, short, &usage);
         }
-        batch.delete(Cf::Media, media_key.to_vec());
+        self.media.delete_in(&mut batch, item);
         self.db.write(batch).await?;
         self.release(hashes).await?;
         Ok(true)
@@ -1031,33 +1007,28 @@ impl Service {
     async fn purge(&self, kind: u8, before_ts: u64) -> Result<Vec<String>> {
         let mut deleted = Vec::new();
         loop {
-            let rows: Vec<Vec<u8>> = self
-                .db
-                .scan_range(
-                    Cf::MediaExpiry,
-                    &media_expiry(kind, 0, &[]),
-                    &media_expiry(kind, before_ts, &[]),
-                    false,
-                )
+            let start = MediaSubject::default();
+            let rows: Vec<_> = self
+                .expiry
+                .range((kind, 0, &start), (kind, before_ts, &start))
+                .keys()
                 .take(PURGE_BATCH)
-                .map(|r| r.map(|(k, _)| k))
                 .collect::<Result<_, _>>()?;
             let done = rows.len() < PURGE_BATCH;
             for row in rows {
-                let subject = split_media_expiry(&row)
-                    .map(|(_, s)| s.to_vec())
-                    .unwrap_or_default();
+                let subject = &row.2;
                 let mut batch = Batch::new();
                 if kind == MEDIA_EXPIRY_PREVIEW {
-                    deleted.push(String::from_utf8_lossy(&subject).into_owned());
-                    batch.delete(Cf::UrlPreviews, subject);
-                } else if self.delete_media(&subject).await? {
-                    if let Some((_, id)) = split_media(&subject) {
-                        deleted.push(id.to_owned());
+                    let url = subject.as_url();
+                    self.previews.delete_in(&mut batch, &url);
+                    deleted.push(url);
+                } else if let Some((server, media_id)) = subject.media_item() {
+                    if self.delete_media((&server, &media_id)).await? {
+                        deleted.push(media_id);
                     }
                 }
                 // Also when the media went some other way and this row is all that is left.
-                batch.delete(Cf::MediaExpiry, row);
+                self.expiry.delete_row_in(&mut batch, &row);
                 self.db.write(batch).await?;
             }
             if done {
@@ -1096,11 +1067,12 @@ impl Service {
             let cutoff = now_ms().saturating_sub(age);
             self.purge(kind, cutoff.saturating_add(1)).await?;
             let first = self
-                .db
-                .scan_prefix(Cf::MediaExpiry, &[kind])
+                .expiry
+                .scan((kind,))
+                .keys()
                 .next()
                 .transpose()?
-                .and_then(|(k, _)| split_media_expiry(&k).map(|(t, _)| t));
+                .map(|(_, time, _)| time);
             if let Some(t) = first {
                 let due = t.saturating_add(age);
                 next = Some(next.map_or(due, |n| n.min(due)));
@@ -1149,9 +1121,9 @@ impl Service {
                 "Only http and https URLs are previewed",
             ));
         }
-        let cache_key = url_preview(parsed.as_str());
+        let url = parsed.as_str();
         let now = now_ms();
-        let cached: Option<CachedPreview> = self.db.get_json(Cf::UrlPreviews, &cache_key)?;
+        let cached = self.previews.get(url)?;
         if let Some(c) = &cached {
             if now.saturating_sub(c.fetched_ts) < PREVIEW_TTL_MS {
                 return Ok(c.data.clone());
@@ -1163,25 +1135,21 @@ impl Service {
         )
         .await
         .map_err(|_| Error::upstream_timeout("Timed out fetching the URL"))??;
+        let subject = MediaSubject::url(url);
         let mut batch = Batch::new();
         if let Some(old) = cached {
-            batch.delete(
-                Cf::MediaExpiry,
-                media_expiry(MEDIA_EXPIRY_PREVIEW, old.fetched_ts, &cache_key),
-            );
+            self.expiry
+                .delete_in(&mut batch, (MEDIA_EXPIRY_PREVIEW, old.fetched_ts, &subject));
         }
-        batch.put(
-            Cf::MediaExpiry,
-            media_expiry(MEDIA_EXPIRY_PREVIEW, now, &cache_key),
-            Vec::new(),
-        );
-        batch.put(
-            Cf::UrlPreviews,
-            cache_key,
-            encode_json(&CachedPreview {
+        self.expiry
+            .put_in(&mut batch, (MEDIA_EXPIRY_PREVIEW, now, &subject), &());
+        self.previews.put_in(
+            &mut batch,
+            url,
+            &CachedPreview {
                 fetched_ts: now,
                 data: data.clone(),
-            }),
+            },
         );
         self.db.write(batch).await?;
         self.expiry_changed.notify_one();

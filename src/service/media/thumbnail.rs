@@ -10,6 +10,8 @@ use image::{
     AnimationDecoder, DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits,
 };
 
+/// Largest thumbnail side a client (or a peer) may ask for.
+pub const MAX_THUMBNAIL_SIDE: u32 = 4096;
 /// Widest or tallest image decoded.
 const MAX_DIMENSION: u32 = 16_384;
 /// Largest image decoded, in pixels (about 40 megapixels: a large photo).

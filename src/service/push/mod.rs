@@ -19,8 +19,14 @@ use serde_json::{json, Value as JsonValue};
 use crate::{
     error::{Error, Result},
     service::{account_data, receipts, rooms},
-    storage::{schema::key, Batch, Cf, Db, ShortId},
+    storage::{tables, Batch, Db, ShortId, Table},
 };
+
+/// Local members of a room with their push condition context.
+type MemberContexts = Vec<(ShortId, PushConditionRoomCtx)>;
+
+/// Rooms whose member contexts are kept; beyond this the cache starts over.
+const CONTEXT_CACHE: usize = 1_000;
 
 /// Rulesets kept parsed in memory; beyond this the cache starts over.
 const RULESET_CACHE: usize = 10_000;
@@ -48,11 +54,13 @@ pub struct Counts {
 }
 
 pub struct Service {
-    db: Db,
+    notifications: Table<tables::Notifications<StoredNotification>>,
     rooms: Arc<rooms::Service>,
     account_data: Arc<account_data::Service>,
     receipts: Arc<receipts::Service>,
     rulesets: Mutex<HashMap<ShortId, Arc<Ruleset>>>,
+    /// Per room: the state group its members' push contexts were read at, and the contexts.
+    contexts: Mutex<HashMap<ShortId, (u64, Arc<MemberContexts>)>>,
     /// The position at which each (user, room)'s counts last grew, so /sync resends the room.
     counts_changed: Mutex<HashMap<(ShortId, ShortId), u64>>,
 }
@@ -65,11 +73,12 @@ impl Service {
         receipts: Arc<receipts::Service>,
     ) -> Self {
         Self {
-            db,
+            notifications: Table::new(&db),
             rooms,
             account_data,
             receipts,
             rulesets: Mutex::new(HashMap::new()),
+            contexts: Mutex::new(HashMap::new()),
             counts_changed: Mutex::new(HashMap::new()),
         }
     }
@@ -107,15 +116,20 @@ impl Service {
         Ok(())
     }
 
-    /// Evaluates events about to be committed for the room's local members and adds their
-    /// notifications to the events' batch (see [`rooms::Notifier`]).
-    fn evaluate_in(
-        &self,
-        batch: &mut Batch,
-        room: ShortId,
-        room_id: &RoomId,
-        events: &[(ShortId, &CanonicalJsonObject)],
-    ) -> Result<()> {
+    /// The push context of each local member of a room (display name, member count, power
+    /// levels), cached per room until its state changes: message after message in a busy room
+    /// reads none of it again.
+    fn member_contexts(&self, room: ShortId, room_id: &RoomId) -> Result<Arc<MemberContexts>> {
+        let state_group = self
+            .rooms
+            .meta(room)?
+            .map(|m| m.state_group)
+            .unwrap_or_default();
+        if let Some((group, cached)) = self.contexts.lock().get(&room) {
+            if *group == state_group {
+                return Ok(cached.clone());
+            }
+        }
         let server = self.rooms.server_name().clone();
         let members: Vec<(ShortId, OwnedUserId)> = self
             .rooms
@@ -125,18 +139,13 @@ impl Service {
             .map(|(u, _)| Ok((u, self.rooms.user_id_of(u)?)))
             .collect::<Result<Vec<_>>>()?;
         let joined = members.len();
-        let local: Vec<&(ShortId, OwnedUserId)> = members
-            .iter()
-            .filter(|(_, u)| u.server_name() == server)
-            .collect();
-        if local.is_empty() {
-            return Ok(());
-        }
         let power_levels: Option<PushConditionPowerLevelsCtx> =
             self.rooms.current_power_levels(room)?.map(Into::into);
-        // Per member, once per group of events rather than once per event.
-        let mut contexts = Vec::with_capacity(local.len());
-        for (user, user_id) in &local {
+        let mut contexts = Vec::new();
+        for (user, user_id) in members {
+            if user_id.server_name() != server {
+                continue;
+            }
             let name = self
                 .rooms
                 .current_state_pdu(room, &StateEventType::RoomMember, user_id.as_str())?
@@ -150,11 +159,37 @@ impl Service {
             let mut ctx = PushConditionRoomCtx::new(
                 room_id.to_owned(),
                 UInt::new_saturating(joined as u64),
-                user_id.clone(),
+                user_id,
                 name,
             );
             ctx.power_levels = power_levels.clone();
-            contexts.push((*user, self.ruleset(*user, user_id)?, ctx));
+            contexts.push((user, ctx));
+        }
+        let contexts = Arc::new(contexts);
+        let mut cache = self.contexts.lock();
+        if cache.len() >= CONTEXT_CACHE {
+            cache.clear();
+        }
+        cache.insert(room, (state_group, contexts.clone()));
+        Ok(contexts)
+    }
+
+    /// Evaluates events about to be committed for the room's local members and adds their
+    /// notifications to the events' batch (see [`rooms::Notifier`]).
+    fn evaluate_in(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        room_id: &RoomId,
+        events: &[(ShortId, &CanonicalJsonObject)],
+    ) -> Result<()> {
+        let contexts = self.member_contexts(room, room_id)?;
+        if contexts.is_empty() {
+            return Ok(());
+        }
+        let mut rulesets = Vec::with_capacity(contexts.len());
+        for (user, ctx) in contexts.iter() {
+            rulesets.push(self.ruleset(*user, &ctx.user_id)?);
         }
         let mut notified = Vec::new();
         for (event, object) in events {
@@ -174,7 +209,7 @@ impl Service {
             let raw: Raw<JsonValue> =
                 Raw::from_json(serde_json::value::to_raw_value(&json).map_err(Error::internal)?);
             let flat = FlattenedJson::from_raw(&raw);
-            for (user, ruleset, ctx) in &contexts {
+            for ((user, ctx), ruleset) in contexts.iter().zip(&rulesets) {
                 if ctx.user_id.as_str() == sender {
                     continue;
                 }
@@ -190,11 +225,8 @@ impl Service {
                     thread: thread.clone(),
                     ts,
                 };
-                batch.put(
-                    Cf::Notifications,
-                    key::notification(*user, room, *event),
-                    serde_json::to_vec(&record).map_err(Error::internal)?,
-                );
+                self.notifications
+                    .put_in(batch, (*user, room, *event), &record);
                 notified.push((*user, *event));
             }
         }
@@ -249,23 +281,12 @@ impl Service {
         let main_read = self.read_up_to(room, user, "main")?;
         let mut counts = Counts::default();
         let mut thread_read: HashMap<String, u64> = HashMap::new();
-        let rows = self.db.scan_range(
-            Cf::Notifications,
-            &key::notification(user, room, floor.saturating_add(1)),
-            &key::notification(user, room.saturating_add(1), 0),
-            false,
+        let rows = self.notifications.range(
+            (user, room, floor.saturating_add(1)),
+            (user, room.saturating_add(1), 0),
         );
         for row in rows {
-            let (k, v) = row?;
-            let Some(pos) = k
-                .get(16..24)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-            else {
-                continue;
-            };
-            let n: StoredNotification = serde_json::from_slice(&v)
-                .map_err(|e| Error::internal(format!("corrupt notification: {e}")))?;
+            let ((_, _, pos), n) = row?;
             match (&n.thread, by_thread) {
                 (Some(root), true) => {
                     let read = match thread_read.get(root) {
@@ -303,23 +324,11 @@ impl Service {
         only_highlight: bool,
     ) -> Result<(Vec<Listed>, Option<u64>)> {
         let mut all = Vec::new();
-        for row in self.db.scan_prefix(Cf::Notifications, &key::u64_key(user)) {
-            let (k, v) = row?;
-            let (Some(room), Some(pos)) = (
-                k.get(8..16)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes),
-                k.get(16..24)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes),
-            ) else {
-                continue;
-            };
+        for row in self.notifications.scan((user,)) {
+            let ((_, room, pos), n) = row?;
             if from.is_some_and(|f| pos >= f) {
                 continue;
             }
-            let n: StoredNotification = serde_json::from_slice(&v)
-                .map_err(|e| Error::internal(format!("corrupt notification: {e}")))?;
             if only_highlight && !n.highlight {
                 continue;
             }

@@ -12,9 +12,12 @@ use serde_json::{value::RawValue as RawJsonValue, Value as JsonValue};
 
 use super::{replication::to_canonical, rooms::remote::Relay, Services};
 use crate::{
-    error::{Error, Result},
-    storage::{schema::key, Batch, Cf},
+    error::Result,
+    storage::{tables, Batch, StorageError, Table},
 };
+
+/// A transaction's outcome as recorded: event ID → the reason it was refused, if it was.
+type Outcome = BTreeMap<OwnedEventId, Option<String>>;
 
 /// What became of each PDU of a transaction: accepted, or refused with the reason.
 pub type PduResults = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
@@ -27,14 +30,18 @@ pub async fn receive_transaction(
     pdus: &[Box<RawJsonValue>],
     edus: &[Raw<Edu>],
 ) -> Result<PduResults> {
-    let txn_key = key::fed_txn(origin.as_str(), transaction_id);
-    if let Some(done) = services.db.get(Cf::FedTxns, &txn_key)? {
-        if let Ok(pdus) = serde_json::from_slice::<BTreeMap<OwnedEventId, Option<String>>>(&done) {
-            return Ok(pdus
+    let txns = Table::<tables::FedTxns<Outcome>>::new(&services.db);
+    let txn_key = (origin.as_str(), transaction_id);
+    match txns.get(txn_key) {
+        Ok(Some(done)) => {
+            return Ok(done
                 .into_iter()
                 .map(|(k, v)| (k, v.map_or(Ok(()), Err)))
                 .collect());
         }
+        // An unreadable record is as good as none: the transaction is handled again.
+        Ok(None) | Err(StorageError::Corrupt { .. }) => {}
+        Err(e) => return Err(e.into()),
     }
     let mut results = PduResults::new();
     for raw in pdus {
@@ -69,14 +76,12 @@ pub async fn receive_transaction(
             tracing::info!(%origin, "EDU not accepted: {e}");
         }
     }
-    let record: BTreeMap<&OwnedEventId, Option<&String>> =
-        results.iter().map(|(k, v)| (k, v.as_ref().err())).collect();
+    let record: Outcome = results
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_ref().err().cloned()))
+        .collect();
     let mut batch = Batch::new();
-    batch.put(
-        Cf::FedTxns,
-        txn_key,
-        serde_json::to_vec(&record).map_err(Error::internal)?,
-    );
+    txns.put_in(&mut batch, txn_key, &record);
     services.db.write(batch).await?;
     Ok(results)
 }

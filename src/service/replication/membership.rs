@@ -10,7 +10,7 @@ use serde_json::{json, Value as JsonValue};
 
 use super::{bad_event, stripped, to_canonical, urlencode, Refused, Service, SUPPORTED_VERSIONS};
 use crate::{
-    error::{Error, ErrorCode, Result},
+    error::{Error, Result},
     service::rooms::{self, remote::Relay},
     storage::ShortId,
 };
@@ -133,11 +133,8 @@ impl Service {
         invite_room_state: Vec<JsonValue>,
     ) -> Result<CanonicalJsonObject> {
         let rules = rooms::Service::version_rules(version).map_err(|_| {
-            Error::new(
-                http::StatusCode::BAD_REQUEST,
-                ErrorCode::IncompatibleRoomVersion {
-                    room_version: version.to_string(),
-                },
+            Error::matrix(
+                crate::error::incompatible_room_version_kind(version.as_str()),
                 format!("Room version {version} is not supported"),
             )
         })?;

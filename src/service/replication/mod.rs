@@ -19,7 +19,7 @@ use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, ServerName};
 use serde_json::{json, Value as JsonValue};
 
 use crate::{
-    error::{Error, ErrorCode, Result},
+    error::{Error, Result},
     service::{
         federation,
         rooms::{self, pdu::Pdu},
@@ -68,11 +68,7 @@ impl From<Error> for Refused {
 }
 
 fn bad_event(m: impl std::fmt::Display) -> Error {
-    Error::new(
-        http::StatusCode::BAD_REQUEST,
-        ErrorCode::BadJson,
-        format!("Invalid event: {m}"),
-    )
+    Error::bad_json(format!("Invalid event: {m}"))
 }
 
 /// A verified PDU ready for the pipeline.

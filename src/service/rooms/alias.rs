@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Service;
 use crate::{
-    error::{Error, ErrorCode, Result},
+    error::{Error, Result},
     storage::{encode_json, schema::key, Batch, Cf, ShortId},
 };
 
@@ -38,11 +38,7 @@ impl Service {
         let (room, _) = self.known_room(room_id)?;
         let _guard = self.alias_lock.lock().await;
         if self.resolve_alias(alias)?.is_some() {
-            return Err(Error::new(
-                http::StatusCode::CONFLICT,
-                ErrorCode::Unknown,
-                "Room alias already exists",
-            ));
+            return Err(Error::conflict("Room alias already exists"));
         }
         let mut b = Batch::new();
         b.put(

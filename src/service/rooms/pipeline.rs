@@ -24,7 +24,7 @@ use super::{
     RoomMeta, Service,
 };
 use crate::{
-    error::{Error, ErrorCode, Result},
+    error::{Error, Result},
     service::stream::Reservation,
     storage::{schema::key, Batch, Cf, IdKind, ShortId},
 };
@@ -117,13 +117,7 @@ fn canonical(value: JsonValue) -> Result<CanonicalJsonValue> {
 
 impl Service {
     pub(super) fn rules(version: &RoomVersionId) -> Result<RoomVersionRules> {
-        hearth_federation::pdu::rules(version).map_err(|e| {
-            Error::new(
-                http::StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidParam,
-                e.to_string(),
-            )
-        })
+        hearth_federation::pdu::rules(version).map_err(|e| Error::invalid_param(e.to_string()))
     }
 
     /// The references to events as this room version writes them in prev_events/auth_events.

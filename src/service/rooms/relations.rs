@@ -203,9 +203,8 @@ impl Service {
                     .and_then(JsonValue::as_str)
                     == Some(key)
             {
-                return Err(Error::new(
-                    axum::http::StatusCode::BAD_REQUEST,
-                    crate::error::ErrorCode::DuplicateAnnotation,
+                return Err(Error::matrix(
+                    crate::error::ErrorKind::DuplicateAnnotation,
                     "You already sent this annotation for that event",
                 ));
             }

@@ -24,15 +24,15 @@ use tokio::{
 use crate::{
     error::{Error, Result},
     service::{federation, now_ms, rooms, stream::Stream},
-    storage::{schema::key, Batch, Cf, Db},
+    storage::{
+        tables::{self, QueuedItem},
+        Batch, Db, Table,
+    },
 };
 
 /// The spec's limits on one transaction.
 pub const MAX_PDUS: usize = 50;
 pub const MAX_EDUS: usize = 100;
-
-const PDU: u8 = 0;
-const EDU: u8 = 1;
 
 #[derive(Default)]
 struct Destination {
@@ -43,6 +43,7 @@ struct Destination {
 
 pub struct Service {
     db: Db,
+    queue: Table<tables::FedQueue>,
     rooms: Arc<rooms::Service>,
     federation: Arc<federation::Service>,
     stream: Arc<Stream>,
@@ -53,7 +54,8 @@ pub struct Service {
 
 /// One transaction's worth of queued rows.
 struct Pending {
-    keys: Vec<Vec<u8>>,
+    /// Sequence numbers of the rows.
+    seqs: Vec<u64>,
     pdus: Vec<JsonValue>,
     edus: Vec<JsonValue>,
     first: u64,
@@ -69,6 +71,7 @@ impl Service {
         max_backoff: Duration,
     ) -> Self {
         Self {
+            queue: Table::new(&db),
             db,
             rooms,
             federation,
@@ -102,13 +105,12 @@ impl Service {
         if destinations.is_empty() {
             return Ok(());
         }
-        let mut value = vec![EDU];
-        value.extend(serde_json::to_vec(&edu).map_err(Error::internal)?);
+        let value = QueuedItem::Edu(serde_json::to_vec(&edu).map_err(Error::internal)?);
         let mut batch = Batch::new();
         let mut reserved = self.stream.reserve();
         let pos = reserved.position_in(&mut batch);
         for d in destinations {
-            batch.put(Cf::FedQueue, key::fed_queue(d.as_str(), pos), value.clone());
+            self.queue.put_in(&mut batch, (d.as_str(), pos), &value);
         }
         reserved.write(&self.db, batch).await?;
         self.rooms_wake(destinations.to_vec());
@@ -148,27 +150,14 @@ impl Service {
 
     /// Destinations with rows waiting (at start, to resume them).
     fn queued_destinations(&self) -> Vec<OwnedServerName> {
-        let mut out: Vec<OwnedServerName> = Vec::new();
-        let mut from = Vec::new();
-        loop {
-            let next = self
-                .db
-                .scan_range(Cf::FedQueue, &from, &[0xff; 1], false)
-                .next();
-            let Some(Ok((k, _))) = next else {
-                break;
-            };
-            let Some((dest, _)) = key::split_fed_queue(&k) else {
-                break;
-            };
-            if let Ok(s) = OwnedServerName::try_from(dest) {
-                out.push(s);
-            }
-            // Skip past this destination's rows.
-            from = key::fed_queue(dest, u64::MAX);
-            from.push(0);
-        }
-        out
+        let destinations = self.queue.destinations().unwrap_or_else(|e| {
+            tracing::error!("cannot read the federation queue: {e}");
+            Vec::new()
+        });
+        destinations
+            .into_iter()
+            .filter_map(|d| OwnedServerName::try_from(d).ok())
+            .collect()
     }
 
     /// Runs the queue until `stop`: a worker per destination with rows, started when rows
@@ -239,8 +228,8 @@ impl Service {
                 Ok(()) => {
                     failures = 0;
                     let mut batch = Batch::new();
-                    for k in &pending.keys {
-                        batch.delete(Cf::FedQueue, k.clone());
+                    for seq in &pending.seqs {
+                        self.queue.delete_in(&mut batch, (dest.as_str(), *seq));
                     }
                     if let Err(e) = self.db.write(batch).await {
                         tracing::error!(%dest, "cannot clear sent rows: {e}");
@@ -264,60 +253,49 @@ impl Service {
 
     /// The oldest rows of a destination, up to the spec's limits.
     fn next_transaction(&self, dest: &ServerName) -> Result<Option<Pending>> {
-        let mut prefix = dest.as_str().as_bytes().to_vec();
-        prefix.push(0xff);
         let mut p = Pending {
-            keys: Vec::new(),
+            seqs: Vec::new(),
             pdus: Vec::new(),
             edus: Vec::new(),
             first: 0,
             last: 0,
         };
-        for row in self.db.scan_prefix(Cf::FedQueue, &prefix) {
-            let (k, v) = row?;
-            let Some((_, seq)) = key::split_fed_queue(&k) else {
-                continue;
-            };
-            match v.first() {
-                Some(&PDU) if p.pdus.len() < MAX_PDUS => {
-                    let short = v
-                        .get(1..9)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_be_bytes)
-                        .unwrap_or_default();
+        for row in self.queue.scan((dest.as_str(),)) {
+            let ((_, seq), item) = row?;
+            match item {
+                QueuedItem::Pdu(short) if p.pdus.len() < MAX_PDUS => {
                     // An event that is gone (purged) is simply skipped.
                     if let Some(json) = self.rooms.event_json(short)? {
                         p.pdus.push(JsonValue::Object(json));
                     }
                 }
-                Some(&EDU) if p.edus.len() < MAX_EDUS => {
-                    match serde_json::from_slice::<JsonValue>(&v[1..]) {
+                QueuedItem::Edu(json) if p.edus.len() < MAX_EDUS => {
+                    match serde_json::from_slice::<JsonValue>(&json) {
                         Ok(edu) => p.edus.push(edu),
                         Err(e) => tracing::warn!("dropping an unreadable queued EDU: {e}"),
                     }
                 }
-                Some(&PDU) | Some(&EDU) => {
+                QueuedItem::Pdu(_) | QueuedItem::Edu(_) => {
                     if p.pdus.len() >= MAX_PDUS && p.edus.len() >= MAX_EDUS {
                         break;
                     }
                     // Full of this kind: keep order by stopping at the first overflow.
                     break;
                 }
-                _ => {}
             }
-            if p.keys.is_empty() {
+            if p.seqs.is_empty() {
                 p.first = seq;
             }
             p.last = seq;
-            p.keys.push(k);
+            p.seqs.push(seq);
         }
-        Ok((!p.keys.is_empty()).then_some(p))
+        Ok((!p.seqs.is_empty()).then_some(p))
     }
 
     async fn send(&self, dest: &ServerName, p: &Pending) -> Result<()> {
         // The same rows give the same transaction ID, so a retry the peer already processed is
         // answered from its cache instead of processed twice; new rows give a new ID.
-        let txn = format!("{}-{}-{}", p.first, p.last, p.keys.len());
+        let txn = format!("{}-{}-{}", p.first, p.last, p.seqs.len());
         let body = json!({
             "origin": self.federation.server_name().as_str(),
             "origin_server_ts": now_ms(),

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::{now_ms, random_string, users};
 use crate::{
     error::{unknown_token_kind, Error, Result},
-    storage::{decode_json, encode_json, schema::key, Batch, Cf, Db, ShortId},
+    storage::{tables, Batch, Db, ShortId, Table},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +69,9 @@ pub struct IssuedTokens {
 
 pub struct Service {
     db: Db,
+    devices: Table<tables::Devices<DeviceRecord>>,
+    access_tokens: Table<tables::AccessTokens<TokenRecord>>,
+    refresh_tokens: Table<tables::RefreshTokens<TokenRecord>>,
     users: Arc<users::Service>,
     refreshable_lifetime: Duration,
     last_seen: Mutex<HashMap<(ShortId, OwnedDeviceId), (u64, String)>>,
@@ -84,11 +87,11 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn token_key(hash: &str) -> Vec<u8> {
+fn token_key(hash: &str) -> [u8; 32] {
     let mut raw = [0u8; 32];
     // Hashes are produced by `hash_token`; a malformed one simply finds nothing.
     let _ = hex::decode_to_slice(hash, &mut raw);
-    key::token(&raw).to_vec()
+    raw
 }
 
 fn unknown_token(soft_logout: bool) -> Error {
@@ -105,6 +108,9 @@ fn unknown_token(soft_logout: bool) -> Error {
 impl Service {
     pub fn new(db: Db, users: Arc<users::Service>, refreshable_lifetime: Duration) -> Self {
         Self {
+            devices: Table::new(&db),
+            access_tokens: Table::new(&db),
+            refresh_tokens: Table::new(&db),
             db,
             users,
             refreshable_lifetime,
@@ -129,10 +135,7 @@ impl Service {
     /// Resolves an access token to its session.
     pub fn authenticate(&self, token: &str) -> Result<Session> {
         let hash = hash_token(token);
-        let Some(record) = self
-            .db
-            .get_json::<TokenRecord>(Cf::AccessTokens, &token_key(&hash))?
-        else {
+        let Some(record) = self.access_tokens.get(&token_key(&hash))? else {
             return Err(unknown_token(false));
         };
         if record.expires_at.is_some_and(|t| t <= now_ms()) {
@@ -153,7 +156,7 @@ impl Service {
             // delete is written (idempotent), so this cannot bring back a revoked row.
             if self.spent_refresh.lock().insert(old.clone()) {
                 let mut b = Batch::new();
-                b.delete(Cf::RefreshTokens, token_key(old));
+                self.refresh_tokens.delete_in(&mut b, &token_key(old));
                 self.db.kv().write(b)?;
             }
         }
@@ -176,14 +179,14 @@ impl Service {
     ) -> IssuedTokens {
         // Revoke what the device held before.
         if let Some(old) = device.access_token.take() {
-            batch.delete(Cf::AccessTokens, token_key(&old));
+            self.access_tokens.delete_in(batch, &token_key(&old));
         }
         if let Some(old) = device.pending_refresh.take() {
-            batch.delete(Cf::RefreshTokens, token_key(&old));
+            self.refresh_tokens.delete_in(batch, &token_key(&old));
         }
         if let Some(old) = device.refresh_token.take() {
             if Some(&old) != replaces_refresh.as_ref() {
-                batch.delete(Cf::RefreshTokens, token_key(&old));
+                self.refresh_tokens.delete_in(batch, &token_key(&old));
             }
         }
         let access_token = format!("hat_{}", random_string(40));
@@ -197,11 +200,8 @@ impl Service {
             replaces_refresh: replaces_refresh.clone(),
             access_token: None,
         };
-        batch.put(
-            Cf::AccessTokens,
-            token_key(&access_hash),
-            encode_json(&access),
-        );
+        self.access_tokens
+            .put_in(batch, &token_key(&access_hash), &access);
         let refresh_token = want_refresh.then(|| {
             let token = format!("hrt_{}", random_string(40));
             let hash = hash_token(&token);
@@ -210,7 +210,8 @@ impl Service {
                 access_token: Some(access_hash.clone()),
                 ..access.clone()
             };
-            batch.put(Cf::RefreshTokens, token_key(&hash), encode_json(&record));
+            self.refresh_tokens
+                .put_in(batch, &token_key(&hash), &record);
             device.refresh_token = Some(hash);
             token
         });
@@ -253,21 +254,15 @@ impl Service {
         device.last_seen_ts = Some(now);
         device.last_seen_ip = client_ip;
         let tokens = self.new_tokens(batch, user_id, user, &mut device, want_refresh, None);
-        batch.put(
-            Cf::Devices,
-            key::device(user, device.device_id.as_str()),
-            encode_json(&device),
-        );
+        self.devices
+            .put_in(batch, (user, device.device_id.as_str()), &device);
         Ok((device.device_id, tokens))
     }
 
     /// Trades a refresh token for a new token pair.
     pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens> {
         let hash = hash_token(refresh_token);
-        let Some(record) = self
-            .db
-            .get_json::<TokenRecord>(Cf::RefreshTokens, &token_key(&hash))?
-        else {
+        let Some(record) = self.refresh_tokens.get(&token_key(&hash))? else {
             return Err(unknown_token(false));
         };
         let _guard = self.lock_user(record.user).await;
@@ -282,12 +277,13 @@ impl Service {
         }
         let mut batch = Batch::new();
         if let Some(old) = &record.replaces_refresh {
-            batch.delete(Cf::RefreshTokens, token_key(old));
+            self.refresh_tokens.delete_in(&mut batch, &token_key(old));
         }
         if current {
             // Keep the traded-in token for a retry whose answer was lost.
             if let Some(older) = device.pending_refresh.take() {
-                batch.delete(Cf::RefreshTokens, token_key(&older));
+                self.refresh_tokens
+                    .delete_in(&mut batch, &token_key(&older));
             }
         }
         let tokens = self.new_tokens(
@@ -299,26 +295,25 @@ impl Service {
             Some(hash.clone()),
         );
         device.pending_refresh = Some(hash);
-        batch.put(
-            Cf::Devices,
-            key::device(record.user, device.device_id.as_str()),
-            encode_json(&device),
+        self.devices.put_in(
+            &mut batch,
+            (record.user, device.device_id.as_str()),
+            &device,
         );
         self.db.write(batch).await?;
         Ok(tokens)
     }
 
     pub fn get_device(&self, user: ShortId, device_id: &DeviceId) -> Result<Option<DeviceRecord>> {
-        Ok(self
-            .db
-            .get_json(Cf::Devices, &key::device(user, device_id.as_str()))?)
+        Ok(self.devices.get((user, device_id.as_str()))?)
     }
 
     pub fn devices(&self, user: ShortId) -> Result<Vec<DeviceRecord>> {
-        self.db
-            .scan_prefix(Cf::Devices, &key::user_prefix(user))
-            .map(|r| Ok(decode_json(Cf::Devices, &r?.1)?))
-            .collect()
+        Ok(self
+            .devices
+            .scan((user,))
+            .values()
+            .collect::<Result<_, _>>()?)
     }
 
     pub async fn set_display_name(
@@ -333,11 +328,8 @@ impl Service {
             .ok_or_else(|| Error::not_found("Unknown device"))?;
         device.display_name = display_name;
         let mut b = Batch::new();
-        b.put(
-            Cf::Devices,
-            key::device(user, device_id.as_str()),
-            encode_json(&device),
-        );
+        self.devices
+            .put_in(&mut b, (user, device_id.as_str()), &device);
         self.db.write(b).await?;
         Ok(())
     }
@@ -345,15 +337,16 @@ impl Service {
     /// Adds the removal of a device and its tokens to `batch`.
     pub fn delete_device_in(&self, batch: &mut Batch, user: ShortId, device: &DeviceRecord) {
         if let Some(h) = &device.access_token {
-            batch.delete(Cf::AccessTokens, token_key(h));
+            self.access_tokens.delete_in(batch, &token_key(h));
         }
-        if let Some(h) = &device.refresh_token {
-            batch.delete(Cf::RefreshTokens, token_key(h));
+        for h in [&device.refresh_token, &device.pending_refresh]
+            .into_iter()
+            .flatten()
+        {
+            self.refresh_tokens.delete_in(batch, &token_key(h));
         }
-        if let Some(h) = &device.pending_refresh {
-            batch.delete(Cf::RefreshTokens, token_key(h));
-        }
-        batch.delete(Cf::Devices, key::device(user, device.device_id.as_str()));
+        self.devices
+            .delete_in(batch, (user, device.device_id.as_str()));
     }
 
     /// Deletes the given devices (unknown ones are ignored, as the spec asks).
@@ -373,7 +366,8 @@ impl Service {
     pub async fn logout(&self, session: &Session) -> Result<()> {
         let _guard = self.lock_user(session.user).await;
         let mut b = Batch::new();
-        b.delete(Cf::AccessTokens, token_key(&session.token_hash));
+        self.access_tokens
+            .delete_in(&mut b, &token_key(&session.token_hash));
         if let Some(device) = self.get_device(session.user, &session.device_id)? {
             self.delete_device_in(&mut b, session.user, &device);
         }
