@@ -47,12 +47,7 @@ pub fn content_type(content: &Content) -> String {
 }
 
 pub fn is_inline(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = crate::service::media::preview::mime_essence(content_type);
     INLINE_TYPES.contains(&essence.as_str())
 }
 

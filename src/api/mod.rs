@@ -29,10 +29,30 @@ use crate::{error::Error, service::Services};
 
 pub type AppState = Arc<Services>;
 
+/// A public rooms response (any of ruma's client and federation kinds) holding a directory page.
+macro_rules! public_rooms_response {
+    ($response:expr, $page:expr) => {{
+        let page: $crate::service::directory::DirectoryPage = $page;
+        let mut response = $response;
+        response.chunk = page.chunk;
+        response.next_batch = page.next_batch;
+        response.prev_batch = page.prev_batch;
+        response.total_room_count_estimate = page.total_room_count_estimate;
+        response
+    }};
+}
+pub(crate) use public_rooms_response;
+
 /// The federation listener's router: server-server and key APIs (and nothing of the client API).
 pub fn federation_router(services: AppState) -> Router {
+    serve(federation::routes(Router::new()), services)
+}
+
+/// Finishes a listener's router: the fallbacks, its state, and the layers every request passes
+/// through (panics caught as 500s, writes detached from the connection, tracing).
+fn serve(router: Router<AppState>, services: AppState) -> Router {
     let tasks = services.tasks.clone();
-    federation::routes(Router::new())
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(services)
@@ -138,20 +158,6 @@ pub fn client_router(services: AppState) -> Router {
             http::header::RANGE,
             http::HeaderName::from_static("x-requested-with"),
         ]);
-    let tasks = services.tasks.clone();
-    let router = client::routes(Router::new());
-    let router = admin::routes(router);
-    router
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(services)
-        .layer(CatchPanicLayer::custom(|_| {
-            Error::internal("handler panicked").into_response()
-        }))
-        .layer(axum::middleware::from_fn_with_state(
-            tasks,
-            detach::detach_writes,
-        ))
-        .layer(TraceLayer::new_for_http())
-        .layer(cors)
+    let router = admin::routes(client::routes(Router::new()));
+    serve(router, services).layer(cors)
 }

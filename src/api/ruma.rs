@@ -40,29 +40,26 @@ pub trait AuthKind {
     const REQUIREMENT: AuthRequirement;
 }
 
-impl AuthKind for NoAuthentication {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
-}
-impl AuthKind for NoAccessToken {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
-}
-impl AuthKind for AccessToken {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::AccessToken;
-}
-impl AuthKind for AccessTokenOptional {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::AccessTokenOptional;
-}
-// Application services authenticate with their own tokens; until they are registered, such
-// endpoints accept a user's access token as the spec's client-side variants do.
-impl AuthKind for AppserviceToken {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::AccessToken;
-}
-impl AuthKind for AppserviceTokenOptional {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::AccessTokenOptional;
+/// Implements [`AuthKind`] for ruma's authentication schemes: `Scheme => Requirement`.
+macro_rules! auth_kinds {
+    ($($(#[$doc:meta])* $scheme:ty => $requirement:ident;)*) => {$(
+        $(#[$doc])*
+        impl AuthKind for $scheme {
+            const REQUIREMENT: AuthRequirement = AuthRequirement::$requirement;
+        }
+    )*};
 }
 
-impl AuthKind for ruma::api::federation::authentication::ServerSignatures {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::ServerSignatures;
+auth_kinds! {
+    NoAuthentication => None;
+    NoAccessToken => None;
+    AccessToken => AccessToken;
+    AccessTokenOptional => AccessTokenOptional;
+    // Application services authenticate with their own tokens; until they are registered, such
+    // endpoints accept a user's access token as the spec's client-side variants do.
+    AppserviceToken => AccessToken;
+    AppserviceTokenOptional => AccessTokenOptional;
+    ruma::api::federation::authentication::ServerSignatures => ServerSignatures;
 }
 
 /// A parsed, authenticated request.

@@ -25,6 +25,7 @@ pub mod sender;
 pub mod sessions;
 pub mod stream;
 pub mod sync;
+mod tables;
 pub mod tasks;
 pub mod timeline;
 pub mod typing;

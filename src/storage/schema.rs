@@ -316,8 +316,9 @@ pub enum IdKind {
     StateKey = 4,
 }
 
-pub mod key {
-    //! Key builders that the rooms code still uses until it moves to `tables`.
+pub(super) mod key {
+    //! The rows of `global`, and the keys of `shortids` and `shortids_rev`, which belong to `Db`
+    //! and `ShortIds` rather than to a table.
     use super::{IdKind, ShortId};
     pub const GLOBAL_SCHEMA_VERSION: &[u8] = b"schema_version";
 
@@ -348,70 +349,7 @@ pub mod key {
         Some((std::str::from_utf8(t).ok()?, std::str::from_utf8(sk).ok()?))
     }
 
-    pub fn u64_key(n: u64) -> [u8; 8] {
-        n.to_be_bytes()
-    }
-
-    pub fn pair(a: u64, b: u64) -> [u8; 16] {
-        let mut k = [0u8; 16];
-        k[..8].copy_from_slice(&a.to_be_bytes());
-        k[8..].copy_from_slice(&b.to_be_bytes());
-        k
-    }
-
-    pub fn split_pair(k: &[u8]) -> Option<(u64, u64)> {
-        if k.len() != 16 {
-            return None;
-        }
-        Some((
-            u64::from_be_bytes(k[..8].try_into().ok()?),
-            u64::from_be_bytes(k[8..].try_into().ok()?),
-        ))
-    }
-
-    /// A destination's queue row, or with `seq` 0 the start of its rows.
-    pub fn fed_queue(destination: &str, seq: u64) -> Vec<u8> {
-        let mut k = Vec::with_capacity(destination.len() + 9);
-        k.extend_from_slice(destination.as_bytes());
-        k.push(0xff);
-        k.extend_from_slice(&seq.to_be_bytes());
-        k
-    }
-
-    /// Transaction IDs are scoped to the device and the room they were used in.
-    pub fn txn_id(user: ShortId, device_id: &str, room: ShortId, txn_id: &str) -> Vec<u8> {
-        let mut k = Vec::with_capacity(17 + device_id.len() + txn_id.len());
-        k.extend_from_slice(&user.to_be_bytes());
-        k.extend_from_slice(device_id.as_bytes());
-        k.push(0xff);
-        k.extend_from_slice(&room.to_be_bytes());
-        k.extend_from_slice(txn_id.as_bytes());
-        k
-    }
-
-    pub fn room_alias(room: ShortId, alias: &str) -> Vec<u8> {
-        user_and_str(room, alias)
-    }
-
-    pub fn alias(alias: &str) -> Vec<u8> {
-        alias.as_bytes().to_vec()
-    }
-
     pub fn short_id_rev(short: ShortId) -> [u8; 8] {
         short.to_be_bytes()
-    }
-
-    pub fn user_and_str(user: ShortId, s: &str) -> Vec<u8> {
-        let mut k = Vec::with_capacity(8 + s.len());
-        k.extend_from_slice(&user.to_be_bytes());
-        k.extend_from_slice(s.as_bytes());
-        k
-    }
-
-    /// Splits a `short . string` key back into its parts.
-    pub fn split_user_key(key: &[u8]) -> Option<(ShortId, &str)> {
-        let (u, rest) = key.split_at_checked(8)?;
-        let user = ShortId::from_be_bytes(u.try_into().ok()?);
-        Some((user, std::str::from_utf8(rest).ok()?))
     }
 }

@@ -139,6 +139,40 @@ impl ShortIds {
         self.next.load(Ordering::SeqCst)
     }
 
+    /// The short ID of a state key: an event type and a state key, interned together.
+    pub fn state_key(&self, event_type: &str, state_key: &str) -> Result<Option<ShortId>> {
+        self.get_bytes(IdKind::StateKey, &key::state_key_id(event_type, state_key))
+    }
+
+    /// The short ID of a state key, created if it has none yet.
+    pub fn get_or_create_state_key(&self, event_type: &str, state_key: &str) -> Result<ShortId> {
+        self.get_or_create_bytes(IdKind::StateKey, &key::state_key_id(event_type, state_key))
+    }
+
+    /// `get_or_create_state_key` for many (event type, state key) pairs in one write; results
+    /// follow `keys`' order.
+    pub fn get_or_create_state_keys(&self, keys: &[(&str, &str)]) -> Result<Vec<ShortId>> {
+        let ids: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|(t, sk)| key::state_key_id(t, sk))
+            .collect();
+        let ids: Vec<&[u8]> = ids.iter().map(Vec::as_slice).collect();
+        self.get_or_create_many(IdKind::StateKey, &ids)
+    }
+
+    /// The (event type, state key) behind a short ID, or `None` if it is not a state key.
+    pub fn lookup_state_key(&self, short: ShortId) -> Result<Option<(String, String)>> {
+        let Some((IdKind::StateKey, b)) = self.lookup_bytes(short)? else {
+            return Ok(None);
+        };
+        key::split_state_key_id(&b)
+            .map(|(t, sk)| Some((t.to_owned(), sk.to_owned())))
+            .ok_or_else(|| super::StorageError::Corrupt {
+                cf: Cf::ShortIdsRev.name(),
+                reason: format!("state key {short}"),
+            })
+    }
+
     /// The string ID behind a short ID.
     pub fn lookup(&self, short: ShortId) -> Result<Option<(IdKind, String)>> {
         Ok(self
@@ -206,5 +240,32 @@ mod tests {
         let d = ids.get_or_create(IdKind::User, "@d:x").unwrap();
         assert!(d > a.max(b).max(c), "the counter went past the batch");
         assert_eq!(ids.lookup(b).unwrap(), Some((IdKind::User, "@b:x".into())));
+    }
+
+    #[test]
+    fn state_keys_are_interned_as_the_type_length_type_and_state_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = open(dir.path());
+        let member = ids
+            .get_or_create_state_key("m.room.member", "@a:x")
+            .unwrap();
+        // The layout databases hold: the type's length (u32 BE), the type, the state key.
+        let raw = [&13u32.to_be_bytes()[..], b"m.room.member@a:x"].concat();
+        assert_eq!(ids.get_bytes(IdKind::StateKey, &raw).unwrap(), Some(member));
+        assert_eq!(
+            ids.state_key("m.room.member", "@a:x").unwrap(),
+            Some(member)
+        );
+        assert_eq!(ids.state_key("m.room.membe", "r@a:x").unwrap(), None);
+        let many = ids
+            .get_or_create_state_keys(&[("m.room.name", ""), ("m.room.member", "@a:x")])
+            .unwrap();
+        assert_eq!(many[1], member);
+        assert_eq!(
+            ids.lookup_state_key(many[0]).unwrap(),
+            Some(("m.room.name".into(), String::new()))
+        );
+        let user = ids.get_or_create(IdKind::User, "@a:x").unwrap();
+        assert_eq!(ids.lookup_state_key(user).unwrap(), None);
     }
 }

@@ -410,6 +410,15 @@ impl<S: Schema> Table<S> {
         )
     }
 
+    /// The rows with keys in `(down_to, from]`, from `from` down: a walk backwards that stops
+    /// before `down_to`.
+    pub fn range_rev(&self, from: Key<'_, S>, down_to: Key<'_, S>) -> Rows<'_, S> {
+        Rows::new(
+            self.db
+                .scan_range(S::CF, &Self::key(from), &Self::key(down_to), true),
+        )
+    }
+
     /// Adds the deletion of every row under `prefix` to `batch`; returns how many there were.
     pub fn delete_prefix_in<P>(&self, batch: &mut Batch, prefix: P) -> Result<u64>
     where

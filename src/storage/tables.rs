@@ -145,9 +145,9 @@ tables! {
     EventMeta: EventMeta, U64 => Packed<(U64, U64, U64, U64, U8)>;
     /// room (short) . event (short = stream position) → nothing: the room's timeline in order.
     Timeline: Timeline, (U64, U64) => Empty;
-    /// state group (u64) → StateGroup (binary, see `rooms::state`): parent, chain length, added
-    /// (state key, event) pairs, removed state keys.
-    StateGroups: StateGroups, U64 => Raw;
+    /// state group (u64) → [`StateGroup`]: parent, chain length, added (state key, event)
+    /// pairs, removed state keys.
+    StateGroups: StateGroups, U64 => StateGroup;
     /// room (short) . state key (short, of (type, state key)) → event (short): current state.
     RoomState: RoomState, (U64, U64) => Packed<U64>;
     /// user (short) . room (short) → membership (u8: 1 join, 2 invite, 3 leave, 4 ban,
@@ -266,6 +266,85 @@ impl Table<FedQueue> {
             out.push(destination);
         }
         Ok(out)
+    }
+}
+
+/// A state group as stored: the changes against its parent group (or, without one, the whole
+/// state). Laid out as parent (u64; 0: none) . chain length (u32) . count (u32) . that many
+/// (state key (short) . event (short)) pairs . count (u32) . that many removed state keys (short).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateGroup {
+    pub parent: Option<u64>,
+    /// How many deltas lead back to a snapshot (0 for a snapshot).
+    pub chain: u32,
+    pub added: Vec<(u64, u64)>,
+    pub removed: Vec<u64>,
+}
+
+impl ValueCodec for StateGroup {
+    type Value = StateGroup;
+    fn encode(group: &StateGroup) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20 + group.added.len() * 16 + group.removed.len() * 8);
+        out.extend_from_slice(&group.parent.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&group.chain.to_be_bytes());
+        out.extend_from_slice(&(group.added.len() as u32).to_be_bytes());
+        for (k, e) in &group.added {
+            out.extend_from_slice(&k.to_be_bytes());
+            out.extend_from_slice(&e.to_be_bytes());
+        }
+        out.extend_from_slice(&(group.removed.len() as u32).to_be_bytes());
+        for k in &group.removed {
+            out.extend_from_slice(&k.to_be_bytes());
+        }
+        out
+    }
+    fn decode(raw: &[u8]) -> Result<StateGroup, String> {
+        fn take<F: Field>(raw: &mut &[u8]) -> Result<F::Owned, String> {
+            let (v, rest) = F::take(raw).ok_or("truncated state group")?;
+            *raw = rest;
+            Ok(v)
+        }
+        let mut r = raw;
+        let parent = take::<U64>(&mut r)?;
+        let chain = take::<U32>(&mut r)?;
+        let n = take::<U32>(&mut r)? as usize;
+        let mut added = Vec::with_capacity(n.min(raw.len() / 16));
+        for _ in 0..n {
+            added.push((take::<U64>(&mut r)?, take::<U64>(&mut r)?));
+        }
+        let n = take::<U32>(&mut r)? as usize;
+        let mut removed = Vec::with_capacity(n.min(raw.len() / 8));
+        for _ in 0..n {
+            removed.push(take::<U64>(&mut r)?);
+        }
+        Ok(StateGroup {
+            parent: (parent != 0).then_some(parent),
+            chain,
+            added,
+            removed,
+        })
+    }
+}
+
+impl Table<StateGroups> {
+    /// The highest state group stored.
+    pub fn last_group(&self) -> Result<Option<u64>> {
+        match self
+            .db
+            .scan_range(Cf::StateGroups, &[0xff; 9], &[], true)
+            .next()
+        {
+            Some(row) => {
+                let (k, _) = row?;
+                Ok(Some(<StateGroups as Schema>::Key::decode(&k).ok_or_else(
+                    || super::StorageError::Corrupt {
+                        cf: Cf::StateGroups.name(),
+                        reason: format!("key of {} bytes", k.len()),
+                    },
+                )?))
+            }
+            None => Ok(None),
+        }
     }
 }
 
@@ -548,7 +627,36 @@ mod tests {
             cat(&[&be(3), &be(10), &be(100), &be(101), &[1]])
         );
         assert_eq!(round_trip::<Timeline>((3, 9), ()), cat(&[&be(3), &be(9)]));
-        assert_eq!(round_trip::<StateGroups>(5, vec![0; 20]), be(5));
+        let delta = StateGroup {
+            parent: Some(4),
+            chain: 2,
+            added: vec![(7, 9), (8, 10)],
+            removed: vec![11],
+        };
+        assert_eq!(round_trip::<StateGroups>(5, delta.clone()), be(5));
+        assert_eq!(
+            StateGroup::encode(&delta),
+            cat(&[
+                &be(4),
+                &2u32.to_be_bytes(),
+                &2u32.to_be_bytes(),
+                &be(7),
+                &be(9),
+                &be(8),
+                &be(10),
+                &1u32.to_be_bytes(),
+                &be(11)
+            ])
+        );
+        // A snapshot has no parent: 0 on disk.
+        let snapshot = StateGroup {
+            added: vec![(1, 2)],
+            ..StateGroup::default()
+        };
+        assert_eq!(round_trip::<StateGroups>(6, snapshot.clone()), be(6));
+        assert_eq!(&StateGroup::encode(&snapshot)[..8], be(0));
+        assert_eq!(StateGroup::decode(&[0; 20]).unwrap(), StateGroup::default());
+        assert!(StateGroup::decode(&[0; 19]).is_err());
         assert_eq!(round_trip::<RoomState>((3, 4), 9), cat(&[&be(3), &be(4)]));
         assert_eq!(
             round_trip::<Memberships>((7, 3), (1, 9)),
@@ -629,6 +737,22 @@ mod tests {
         assert_eq!(all, [1, 2, 255, 256, 1 << 40]);
         let some: Vec<(u64, u64)> = by_pos.range(2, 256).map(Result::unwrap).collect();
         assert_eq!(some, [(2, 20), (255, 2550)]);
+    }
+
+    #[test]
+    fn a_reverse_range_excludes_its_lower_end() {
+        let (_dir, timeline) =
+            filled::<Timeline>([(3, 1), (3, 5), (3, 9), (4, 2), (2, 7)].map(|k| (k, ())));
+        let back = |from, down_to| -> Vec<(u64, u64)> {
+            timeline
+                .range_rev(from, down_to)
+                .keys()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(back((3, 9), (3, 0)), [(3, 9), (3, 5), (3, 1)]);
+        assert_eq!(back((3, 8), (3, 1)), [(3, 5)]);
+        assert_eq!(back((3, u64::MAX), (3, 0)), [(3, 9), (3, 5), (3, 1)]);
     }
 
     #[test]

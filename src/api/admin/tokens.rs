@@ -100,15 +100,20 @@ pub async fn create(
     Ok(Json(describe(&services, &t)))
 }
 
+/// The token named in the path, or not found.
+fn existing(services: &AppState, token: &str) -> Result<RegistrationToken> {
+    services
+        .registration_tokens
+        .get(token)?
+        .ok_or_else(|| Error::not_found("No such registration token"))
+}
+
 pub async fn get_one(
     State(services): State<AppState>,
     _: Admin,
     Path(token): Path<String>,
 ) -> Result<Json<Value>> {
-    let t = services
-        .registration_tokens
-        .get(&token)?
-        .ok_or_else(|| Error::not_found("No such registration token"))?;
+    let t = existing(&services, &token)?;
     Ok(Json(describe(&services, &t)))
 }
 
@@ -137,10 +142,7 @@ pub async fn update(
 ) -> Result<Json<Value>> {
     let body: UpdateToken = json_body(&services, req).await?;
     let _guard = services.registration_tokens.lock().await;
-    let mut t = services
-        .registration_tokens
-        .get(&token)?
-        .ok_or_else(|| Error::not_found("No such registration token"))?;
+    let mut t = existing(&services, &token)?;
     if let Some(u) = body.uses_allowed {
         t.uses_allowed = u;
     }

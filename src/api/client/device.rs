@@ -5,13 +5,18 @@ use ruma::{
     api::client::device::{
         delete_device, delete_devices, get_device, get_devices, update_device, Device,
     },
-    MilliSecondsSinceUnixEpoch, UInt,
+    api::client::uiaa::AuthData,
+    MilliSecondsSinceUnixEpoch, OwnedDeviceId, UInt,
 };
 
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
-    service::{devices::forget_devices, sessions::DeviceRecord, uiaa},
+    service::{
+        devices::forget_devices,
+        sessions::{DeviceRecord, Session},
+        uiaa, Services,
+    },
     storage::ShortId,
 };
 
@@ -99,21 +104,8 @@ async fn delete(
     {
         return Err(Error::not_found("Unknown device"));
     }
-    services
-        .uiaa
-        .authenticate(
-            uiaa::Purpose::DeleteDevices,
-            uiaa::Service::password_flows(),
-            req.body.auth.as_ref(),
-            Some(&session.user_id),
-        )
-        .await?;
     let devices = std::slice::from_ref(&req.body.device_id);
-    services
-        .sessions
-        .delete_devices(session.user, devices)
-        .await?;
-    forget_devices(&services, session.user, &session.user_id, devices).await?;
+    delete_authenticated(&services, session, req.body.auth.as_ref(), devices).await?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -122,19 +114,35 @@ async fn delete_many(
     req: Ruma<delete_devices::v3::Request>,
 ) -> Result<delete_devices::v3::Response> {
     let session = req.session()?;
+    delete_authenticated(
+        &services,
+        session,
+        req.body.auth.as_ref(),
+        &req.body.devices,
+    )
+    .await?;
+    Ok(delete_devices::v3::Response::new())
+}
+
+/// Deletes devices of the session's user once the user has authenticated again.
+async fn delete_authenticated(
+    services: &Services,
+    session: &Session,
+    auth: Option<&AuthData>,
+    devices: &[OwnedDeviceId],
+) -> Result<()> {
     services
         .uiaa
         .authenticate(
             uiaa::Purpose::DeleteDevices,
             uiaa::Service::password_flows(),
-            req.body.auth.as_ref(),
+            auth,
             Some(&session.user_id),
         )
         .await?;
     services
         .sessions
-        .delete_devices(session.user, &req.body.devices)
+        .delete_devices(session.user, devices)
         .await?;
-    forget_devices(&services, session.user, &session.user_id, &req.body.devices).await?;
-    Ok(delete_devices::v3::Response::new())
+    forget_devices(services, session.user, &session.user_id, devices).await
 }

@@ -14,7 +14,7 @@ use ruma::{
 
 use super::room::joined_room;
 use crate::{
-    api::{ruma::Ruma, AppState, RouterExt},
+    api::{public_rooms_response, ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
     service::directory::{self, PageQuery},
 };
@@ -162,37 +162,22 @@ async fn public_rooms(
     State(services): State<AppState>,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response> {
-    let query = PageQuery {
-        limit: req.body.limit,
-        since: req.body.since.as_deref(),
-        search: None,
-        room_types: None,
-        filtered: false,
-    };
+    let query = PageQuery::unfiltered(req.body.limit, req.body.since.as_deref());
     let page = directory::page(&services, req.body.server.as_deref(), query).await?;
-    let mut resp = get_public_rooms::v3::Response::new(page.chunk);
-    resp.next_batch = page.next_batch;
-    resp.prev_batch = page.prev_batch;
-    resp.total_room_count_estimate = page.total_room_count_estimate;
-    Ok(resp)
+    Ok(public_rooms_response!(
+        get_public_rooms::v3::Response::new(Vec::new()),
+        page
+    ))
 }
 
 async fn public_rooms_filtered(
     State(services): State<AppState>,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
-    let query = PageQuery {
-        limit: req.body.limit,
-        since: req.body.since.as_deref(),
-        search: req.body.filter.generic_search_term.as_deref(),
-        room_types: Some(&req.body.filter.room_types),
-        filtered: true,
-    };
+    let query = PageQuery::filtered(req.body.limit, req.body.since.as_deref(), &req.body.filter);
     let page = directory::page(&services, req.body.server.as_deref(), query).await?;
-    let mut resp = get_public_rooms_filtered::v3::Response::new();
-    resp.chunk = page.chunk;
-    resp.next_batch = page.next_batch;
-    resp.prev_batch = page.prev_batch;
-    resp.total_room_count_estimate = page.total_room_count_estimate;
-    Ok(resp)
+    Ok(public_rooms_response!(
+        get_public_rooms_filtered::v3::Response::new(),
+        page
+    ))
 }

@@ -14,14 +14,15 @@ use ruma::{
     },
     serde::Raw,
     to_device::DeviceIdOrAllDevices,
-    OwnedDeviceId, OwnedUserId,
+    OwnedDeviceId, OwnedServerName, OwnedUserId,
 };
+use serde::Serialize;
 use serde_json::Value as JsonValue;
 
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
-    service::{devices, sync::Since, uiaa},
+    service::{devices, sync::Since, uiaa, Services},
 };
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
@@ -111,34 +112,13 @@ async fn query(
     let session = req.session()?;
     let mut resp = get_keys::v3::Response::new();
     // Other servers' users: one query per server, answered by that server.
-    let mut remote: BTreeMap<ruma::OwnedServerName, serde_json::Map<String, JsonValue>> =
-        BTreeMap::new();
-    for (user_id, devices) in &req.body.device_keys {
-        if !services.users.is_local(user_id) {
-            remote
-                .entry(user_id.server_name().to_owned())
-                .or_default()
-                .insert(user_id.to_string(), serde_json::json!(devices));
-        }
-    }
-    for (server, users) in remote {
-        let body = serde_json::json!({ "device_keys": users });
-        let answer = services
-            .federation
-            .request_json(
-                &server,
-                http::Method::POST,
-                "/_matrix/federation/v1/user/keys/query",
-                Some(&body),
-            )
-            .await;
+    let path = "/_matrix/federation/v1/user/keys/query";
+    for (server, answer) in ask_servers(&services, &req.body.device_keys, "device_keys", path).await
+    {
         match answer {
             Ok(a) => merge_remote_keys(&mut resp, &server, &a),
-            Err(e) => {
-                resp.failures.insert(
-                    server.to_string(),
-                    serde_json::json!({ "status": 503, "message": e.to_string() }),
-                );
+            Err(failure) => {
+                resp.failures.insert(server.to_string(), failure);
             }
         }
     }
@@ -168,6 +148,36 @@ async fn query(
         }
     }
     Ok(resp)
+}
+
+/// Asks each other server about its users in `requested` (POST `path` with `{field: {user:
+/// devices}}`, one request per server): per server, its answer, or the failure to report.
+async fn ask_servers<T: Serialize>(
+    services: &Services,
+    requested: &BTreeMap<OwnedUserId, T>,
+    field: &str,
+    path: &str,
+) -> Vec<(OwnedServerName, Result<JsonValue, JsonValue>)> {
+    let mut remote: BTreeMap<OwnedServerName, serde_json::Map<String, JsonValue>> = BTreeMap::new();
+    for (user_id, devices) in requested {
+        if !services.users.is_local(user_id) {
+            remote
+                .entry(user_id.server_name().to_owned())
+                .or_default()
+                .insert(user_id.to_string(), serde_json::json!(devices));
+        }
+    }
+    let mut answers = Vec::new();
+    for (server, users) in remote {
+        let body = serde_json::json!({ field: users });
+        let answer = services
+            .federation
+            .request_json(&server, http::Method::POST, path, Some(&body))
+            .await
+            .map_err(|e| serde_json::json!({ "status": 503, "message": e.to_string() }));
+        answers.push((server, answer));
+    }
+    answers
 }
 
 /// Adds what another server answered to /user/keys/query, keeping only its own users.
@@ -220,28 +230,11 @@ async fn claim(
     req.session()?;
     let mut out: BTreeMap<OwnedUserId, claim_keys::v3::OneTimeKeys> = BTreeMap::new();
     let mut failures = BTreeMap::new();
-    let mut remote: BTreeMap<ruma::OwnedServerName, serde_json::Map<String, JsonValue>> =
-        BTreeMap::new();
-    for (user_id, devices) in &req.body.one_time_keys {
-        if !services.users.is_local(user_id) {
-            remote
-                .entry(user_id.server_name().to_owned())
-                .or_default()
-                .insert(user_id.to_string(), serde_json::json!(devices));
-        }
-    }
-    for (server, users) in remote {
-        let body = serde_json::json!({ "one_time_keys": users });
-        match services
-            .federation
-            .request_json(
-                &server,
-                http::Method::POST,
-                "/_matrix/federation/v1/user/keys/claim",
-                Some(&body),
-            )
-            .await
-        {
+    let path = "/_matrix/federation/v1/user/keys/claim";
+    for (server, answer) in
+        ask_servers(&services, &req.body.one_time_keys, "one_time_keys", path).await
+    {
+        match answer {
             Ok(a) => {
                 for (user, devices) in a
                     .get("one_time_keys")
@@ -271,38 +264,12 @@ async fn claim(
                     }
                 }
             }
-            Err(e) => {
-                failures.insert(
-                    server.to_string(),
-                    serde_json::json!({ "status": 503, "message": e.to_string() }),
-                );
+            Err(failure) => {
+                failures.insert(server.to_string(), failure);
             }
         }
     }
-    for (user_id, devices) in &req.body.one_time_keys {
-        if !services.users.is_local(user_id) {
-            continue;
-        }
-        // Unknown users and devices simply have no keys to give.
-        let Some(user) = services.users.short_id(user_id)? else {
-            continue;
-        };
-        for (device, algorithm) in devices {
-            if let Some((id, key)) = services
-                .keys
-                .claim(user, device.as_str(), algorithm.as_str())
-                .await?
-            {
-                let id = ruma::OwnedOneTimeKeyId::try_from(id.as_str())
-                    .map_err(|e| Error::internal(format!("stored key id: {e}")))?;
-                out.entry(user_id.clone())
-                    .or_default()
-                    .entry(device.clone())
-                    .or_default()
-                    .insert(id, raw(&key)?);
-            }
-        }
-    }
+    devices::claim_local_keys(&services, &req.body.one_time_keys, &mut out).await?;
     let mut resp = claim_keys::v3::Response::new(out);
     resp.failures = failures;
     Ok(resp)

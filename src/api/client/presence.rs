@@ -9,7 +9,6 @@ use ruma::{
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
-    storage::ShortId,
 };
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
@@ -40,13 +39,7 @@ async fn set(
     ) {
         return Err(Error::invalid_param("Unknown presence state"));
     }
-    let rooms = services.rooms.clone();
-    let peers = move |u: ShortId| {
-        rooms
-            .peers(u)
-            .map(|p| p.into_iter().collect())
-            .unwrap_or_default()
-    };
+    let peers = crate::service::presence::room_peers(services.rooms.clone());
     services
         .presence
         .set(

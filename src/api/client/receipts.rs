@@ -165,39 +165,23 @@ async fn read_markers(
 ) -> Result<set_read_marker::v3::Response> {
     let session = req.session()?;
     let b = &req.body;
-    let unthreaded = ReceiptThread::Unthreaded;
-    if let Some(e) = &b.fully_read {
-        set_receipt(
-            &services,
-            session,
-            &b.room_id,
-            &ReceiptType::FullyRead,
-            &unthreaded,
-            e,
-        )
-        .await?;
-    }
-    if let Some(e) = &b.read_receipt {
-        set_receipt(
-            &services,
-            session,
-            &b.room_id,
-            &ReceiptType::Read,
-            &unthreaded,
-            e,
-        )
-        .await?;
-    }
-    if let Some(e) = &b.private_read_receipt {
-        set_receipt(
-            &services,
-            session,
-            &b.room_id,
-            &ReceiptType::ReadPrivate,
-            &unthreaded,
-            e,
-        )
-        .await?;
+    let markers = [
+        (ReceiptType::FullyRead, &b.fully_read),
+        (ReceiptType::Read, &b.read_receipt),
+        (ReceiptType::ReadPrivate, &b.private_read_receipt),
+    ];
+    for (receipt_type, event) in markers {
+        if let Some(e) = event {
+            set_receipt(
+                &services,
+                session,
+                &b.room_id,
+                &receipt_type,
+                &ReceiptThread::Unthreaded,
+                e,
+            )
+            .await?;
+        }
     }
     Ok(set_read_marker::v3::Response::new())
 }

@@ -10,14 +10,14 @@ use ruma::{
         keys::{claim_keys, get_keys},
     },
     serde::Raw,
-    OwnedDeviceId, OwnedOneTimeKeyId, UInt,
+    OwnedDeviceId, UInt,
 };
 use serde_json::Value as JsonValue;
 
 use super::super::{ruma::Ruma, AppState};
 use crate::{
     error::{Error, Result},
-    service::devices::local_device_keys,
+    service::devices::{self, local_device_keys},
 };
 
 fn raw<T>(value: &JsonValue) -> Result<Raw<T>> {
@@ -59,29 +59,7 @@ pub async fn claim(
     req: Ruma<claim_keys::v1::Request>,
 ) -> Result<claim_keys::v1::Response> {
     let mut out: claim_keys::v1::OneTimeKeys = BTreeMap::new();
-    for (user_id, devices) in &req.body.one_time_keys {
-        if !services.users.is_local(user_id) {
-            continue;
-        }
-        let Some(user) = services.users.short_id(user_id)? else {
-            continue;
-        };
-        for (device, algorithm) in devices {
-            if let Some((id, key)) = services
-                .keys
-                .claim(user, device.as_str(), algorithm.as_str())
-                .await?
-            {
-                let id = OwnedOneTimeKeyId::try_from(id.as_str())
-                    .map_err(|e| Error::internal(format!("stored key id: {e}")))?;
-                out.entry(user_id.clone())
-                    .or_default()
-                    .entry(device.clone())
-                    .or_default()
-                    .insert(id, raw(&key)?);
-            }
-        }
-    }
+    devices::claim_local_keys(&services, &req.body.one_time_keys, &mut out).await?;
     Ok(claim_keys::v1::Response::new(out))
 }
 

@@ -5,22 +5,28 @@ use std::sync::Arc;
 
 use serde_json::Value as JsonValue;
 
+use super::tables::service;
 use crate::{
     error::Result,
     service::stream::Stream,
-    storage::{tables, Batch, Db, ShortId, Table},
+    storage::{tables, Batch, ShortId},
 };
 
 /// The room part of the key for global account data.
 pub const GLOBAL: ShortId = 0;
 
-pub struct Service {
-    db: Db,
-    entries: Table<tables::AccountData>,
-    by_pos: Table<tables::AccountDataByPos>,
-    stream: Arc<Stream>,
-    /// Serialises writes, so replacing an entry and its position index is never interleaved.
-    write: tokio::sync::Mutex<()>,
+service! {
+    tables {
+        entries: tables::AccountData,
+        by_pos: tables::AccountDataByPos,
+    }
+    deps {
+        stream: Arc<Stream>,
+    }
+    state {
+        /// Serialises writes, so replacing an entry and its position index is never interleaved.
+        write: tokio::sync::Mutex<()> = tokio::sync::Mutex::new(()),
+    }
 }
 
 /// One account data entry.
@@ -31,18 +37,9 @@ pub struct Entry {
 }
 
 impl Service {
-    pub fn new(db: Db, stream: Arc<Stream>) -> Self {
-        Self {
-            entries: Table::new(&db),
-            by_pos: Table::new(&db),
-            db,
-            stream,
-            write: tokio::sync::Mutex::new(()),
-        }
-    }
-
     pub fn get(&self, user: ShortId, room: ShortId, kind: &str) -> Result<Option<JsonValue>> {
         Ok(self
+            .tables
             .entries
             .get((user, room, kind))?
             .map(|(_, content)| content))
@@ -58,17 +55,19 @@ impl Service {
     ) -> Result<()> {
         let _guard = self.write.lock().await;
         let mut batch = Batch::new();
-        if let Some((old_pos, _)) = self.entries.get((user, room, kind))? {
-            self.by_pos.delete_in(&mut batch, (user, old_pos));
+        if let Some((old_pos, _)) = self.tables.entries.get((user, room, kind))? {
+            self.tables.by_pos.delete_in(&mut batch, (user, old_pos));
         }
         let mut reserved = self.stream.reserve();
         let pos = reserved.position_in(&mut batch);
         // A removal is a change too: it is stored as an empty object, which is what clients are
         // sent for deleted account data.
         let content = content.cloned().unwrap_or_else(|| serde_json::json!({}));
-        self.entries
+        self.tables
+            .entries
             .put_in(&mut batch, (user, room, kind), &(pos, content));
-        self.by_pos
+        self.tables
+            .by_pos
             .put_in(&mut batch, (user, pos), &(room, kind.to_owned()));
         reserved.write(&self.db, batch).await?;
         self.stream.wake([user]);
@@ -80,7 +79,7 @@ impl Service {
         let mut out = Vec::new();
         match since {
             None => {
-                for row in self.entries.scan((user,)) {
+                for row in self.tables.entries.scan((user,)) {
                     let ((_, room, kind), (pos, content)) = row?;
                     if pos <= upto {
                         out.push(Entry {
@@ -92,7 +91,7 @@ impl Service {
                 }
             }
             Some(since) => {
-                let rows = self.by_pos.range(
+                let rows = self.tables.by_pos.range(
                     (user, since.saturating_add(1)),
                     (user, upto.saturating_add(1)),
                 );

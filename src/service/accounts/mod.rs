@@ -86,6 +86,29 @@ pub async fn create(
     Ok(NewAccount { user, login })
 }
 
+/// Changes a user's record under their lock, read there so no concurrent change is overwritten;
+/// returns the user's short ID.
+async fn update_record(
+    services: &Services,
+    user_id: &UserId,
+    change: impl FnOnce(&mut users::UserRecord),
+) -> Result<ShortId> {
+    let short = services
+        .users
+        .short_id(user_id)?
+        .ok_or_else(|| Error::not_found("Unknown user"))?;
+    let _guard = services.sessions.lock_user(short).await;
+    let (_, mut record) = services
+        .users
+        .get(user_id)?
+        .ok_or_else(|| Error::not_found("Unknown user"))?;
+    change(&mut record);
+    let mut batch = Batch::new();
+    services.users.put_in(&mut batch, short, &record);
+    services.db.write(batch).await?;
+    Ok(short)
+}
+
 /// Sets a new password; with `logout_except`, every other device is logged out.
 pub async fn set_password(
     services: &Services,
@@ -94,22 +117,11 @@ pub async fn set_password(
     logout_others: Option<Option<&DeviceId>>,
 ) -> Result<()> {
     let hash = users::hash_password(password).await?;
-    let short = services
-        .users
-        .short_id(user_id)?
-        .ok_or_else(|| Error::not_found("Unknown user"))?;
-    {
-        // Re-read under the lock after the slow hash, so no concurrent change is overwritten.
-        let _guard = services.sessions.lock_user(short).await;
-        let (_, mut record) = services
-            .users
-            .get(user_id)?
-            .ok_or_else(|| Error::not_found("Unknown user"))?;
-        record.password_hash = Some(hash);
-        let mut batch = Batch::new();
-        services.users.put_in(&mut batch, short, &record);
-        services.db.write(batch).await?;
-    }
+    // Read under the lock after the slow hash, so no concurrent change is overwritten.
+    let short = update_record(services, user_id, |record| {
+        record.password_hash = Some(hash)
+    })
+    .await?;
     if let Some(keep) = logout_others {
         services.sessions.delete_all_devices(short, keep).await?;
     }
@@ -118,21 +130,7 @@ pub async fn set_password(
 
 /// Deactivates an account: it can no longer log in and all its devices are gone.
 pub async fn deactivate(services: &Services, user_id: &UserId, erase: bool) -> Result<()> {
-    let short = services
-        .users
-        .short_id(user_id)?
-        .ok_or_else(|| Error::not_found("Unknown user"))?;
-    {
-        let _guard = services.sessions.lock_user(short).await;
-        let (_, mut record) = services
-            .users
-            .get(user_id)?
-            .ok_or_else(|| Error::not_found("Unknown user"))?;
-        record.deactivated = true;
-        let mut batch = Batch::new();
-        services.users.put_in(&mut batch, short, &record);
-        services.db.write(batch).await?;
-    }
+    let short = update_record(services, user_id, |record| record.deactivated = true).await?;
     services.sessions.delete_all_devices(short, None).await?;
     if erase {
         services.profiles.erase(short).await?;

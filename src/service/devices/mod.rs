@@ -4,11 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use ruma::OwnedDeviceId;
+use ruma::{serde::Raw, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId};
 use serde_json::Value as JsonValue;
 
 use super::{sessions::Session, Services};
-use crate::{error::Result, storage::ShortId};
+use crate::{
+    error::{Error, Result},
+    storage::ShortId,
+};
 
 /// Tells the servers sharing a room with a local user that one of their devices has new keys or
 /// signatures, or (`keys` None) is gone. `prev_id` stays empty, so receivers fetch the whole list
@@ -120,4 +123,38 @@ pub async fn logout_all(services: &Services, user: ShortId, user_id: &ruma::User
         .collect();
     services.sessions.delete_all_devices(user, None).await?;
     forget_devices(services, user, user_id, &devices).await
+}
+
+/// Claims a one-time key (or the fallback key) of each of our users' devices in `claims`, into
+/// `out`. Other servers' users are skipped; unknown users and devices simply have no keys to give.
+pub async fn claim_local_keys<T>(
+    services: &Services,
+    claims: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+    out: &mut BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, BTreeMap<OwnedOneTimeKeyId, Raw<T>>>>,
+) -> Result<()> {
+    for (user_id, devices) in claims {
+        if !services.users.is_local(user_id) {
+            continue;
+        }
+        let Some(user) = services.users.short_id(user_id)? else {
+            continue;
+        };
+        for (device, algorithm) in devices {
+            if let Some((id, key)) = services
+                .keys
+                .claim(user, device.as_str(), algorithm.as_str())
+                .await?
+            {
+                let id = OwnedOneTimeKeyId::try_from(id.as_str())
+                    .map_err(|e| Error::internal(format!("stored key id: {e}")))?;
+                let key = serde_json::value::to_raw_value(&key).map_err(Error::internal)?;
+                out.entry(user_id.clone())
+                    .or_default()
+                    .entry(device.clone())
+                    .or_default()
+                    .insert(id, Raw::from_json(key));
+            }
+        }
+    }
+    Ok(())
 }

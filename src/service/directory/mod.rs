@@ -3,7 +3,7 @@
 //! one. Publishing a room is `rooms`; this module only reads.
 
 use ruma::{
-    directory::{PublicRoomsChunk, PublicRoomsChunkInit, RoomTypeFilter},
+    directory::{Filter, PublicRoomsChunk, PublicRoomsChunkInit, RoomTypeFilter},
     events::{room::member::MembershipState, StateEventType},
     room::JoinRuleKind,
     ServerName, UInt,
@@ -25,6 +25,30 @@ pub struct PageQuery<'a> {
     /// The filtered form of the request (POST /publicRooms), which is what a remote server is
     /// then asked too.
     pub filtered: bool,
+}
+
+impl<'a> PageQuery<'a> {
+    /// A page of every public room (GET /publicRooms).
+    pub fn unfiltered(limit: Option<UInt>, since: Option<&'a str>) -> Self {
+        Self {
+            limit,
+            since,
+            search: None,
+            room_types: None,
+            filtered: false,
+        }
+    }
+
+    /// A page of the public rooms matching `filter` (POST /publicRooms).
+    pub fn filtered(limit: Option<UInt>, since: Option<&'a str>, filter: &'a Filter) -> Self {
+        Self {
+            limit,
+            since,
+            search: filter.generic_search_term.as_deref(),
+            room_types: Some(&filter.room_types),
+            filtered: true,
+        }
+    }
 }
 
 /// One page of a directory.

@@ -47,14 +47,14 @@ pub enum MediaRequest<'a> {
 }
 
 impl MediaRequest<'_> {
-    fn federation_path(&self) -> String {
+    /// The endpoint, the media ID, the endpoint's own query parameters (each followed by `&`),
+    /// and how long the peer may wait for the content.
+    fn parts(&self) -> (&'static str, &str, String, u64) {
         match *self {
             Self::Download {
                 media_id,
                 timeout_ms,
-            } => {
-                format!("/_matrix/federation/v1/media/download/{media_id}?timeout_ms={timeout_ms}")
-            }
+            } => ("download", media_id, String::new(), timeout_ms),
             Self::Thumbnail {
                 media_id,
                 width,
@@ -62,36 +62,30 @@ impl MediaRequest<'_> {
                 method,
                 animated,
                 timeout_ms,
-            } => format!(
-                "/_matrix/federation/v1/media/thumbnail/{media_id}?width={width}&height={height}\
-                 &method={method}&animated={animated}&timeout_ms={timeout_ms}"
+            } => (
+                "thumbnail",
+                media_id,
+                format!("width={width}&height={height}&method={method}&animated={animated}&"),
+                timeout_ms,
             ),
         }
+    }
+
+    fn federation_path(&self) -> String {
+        let (endpoint, media_id, params, timeout_ms) = self.parts();
+        format!(
+            "/_matrix/federation/v1/media/{endpoint}/{media_id}?{params}timeout_ms={timeout_ms}"
+        )
     }
 
     /// The deprecated client-server path; `allow_remote=false` keeps the peer from fetching it
     /// from anywhere else (the spec's guard against loops).
     fn legacy_path(&self, origin: &ServerName) -> String {
-        match *self {
-            Self::Download {
-                media_id,
-                timeout_ms,
-            } => format!(
-                "/_matrix/media/v3/download/{origin}/{media_id}?allow_remote=false\
-                 &timeout_ms={timeout_ms}"
-            ),
-            Self::Thumbnail {
-                media_id,
-                width,
-                height,
-                method,
-                animated,
-                timeout_ms,
-            } => format!(
-                "/_matrix/media/v3/thumbnail/{origin}/{media_id}?width={width}&height={height}\
-                 &method={method}&animated={animated}&allow_remote=false&timeout_ms={timeout_ms}"
-            ),
-        }
+        let (endpoint, media_id, params, timeout_ms) = self.parts();
+        format!(
+            "/_matrix/media/v3/{endpoint}/{origin}/{media_id}?{params}allow_remote=false\
+             &timeout_ms={timeout_ms}"
+        )
     }
 }
 
@@ -103,17 +97,21 @@ pub struct RemoteFile {
     pub filename: Option<String>,
 }
 
-/// Answer of a peer that does not serve the federation media endpoints (spec: fall back on
-/// `404 M_UNRECOGNIZED`; older servers also answer 400 or 405, or 404 without a JSON body).
-fn is_unrecognized(status: u16, body: &[u8]) -> bool {
-    let errcode = serde_json::from_slice::<JsonValue>(body)
+/// The `errcode` of a Matrix error body, if it is one.
+fn errcode(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<JsonValue>(body)
         .ok()
         .and_then(|v| {
             v.get("errcode")
                 .and_then(JsonValue::as_str)
                 .map(str::to_owned)
-        });
-    match errcode.as_deref() {
+        })
+}
+
+/// Answer of a peer that does not serve the federation media endpoints (spec: fall back on
+/// `404 M_UNRECOGNIZED`; older servers also answer 400 or 405, or 404 without a JSON body).
+fn is_unrecognized(status: u16, body: &[u8]) -> bool {
+    match errcode(body).as_deref() {
         Some("M_UNRECOGNIZED") => matches!(status, 400 | 404 | 405),
         Some(_) => false,
         None => matches!(status, 404 | 405),
@@ -134,14 +132,7 @@ fn bad_gateway(message: String) -> Error {
 /// The error a failed answer of the origin becomes for our client: the origin's 404 and 504
 /// (not yet uploaded) and thumbnailing errors pass through, anything else is the origin's fault.
 fn peer_error(origin: &ServerName, status: u16, body: &[u8]) -> Error {
-    let errcode = serde_json::from_slice::<JsonValue>(body)
-        .ok()
-        .and_then(|v| {
-            v.get("errcode")
-                .and_then(JsonValue::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    let errcode = errcode(body).unwrap_or_default();
     match (status, errcode.as_str()) {
         (404, _) => Error::not_found(format!("{origin} does not have this media")),
         (504, "M_NOT_YET_UPLOADED") => Error::matrix(

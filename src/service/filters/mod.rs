@@ -2,30 +2,28 @@
 
 use serde_json::Value as JsonValue;
 
+use super::tables::service;
 use crate::{
     error::Result,
-    storage::{tables, Batch, Db, ShortId, Table},
+    storage::{tables, Batch, ShortId},
 };
 
-pub struct Service {
-    db: Db,
-    filters: Table<tables::Filters>,
-    write: tokio::sync::Mutex<()>,
+service! {
+    tables {
+        filters: tables::Filters,
+    }
+    deps {}
+    state {
+        write: tokio::sync::Mutex<()> = tokio::sync::Mutex::new(()),
+    }
 }
 
 impl Service {
-    pub fn new(db: Db) -> Self {
-        Self {
-            filters: Table::new(&db),
-            db,
-            write: tokio::sync::Mutex::new(()),
-        }
-    }
-
     /// Stores a filter definition; returns its ID.
     pub async fn create(&self, user: ShortId, filter: &JsonValue) -> Result<String> {
         let _guard = self.write.lock().await;
         let last = self
+            .tables
             .filters
             .scan_rev((user,))
             .keys()
@@ -34,7 +32,7 @@ impl Service {
             .map_or(0, |(_, id)| id);
         let id = last + 1;
         let mut b = Batch::new();
-        self.filters.put_in(&mut b, (user, id), filter);
+        self.tables.filters.put_in(&mut b, (user, id), filter);
         self.db.write(b).await?;
         Ok(id.to_string())
     }
@@ -43,6 +41,6 @@ impl Service {
         let Ok(id) = id.parse::<u64>() else {
             return Ok(None);
         };
-        Ok(self.filters.get((user, id))?)
+        Ok(self.tables.filters.get((user, id))?)
     }
 }

@@ -7,9 +7,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
+use super::tables::service;
 use crate::{
     error::{wrong_room_keys_version_kind, Error, Result},
-    storage::{tables, Batch, Db, ShortId, Table},
+    storage::{tables, Batch, ShortId},
 };
 
 /// A backup version as stored.
@@ -114,26 +115,21 @@ fn decode_key(json: JsonValue) -> Result<KeyData> {
     KeyData::from_json(json).map_err(|e| Error::internal(format!("corrupt backup key: {e}")))
 }
 
-pub struct Service {
-    db: Db,
-    versions: Table<tables::BackupVersions<StoredVersion>>,
-    keys: Table<tables::BackupKeys>,
-    /// Serialises read-modify-write of versions and their keys, so counts and etags stay exact.
-    write: tokio::sync::Mutex<()>,
+service! {
+    tables {
+        versions: tables::BackupVersions<StoredVersion>,
+        keys: tables::BackupKeys,
+    }
+    deps {}
+    state {
+        /// Serialises read-modify-write of versions and their keys, so counts and etags stay exact.
+        write: tokio::sync::Mutex<()> = tokio::sync::Mutex::new(()),
+    }
 }
 
 impl Service {
-    pub fn new(db: Db) -> Self {
-        Self {
-            versions: Table::new(&db),
-            keys: Table::new(&db),
-            db,
-            write: tokio::sync::Mutex::new(()),
-        }
-    }
-
     fn stored(&self, user: ShortId, version: u64) -> Result<Option<StoredVersion>> {
-        Ok(self.versions.get((user, version))?)
+        Ok(self.tables.versions.get((user, version))?)
     }
 
     /// A version that exists and was not deleted.
@@ -147,6 +143,7 @@ impl Service {
     /// The highest version number ever allocated to the user, deleted or not.
     fn last_allocated(&self, user: ShortId) -> Result<u64> {
         Ok(self
+            .tables
             .versions
             .scan_rev((user,))
             .keys()
@@ -157,7 +154,7 @@ impl Service {
 
     /// The current version: the newest one that was not deleted.
     fn current(&self, user: ShortId) -> Result<Option<(u64, StoredVersion)>> {
-        for row in self.versions.scan_rev((user,)) {
+        for row in self.tables.versions.scan_rev((user,)) {
             let ((_, n), stored) = row?;
             if !stored.deleted {
                 return Ok(Some((n, stored)));
@@ -189,7 +186,7 @@ impl Service {
             .checked_add(1)
             .ok_or_else(|| Error::internal("backup versions exhausted"))?;
         let mut batch = Batch::new();
-        self.versions.put_in(
+        self.tables.versions.put_in(
             &mut batch,
             (user, n),
             &StoredVersion {
@@ -229,7 +226,7 @@ impl Service {
         }
         stored.auth_data = auth_data.clone();
         let mut batch = Batch::new();
-        self.versions.put_in(&mut batch, (user, n), &stored);
+        self.tables.versions.put_in(&mut batch, (user, n), &stored);
         self.db.write(batch).await?;
         Ok(())
     }
@@ -244,12 +241,12 @@ impl Service {
             return Ok(());
         }
         let mut batch = Batch::new();
-        self.keys.delete_prefix_in(&mut batch, (user, n))?;
+        self.tables.keys.delete_prefix_in(&mut batch, (user, n))?;
         stored.deleted = true;
         stored.auth_data = JsonValue::Null;
         stored.count = 0;
         stored.etag += 1;
-        self.versions.put_in(&mut batch, (user, n), &stored);
+        self.tables.versions.put_in(&mut batch, (user, n), &stored);
         self.db.write(batch).await?;
         Ok(())
     }
@@ -275,17 +272,17 @@ impl Service {
         let mut changed = false;
         for k in keys {
             let row = (user, n, k.room_id.as_str(), k.session_id.as_str());
-            match self.keys.get(row)?.map(decode_key).transpose()? {
+            match self.tables.keys.get(row)?.map(decode_key).transpose()? {
                 Some(old) if !k.data.replaces(&old) => continue,
                 Some(_) => {}
                 None => stored.count += 1,
             }
-            self.keys.put_in(&mut batch, row, &k.data.json);
+            self.tables.keys.put_in(&mut batch, row, &k.data.json);
             changed = true;
         }
         if changed {
             stored.etag += 1;
-            self.versions.put_in(&mut batch, (user, n), &stored);
+            self.tables.versions.put_in(&mut batch, (user, n), &stored);
             self.db.write(batch).await?;
         }
         Ok((stored.etag.to_string(), stored.count))
@@ -302,7 +299,7 @@ impl Service {
         let (n, _) = self.live(user, version)?.ok_or_else(unknown_version)?;
         let mut out = Vec::new();
         if let (Some(room_id), Some(session_id)) = (room_id, session_id) {
-            if let Some(v) = self.keys.get((user, n, room_id, session_id))? {
+            if let Some(v) = self.tables.keys.get((user, n, room_id, session_id))? {
                 out.push(SessionKey {
                     room_id: room_id.to_owned(),
                     session_id: session_id.to_owned(),
@@ -312,8 +309,8 @@ impl Service {
             return Ok(out);
         }
         let rows = match room_id {
-            Some(room_id) => self.keys.scan((user, n, room_id)),
-            None => self.keys.scan((user, n)),
+            Some(room_id) => self.tables.keys.scan((user, n, room_id)),
+            None => self.tables.keys.scan((user, n)),
         };
         for row in rows {
             let ((_, _, room_id, session_id), v) = row?;
@@ -341,20 +338,23 @@ impl Service {
         let mut removed = 0u64;
         if let (Some(room_id), Some(session_id)) = (room_id, session_id) {
             let k = (user, n, room_id, session_id);
-            if self.keys.contains(k)? {
-                self.keys.delete_in(&mut batch, k);
+            if self.tables.keys.contains(k)? {
+                self.tables.keys.delete_in(&mut batch, k);
                 removed += 1;
             }
         } else {
             removed = match room_id {
-                Some(room_id) => self.keys.delete_prefix_in(&mut batch, (user, n, room_id))?,
-                None => self.keys.delete_prefix_in(&mut batch, (user, n))?,
+                Some(room_id) => self
+                    .tables
+                    .keys
+                    .delete_prefix_in(&mut batch, (user, n, room_id))?,
+                None => self.tables.keys.delete_prefix_in(&mut batch, (user, n))?,
             };
         }
         if removed > 0 {
             stored.count = stored.count.saturating_sub(removed);
             stored.etag += 1;
-            self.versions.put_in(&mut batch, (user, n), &stored);
+            self.tables.versions.put_in(&mut batch, (user, n), &stored);
             self.db.write(batch).await?;
         }
         Ok((stored.etag.to_string(), stored.count))

@@ -10,13 +10,14 @@ use ruma::{events::room::member::MembershipState, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as JsonValue};
 
+use super::tables::service;
 use crate::{
     error::{Error, Result},
     service::{
         rooms,
         stream::{Reservation, Stream},
     },
-    storage::{tables, Batch, Db, ShortId, Table},
+    storage::{tables, Batch, ShortId},
 };
 
 #[derive(Serialize, Deserialize)]
@@ -37,18 +38,23 @@ pub struct ToDeviceMessage {
 /// The cross-signing key usages, as stored.
 pub const USAGES: [&str; 3] = ["master", "self_signing", "user_signing"];
 
-pub struct Service {
-    db: Db,
-    device_keys: Table<tables::DeviceKeys>,
-    one_time_keys: Table<tables::OneTimeKeys>,
-    fallback_keys: Table<tables::FallbackKeys<FallbackKey>>,
-    cross_signing_keys: Table<tables::CrossSigningKeys>,
-    key_changes: Table<tables::KeyChanges>,
-    to_device: Table<tables::ToDevice<ToDeviceMessage>>,
-    stream: Arc<Stream>,
-    rooms: Arc<rooms::Service>,
-    /// Serialises read-modify-write of key material (claims, signature merges).
-    write: tokio::sync::Mutex<()>,
+service! {
+    tables {
+        device_keys: tables::DeviceKeys,
+        one_time_keys: tables::OneTimeKeys,
+        fallback_keys: tables::FallbackKeys<FallbackKey>,
+        cross_signing_keys: tables::CrossSigningKeys,
+        key_changes: tables::KeyChanges,
+        to_device: tables::ToDevice<ToDeviceMessage>,
+    }
+    deps {
+        stream: Arc<Stream>,
+        rooms: Arc<rooms::Service>,
+    }
+    state {
+        /// Serialises read-modify-write of key material (claims, signature merges).
+        write: tokio::sync::Mutex<()> = tokio::sync::Mutex::new(()),
+    }
 }
 
 /// The stored key that a signature upload names.
@@ -58,21 +64,6 @@ enum Signed {
 }
 
 impl Service {
-    pub fn new(db: Db, stream: Arc<Stream>, rooms: Arc<rooms::Service>) -> Self {
-        Self {
-            device_keys: Table::new(&db),
-            one_time_keys: Table::new(&db),
-            fallback_keys: Table::new(&db),
-            cross_signing_keys: Table::new(&db),
-            key_changes: Table::new(&db),
-            to_device: Table::new(&db),
-            db,
-            stream,
-            rooms,
-            write: tokio::sync::Mutex::new(()),
-        }
-    }
-
     /// Everyone whose sync should hear about `user`'s keys: the user and everyone sharing a room.
     fn key_watchers(&self, user: ShortId) -> Result<BTreeSet<ShortId>> {
         self.rooms.peers(user)
@@ -81,7 +72,7 @@ impl Service {
     /// Records that `user`'s keys changed, in `batch`, at a position of `reserved`.
     fn note_change_in(&self, batch: &mut Batch, reserved: &mut Reservation, user: ShortId) {
         let pos = reserved.position_in(batch);
-        self.key_changes.put_in(batch, pos, &user);
+        self.tables.key_changes.put_in(batch, pos, &user);
     }
 
     async fn commit(
@@ -111,22 +102,24 @@ impl Service {
         let mut wake = BTreeSet::new();
         if let Some(keys) = device_keys {
             // Re-uploading the same keys is a no-op for everyone else.
-            if self.device_keys.get((user, device))?.as_ref() != Some(keys) {
-                self.device_keys.put_in(&mut batch, (user, device), keys);
+            if self.tables.device_keys.get((user, device))?.as_ref() != Some(keys) {
+                self.tables
+                    .device_keys
+                    .put_in(&mut batch, (user, device), keys);
                 self.note_change_in(&mut batch, &mut reserved, user);
                 wake = self.key_watchers(user)?;
             }
         }
         for (id, otk) in one_time_keys {
             let k = (user, device, id.as_str());
-            match self.one_time_keys.get(k)? {
+            match self.tables.one_time_keys.get(k)? {
                 Some(existing) if existing == *otk => {}
                 Some(_) => {
                     return Err(Error::invalid_param(format!(
                         "One-time key {id} already exists with different content"
                     )))
                 }
-                None => self.one_time_keys.put_in(&mut batch, k, otk),
+                None => self.tables.one_time_keys.put_in(&mut batch, k, otk),
             }
         }
         for (id, fallback) in fallback_keys {
@@ -136,7 +129,8 @@ impl Service {
                 key: fallback.clone(),
                 used: false,
             };
-            self.fallback_keys
+            self.tables
+                .fallback_keys
                 .put_in(&mut batch, (user, device, algorithm), &value);
         }
         self.commit(batch, reserved, wake).await?;
@@ -149,7 +143,7 @@ impl Service {
         device: &str,
     ) -> Result<BTreeMap<String, u64>> {
         let mut counts = BTreeMap::new();
-        for row in self.one_time_keys.scan((user, device)).keys() {
+        for row in self.tables.one_time_keys.scan((user, device)).keys() {
             let (_, _, id) = row?;
             let algorithm = id.split_once(':').map_or(id.as_str(), |(a, _)| a);
             *counts.entry(algorithm.to_owned()).or_default() += 1;
@@ -160,7 +154,7 @@ impl Service {
     /// Algorithms with a fallback key that was not used yet.
     pub fn unused_fallback_types(&self, user: ShortId, device: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for row in self.fallback_keys.scan((user, device)) {
+        for row in self.tables.fallback_keys.scan((user, device)) {
             let ((_, _, algorithm), fb) = row?;
             if !fb.used {
                 out.push(algorithm);
@@ -171,13 +165,13 @@ impl Service {
 
     /// A device's keys, if it uploaded any.
     pub fn device_keys(&self, user: ShortId, device: &str) -> Result<Option<JsonValue>> {
-        Ok(self.device_keys.get((user, device))?)
+        Ok(self.tables.device_keys.get((user, device))?)
     }
 
     /// All device keys of a user: (device ID, keys).
     pub fn all_device_keys(&self, user: ShortId) -> Result<Vec<(String, JsonValue)>> {
         let mut out = Vec::new();
-        for row in self.device_keys.scan((user,)) {
+        for row in self.tables.device_keys.scan((user,)) {
             let ((_, device), keys) = row?;
             out.push((device, keys));
         }
@@ -188,12 +182,17 @@ impl Service {
     pub async fn delete_device(&self, user: ShortId, device: &str) -> Result<()> {
         let _guard = self.write.lock().await;
         let mut batch = Batch::new();
-        self.device_keys.delete_in(&mut batch, (user, device));
-        self.one_time_keys
+        self.tables
+            .device_keys
+            .delete_in(&mut batch, (user, device));
+        self.tables
+            .one_time_keys
             .delete_prefix_in(&mut batch, (user, device))?;
-        self.fallback_keys
+        self.tables
+            .fallback_keys
             .delete_prefix_in(&mut batch, (user, device))?;
-        self.to_device
+        self.tables
+            .to_device
             .delete_prefix_in(&mut batch, (user, device))?;
         let mut reserved = self.stream.reserve();
         self.note_change_in(&mut batch, &mut reserved, user);
@@ -202,7 +201,7 @@ impl Service {
     }
 
     pub fn cross_signing_key(&self, user: ShortId, usage: &str) -> Result<Option<JsonValue>> {
-        Ok(self.cross_signing_keys.get((user, usage))?)
+        Ok(self.tables.cross_signing_keys.get((user, usage))?)
     }
 
     /// Stores cross-signing keys (usage → key) and announces the change.
@@ -214,7 +213,9 @@ impl Service {
         let _guard = self.write.lock().await;
         let mut batch = Batch::new();
         for (usage, k) in keys {
-            self.cross_signing_keys.put_in(&mut batch, (user, usage), k);
+            self.tables
+                .cross_signing_keys
+                .put_in(&mut batch, (user, usage), k);
         }
         let mut reserved = self.stream.reserve();
         self.note_change_in(&mut batch, &mut reserved, user);
@@ -233,11 +234,11 @@ impl Service {
     ) -> std::result::Result<(), String> {
         let _guard = self.write.lock().await;
         let stored = (|| -> Result<Option<(Signed, JsonValue)>> {
-            if let Some(json) = self.device_keys.get((user, key_id))? {
+            if let Some(json) = self.tables.device_keys.get((user, key_id))? {
                 return Ok(Some((Signed::Device, json)));
             }
             for usage in USAGES {
-                if let Some(json) = self.cross_signing_keys.get((user, usage))? {
+                if let Some(json) = self.tables.cross_signing_keys.get((user, usage))? {
                     let matches =
                         json.get("keys")
                             .and_then(JsonValue::as_object)
@@ -290,9 +291,13 @@ impl Service {
         }
         let mut batch = Batch::new();
         match signed_key {
-            Signed::Device => self.device_keys.put_in(&mut batch, (user, key_id), &json),
+            Signed::Device => self
+                .tables
+                .device_keys
+                .put_in(&mut batch, (user, key_id), &json),
             Signed::CrossSigning(usage) => {
-                self.cross_signing_keys
+                self.tables
+                    .cross_signing_keys
                     .put_in(&mut batch, (user, usage), &json)
             }
         }
@@ -315,24 +320,25 @@ impl Service {
         let _guard = self.write.lock().await;
         let of_algorithm = format!("{algorithm}:");
         let first = self
+            .tables
             .one_time_keys
             .scan((user, device, of_algorithm.as_str()))
             .next();
         if let Some(row) = first {
             let (k, otk) = row?;
             let mut batch = Batch::new();
-            self.one_time_keys.delete_row_in(&mut batch, &k);
+            self.tables.one_time_keys.delete_row_in(&mut batch, &k);
             self.db.write(batch).await?;
             return Ok(Some((k.2, otk)));
         }
         let fk = (user, device, algorithm);
-        let Some(mut fb) = self.fallback_keys.get(fk)? else {
+        let Some(mut fb) = self.tables.fallback_keys.get(fk)? else {
             return Ok(None);
         };
         if !fb.used {
             fb.used = true;
             let mut batch = Batch::new();
-            self.fallback_keys.put_in(&mut batch, fk, &fb);
+            self.tables.fallback_keys.put_in(&mut batch, fk, &fb);
             self.db.write(batch).await?;
         }
         Ok(Some((fb.key_id, fb.key)))
@@ -352,6 +358,7 @@ impl Service {
     pub fn changed_users(&self, since: u64, upto: u64) -> Result<BTreeSet<ShortId>> {
         let mut out = BTreeSet::new();
         let rows = self
+            .tables
             .key_changes
             .range(since.saturating_add(1), upto.saturating_add(1));
         for row in rows {
@@ -420,7 +427,8 @@ impl Service {
                     kind: kind.to_owned(),
                     content: content.clone(),
                 };
-                self.to_device
+                self.tables
+                    .to_device
                     .put_in(&mut batch, (user, &device, pos), &message);
             }
             wake.insert(user);
@@ -439,10 +447,12 @@ impl Service {
     ) -> Result<Vec<ToDeviceMessage>> {
         let mut delete = Batch::new();
         let mut out = Vec::new();
-        for row in self.to_device.scan((user, device)) {
+        for row in self.tables.to_device.scan((user, device)) {
             let ((_, _, pos), message) = row?;
             if ack.is_some_and(|a| pos <= a) {
-                self.to_device.delete_in(&mut delete, (user, device, pos));
+                self.tables
+                    .to_device
+                    .delete_in(&mut delete, (user, device, pos));
                 continue;
             }
             if pos > upto {

@@ -37,6 +37,7 @@ use self::{
     preview::AddressPolicy,
     thumbnail::{Method, Outcome, ThumbnailError},
 };
+use super::tables::keyspaces;
 use crate::{
     config,
     error::{Error, ErrorKind, Result},
@@ -49,7 +50,7 @@ use crate::{
             self, MediaKey, MediaSubject, ThumbnailKey, MEDIA_EXPIRY_LOCAL, MEDIA_EXPIRY_PENDING,
             MEDIA_EXPIRY_PREVIEW, MEDIA_EXPIRY_REMOTE,
         },
-        Batch, Db, ShortId, Table,
+        Batch, Db, ShortId,
     },
 };
 
@@ -121,15 +122,19 @@ pub struct Content {
     pub filename: Option<String>,
 }
 
+keyspaces! {
+    media: tables::Media<MediaRecord>,
+    thumbnails: tables::MediaThumbnails<ThumbnailRecord>,
+    refs: tables::MediaRefs,
+    expiry: tables::MediaExpiry,
+    pending: tables::MediaPending,
+    usage: tables::MediaUsage,
+    previews: tables::UrlPreviews<CachedPreview>,
+}
+
 pub struct Service {
     db: Db,
-    media: Table<tables::Media<MediaRecord>>,
-    thumbnails: Table<tables::MediaThumbnails<ThumbnailRecord>>,
-    refs: Table<tables::MediaRefs>,
-    expiry: Table<tables::MediaExpiry>,
-    pending: Table<tables::MediaPending>,
-    usage: Table<tables::MediaUsage>,
-    previews: Table<tables::UrlPreviews<CachedPreview>>,
+    tables: Tables,
     store: Arc<dyn MediaStore>,
     users: Arc<users::Service>,
     server_name: OwnedServerName,
@@ -243,13 +248,7 @@ impl Service {
         federation: Option<Arc<federation::Service>>,
     ) -> Self {
         Self {
-            media: Table::new(&db),
-            thumbnails: Table::new(&db),
-            refs: Table::new(&db),
-            expiry: Table::new(&db),
-            pending: Table::new(&db),
-            usage: Table::new(&db),
-            previews: Table::new(&db),
+            tables: Tables::new(&db),
             db,
             store,
             users,
@@ -314,11 +313,11 @@ impl Service {
     }
 
     fn record(&self, item: MediaKey<'_>) -> Result<Option<MediaRecord>> {
-        Ok(self.media.get(item)?)
+        Ok(self.tables.media.get(item)?)
     }
 
     fn usage(&self, user: ShortId) -> Result<u64> {
-        Ok(self.usage.get(user)?.unwrap_or(0))
+        Ok(self.tables.usage.get(user)?.unwrap_or(0))
     }
 
     /// Refuses an upload of `incoming` bytes that would take the user over the quota.
@@ -342,7 +341,9 @@ impl Service {
     ) -> Result<()> {
         let _content = self.content_lock(hash).lock().await;
         self.store.put(hash, data).await.map_err(io_error)?;
-        self.refs.put_in(&mut batch, (&hash.0, reference), &());
+        self.tables
+            .refs
+            .put_in(&mut batch, (&hash.0, reference), &());
         self.db.write(batch).await?;
         Ok(())
     }
@@ -351,7 +352,7 @@ impl Service {
     async fn release(&self, hashes: impl IntoIterator<Item = ContentHash>) -> Result<()> {
         for hash in hashes {
             let _content = self.content_lock(hash).lock().await;
-            if !self.refs.any((&hash.0,))? {
+            if !self.tables.refs.any((&hash.0,))? {
                 self.store.delete(hash).await.map_err(io_error)?;
             }
         }
@@ -405,20 +406,21 @@ impl Service {
         record.created_ts = now_ms();
         let mut batch = Batch::new();
         if let Some(expires) = record.unused_expires_at.take() {
-            self.expiry
+            self.tables
+                .expiry
                 .delete_in(&mut batch, (MEDIA_EXPIRY_PENDING, expires, &subject));
         }
-        self.expiry.put_in(
+        self.tables.expiry.put_in(
             &mut batch,
             (MEDIA_EXPIRY_LOCAL, record.created_ts, &subject),
             &(),
         );
         if let Some(user) = uploader {
-            self.pending.delete_in(&mut batch, (user, media_id));
+            self.tables.pending.delete_in(&mut batch, (user, media_id));
             let usage = self.usage(user)?.saturating_add(record.size);
-            self.usage.put_in(&mut batch, user, &usage);
+            self.tables.usage.put_in(&mut batch, user, &usage);
         }
-        self.media.put_in(&mut batch, item, &record);
+        self.tables.media.put_in(&mut batch, item, &record);
         self.put_referenced(hash, data, batch, &subject).await?;
         self.expiry_changed.notify_one();
         tracing::debug!(media_id, size = record.size, "media stored");
@@ -435,6 +437,7 @@ impl Service {
         let now = now_ms();
         let max = self.config.max_pending_uploads as usize;
         let waiting: Vec<u64> = self
+            .tables
             .pending
             .scan((user,))
             .values()
@@ -461,10 +464,13 @@ impl Service {
             remote: false,
         };
         let mut batch = Batch::new();
-        self.media.put_in(&mut batch, item, &record);
-        self.pending.put_in(&mut batch, (user, &media_id), &expires);
+        self.tables.media.put_in(&mut batch, item, &record);
+        self.tables
+            .pending
+            .put_in(&mut batch, (user, &media_id), &expires);
         let subject = MediaSubject::media(item);
-        self.expiry
+        self.tables
+            .expiry
             .put_in(&mut batch, (MEDIA_EXPIRY_PENDING, expires, &subject), &());
         self.db.write(batch).await?;
         self.expiry_changed.notify_one();
@@ -597,6 +603,13 @@ impl Service {
             .await
     }
 
+    /// The federation client remote media is fetched with, or not found when federation is off.
+    fn remote_fetcher(&self) -> Result<&federation::Service> {
+        self.federation.as_deref().ok_or_else(|| {
+            Error::not_found("Remote media is not available: federation is disabled")
+        })
+    }
+
     async fn download_remote(
         &self,
         server: &ServerName,
@@ -608,9 +621,7 @@ impl Service {
         if let Some(content) = self.cached_remote(item)? {
             return Ok(content);
         }
-        let federation = self.federation.as_ref().ok_or_else(|| {
-            Error::not_found("Remote media is not available: federation is disabled")
-        })?;
+        let federation = self.remote_fetcher()?;
         let request = MediaRequest::Download {
             media_id,
             timeout_ms: wait.as_millis() as u64,
@@ -636,12 +647,14 @@ impl Service {
         let mut batch = Batch::new();
         // A record left by a thumbnail fetch is replaced, and so is its expiry row.
         if let Some(old) = self.record(item)? {
-            self.expiry
+            self.tables
+                .expiry
                 .delete_in(&mut batch, (MEDIA_EXPIRY_REMOTE, old.created_ts, &subject));
         }
-        self.expiry
+        self.tables
+            .expiry
             .put_in(&mut batch, (MEDIA_EXPIRY_REMOTE, now, &subject), &());
-        self.media.put_in(&mut batch, item, &record);
+        self.tables.media.put_in(&mut batch, item, &record);
         self.put_referenced(hash, file.data, batch, &subject)
             .await?;
         self.expiry_changed.notify_one();
@@ -724,9 +737,7 @@ impl Service {
             if let Some(content) = self.cached_thumbnail(thumb_key)? {
                 return Ok(content);
             }
-            let federation = self.federation.as_ref().ok_or_else(|| {
-                Error::not_found("Remote media is not available: federation is disabled")
-            })?;
+            let federation = self.remote_fetcher()?;
             let request = MediaRequest::Thumbnail {
                 media_id,
                 width,
@@ -744,7 +755,7 @@ impl Service {
     }
 
     fn cached_thumbnail(&self, thumb_key: ThumbnailKey<'_>) -> Result<Option<Content>> {
-        let Some(t) = self.thumbnails.get(thumb_key)? else {
+        let Some(t) = self.tables.thumbnails.get(thumb_key)? else {
             return Ok(None);
         };
         Ok(ContentHash::from_hex(&t.content_hash).map(|hash| Content {
@@ -797,11 +808,14 @@ impl Service {
                 unused_expires_at: None,
                 remote: true,
             };
-            self.media.put_in(&mut batch, item, &placeholder);
-            self.expiry
+            self.tables.media.put_in(&mut batch, item, &placeholder);
+            self.tables
+                .expiry
                 .put_in(&mut batch, (MEDIA_EXPIRY_REMOTE, now, &subject), &());
         }
-        self.thumbnails.put_in(&mut batch, thumb_key, &record);
+        self.tables
+            .thumbnails
+            .put_in(&mut batch, thumb_key, &record);
         let thumb_subject = MediaSubject::thumbnail(thumb_key);
         self.put_referenced(hash, data, batch, &thumb_subject)
             .await?;
@@ -918,7 +932,9 @@ impl Service {
             height: thumb.height,
         };
         let mut batch = Batch::new();
-        self.thumbnails.put_in(&mut batch, thumb_key, &record);
+        self.tables
+            .thumbnails
+            .put_in(&mut batch, thumb_key, &record);
         // The original may have been purged while we worked: then keep nothing.
         if self.record((server.as_str(), media_id))?.is_some() {
             let subject = MediaSubject::thumbnail(thumb_key);
@@ -947,7 +963,7 @@ impl Service {
         };
         let mut batch = Batch::new();
         let mut hashes = Vec::new();
-        for row in self.thumbnails.scan(item) {
+        for row in self.tables.thumbnails.scan(item) {
             let (k, t) = row?;
             if let Some(hash) = ContentHash::from_hex(&t.content_hash) {
                 let (server, media_id, width, height, method, content_type) = &k;
@@ -960,14 +976,14 @@ impl Service {
                     content_type.as_str(),
                 );
                 let subject = MediaSubject::thumbnail(thumbnail);
-                self.refs.delete_in(&mut batch, (&hash.0, &subject));
+                self.tables.refs.delete_in(&mut batch, (&hash.0, &subject));
                 hashes.push(hash);
             }
-            self.thumbnails.delete_row_in(&mut batch, &k);
+            self.tables.thumbnails.delete_row_in(&mut batch, &k);
         }
         let subject = MediaSubject::media(item);
         if let Some(hash) = record.hash() {
-            self.refs.delete_in(&mut batch, (&hash.0, &subject));
+            self.tables.refs.delete_in(&mut batch, (&hash.0, &subject));
             hashes.push(hash);
         }
         let kind = if record.remote {
@@ -975,18 +991,20 @@ impl Service {
         } else {
             MEDIA_EXPIRY_LOCAL
         };
-        self.expiry
+        self.tables
+            .expiry
             .delete_in(&mut batch, (kind, record.created_ts, &subject));
         if let Some(expires) = record.unused_expires_at {
-            self.expiry
+            self.tables
+                .expiry
                 .delete_in(&mut batch, (MEDIA_EXPIRY_PENDING, expires, &subject));
         }
         if let Some(short) = user {
-            self.pending.delete_in(&mut batch, (short, item.1));
+            self.tables.pending.delete_in(&mut batch, (short, item.1));
             let usage = self.usage(short)?.saturating_sub(record.size);
-            self.usage.put_in(&mut batch, short, &usage);
+            self.tables.usage.put_in(&mut batch, short, &usage);
         }
-        self.media.delete_in(&mut batch, item);
+        self.tables.media.delete_in(&mut batch, item);
         self.db.write(batch).await?;
         self.release(hashes).await?;
         Ok(true)
@@ -1009,6 +1027,7 @@ impl Service {
         loop {
             let start = MediaSubject::default();
             let rows: Vec<_> = self
+                .tables
                 .expiry
                 .range((kind, 0, &start), (kind, before_ts, &start))
                 .keys()
@@ -1020,7 +1039,7 @@ impl Service {
                 let mut batch = Batch::new();
                 if kind == MEDIA_EXPIRY_PREVIEW {
                     let url = subject.as_url();
-                    self.previews.delete_in(&mut batch, &url);
+                    self.tables.previews.delete_in(&mut batch, &url);
                     deleted.push(url);
                 } else if let Some((server, media_id)) = subject.media_item() {
                     if self.delete_media((&server, &media_id)).await? {
@@ -1028,7 +1047,7 @@ impl Service {
                     }
                 }
                 // Also when the media went some other way and this row is all that is left.
-                self.expiry.delete_row_in(&mut batch, &row);
+                self.tables.expiry.delete_row_in(&mut batch, &row);
                 self.db.write(batch).await?;
             }
             if done {
@@ -1067,6 +1086,7 @@ impl Service {
             let cutoff = now_ms().saturating_sub(age);
             self.purge(kind, cutoff.saturating_add(1)).await?;
             let first = self
+                .tables
                 .expiry
                 .scan((kind,))
                 .keys()
@@ -1123,7 +1143,7 @@ impl Service {
         }
         let url = parsed.as_str();
         let now = now_ms();
-        let cached = self.previews.get(url)?;
+        let cached = self.tables.previews.get(url)?;
         if let Some(c) = &cached {
             if now.saturating_sub(c.fetched_ts) < PREVIEW_TTL_MS {
                 return Ok(c.data.clone());
@@ -1138,12 +1158,14 @@ impl Service {
         let subject = MediaSubject::url(url);
         let mut batch = Batch::new();
         if let Some(old) = cached {
-            self.expiry
+            self.tables
+                .expiry
                 .delete_in(&mut batch, (MEDIA_EXPIRY_PREVIEW, old.fetched_ts, &subject));
         }
-        self.expiry
+        self.tables
+            .expiry
             .put_in(&mut batch, (MEDIA_EXPIRY_PREVIEW, now, &subject), &());
-        self.previews.put_in(
+        self.tables.previews.put_in(
             &mut batch,
             url,
             &CachedPreview {

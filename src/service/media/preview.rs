@@ -415,14 +415,19 @@ fn decode_entities(s: &str) -> String {
     out
 }
 
-/// Whether a reply's content type is HTML.
-pub fn is_html(content_type: &str) -> bool {
-    let essence = content_type
+/// A content type's essence: the lowercased `type/subtype`, without parameters.
+pub fn mime_essence(content_type: &str) -> String {
+    content_type
         .split(';')
         .next()
         .unwrap_or_default()
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+/// Whether a reply's content type is HTML.
+pub fn is_html(content_type: &str) -> bool {
+    let essence = mime_essence(content_type);
     essence == "text/html" || essence == "application/xhtml+xml"
 }
 

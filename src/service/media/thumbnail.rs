@@ -271,22 +271,15 @@ mod tests {
         // Covering the box would need upscaling one side: the original is served.
         assert_eq!(scale_size(300, 20, 64, 64), None);
         let source = png(300, 200);
-        assert_eq!(
-            dims(generate(&source, 64, 64, Method::Scale, false).unwrap()),
-            (96, 64)
-        );
-        assert_eq!(
-            dims(generate(&source, 32, 32, Method::Crop, false).unwrap()),
-            (32, 32)
-        );
-        assert_eq!(
-            dims(generate(&source, 600, 600, Method::Crop, false).unwrap()),
-            (0, 0)
-        );
-        assert_eq!(
-            dims(generate(&source, 400, 100, Method::Crop, false).unwrap()),
-            (300, 75)
-        );
+        for (w, h, method, expected) in [
+            (64, 64, Method::Scale, (96, 64)),
+            (32, 32, Method::Crop, (32, 32)),
+            (600, 600, Method::Crop, (0, 0)),
+            (400, 100, Method::Crop, (300, 75)),
+        ] {
+            let thumbnail = generate(&source, w, h, method, false).unwrap();
+            assert_eq!(dims(thumbnail), expected, "{w}x{h} {method:?}");
+        }
     }
 
     fn encoded(w: u32, h: u32, format: ImageFormat) -> Vec<u8> {

@@ -14,15 +14,27 @@ use ruma::{presence::PresenceState, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use super::tables::service;
 use crate::{
     config,
     error::Result,
-    service::{now_ms, stream::Stream},
-    storage::{tables, Batch, Db, ShortId, Table},
+    service::{now_ms, rooms, stream::Stream},
+    storage::{tables, Batch, ShortId},
 };
 
 /// Who to wake about a user's presence change, computed only when something is written.
 pub type Peers<'a> = dyn Fn(ShortId) -> Vec<ShortId> + Send + Sync + 'a;
+
+/// Who shares a room with a user (and the user), from the room memberships; none when they
+/// cannot be read.
+pub fn room_peers(rooms: Arc<rooms::Service>) -> impl Fn(ShortId) -> Vec<ShortId> + Send + Sync {
+    move |u| {
+        rooms
+            .peers(u)
+            .map(|p| p.into_iter().collect())
+            .unwrap_or_default()
+    }
+}
 
 /// A user's presence as stored and sent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -33,6 +45,16 @@ pub struct Stored {
     pub last_active_ts: u64,
 }
 
+impl Stored {
+    pub fn new(presence: PresenceState, status_msg: Option<String>, last_active_ts: u64) -> Self {
+        Self {
+            presence,
+            status_msg,
+            last_active_ts,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Live {
     last_active: u64,
@@ -40,54 +62,46 @@ struct Live {
     syncing: u32,
 }
 
-pub struct Service {
-    db: Db,
-    presence: Table<tables::Presence<Stored>>,
-    by_pos: Table<tables::PresenceByPos>,
-    stream: Arc<Stream>,
-    config: config::Presence,
-    live: Mutex<HashMap<ShortId, Live>>,
-    timer: Notify,
-    write: tokio::sync::Mutex<()>,
+service! {
+    tables {
+        presence: tables::Presence<Stored>,
+        by_pos: tables::PresenceByPos,
+    }
+    deps {
+        stream: Arc<Stream>,
+        config: config::Presence,
+    }
+    state {
+        live: Mutex<HashMap<ShortId, Live>> = Mutex::new(HashMap::new()),
+        timer: Notify = Notify::new(),
+        write: tokio::sync::Mutex<()> = tokio::sync::Mutex::new(()),
+    }
 }
 
 impl Service {
-    pub fn new(db: Db, stream: Arc<Stream>, config: config::Presence) -> Self {
-        Self {
-            presence: Table::new(&db),
-            by_pos: Table::new(&db),
-            db,
-            stream,
-            config,
-            live: Mutex::new(HashMap::new()),
-            timer: Notify::new(),
-            write: tokio::sync::Mutex::new(()),
-        }
-    }
-
     pub fn enabled(&self) -> bool {
         self.config.enabled
     }
 
     pub fn get(&self, user: ShortId) -> Result<Option<Stored>> {
-        Ok(self.presence.get(user)?.map(|(_, stored)| stored))
+        Ok(self.tables.presence.get(user)?.map(|(_, stored)| stored))
     }
 
     /// Writes a new presence if it differs from the stored one; wakes the user's peers.
     async fn store(&self, user: ShortId, new: Stored, peers: &Peers<'_>) -> Result<()> {
         let _guard = self.write.lock().await;
         let mut batch = Batch::new();
-        if let Some((old_pos, old)) = self.presence.get(user)? {
+        if let Some((old_pos, old)) = self.tables.presence.get(user)? {
             // Only the state and message count as changes; activity alone is not written.
             if old.presence == new.presence && old.status_msg == new.status_msg {
                 return Ok(());
             }
-            self.by_pos.delete_in(&mut batch, old_pos);
+            self.tables.by_pos.delete_in(&mut batch, old_pos);
         }
         let mut reserved = self.stream.reserve();
         let pos = reserved.position_in(&mut batch);
-        self.presence.put_in(&mut batch, user, &(pos, new));
-        self.by_pos.put_in(&mut batch, pos, &user);
+        self.tables.presence.put_in(&mut batch, user, &(pos, new));
+        self.tables.by_pos.put_in(&mut batch, pos, &user);
         reserved.write(&self.db, batch).await?;
         self.stream.wake(peers(user));
         Ok(())
@@ -106,16 +120,8 @@ impl Service {
             self.live.lock().entry(user).or_default().last_active = now;
             self.timer.notify_one();
         }
-        self.store(
-            user,
-            Stored {
-                presence,
-                status_msg,
-                last_active_ts: now,
-            },
-            peers,
-        )
-        .await
+        let new = Stored::new(presence, status_msg, now);
+        self.store(user, new, peers).await
     }
 
     /// Presence of a user of another server, as its server told us (its timers run there).
@@ -126,16 +132,8 @@ impl Service {
         status_msg: Option<String>,
         peers: &Peers<'_>,
     ) -> Result<()> {
-        self.store(
-            user,
-            Stored {
-                presence,
-                status_msg,
-                last_active_ts: now_ms(),
-            },
-            peers,
-        )
-        .await
+        let new = Stored::new(presence, status_msg, now_ms());
+        self.store(user, new, peers).await
     }
 
     /// A /sync starts: with `set_presence` online (the default) the user is online and active.
@@ -164,16 +162,8 @@ impl Service {
         peers: &Peers<'_>,
     ) -> Result<()> {
         let status_msg = self.get(user)?.and_then(|s| s.status_msg);
-        self.store(
-            user,
-            Stored {
-                presence,
-                status_msg,
-                last_active_ts: now_ms(),
-            },
-            peers,
-        )
-        .await
+        let new = Stored::new(presence, status_msg, now_ms());
+        self.store(user, new, peers).await
     }
 
     /// A /sync ended; the offline countdown starts when no other is in flight.
@@ -202,7 +192,7 @@ impl Service {
     /// Users whose presence changed in (since, upto] (every user with a presence when `since` is
     /// `None`).
     pub fn changes(&self, since: Option<u64>, upto: u64) -> Result<Vec<ShortId>> {
-        let rows = self.by_pos.range(
+        let rows = self.tables.by_pos.range(
             since.map_or(0, |s| s.saturating_add(1)),
             upto.saturating_add(1),
         );
@@ -255,11 +245,7 @@ impl Service {
                 self.live.lock().remove(&user);
             }
             if downgrade {
-                let new = Stored {
-                    presence: state,
-                    status_msg: current.status_msg.clone(),
-                    last_active_ts: current.last_active_ts,
-                };
+                let new = Stored::new(state, current.status_msg.clone(), current.last_active_ts);
                 if let Err(e) = self.store(user, new, peers).await {
                     tracing::warn!("presence timeout not stored: {e}");
                 }

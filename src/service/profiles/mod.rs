@@ -5,47 +5,44 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde_json::Value as JsonValue;
 
-use super::users;
+use super::{tables::service, users};
 use crate::{
     error::{Error, Result},
-    storage::{tables, Batch, Db, ShortId, Table},
+    storage::{tables, Batch, ShortId},
 };
 
 /// Largest profile (all fields, serialised) a user may keep, as the spec's 64 KiB limit.
 pub const MAX_PROFILE_BYTES: usize = 65536;
 
-pub struct Service {
-    db: Db,
-    profiles: Table<tables::Profiles>,
-    users: Arc<users::Service>,
+service! {
+    tables {
+        profiles: tables::Profiles,
+    }
+    deps {
+        users: Arc<users::Service>,
+    }
+    state {}
 }
 
 impl Service {
-    pub fn new(db: Db, users: Arc<users::Service>) -> Self {
-        Self {
-            profiles: Table::new(&db),
-            db,
-            users,
-        }
-    }
-
     pub fn users(&self) -> &users::Service {
         &self.users
     }
 
     pub fn all(&self, user: ShortId) -> Result<BTreeMap<String, JsonValue>> {
-        self.profiles
+        self.tables
+            .profiles
             .scan((user,))
             .map(|r| Ok(r.map(|((_, field), value)| (field, value))?))
             .collect()
     }
 
     pub fn get(&self, user: ShortId, field: &str) -> Result<Option<JsonValue>> {
-        Ok(self.profiles.get((user, field))?)
+        Ok(self.tables.profiles.get((user, field))?)
     }
 
     pub fn set_in(&self, batch: &mut Batch, user: ShortId, field: &str, value: &JsonValue) {
-        self.profiles.put_in(batch, (user, field), value);
+        self.tables.profiles.put_in(batch, (user, field), value);
     }
 
     /// Sets (or with `None` removes) one field, keeping the whole profile under the size limit.
@@ -67,7 +64,7 @@ impl Service {
                 }
                 self.set_in(&mut b, user, field, v);
             }
-            None => self.profiles.delete_in(&mut b, (user, field)),
+            None => self.tables.profiles.delete_in(&mut b, (user, field)),
         }
         self.db.write(b).await?;
         Ok(())
@@ -76,7 +73,7 @@ impl Service {
     /// Removes every field; used when an account is deactivated with `erase`.
     pub async fn erase(&self, user: ShortId) -> Result<()> {
         let mut b = Batch::new();
-        self.profiles.delete_prefix_in(&mut b, (user,))?;
+        self.tables.profiles.delete_prefix_in(&mut b, (user,))?;
         self.db.write(b).await?;
         Ok(())
     }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use ruma::{OwnedEventId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 
+use super::tables::service;
 use crate::{
     error::Result,
     service::{rooms, stream::Stream},
-    storage::{tables, Batch, Db, ShortId, Table},
+    storage::{tables, Batch, ShortId},
 };
 
 #[derive(Serialize, Deserialize)]
@@ -28,27 +29,21 @@ pub struct Receipt {
     pub ts: u64,
 }
 
-pub struct Service {
-    db: Db,
-    receipts: Table<tables::Receipts<Stored>>,
-    by_pos: Table<tables::ReceiptsByPos>,
-    stream: Arc<Stream>,
-    rooms: Arc<rooms::Service>,
-    write: tokio::sync::Mutex<()>,
+service! {
+    tables {
+        receipts: tables::Receipts<Stored>,
+        by_pos: tables::ReceiptsByPos,
+    }
+    deps {
+        stream: Arc<Stream>,
+        rooms: Arc<rooms::Service>,
+    }
+    state {
+        write: tokio::sync::Mutex<()> = tokio::sync::Mutex::new(()),
+    }
 }
 
 impl Service {
-    pub fn new(db: Db, stream: Arc<Stream>, rooms: Arc<rooms::Service>) -> Self {
-        Self {
-            receipts: Table::new(&db),
-            by_pos: Table::new(&db),
-            db,
-            stream,
-            rooms,
-            write: tokio::sync::Mutex::new(()),
-        }
-    }
-
     /// Records a receipt and wakes the room's members (a private one only wakes its owner).
     pub async fn set(
         &self,
@@ -62,8 +57,8 @@ impl Service {
         let _guard = self.write.lock().await;
         let k = (room, user, kind, thread);
         let mut batch = Batch::new();
-        if let Some((old_pos, _)) = self.receipts.get(k)? {
-            self.by_pos.delete_in(&mut batch, (room, old_pos));
+        if let Some((old_pos, _)) = self.tables.receipts.get(k)? {
+            self.tables.by_pos.delete_in(&mut batch, (room, old_pos));
         }
         let mut reserved = self.stream.reserve();
         let pos = reserved.position_in(&mut batch);
@@ -72,8 +67,8 @@ impl Service {
             ts,
         };
         let row = (room, user, kind.to_owned(), thread.to_owned());
-        self.by_pos.put_in(&mut batch, (room, pos), &row);
-        self.receipts.put_in(&mut batch, k, &(pos, stored));
+        self.tables.by_pos.put_in(&mut batch, (room, pos), &row);
+        self.tables.receipts.put_in(&mut batch, k, &(pos, stored));
         reserved.write(&self.db, batch).await?;
         if kind == "m.read.private" {
             self.stream.wake([user]);
@@ -92,6 +87,7 @@ impl Service {
         thread: &str,
     ) -> Result<Option<OwnedEventId>> {
         Ok(self
+            .tables
             .receipts
             .get((room, user, kind, thread))?
             .map(|(_, stored)| stored.event_id))
@@ -116,7 +112,7 @@ impl Service {
         let mut out = Vec::new();
         match since {
             None => {
-                for row in self.receipts.scan((room,)) {
+                for row in self.tables.receipts.scan((room,)) {
                     let (k, (pos, stored)) = row?;
                     if pos <= upto {
                         out.push(self.receipt(k, stored)?);
@@ -124,14 +120,14 @@ impl Service {
                 }
             }
             Some(since) => {
-                let rows = self.by_pos.range(
+                let rows = self.tables.by_pos.range(
                     (room, since.saturating_add(1)),
                     (room, upto.saturating_add(1)),
                 );
                 for row in rows {
                     let (_, k) = row?;
                     let (r, u, kind, thread) = &k;
-                    if let Some((_, stored)) = self.receipts.get((*r, *u, kind, thread))? {
+                    if let Some((_, stored)) = self.tables.receipts.get((*r, *u, kind, thread))? {
                         out.push(self.receipt(k, stored)?);
                     }
                 }

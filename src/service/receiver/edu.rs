@@ -119,13 +119,7 @@ async fn presence(services: &Services, origin: &ServerName, c: PresenceContent) 
             _ => continue,
         };
         let short = user_short(services, &p.user_id)?;
-        let rooms = services.rooms.clone();
-        let peers = move |u: ShortId| -> Vec<ShortId> {
-            rooms
-                .peers(u)
-                .map(|p| p.into_iter().collect())
-                .unwrap_or_default()
-        };
+        let peers = crate::service::presence::room_peers(services.rooms.clone());
         services
             .presence
             .set_remote(short, presence, p.status_msg, &peers)

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::now_ms;
+use super::{now_ms, tables::service};
 use crate::{
     error::Result,
-    storage::{tables, Batch, Db, Table},
+    storage::{tables, Batch},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -20,26 +20,21 @@ pub struct RegistrationToken {
     pub expiry_time: Option<u64>,
 }
 
-pub struct Service {
-    db: Db,
-    tokens: Table<tables::RegistrationTokens<RegistrationToken>>,
-    pending: Mutex<HashMap<String, u64>>,
-    // Serialises the read-modify-write of a token's counters.
-    update: tokio::sync::Mutex<()>,
+service! {
+    tables {
+        tokens: tables::RegistrationTokens<RegistrationToken>,
+    }
+    deps {}
+    state {
+        pending: Mutex<HashMap<String, u64>> = Mutex::new(HashMap::new()),
+        // Serialises the read-modify-write of a token's counters.
+        update: tokio::sync::Mutex<()> = tokio::sync::Mutex::new(()),
+    }
 }
 
 impl Service {
-    pub fn new(db: Db) -> Self {
-        Self {
-            tokens: Table::new(&db),
-            db,
-            pending: Mutex::new(HashMap::new()),
-            update: tokio::sync::Mutex::new(()),
-        }
-    }
-
     pub fn get(&self, token: &str) -> Result<Option<RegistrationToken>> {
-        Ok(self.tokens.get(token)?)
+        Ok(self.tables.tokens.get(token)?)
     }
 
     pub fn pending(&self, token: &str) -> u64 {
@@ -47,7 +42,12 @@ impl Service {
     }
 
     pub fn list(&self) -> Result<Vec<RegistrationToken>> {
-        Ok(self.tokens.iter().values().collect::<Result<_, _>>()?)
+        Ok(self
+            .tables
+            .tokens
+            .iter()
+            .values()
+            .collect::<Result<_, _>>()?)
     }
 
     /// Whether a registration may start with this token now.
@@ -105,7 +105,7 @@ impl Service {
 
     pub async fn put(&self, t: &RegistrationToken) -> Result<()> {
         let mut b = Batch::new();
-        self.tokens.put_in(&mut b, &t.token, t);
+        self.tables.tokens.put_in(&mut b, &t.token, t);
         self.db.write(b).await?;
         Ok(())
     }
@@ -115,7 +115,7 @@ impl Service {
             return Ok(false);
         }
         let mut b = Batch::new();
-        self.tokens.delete_in(&mut b, token);
+        self.tables.tokens.delete_in(&mut b, token);
         self.db.write(b).await?;
         Ok(true)
     }

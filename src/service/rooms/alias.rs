@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::Service;
 use crate::{
     error::{Error, Result},
-    storage::{encode_json, schema::key, Batch, Cf, ShortId},
+    storage::{Batch, ShortId},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -22,7 +22,7 @@ impl Service {
     }
 
     pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<AliasRecord>> {
-        Ok(self.db.get_json(Cf::Aliases, &key::alias(alias.as_str()))?)
+        Ok(self.tables.aliases.get(alias.as_str())?)
     }
 
     /// Points a local alias at a room. M_UNKNOWN (409) if it is taken.
@@ -41,19 +41,17 @@ impl Service {
             return Err(Error::conflict("Room alias already exists"));
         }
         let mut b = Batch::new();
-        b.put(
-            Cf::Aliases,
-            key::alias(alias.as_str()),
-            encode_json(&AliasRecord {
+        self.tables.aliases.put_in(
+            &mut b,
+            alias.as_str(),
+            &AliasRecord {
                 room_id: room_id.to_owned(),
                 creator: creator.to_owned(),
-            }),
+            },
         );
-        b.put(
-            Cf::RoomAliases,
-            key::room_alias(room, alias.as_str()),
-            Vec::new(),
-        );
+        self.tables
+            .room_aliases
+            .put_in(&mut b, (room, alias.as_str()), &());
         self.db.write(b).await?;
         Ok(())
     }
@@ -64,9 +62,11 @@ impl Service {
             return Err(Error::not_found("Room alias not found"));
         };
         let mut b = Batch::new();
-        b.delete(Cf::Aliases, key::alias(alias.as_str()));
+        self.tables.aliases.delete_in(&mut b, alias.as_str());
         if let Some(room) = self.room_short(&record.room_id)? {
-            b.delete(Cf::RoomAliases, key::room_alias(room, alias.as_str()));
+            self.tables
+                .room_aliases
+                .delete_in(&mut b, (room, alias.as_str()));
         }
         self.db.write(b).await?;
         Ok(())
@@ -81,33 +81,33 @@ impl Service {
         };
         let mut b = Batch::new();
         if let Some(old) = self.room_short(&record.room_id)? {
-            b.delete(Cf::RoomAliases, key::room_alias(old, alias.as_str()));
+            self.tables
+                .room_aliases
+                .delete_in(&mut b, (old, alias.as_str()));
         }
-        b.put(
-            Cf::Aliases,
-            key::alias(alias.as_str()),
-            encode_json(&AliasRecord {
+        self.tables.aliases.put_in(
+            &mut b,
+            alias.as_str(),
+            &AliasRecord {
                 room_id: to.to_owned(),
                 creator: record.creator,
-            }),
+            },
         );
-        b.put(
-            Cf::RoomAliases,
-            key::room_alias(new_room, alias.as_str()),
-            Vec::new(),
-        );
+        self.tables
+            .room_aliases
+            .put_in(&mut b, (new_room, alias.as_str()), &());
         self.db.write(b).await?;
         Ok(())
     }
 
     /// Local aliases pointing at a room.
     pub fn room_aliases(&self, room: ShortId) -> Result<Vec<OwnedRoomAliasId>> {
-        self.db
-            .scan_prefix(Cf::RoomAliases, &key::u64_key(room))
-            .map(|r| {
-                let (k, _) = r?;
-                let (_, alias) =
-                    key::split_user_key(&k).ok_or_else(|| Error::internal("corrupt alias key"))?;
+        self.tables
+            .room_aliases
+            .scan((room,))
+            .keys()
+            .map(|k| {
+                let (_, alias) = k?;
                 OwnedRoomAliasId::try_from(alias)
                     .map_err(|e| Error::internal(format!("stored alias: {e}")))
             })
@@ -115,15 +115,15 @@ impl Service {
     }
 
     pub fn is_public(&self, room: ShortId) -> Result<bool> {
-        Ok(self.db.get(Cf::PublicRooms, &key::u64_key(room))?.is_some())
+        Ok(self.tables.public_rooms.contains(room)?)
     }
 
     pub async fn set_public(&self, room: ShortId, public: bool) -> Result<()> {
         let mut b = Batch::new();
         if public {
-            b.put(Cf::PublicRooms, key::u64_key(room), Vec::new());
+            self.tables.public_rooms.put_in(&mut b, room, &());
         } else {
-            b.delete(Cf::PublicRooms, key::u64_key(room));
+            self.tables.public_rooms.delete_in(&mut b, room);
         }
         self.db.write(b).await?;
         Ok(())
@@ -131,9 +131,11 @@ impl Service {
 
     /// Rooms in the public directory.
     pub fn public_rooms(&self) -> Result<Vec<ShortId>> {
-        self.db
-            .scan_prefix(Cf::PublicRooms, &[])
-            .map(|r| Ok(crate::storage::decode_u64(Cf::PublicRooms, &r?.0)?))
-            .collect()
+        Ok(self
+            .tables
+            .public_rooms
+            .iter()
+            .keys()
+            .collect::<Result<_, _>>()?)
     }
 }

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    storage::{schema::key, Batch, Cf, IdKind, ShortId},
+    storage::{Batch, IdKind, ShortId},
 };
 
 /// Where an event sits once written.
@@ -78,7 +78,7 @@ pub(super) struct InRoom<'a> {
 impl Service {
     /// Adds the writes of `events`, in order, to `batch`; returns the other servers they were
     /// queued for. Without a room, only outliers can be committed (an auth chain is fetched
-    /// before we know the room). The room's head (`Cf::Rooms`) is the caller's: only it knows
+    /// before we know the room). The room's head (its `rooms` row) is the caller's: only it knows
     /// the new one.
     pub(super) fn commit_in(
         &self,
@@ -92,16 +92,14 @@ impl Service {
             let (pdu, room) = match (&e.pdu, &e.place, in_room) {
                 (_, Place::Outlier(flags), _) => {
                     self.event_row_in(batch, short, &e.object)?;
-                    batch.put(Cf::Outliers, key::u64_key(short), vec![*flags]);
+                    self.tables.outliers.put_in(batch, short, flags);
                     continue;
                 }
                 (Some(pdu), Place::RemoteMembership, Some(r)) => {
                     self.event_row_in(batch, short, &e.object)?;
-                    batch.put(
-                        Cf::Outliers,
-                        key::u64_key(short),
-                        vec![super::remote::OUTLIER],
-                    );
+                    self.tables
+                        .outliers
+                        .put_in(batch, short, &super::remote::OUTLIER);
                     self.remote_membership_in(batch, r.room, short, pdu)?;
                     continue;
                 }
@@ -119,31 +117,27 @@ impl Service {
                     unreachable!("outliers are written above")
                 }
                 Place::Timeline(p) | Place::History(p) => {
-                    batch.put(Cf::Timeline, key::pair(room, short), Vec::new());
+                    self.tables.timeline.put_in(batch, (room, short), &());
                     // An event we held as an outlier gains its place.
-                    batch.delete(Cf::Outliers, key::u64_key(short));
+                    self.tables.outliers.delete_in(batch, short);
                     self.index_relation_in(batch, room, short, pdu)?;
                     p
                 }
                 Place::Hidden(p, flags) => {
-                    batch.put(Cf::Outliers, key::u64_key(short), vec![*flags]);
+                    self.tables.outliers.put_in(batch, short, flags);
                     p
                 }
             };
             {
                 let p = placed;
-                batch.put(
-                    Cf::EventMeta,
-                    key::u64_key(short),
-                    EventMeta {
-                        room,
-                        depth: p.depth,
-                        state_before: p.state_before,
-                        state_after: p.state_after,
-                        redacted: false,
-                    }
-                    .encode(),
-                );
+                let meta = EventMeta {
+                    room,
+                    depth: p.depth,
+                    state_before: p.state_before,
+                    state_after: p.state_after,
+                    redacted: false,
+                };
+                self.tables.event_meta.put_in(batch, short, &meta.into());
             }
             if let Some((old, new)) = &e.current {
                 if !Arc::ptr_eq(old, new) {
@@ -154,16 +148,15 @@ impl Service {
                 self.redact_in(batch, rules, *target, &e.object)?;
             }
             if let Some((user, device, txn_id)) = &e.txn {
-                batch.put(
-                    Cf::TxnIds,
-                    key::txn_id(*user, device, room, txn_id),
-                    e.event_id.as_str().as_bytes().to_vec(),
+                self.tables.txn_ids.put_in(
+                    batch,
+                    (*user, device, room, txn_id),
+                    &e.event_id.as_str().to_owned(),
                 );
                 // The way back, so the sending device sees its transaction ID on the event.
-                let mut v = device.as_bytes().to_vec();
-                v.push(0xff);
-                v.extend_from_slice(txn_id.as_bytes());
-                batch.put(Cf::EventTxn, key::u64_key(short), v);
+                self.tables
+                    .event_txn
+                    .put_in(batch, short, &(device.clone(), txn_id.clone()));
             }
             if let (Relay::ToRoom, Place::Timeline(_)) = (e.relay, &e.place) {
                 let queued = self.queue_outgoing_in(
@@ -202,10 +195,10 @@ impl Service {
         let mut stored = object.clone();
         // Peers' unsigned data is theirs, not the event's.
         stored.remove("unsigned");
-        batch.put(
-            Cf::Pdus,
-            key::u64_key(short),
-            serde_json::to_vec(&stored).map_err(Error::internal)?,
+        self.tables.pdus.put_in(
+            batch,
+            short,
+            &serde_json::to_vec(&stored).map_err(Error::internal)?,
         );
         Ok(())
     }
@@ -246,14 +239,14 @@ impl Service {
         extra: Option<(ShortId, &Pdu)>,
     ) -> Result<()> {
         for sk in old.keys().filter(|k| !new.contains_key(k)) {
-            batch.delete(Cf::RoomState, key::pair(room, *sk));
+            self.tables.room_state.delete_in(batch, (room, *sk));
         }
         let mut members = Vec::new();
         for (sk, ev) in new {
             if old.get(sk) == Some(ev) {
                 continue;
             }
-            batch.put(Cf::RoomState, key::pair(room, *sk), ev.to_be_bytes());
+            self.tables.room_state.put_in(batch, (room, *sk), ev);
             let (kind, state_key) = self.state_key_of(*sk)?;
             if kind != StateEventType::RoomMember {
                 continue;
@@ -299,9 +292,13 @@ impl Service {
             state: membership_code(membership),
             event,
         };
-        batch.put(Cf::Memberships, key::pair(user, room), m.encode());
-        batch.put(Cf::RoomMembers, key::pair(room, user), m.encode());
-        batch.delete(Cf::Forgotten, key::pair(user, room));
+        self.tables
+            .memberships
+            .put_in(batch, (user, room), &m.into());
+        self.tables
+            .room_members
+            .put_in(batch, (room, user), &m.into());
+        self.tables.forgotten.delete_in(batch, (user, room));
     }
 
     /// Replaces a stored event with its redacted form (the redaction being `because`).
@@ -319,14 +316,14 @@ impl Service {
         let redacted =
             hearth_federation::pdu::redacted(object, &rules.redaction, Some(because.clone()))
                 .map_err(Error::internal)?;
-        batch.put(
-            Cf::Pdus,
-            key::u64_key(target),
-            serde_json::to_vec(&redacted).map_err(Error::internal)?,
+        self.tables.pdus.put_in(
+            batch,
+            target,
+            &serde_json::to_vec(&redacted).map_err(Error::internal)?,
         );
         if let Some(mut m) = self.event_meta(target)? {
             m.redacted = true;
-            batch.put(Cf::EventMeta, key::u64_key(target), m.encode());
+            self.tables.event_meta.put_in(batch, target, &m.into());
         }
         Ok(())
     }

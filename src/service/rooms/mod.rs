@@ -34,7 +34,7 @@ use self::{
 use crate::{
     error::{Error, Result},
     service::stream::Stream,
-    storage::{decode_u64, encode_json, schema::key, Batch, Cf, Db, IdKind, ShortId, ShortIds},
+    storage::{tables, Batch, Db, IdKind, ShortId, ShortIds, Table},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,29 +57,30 @@ pub struct EventMeta {
     pub redacted: bool,
 }
 
-impl EventMeta {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(33);
-        out.extend_from_slice(&self.room.to_be_bytes());
-        out.extend_from_slice(&self.depth.to_be_bytes());
-        out.extend_from_slice(&self.state_before.to_be_bytes());
-        out.extend_from_slice(&self.state_after.to_be_bytes());
-        out.push(u8::from(self.redacted));
-        out
-    }
+/// An `event_meta` row: room, depth, state before, state after, redacted.
+type EventMetaRow = (ShortId, u64, StateGroupId, StateGroupId, u8);
 
-    fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != 33 {
-            return None;
+impl From<EventMetaRow> for EventMeta {
+    fn from((room, depth, state_before, state_after, redacted): EventMetaRow) -> Self {
+        Self {
+            room,
+            depth,
+            state_before,
+            state_after,
+            redacted: redacted != 0,
         }
-        let u = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or_default());
-        Some(Self {
-            room: u(0),
-            depth: u(8),
-            state_before: u(16),
-            state_after: u(24),
-            redacted: b[32] != 0,
-        })
+    }
+}
+
+impl From<EventMeta> for EventMetaRow {
+    fn from(m: EventMeta) -> Self {
+        (
+            m.room,
+            m.depth,
+            m.state_before,
+            m.state_after,
+            u8::from(m.redacted),
+        )
     }
 }
 
@@ -111,19 +112,19 @@ pub struct Membership {
     pub event: ShortId,
 }
 
+impl From<(u8, ShortId)> for Membership {
+    fn from((state, event): (u8, ShortId)) -> Self {
+        Self { state, event }
+    }
+}
+
+impl From<Membership> for (u8, ShortId) {
+    fn from(m: Membership) -> Self {
+        (m.state, m.event)
+    }
+}
+
 impl Membership {
-    fn encode(&self) -> [u8; 9] {
-        let mut out = [0u8; 9];
-        out[0] = self.state;
-        out[1..].copy_from_slice(&self.event.to_be_bytes());
-        out
-    }
-    fn decode(b: &[u8]) -> Option<Self> {
-        Some(Self {
-            state: *b.first()?,
-            event: u64::from_be_bytes(b.get(1..9)?.try_into().ok()?),
-        })
-    }
     pub fn membership(&self) -> MembershipState {
         membership_from_code(self.state)
     }
@@ -142,8 +143,58 @@ pub trait Notifier: Send + Sync {
     ) -> Result<()>;
 }
 
+/// The keyspaces the rooms service reads and writes.
+struct Tables {
+    rooms: Table<tables::Rooms<RoomMeta>>,
+    pdus: Table<tables::Pdus>,
+    event_meta: Table<tables::EventMeta>,
+    timeline: Table<tables::Timeline>,
+    room_state: Table<tables::RoomState>,
+    memberships: Table<tables::Memberships>,
+    room_members: Table<tables::RoomMembers>,
+    txn_ids: Table<tables::TxnIds>,
+    event_txn: Table<tables::EventTxn>,
+    relations: Table<tables::Relations>,
+    threads: Table<tables::Threads>,
+    reports: Table<tables::Reports<relations::Report>>,
+    aliases: Table<tables::Aliases<alias::AliasRecord>>,
+    room_aliases: Table<tables::RoomAliases>,
+    public_rooms: Table<tables::PublicRooms>,
+    forgotten: Table<tables::Forgotten>,
+    outliers: Table<tables::Outliers>,
+    invite_state: Table<tables::InviteState<Vec<serde_json::Value>>>,
+    fed_queue: Table<tables::FedQueue>,
+}
+
+impl Tables {
+    fn new(db: &Db) -> Self {
+        Self {
+            rooms: Table::new(db),
+            pdus: Table::new(db),
+            event_meta: Table::new(db),
+            timeline: Table::new(db),
+            room_state: Table::new(db),
+            memberships: Table::new(db),
+            room_members: Table::new(db),
+            txn_ids: Table::new(db),
+            event_txn: Table::new(db),
+            relations: Table::new(db),
+            threads: Table::new(db),
+            reports: Table::new(db),
+            aliases: Table::new(db),
+            room_aliases: Table::new(db),
+            public_rooms: Table::new(db),
+            forgotten: Table::new(db),
+            outliers: Table::new(db),
+            invite_state: Table::new(db),
+            fed_queue: Table::new(db),
+        }
+    }
+}
+
 pub struct Service {
     db: Db,
+    tables: Tables,
     shortids: Arc<ShortIds>,
     state: StateStore,
     server_name: OwnedServerName,
@@ -177,6 +228,7 @@ impl Service {
     ) -> Result<Self> {
         Ok(Self {
             state: StateStore::new(db.clone())?,
+            tables: Tables::new(&db),
             db,
             shortids,
             server_name,
@@ -241,7 +293,7 @@ impl Service {
     }
 
     pub fn meta(&self, room: ShortId) -> Result<Option<RoomMeta>> {
-        Ok(self.db.get_json(Cf::Rooms, &key::u64_key(room))?)
+        Ok(self.tables.rooms.get(room)?)
     }
 
     /// The room's short ID and metadata, or 404 for a room this server does not know.
@@ -268,12 +320,7 @@ impl Service {
     }
 
     pub fn event_meta(&self, short: ShortId) -> Result<Option<EventMeta>> {
-        match self.db.get(Cf::EventMeta, &key::u64_key(short))? {
-            Some(b) => Ok(Some(
-                EventMeta::decode(&b).ok_or_else(|| Error::internal("corrupt event meta"))?,
-            )),
-            None => Ok(None),
-        }
+        Ok(self.tables.event_meta.get(short)?.map(EventMeta::from))
     }
 
     /// The stored JSON of an event (redacted form once redacted).
@@ -281,7 +328,7 @@ impl Service {
         &self,
         short: ShortId,
     ) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
-        match self.db.get(Cf::Pdus, &key::u64_key(short))? {
+        match self.tables.pdus.get(short)? {
             Some(b) => {
                 Ok(Some(serde_json::from_slice(&b).map_err(|e| {
                     Error::internal(format!("stored PDU: {e}"))
@@ -292,7 +339,7 @@ impl Service {
     }
 
     pub fn event_canonical(&self, short: ShortId) -> Result<Option<CanonicalJsonObject>> {
-        match self.db.get(Cf::Pdus, &key::u64_key(short))? {
+        match self.tables.pdus.get(short)? {
             Some(b) => {
                 Ok(Some(serde_json::from_slice(&b).map_err(|e| {
                     Error::internal(format!("stored PDU: {e}"))
@@ -303,7 +350,7 @@ impl Service {
     }
 
     pub fn pdu(&self, short: ShortId) -> Result<Option<Pdu>> {
-        let Some(b) = self.db.get(Cf::Pdus, &key::u64_key(short))? else {
+        let Some(b) = self.tables.pdus.get(short)? else {
             return Ok(None);
         };
         let id = self.event_id_of(short)?;
@@ -322,18 +369,13 @@ impl Service {
         kind: &StateEventType,
         state_key: &str,
     ) -> Result<Option<ShortId>> {
-        Ok(self.shortids.get_bytes(
-            IdKind::StateKey,
-            &key::state_key_id(&kind.to_string(), state_key),
-        )?)
+        Ok(self.shortids.state_key(&kind.to_string(), state_key)?)
     }
 
     pub fn state_key_of(&self, short: ShortId) -> Result<(StateEventType, String)> {
-        match self.shortids.lookup_bytes(short)? {
-            Some((IdKind::StateKey, b)) => key::split_state_key_id(&b)
-                .map(|(t, sk)| (StateEventType::from(t), sk.to_owned()))
-                .ok_or_else(|| Error::internal("corrupt state key")),
-            _ => Err(Error::internal(format!(
+        match self.shortids.lookup_state_key(short)? {
+            Some((t, sk)) => Ok((StateEventType::from(t), sk)),
+            None => Err(Error::internal(format!(
                 "short ID {short} is not a state key"
             ))),
         }
@@ -349,11 +391,7 @@ impl Service {
         let Some(sk) = self.state_key_short(kind, state_key)? else {
             return Ok(None);
         };
-        self.db
-            .get(Cf::RoomState, &key::pair(room, sk))?
-            .map(|v| decode_u64(Cf::RoomState, &v))
-            .transpose()
-            .map_err(Into::into)
+        Ok(self.tables.room_state.get((room, sk))?)
     }
 
     pub fn current_state_pdu(
@@ -370,14 +408,10 @@ impl Service {
 
     /// The full current state: (state key short, event short) pairs.
     pub fn current_state(&self, room: ShortId) -> Result<Vec<(ShortId, ShortId)>> {
-        self.db
-            .scan_prefix(Cf::RoomState, &key::u64_key(room))
-            .map(|r| {
-                let (k, v) = r?;
-                let (_, sk) =
-                    key::split_pair(&k).ok_or_else(|| Error::internal("corrupt room_state key"))?;
-                Ok((sk, decode_u64(Cf::RoomState, &v)?))
-            })
+        self.tables
+            .room_state
+            .scan((room,))
+            .map(|r| Ok(r.map(|((_, sk), ev)| (sk, ev))?))
             .collect()
     }
 
@@ -387,9 +421,10 @@ impl Service {
 
     pub fn membership(&self, user: ShortId, room: ShortId) -> Result<Option<Membership>> {
         Ok(self
-            .db
-            .get(Cf::Memberships, &key::pair(user, room))?
-            .and_then(|b| Membership::decode(&b)))
+            .tables
+            .memberships
+            .get((user, room))?
+            .map(Membership::from))
     }
 
     /// The membership of a user (by ID) in a room; `None` when the user never appeared in it.
@@ -407,16 +442,13 @@ impl Service {
     /// Forgets a room the user left: its history and state are no longer theirs to read.
     pub async fn forget(&self, user: ShortId, room: ShortId) -> Result<()> {
         let mut b = crate::storage::Batch::new();
-        b.put(Cf::Forgotten, key::pair(user, room), Vec::new());
+        self.tables.forgotten.put_in(&mut b, (user, room), &());
         self.db.write(b).await?;
         Ok(())
     }
 
     pub fn is_forgotten(&self, user: ShortId, room: ShortId) -> Result<bool> {
-        Ok(self
-            .db
-            .get(Cf::Forgotten, &key::pair(user, room))?
-            .is_some())
+        Ok(self.tables.forgotten.contains((user, room))?)
     }
 
     /// The membership index entry of a user (by ID) in a room.
@@ -439,12 +471,10 @@ impl Service {
     pub fn rooms_of(&self, user: ShortId, want: &MembershipState) -> Result<Vec<ShortId>> {
         let code = membership_code(want);
         let mut out = Vec::new();
-        for r in self.db.scan_prefix(Cf::Memberships, &key::u64_key(user)) {
-            let (k, v) = r?;
-            if Membership::decode(&v).is_some_and(|m| m.state == code) {
-                if let Some((_, room)) = key::split_pair(&k) {
-                    out.push(room);
-                }
+        for r in self.tables.memberships.scan((user,)) {
+            let ((_, room), (state, _)) = r?;
+            if state == code {
+                out.push(room);
             }
         }
         Ok(out)
@@ -453,11 +483,9 @@ impl Service {
     /// Every room a user has a membership in, with it.
     pub fn memberships(&self, user: ShortId) -> Result<Vec<(ShortId, Membership)>> {
         let mut out = Vec::new();
-        for r in self.db.scan_prefix(Cf::Memberships, &key::u64_key(user)) {
-            let (k, v) = r?;
-            if let (Some((_, room)), Some(m)) = (key::split_pair(&k), Membership::decode(&v)) {
-                out.push((room, m));
-            }
+        for r in self.tables.memberships.scan((user,)) {
+            let ((_, room), m) = r?;
+            out.push((room, m.into()));
         }
         Ok(out)
     }
@@ -481,11 +509,9 @@ impl Service {
     /// Members of a room: (user short, membership).
     pub fn members(&self, room: ShortId) -> Result<Vec<(ShortId, Membership)>> {
         let mut out = Vec::new();
-        for r in self.db.scan_prefix(Cf::RoomMembers, &key::u64_key(room)) {
-            let (k, v) = r?;
-            if let (Some((_, user)), Some(m)) = (key::split_pair(&k), Membership::decode(&v)) {
-                out.push((user, m));
-            }
+        for r in self.tables.room_members.scan((room,)) {
+            let ((_, user), m) = r?;
+            out.push((user, m.into()));
         }
         Ok(out)
     }
@@ -516,43 +542,19 @@ impl Service {
         limit: usize,
     ) -> Result<Vec<ShortId>> {
         let rows = if forward {
-            self.db.scan_range(
-                Cf::Timeline,
-                &key::pair(room, from.saturating_add(1)),
-                &key::pair(room.saturating_add(1), 0),
-                false,
-            )
+            self.tables
+                .timeline
+                .range((room, from.saturating_add(1)), (room.saturating_add(1), 0))
         } else {
-            self.db.scan_range(
-                Cf::Timeline,
-                &key::pair(room, from),
-                &key::pair(room, 0),
-                true,
-            )
+            self.tables.timeline.range_rev((room, from), (room, 0))
         };
-        let mut out = Vec::with_capacity(limit.min(1000));
-        for r in rows.take(limit) {
-            let (k, _) = r?;
-            if let Some((_, pos)) = key::split_pair(&k) {
-                out.push(pos);
-            }
-        }
-        Ok(out)
+        rows.keys().take(limit).map(|k| Ok(k?.1)).collect()
     }
 
     /// The stored transaction's event, if this device already sent it.
     /// The sending device and transaction ID of an event sent by a local client.
     pub fn event_txn(&self, short: ShortId) -> Result<Option<(String, String)>> {
-        let Some(v) = self.db.get(Cf::EventTxn, &key::u64_key(short))? else {
-            return Ok(None);
-        };
-        let Some(sep) = v.iter().position(|b| *b == 0xff) else {
-            return Ok(None);
-        };
-        Ok(Some((
-            String::from_utf8_lossy(&v[..sep]).into_owned(),
-            String::from_utf8_lossy(&v[sep + 1..]).into_owned(),
-        )))
+        Ok(self.tables.event_txn.get(short)?)
     }
 
     /// Adds `unsigned.transaction_id` to an event the given device sent.
@@ -580,9 +582,9 @@ impl Service {
         txn_id: &str,
     ) -> Result<bool> {
         Ok(self
-            .db
-            .get(Cf::TxnIds, &key::txn_id(user, device_id, room, txn_id))?
-            .is_some())
+            .tables
+            .txn_ids
+            .contains((user, device_id, room, txn_id))?)
     }
 
     /// Records a transaction ID as used (see `txn_seen`).
@@ -594,11 +596,10 @@ impl Service {
         txn_id: &str,
     ) -> Result<()> {
         let mut b = crate::storage::Batch::new();
-        b.put(
-            Cf::TxnIds,
-            key::txn_id(user, device_id, room, txn_id),
-            Vec::new(),
-        );
+        // No event: the empty event ID.
+        self.tables
+            .txn_ids
+            .put_in(&mut b, (user, device_id, room, txn_id), &String::new());
         self.db.write(b).await?;
         Ok(())
     }
@@ -610,21 +611,11 @@ impl Service {
         room: ShortId,
         txn_id: &str,
     ) -> Result<Option<OwnedEventId>> {
-        match self
-            .db
-            .get(Cf::TxnIds, &key::txn_id(user, device_id, room, txn_id))?
-        {
-            Some(b) => Ok(Some(
-                String::from_utf8(b)
-                    .ok()
-                    .and_then(|s| OwnedEventId::try_from(s).ok())
-                    .ok_or_else(|| Error::internal("corrupt txn id"))?,
+        match self.tables.txn_ids.get((user, device_id, room, txn_id))? {
+            Some(s) => Ok(Some(
+                OwnedEventId::try_from(s).map_err(|_| Error::internal("corrupt txn id"))?,
             )),
             None => Ok(None),
         }
-    }
-
-    pub(crate) fn encode_meta(meta: &RoomMeta) -> Vec<u8> {
-        encode_json(meta)
     }
 }

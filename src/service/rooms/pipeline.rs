@@ -26,7 +26,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     service::stream::Reservation,
-    storage::{schema::key, Batch, Cf, IdKind, ShortId},
+    storage::{Batch, IdKind, ShortId},
 };
 
 /// An event a local user wants to send.
@@ -450,7 +450,7 @@ impl Service {
             depth: 1,
             create_event: event_id,
         };
-        batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&meta));
+        self.tables.rooms.put_in(&mut batch, room, &meta);
         reserved.write(&self.db, batch).await?;
         tracing::info!(%room_id, %version, "room created");
 
@@ -462,10 +462,9 @@ impl Service {
     }
 
     pub(super) fn state_key_for(&self, kind: &StateEventType, state_key: &str) -> Result<ShortId> {
-        Ok(self.shortids.get_or_create_bytes(
-            IdKind::StateKey,
-            &key::state_key_id(&kind.to_string(), state_key),
-        )?)
+        Ok(self
+            .shortids
+            .get_or_create_state_key(&kind.to_string(), state_key)?)
     }
 
     /// Sends an event into a room this server takes part in.
@@ -642,7 +641,7 @@ impl Service {
                 return;
             }
         };
-        batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&meta));
+        self.tables.rooms.put_in(&mut batch, room, &meta);
         match reserved.write(&self.db, batch).await {
             Ok(()) => {
                 self.wake_room(room, &[]);
@@ -695,7 +694,7 @@ impl Service {
             room_id: &meta.room_id,
         };
         let servers = self.commit_in(&mut batch, Some(&in_room), &[commit])?;
-        batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
+        self.tables.rooms.put_in(&mut batch, room, &new_meta);
         reserved.write(&self.db, batch).await?;
         *meta = new_meta;
         if self.is_member_event(sent.short) {

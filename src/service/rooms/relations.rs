@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    storage::{decode_u64, schema::key, Batch, Cf, ShortId},
+    storage::{Batch, ShortId},
 };
 
 /// The `m.relates_to` of an event: (rel_type, parent event ID).
@@ -44,18 +44,14 @@ impl Service {
         {
             return Ok(());
         }
-        batch.put(
-            Cf::Relations,
-            key::pair(parent_short, short),
-            rel_type.as_bytes().to_vec(),
-        );
         if rel_type == "m.thread" {
-            batch.put(
-                Cf::Threads,
-                key::pair(room, parent_short),
-                short.to_be_bytes(),
-            );
+            self.tables
+                .threads
+                .put_in(batch, (room, parent_short), &short);
         }
+        self.tables
+            .relations
+            .put_in(batch, (parent_short, short), &rel_type);
         Ok(())
     }
 
@@ -66,7 +62,9 @@ impl Service {
         };
         if let Some((_, parent)) = relates_to(&pdu) {
             if let Some(parent_short) = self.event_short(&parent)? {
-                batch.delete(Cf::Relations, key::pair(parent_short, child));
+                self.tables
+                    .relations
+                    .delete_in(batch, (parent_short, child));
             }
         }
         Ok(())
@@ -214,27 +212,19 @@ impl Service {
 
     /// Children of an event with their rel_type, in stream order.
     pub fn children(&self, parent: ShortId) -> Result<Vec<(ShortId, String)>> {
-        self.db
-            .scan_prefix(Cf::Relations, &key::u64_key(parent))
-            .map(|r| {
-                let (k, v) = r?;
-                let (_, child) =
-                    key::split_pair(&k).ok_or_else(|| Error::internal("corrupt relation key"))?;
-                Ok((child, String::from_utf8_lossy(&v).into_owned()))
-            })
+        self.tables
+            .relations
+            .scan((parent,))
+            .map(|r| Ok(r.map(|((_, child), rel_type)| (child, rel_type))?))
             .collect()
     }
 
     /// Thread roots of a room with the position of their latest reply.
     pub fn threads(&self, room: ShortId) -> Result<Vec<(ShortId, u64)>> {
-        self.db
-            .scan_prefix(Cf::Threads, &key::u64_key(room))
-            .map(|r| {
-                let (k, v) = r?;
-                let (_, root) =
-                    key::split_pair(&k).ok_or_else(|| Error::internal("corrupt thread key"))?;
-                Ok((root, decode_u64(Cf::Threads, &v)?))
-            })
+        self.tables
+            .threads
+            .scan((room,))
+            .map(|r| Ok(r.map(|((_, root), latest)| (root, latest))?))
             .collect()
     }
 
@@ -302,7 +292,7 @@ impl Service {
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Report {
+pub(super) struct Report {
     reporter: ruma::OwnedUserId,
     room_id: ruma::OwnedRoomId,
     /// Absent for a report of the whole room.
@@ -324,16 +314,16 @@ impl Service {
         // Time-ordered IDs with a random tail, so concurrent reports never collide.
         let id = (ts << 16) | u64::from(rand::random::<u16>());
         let mut b = Batch::new();
-        b.put(
-            Cf::Reports,
-            key::u64_key(id),
-            crate::storage::encode_json(&Report {
+        self.tables.reports.put_in(
+            &mut b,
+            id,
+            &Report {
                 reporter: reporter.to_owned(),
                 room_id: room_id.to_owned(),
                 event_id: event_id.map(ToOwned::to_owned),
                 reason: reason.map(str::to_owned),
                 ts,
-            }),
+            },
         );
         self.db.write(b).await?;
         tracing::info!(%reporter, %room_id, ?event_id, "reported");

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    storage::{schema::key, Batch, Cf, IdKind, ShortId},
+    storage::{tables::QueuedItem, Batch, IdKind, ShortId},
 };
 
 /// Flags of events that are stored but not part of the room's timeline.
@@ -54,11 +54,7 @@ impl Service {
 
     /// The flags of a stored event outside the timeline (0 for timeline events).
     pub fn event_flags(&self, short: ShortId) -> Result<u8> {
-        Ok(self
-            .db
-            .get(Cf::Outliers, &key::u64_key(short))?
-            .and_then(|v| v.first().copied())
-            .unwrap_or(0))
+        Ok(self.tables.outliers.get(short)?.unwrap_or(0))
     }
 
     /// Whether the event is stored with its place in the DAG (not only as an outlier).
@@ -135,12 +131,12 @@ impl Service {
             let Some(sk) = &pdu.state_key else {
                 continue;
             };
-            keys.push(key::state_key_id(&pdu.kind.to_string(), sk));
+            keys.push((pdu.kind.to_string(), sk.clone()));
             events.push(short);
         }
         // All at once: a joined room's state is mostly keys this server has never seen.
-        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        let shorts = self.shortids.get_or_create_many(IdKind::StateKey, &keys)?;
+        let keys: Vec<(&str, &str)> = keys.iter().map(|(t, sk)| (&**t, &**sk)).collect();
+        let shorts = self.shortids.get_or_create_state_keys(&keys)?;
         Ok(shorts.into_iter().zip(events).collect())
     }
 
@@ -376,9 +372,9 @@ impl Service {
         }
         servers.retain(|s| Some(&**s) != skip);
         for server in &servers {
-            let mut v = vec![0u8];
-            v.extend_from_slice(&short.to_be_bytes());
-            batch.put(Cf::FedQueue, key::fed_queue(server.as_str(), short), v);
+            self.tables
+                .fed_queue
+                .put_in(batch, (server.as_str(), short), &QueuedItem::Pdu(short));
         }
         Ok(servers)
     }
@@ -438,7 +434,7 @@ impl Service {
             depth,
             create_event,
         };
-        batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&meta));
+        self.tables.rooms.put_in(&mut batch, room, &meta);
         self.db.write(batch).await?;
         self.servers_cache.lock().remove(&room);
         Ok(room)
@@ -496,7 +492,7 @@ impl Service {
             room_id: &meta.room_id,
         };
         let servers = self.commit_in(&mut batch, Some(&in_room), &[commit])?;
-        batch.put(Cf::Rooms, key::u64_key(room), Self::encode_meta(&new_meta));
+        self.tables.rooms.put_in(&mut batch, room, &new_meta);
         reserved.write(&self.db, batch).await?;
         if pdu.kind == TimelineEventType::RoomMember {
             self.servers_cache.lock().remove(&room);
@@ -751,12 +747,11 @@ impl Service {
         };
         self.commit_in(&mut batch, Some(&InRoom { room, room_id }), &[commit])?;
         match invite_state {
-            Some(state) => batch.put(
-                Cf::InviteState,
-                key::pair(user, room),
-                serde_json::to_vec(&state).map_err(Error::internal)?,
-            ),
-            None => batch.delete(Cf::InviteState, key::pair(user, room)),
+            Some(state) => self
+                .tables
+                .invite_state
+                .put_in(&mut batch, (user, room), &state),
+            None => self.tables.invite_state.delete_in(&mut batch, (user, room)),
         }
         reserved.write(&self.db, batch).await?;
         self.stream.wake([user]);
@@ -818,7 +813,7 @@ impl Service {
         user: ShortId,
         room: ShortId,
     ) -> Result<Option<Vec<serde_json::Value>>> {
-        Ok(self.db.get_json(Cf::InviteState, &key::pair(user, room))?)
+        Ok(self.tables.invite_state.get((user, room))?)
     }
 
     /// Authorises a PDU against the events it names as its auth events (the first of the

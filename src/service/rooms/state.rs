@@ -9,7 +9,10 @@ use parking_lot::Mutex;
 
 use crate::{
     error::{Error, Result},
-    storage::{decode_u64, schema::key, Batch, Cf, Db, ShortId},
+    storage::{
+        tables::{self, StateGroup},
+        Batch, Db, ShortId, Table,
+    },
 };
 
 /// State as a map from short state key to short event ID.
@@ -20,71 +23,8 @@ pub type StateGroupId = u64;
 const MAX_CHAIN: u32 = 32;
 const CACHE_ENTRIES: usize = 128;
 
-#[derive(Debug, Default, PartialEq)]
-struct StateGroup {
-    parent: Option<StateGroupId>,
-    chain: u32,
-    added: Vec<(ShortId, ShortId)>,
-    removed: Vec<ShortId>,
-}
-
-impl StateGroup {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(20 + self.added.len() * 16 + self.removed.len() * 8);
-        out.extend_from_slice(&self.parent.unwrap_or(0).to_be_bytes());
-        out.extend_from_slice(&self.chain.to_be_bytes());
-        out.extend_from_slice(&(self.added.len() as u32).to_be_bytes());
-        for (k, e) in &self.added {
-            out.extend_from_slice(&k.to_be_bytes());
-            out.extend_from_slice(&e.to_be_bytes());
-        }
-        out.extend_from_slice(&(self.removed.len() as u32).to_be_bytes());
-        for k in &self.removed {
-            out.extend_from_slice(&k.to_be_bytes());
-        }
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut r = Reader(bytes);
-        let parent = r.u64()?;
-        let chain = r.u32()?;
-        let n = r.u32()? as usize;
-        let mut added = Vec::with_capacity(n.min(bytes.len() / 16));
-        for _ in 0..n {
-            added.push((r.u64()?, r.u64()?));
-        }
-        let n = r.u32()? as usize;
-        let mut removed = Vec::with_capacity(n.min(bytes.len() / 8));
-        for _ in 0..n {
-            removed.push(r.u64()?);
-        }
-        Some(Self {
-            parent: (parent != 0).then_some(parent),
-            chain,
-            added,
-            removed,
-        })
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn u64(&mut self) -> Option<u64> {
-        let (h, t) = self.0.split_at_checked(8)?;
-        self.0 = t;
-        Some(u64::from_be_bytes(h.try_into().ok()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        let (h, t) = self.0.split_at_checked(4)?;
-        self.0 = t;
-        Some(u32::from_be_bytes(h.try_into().ok()?))
-    }
-}
-
 pub struct StateStore {
-    db: Db,
+    groups: Table<tables::StateGroups>,
     next: std::sync::atomic::AtomicU64,
     // Recently read full states; rooms being written keep theirs in memory anyway.
     cache: Mutex<Vec<(StateGroupId, Arc<StateMap>)>>,
@@ -92,24 +32,19 @@ pub struct StateStore {
 
 impl StateStore {
     pub fn new(db: Db) -> Result<Self> {
-        let last = match db.scan_range(Cf::StateGroups, &[0xff; 9], &[], true).next() {
-            Some(row) => decode_u64(Cf::StateGroups, &row?.0)?,
-            None => 0,
-        };
+        let groups = Table::new(&db);
+        let last = groups.last_group()?.unwrap_or(0);
         Ok(Self {
-            db,
+            groups,
             next: std::sync::atomic::AtomicU64::new(last + 1),
             cache: Mutex::new(Vec::new()),
         })
     }
 
     fn read_group(&self, id: StateGroupId) -> Result<StateGroup> {
-        let bytes = self
-            .db
-            .get(Cf::StateGroups, &key::u64_key(id))?
-            .ok_or_else(|| Error::internal(format!("missing state group {id}")))?;
-        StateGroup::decode(&bytes)
-            .ok_or_else(|| Error::internal(format!("corrupt state group {id}")))
+        self.groups
+            .get(id)?
+            .ok_or_else(|| Error::internal(format!("missing state group {id}")))
     }
 
     /// The full state of a group.
@@ -182,7 +117,7 @@ impl StateStore {
             }
             None => snapshot(new_state),
         };
-        batch.put(Cf::StateGroups, key::u64_key(id), group.encode());
+        self.groups.put_in(batch, id, &group);
         self.remember(id, new_state.clone());
         Ok(id)
     }
@@ -229,9 +164,5 @@ mod tests {
         for (id, expected) in history {
             assert_eq!(*fresh.load(id).unwrap(), *expected, "group {id}");
         }
-        assert_eq!(
-            StateGroup::decode(&snapshot(&state).encode()).unwrap(),
-            snapshot(&state)
-        );
     }
 }

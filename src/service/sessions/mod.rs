@@ -9,10 +9,10 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{now_ms, random_string, users};
+use super::{now_ms, random_string, tables::service, users};
 use crate::{
     error::{unknown_token_kind, Error, Result},
-    storage::{tables, Batch, Db, ShortId, Table},
+    storage::{tables, Batch, ShortId},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -67,18 +67,25 @@ pub struct IssuedTokens {
     pub expires_in: Option<Duration>,
 }
 
-pub struct Service {
-    db: Db,
-    devices: Table<tables::Devices<DeviceRecord>>,
-    access_tokens: Table<tables::AccessTokens<TokenRecord>>,
-    refresh_tokens: Table<tables::RefreshTokens<TokenRecord>>,
-    users: Arc<users::Service>,
-    refreshable_lifetime: Duration,
-    last_seen: Mutex<HashMap<(ShortId, OwnedDeviceId), (u64, String)>>,
-    /// Refresh tokens already revoked by the first use of their successor (bounded).
-    spent_refresh: Mutex<std::collections::HashSet<String>>,
-    /// Serialises read-modify-writes of one user's devices and tokens.
-    user_locks: Mutex<HashMap<ShortId, Arc<tokio::sync::Mutex<()>>>>,
+service! {
+    tables {
+        devices: tables::Devices<DeviceRecord>,
+        access_tokens: tables::AccessTokens<TokenRecord>,
+        refresh_tokens: tables::RefreshTokens<TokenRecord>,
+    }
+    deps {
+        users: Arc<users::Service>,
+        refreshable_lifetime: Duration,
+    }
+    state {
+        last_seen: Mutex<HashMap<(ShortId, OwnedDeviceId), (u64, String)>> =
+            Mutex::new(HashMap::new()),
+        /// Refresh tokens already revoked by the first use of their successor (bounded).
+        spent_refresh: Mutex<std::collections::HashSet<String>> = Mutex::new(Default::default()),
+        /// Serialises read-modify-writes of one user's devices and tokens.
+        user_locks: Mutex<HashMap<ShortId, Arc<tokio::sync::Mutex<()>>>> =
+            Mutex::new(HashMap::new()),
+    }
 }
 
 const LAST_SEEN_CAPACITY: usize = 100_000;
@@ -106,20 +113,6 @@ fn unknown_token(soft_logout: bool) -> Error {
 }
 
 impl Service {
-    pub fn new(db: Db, users: Arc<users::Service>, refreshable_lifetime: Duration) -> Self {
-        Self {
-            devices: Table::new(&db),
-            access_tokens: Table::new(&db),
-            refresh_tokens: Table::new(&db),
-            db,
-            users,
-            refreshable_lifetime,
-            last_seen: Mutex::new(HashMap::new()),
-            spent_refresh: Mutex::new(Default::default()),
-            user_locks: Mutex::new(HashMap::new()),
-        }
-    }
-
     /// Holds off other changes to this user's devices and tokens until the guard drops.
     pub async fn lock_user(&self, user: ShortId) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
@@ -135,7 +128,7 @@ impl Service {
     /// Resolves an access token to its session.
     pub fn authenticate(&self, token: &str) -> Result<Session> {
         let hash = hash_token(token);
-        let Some(record) = self.access_tokens.get(&token_key(&hash))? else {
+        let Some(record) = self.tables.access_tokens.get(&token_key(&hash))? else {
             return Err(unknown_token(false));
         };
         if record.expires_at.is_some_and(|t| t <= now_ms()) {
@@ -156,7 +149,9 @@ impl Service {
             // delete is written (idempotent), so this cannot bring back a revoked row.
             if self.spent_refresh.lock().insert(old.clone()) {
                 let mut b = Batch::new();
-                self.refresh_tokens.delete_in(&mut b, &token_key(old));
+                self.tables
+                    .refresh_tokens
+                    .delete_in(&mut b, &token_key(old));
                 self.db.kv().write(b)?;
             }
         }
@@ -179,14 +174,18 @@ impl Service {
     ) -> IssuedTokens {
         // Revoke what the device held before.
         if let Some(old) = device.access_token.take() {
-            self.access_tokens.delete_in(batch, &token_key(&old));
+            self.tables.access_tokens.delete_in(batch, &token_key(&old));
         }
         if let Some(old) = device.pending_refresh.take() {
-            self.refresh_tokens.delete_in(batch, &token_key(&old));
+            self.tables
+                .refresh_tokens
+                .delete_in(batch, &token_key(&old));
         }
         if let Some(old) = device.refresh_token.take() {
             if Some(&old) != replaces_refresh.as_ref() {
-                self.refresh_tokens.delete_in(batch, &token_key(&old));
+                self.tables
+                    .refresh_tokens
+                    .delete_in(batch, &token_key(&old));
             }
         }
         let access_token = format!("hat_{}", random_string(40));
@@ -200,7 +199,8 @@ impl Service {
             replaces_refresh: replaces_refresh.clone(),
             access_token: None,
         };
-        self.access_tokens
+        self.tables
+            .access_tokens
             .put_in(batch, &token_key(&access_hash), &access);
         let refresh_token = want_refresh.then(|| {
             let token = format!("hrt_{}", random_string(40));
@@ -210,7 +210,8 @@ impl Service {
                 access_token: Some(access_hash.clone()),
                 ..access.clone()
             };
-            self.refresh_tokens
+            self.tables
+                .refresh_tokens
                 .put_in(batch, &token_key(&hash), &record);
             device.refresh_token = Some(hash);
             token
@@ -254,7 +255,8 @@ impl Service {
         device.last_seen_ts = Some(now);
         device.last_seen_ip = client_ip;
         let tokens = self.new_tokens(batch, user_id, user, &mut device, want_refresh, None);
-        self.devices
+        self.tables
+            .devices
             .put_in(batch, (user, device.device_id.as_str()), &device);
         Ok((device.device_id, tokens))
     }
@@ -262,7 +264,7 @@ impl Service {
     /// Trades a refresh token for a new token pair.
     pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens> {
         let hash = hash_token(refresh_token);
-        let Some(record) = self.refresh_tokens.get(&token_key(&hash))? else {
+        let Some(record) = self.tables.refresh_tokens.get(&token_key(&hash))? else {
             return Err(unknown_token(false));
         };
         let _guard = self.lock_user(record.user).await;
@@ -277,12 +279,15 @@ impl Service {
         }
         let mut batch = Batch::new();
         if let Some(old) = &record.replaces_refresh {
-            self.refresh_tokens.delete_in(&mut batch, &token_key(old));
+            self.tables
+                .refresh_tokens
+                .delete_in(&mut batch, &token_key(old));
         }
         if current {
             // Keep the traded-in token for a retry whose answer was lost.
             if let Some(older) = device.pending_refresh.take() {
-                self.refresh_tokens
+                self.tables
+                    .refresh_tokens
                     .delete_in(&mut batch, &token_key(&older));
             }
         }
@@ -295,7 +300,7 @@ impl Service {
             Some(hash.clone()),
         );
         device.pending_refresh = Some(hash);
-        self.devices.put_in(
+        self.tables.devices.put_in(
             &mut batch,
             (record.user, device.device_id.as_str()),
             &device,
@@ -305,11 +310,12 @@ impl Service {
     }
 
     pub fn get_device(&self, user: ShortId, device_id: &DeviceId) -> Result<Option<DeviceRecord>> {
-        Ok(self.devices.get((user, device_id.as_str()))?)
+        Ok(self.tables.devices.get((user, device_id.as_str()))?)
     }
 
     pub fn devices(&self, user: ShortId) -> Result<Vec<DeviceRecord>> {
         Ok(self
+            .tables
             .devices
             .scan((user,))
             .values()
@@ -328,7 +334,8 @@ impl Service {
             .ok_or_else(|| Error::not_found("Unknown device"))?;
         device.display_name = display_name;
         let mut b = Batch::new();
-        self.devices
+        self.tables
+            .devices
             .put_in(&mut b, (user, device_id.as_str()), &device);
         self.db.write(b).await?;
         Ok(())
@@ -337,15 +344,16 @@ impl Service {
     /// Adds the removal of a device and its tokens to `batch`.
     pub fn delete_device_in(&self, batch: &mut Batch, user: ShortId, device: &DeviceRecord) {
         if let Some(h) = &device.access_token {
-            self.access_tokens.delete_in(batch, &token_key(h));
+            self.tables.access_tokens.delete_in(batch, &token_key(h));
         }
         for h in [&device.refresh_token, &device.pending_refresh]
             .into_iter()
             .flatten()
         {
-            self.refresh_tokens.delete_in(batch, &token_key(h));
+            self.tables.refresh_tokens.delete_in(batch, &token_key(h));
         }
-        self.devices
+        self.tables
+            .devices
             .delete_in(batch, (user, device.device_id.as_str()));
     }
 
@@ -366,7 +374,8 @@ impl Service {
     pub async fn logout(&self, session: &Session) -> Result<()> {
         let _guard = self.lock_user(session.user).await;
         let mut b = Batch::new();
-        self.access_tokens
+        self.tables
+            .access_tokens
             .delete_in(&mut b, &token_key(&session.token_hash));
         if let Some(device) = self.get_device(session.user, &session.device_id)? {
             self.delete_device_in(&mut b, session.user, &device);
