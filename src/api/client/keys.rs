@@ -122,29 +122,18 @@ async fn query(
             }
         }
     }
-    for (user_id, devices) in &req.body.device_keys {
-        if !services.users.is_local(user_id) {
-            continue;
-        }
-        let Some(user) = services.users.short_id(user_id)? else {
-            continue;
-        };
-        let mut map = BTreeMap::new();
-        for (device, keys) in devices::local_device_keys(&services, user, devices)? {
-            map.insert(device, raw(&keys)?);
-        }
-        resp.device_keys.insert(user_id.clone(), map);
-        if let Some(k) = services.keys.cross_signing_key(user, "master")? {
-            resp.master_keys.insert(user_id.clone(), raw(&k)?);
-        }
-        if let Some(k) = services.keys.cross_signing_key(user, "self_signing")? {
-            resp.self_signing_keys.insert(user_id.clone(), raw(&k)?);
-        }
-        // The user-signing key is private to its owner.
-        if *user_id == session.user_id {
-            if let Some(k) = services.keys.cross_signing_key(user, "user_signing")? {
-                resp.user_signing_keys.insert(user_id.clone(), raw(&k)?);
-            }
+    let local = devices::query_local_keys(&services, &req.body.device_keys)?;
+    resp.device_keys.extend(local.device_keys);
+    resp.master_keys.extend(local.master_keys);
+    resp.self_signing_keys.extend(local.self_signing_keys);
+    // The user-signing key is private to its owner.
+    if req.body.device_keys.contains_key(&session.user_id) {
+        if let Some(k) = services
+            .keys
+            .cross_signing_key(session.user, "user_signing")?
+        {
+            resp.user_signing_keys
+                .insert(session.user_id.clone(), raw(&k)?);
         }
     }
     Ok(resp)

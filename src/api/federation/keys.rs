@@ -30,27 +30,10 @@ pub async fn query(
     State(services): State<AppState>,
     req: Ruma<get_keys::v1::Request>,
 ) -> Result<get_keys::v1::Response> {
-    let mut resp = get_keys::v1::Response::new(BTreeMap::new());
-    for (user_id, devices) in &req.body.device_keys {
-        // Only our users' keys are ours to give.
-        if !services.users.is_local(user_id) {
-            continue;
-        }
-        let Some(user) = services.users.short_id(user_id)? else {
-            continue;
-        };
-        let mut map = BTreeMap::new();
-        for (device, keys) in local_device_keys(&services, user, devices)? {
-            map.insert(device, raw(&keys)?);
-        }
-        resp.device_keys.insert(user_id.clone(), map);
-        if let Some(k) = services.keys.cross_signing_key(user, "master")? {
-            resp.master_keys.insert(user_id.clone(), raw(&k)?);
-        }
-        if let Some(k) = services.keys.cross_signing_key(user, "self_signing")? {
-            resp.self_signing_keys.insert(user_id.clone(), raw(&k)?);
-        }
-    }
+    let local = devices::query_local_keys(&services, &req.body.device_keys)?;
+    let mut resp = get_keys::v1::Response::new(local.device_keys);
+    resp.master_keys = local.master_keys;
+    resp.self_signing_keys = local.self_signing_keys;
     Ok(resp)
 }
 

@@ -4,7 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use ruma::{serde::Raw, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId};
+use ruma::{
+    encryption::{CrossSigningKey, DeviceKeys},
+    serde::Raw,
+    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId,
+};
 use serde_json::Value as JsonValue;
 
 use super::{sessions::Session, Services};
@@ -147,14 +151,58 @@ pub async fn claim_local_keys<T>(
             {
                 let id = OwnedOneTimeKeyId::try_from(id.as_str())
                     .map_err(|e| Error::internal(format!("stored key id: {e}")))?;
-                let key = serde_json::value::to_raw_value(&key).map_err(Error::internal)?;
                 out.entry(user_id.clone())
                     .or_default()
                     .entry(device.clone())
                     .or_default()
-                    .insert(id, Raw::from_json(key));
+                    .insert(id, raw(&key)?);
             }
         }
     }
     Ok(())
+}
+
+fn raw<T>(value: &JsonValue) -> Result<Raw<T>> {
+    Ok(Raw::from_json(
+        serde_json::value::to_raw_value(value).map_err(Error::internal)?,
+    ))
+}
+
+/// Our users' device and cross-signing keys, as /keys/query answers them to anyone (the
+/// user-signing key, private to its owner, is not among them).
+#[derive(Default)]
+pub struct QueriedKeys {
+    pub device_keys: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, Raw<DeviceKeys>>>,
+    pub master_keys: BTreeMap<OwnedUserId, Raw<CrossSigningKey>>,
+    pub self_signing_keys: BTreeMap<OwnedUserId, Raw<CrossSigningKey>>,
+}
+
+/// The keys of our users among `requested` (user → devices, all when empty); other servers'
+/// users and unknown users are skipped.
+pub fn query_local_keys(
+    services: &Services,
+    requested: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+) -> Result<QueriedKeys> {
+    let mut out = QueriedKeys::default();
+    for (user_id, devices) in requested {
+        // Only our users' keys are ours to give.
+        if !services.users.is_local(user_id) {
+            continue;
+        }
+        let Some(user) = services.users.short_id(user_id)? else {
+            continue;
+        };
+        let mut map = BTreeMap::new();
+        for (device, keys) in local_device_keys(services, user, devices)? {
+            map.insert(device, raw(&keys)?);
+        }
+        out.device_keys.insert(user_id.clone(), map);
+        if let Some(k) = services.keys.cross_signing_key(user, "master")? {
+            out.master_keys.insert(user_id.clone(), raw(&k)?);
+        }
+        if let Some(k) = services.keys.cross_signing_key(user, "self_signing")? {
+            out.self_signing_keys.insert(user_id.clone(), raw(&k)?);
+        }
+    }
+    Ok(out)
 }
