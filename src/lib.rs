@@ -10,5 +10,6 @@ pub mod federation_listener;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod util;
 
 pub use error::{Error, Result};

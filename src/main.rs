@@ -229,7 +229,7 @@ async fn registration_token(config: &Config, action: TokenAction) -> Result<(), 
             let expiry = match expires_in {
                 Some(d) => {
                     let d: hearth::config::HumanDuration = d.parse()?;
-                    Some(hearth::service::now_ms() + d.0.as_millis() as u64)
+                    Some(hearth::util::now_ms() + d.0.as_millis() as u64)
                 }
                 None => None,
             };

@@ -14,8 +14,9 @@ use crate::{
     api,
     config::Config,
     error::{Error, Result},
-    service::{random_string, Services},
+    service::Services,
     storage::{Db, RocksDb},
+    util::random_string,
 };
 
 /// Name of the file, inside the data folder, holding the local console's secret.

@@ -220,7 +220,7 @@ fn load_or_create_signing_key(db: &Db) -> crate::Result<hearth_federation::Serve
         return hearth_federation::ServerSigningKey::from_der(&der, &stored.version)
             .map_err(crate::Error::internal);
     }
-    let version = format!("a_{}", random_string(4));
+    let version = format!("a_{}", crate::util::random_string(4));
     let key =
         hearth_federation::ServerSigningKey::generate(&version).map_err(crate::Error::internal)?;
     let mut batch = Batch::new();
@@ -235,22 +235,4 @@ fn load_or_create_signing_key(db: &Db) -> crate::Result<hearth_federation::Serve
     db.kv().write(batch)?;
     tracing::info!(key_id = %key.key_id(), "generated the server signing key");
     Ok(key)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// A random string of ASCII letters and digits.
-pub fn random_string(len: usize) -> String {
-    use rand::{distributions::Alphanumeric, Rng};
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
 }

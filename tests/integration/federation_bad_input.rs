@@ -73,7 +73,7 @@ impl Pair {
             "sender": self.bob,
             "room_id": self.room,
             "content": content,
-            "origin_server_ts": hearth::service::now_ms(),
+            "origin_server_ts": hearth::util::now_ms(),
             "depth": meta.depth + 1,
             "prev_events": meta.extremities,
             "auth_events": auth,
@@ -102,7 +102,7 @@ impl Pair {
     async fn send(&self, txn: &str, pdus: Vec<Value>, edus: Vec<Value>) -> (u16, Value) {
         let body = json!({
             "origin": self.b.name(),
-            "origin_server_ts": hearth::service::now_ms(),
+            "origin_server_ts": hearth::util::now_ms(),
             "pdus": pdus,
             "edus": edus,
         });

@@ -561,7 +561,7 @@ async fn federation_transactions_abandoned_at_any_moment_leave_sync_working() {
         ]);
         let body = json!({
             "origin": p.b.name(),
-            "origin_server_ts": hearth::service::now_ms(),
+            "origin_server_ts": hearth::util::now_ms(),
             "pdus": [value(&pdu)],
             "edus": edus,
         })

@@ -666,7 +666,7 @@ async fn identical_uploads_share_one_file_until_both_are_gone() {
     let data = b"the same bytes twice".to_vec();
     let first = upload_ok(&server, &token, "text/plain", data.clone()).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let between = hearth::service::now_ms();
+    let between = hearth::util::now_ms();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let second = upload_ok(&server, &token, "text/plain", data.clone()).await;
     assert_ne!(first, second);
@@ -687,7 +687,7 @@ async fn identical_uploads_share_one_file_until_both_are_gone() {
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &data[..]);
     assert_eq!(media_files(&server).len(), 1, "still used by the second");
 
-    let now = hearth::service::now_ms() + 1;
+    let now = hearth::util::now_ms() + 1;
     let (_, resp) = server
         .post(
             &format!("/_synapse/admin/v1/media/delete?before_ts={now}"),

@@ -16,7 +16,8 @@ use super::json_body;
 use crate::{
     api::AppState,
     error::{Error, Result},
-    service::{accounts, random_string},
+    service::accounts,
+    util::random_string,
 };
 
 const NONCE_LIFETIME: Duration = Duration::from_secs(60);

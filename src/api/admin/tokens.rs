@@ -11,7 +11,8 @@ use super::{json_body, Admin};
 use crate::{
     api::AppState,
     error::{Error, Result},
-    service::{now_ms, random_string, registration_tokens::RegistrationToken},
+    service::registration_tokens::RegistrationToken,
+    util::{now_ms, random_string},
 };
 
 fn describe(services: &AppState, t: &RegistrationToken) -> Value {

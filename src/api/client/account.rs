@@ -14,7 +14,8 @@ use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     config::RegistrationMode,
     error::{Error, Result},
-    service::{accounts, random_string, ratelimit::Action, uiaa},
+    service::{accounts, ratelimit::Action, uiaa},
+    util::random_string,
 };
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {

@@ -15,8 +15,9 @@ use super::room::joined_room;
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
-    service::{now_ms, Services},
+    service::Services,
     storage::ShortId,
+    util::now_ms,
 };
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {

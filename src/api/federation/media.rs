@@ -20,14 +20,12 @@ use crate::{
         AppState,
     },
     error::{Error, Result},
-    service::{
-        media::{
-            is_valid_media_id,
-            thumbnail::{Method, MAX_THUMBNAIL_SIDE},
-            Content,
-        },
-        random_string,
+    service::media::{
+        is_valid_media_id,
+        thumbnail::{Method, MAX_THUMBNAIL_SIDE},
+        Content,
     },
+    util::random_string,
 };
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {

@@ -30,7 +30,7 @@ pub async fn announce_device(
     let mut content = serde_json::json!({
         "user_id": user_id,
         "device_id": device_id,
-        "stream_id": crate::service::now_ms(),
+        "stream_id": crate::util::now_ms(),
         "prev_id": [],
         "deleted": keys.is_none(),
     });

@@ -23,8 +23,8 @@ use serde_json::Value as JsonValue;
 use crate::{
     config::Config,
     error::{Error, Result},
-    service::now_ms,
     storage::{tables, Batch, Db, StorageError, Table},
+    util::now_ms,
 };
 
 /// How long our published keys may be cached by others.

@@ -43,7 +43,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     service::{
         federation::{self, media::MediaRequest},
-        now_ms, random_string, users,
+        users,
     },
     storage::{
         tables::{
@@ -52,6 +52,7 @@ use crate::{
         },
         Batch, Db, ShortId,
     },
+    util::{now_ms, random_string},
 };
 
 /// Length of generated media IDs (letters and digits: about 143 bits).

@@ -106,7 +106,7 @@ impl MediaStore for FsStore {
         let tmp = self.root.join("tmp").join(format!(
             "{}.{}",
             hash.to_hex(),
-            crate::service::random_string(8)
+            crate::util::random_string(8)
         ));
         // One blocking task for the whole file: tokio's File would hand a large write to the
         // blocking pool in 2 MiB pieces, each copied.

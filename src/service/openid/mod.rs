@@ -22,7 +22,7 @@ pub struct Service {
 impl Service {
     /// A new token for `user`, and how long it lasts.
     pub fn issue(&self, user: OwnedUserId) -> (String, Duration) {
-        let token = crate::service::random_string(32);
+        let token = crate::util::random_string(32);
         let mut tokens = self.tokens.lock();
         if tokens.len() >= MAX_TOKENS {
             let now = Instant::now();

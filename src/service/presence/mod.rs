@@ -18,8 +18,9 @@ use super::tables::service;
 use crate::{
     config,
     error::Result,
-    service::{now_ms, rooms, stream::Stream},
+    service::{rooms, stream::Stream},
     storage::{tables, Batch, ShortId},
+    util::now_ms,
 };
 
 /// Who to wake about a user's presence change, computed only when something is written.

@@ -95,7 +95,7 @@ async fn receipts(services: &Services, origin: &ServerName, c: ReceiptContent) -
                 .data
                 .ts
                 .map(|t| u64::from(t.get()))
-                .unwrap_or_else(crate::service::now_ms);
+                .unwrap_or_else(crate::util::now_ms);
             let thread = receipt.data.thread.as_str().unwrap_or("");
             let short = user_short(services, &user)?;
             services

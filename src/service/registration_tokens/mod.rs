@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::{now_ms, tables::service};
+use super::tables::service;
 use crate::{
     error::Result,
     storage::{tables, Batch},
+    util::now_ms,
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -170,7 +170,7 @@ impl Service {
                 event["content"][k] = v;
             }
         }
-        event["origin_server_ts"] = crate::service::now_ms().into();
+        event["origin_server_ts"] = crate::util::now_ms().into();
         let (event_id, mut object) = self.sign_new(to_canonical(event)?, &rules)?;
         let answer = self
             .federation

@@ -333,7 +333,7 @@ impl Service {
         if let Some(r) = reason {
             event["content"]["reason"] = r.into();
         }
-        event["origin_server_ts"] = crate::service::now_ms().into();
+        event["origin_server_ts"] = crate::util::now_ms().into();
         let (event_id, object) = self.sign_new(to_canonical(event)?, &rules)?;
         let answer = self
             .federation

@@ -17,10 +17,11 @@ use ruma::{
 
 use super::{
     membership_code, pdu::Pdu, remote::Relay, state::StateGroupId, state::StateMap, EventMeta,
-    Membership, Service,
+    Membership, RoomMeta, Service,
 };
 use crate::{
     error::{Error, Result},
+    service::stream::Reservation,
     storage::{Batch, IdKind, ShortId},
 };
 
@@ -181,6 +182,26 @@ impl Service {
         if let (false, Some(r)) = (notify.is_empty(), in_room) {
             self.notifications_in(batch, r.room, r.room_id, &notify);
         }
+        Ok(servers)
+    }
+
+    /// Commits one event with the room's new head (`head`) and writes the batch under its
+    /// reservation; returns the other servers it was queued for.
+    pub(super) async fn commit_one(
+        &self,
+        mut batch: Batch,
+        reserved: Reservation,
+        room: ShortId,
+        head: &RoomMeta,
+        commit: EventCommit,
+    ) -> Result<Vec<OwnedServerName>> {
+        let in_room = InRoom {
+            room,
+            room_id: &head.room_id,
+        };
+        let servers = self.commit_in(&mut batch, Some(&in_room), &[commit])?;
+        self.tables.rooms.put_in(&mut batch, room, head);
+        reserved.write(&self.db, batch).await?;
         Ok(servers)
     }
 

@@ -689,13 +689,9 @@ impl Service {
             ev,
             txn,
         )?;
-        let in_room = InRoom {
-            room,
-            room_id: &meta.room_id,
-        };
-        let servers = self.commit_in(&mut batch, Some(&in_room), &[commit])?;
-        self.tables.rooms.put_in(&mut batch, room, &new_meta);
-        reserved.write(&self.db, batch).await?;
+        let servers = self
+            .commit_one(batch, reserved, room, &new_meta, commit)
+            .await?;
         *meta = new_meta;
         if self.is_member_event(sent.short) {
             self.servers_cache.lock().remove(&room);

@@ -78,7 +78,7 @@ impl Service {
         room_id: &ruma::RoomId,
         viewer: &UserId,
     ) -> Result<Option<JsonValue>> {
-        let now = crate::service::now_ms();
+        let now = crate::util::now_ms();
         let Some(stored) = self.event_json(short)? else {
             return Ok(None);
         };
@@ -104,7 +104,7 @@ impl Service {
             return Ok(None);
         };
         let event_id = self.event_id_of(short)?;
-        self.client_form(&event_id, room_id, &stored, crate::service::now_ms())
+        self.client_form(&event_id, room_id, &stored, crate::util::now_ms())
             .map(Some)
     }
 
@@ -310,7 +310,7 @@ impl Service {
         event_id: Option<&ruma::EventId>,
         reason: Option<&str>,
     ) -> Result<()> {
-        let ts = crate::service::now_ms();
+        let ts = crate::util::now_ms();
         // Time-ordered IDs with a random tail, so concurrent reports never collide.
         let id = (ts << 16) | u64::from(rand::random::<u16>());
         let mut b = Batch::new();

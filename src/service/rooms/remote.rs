@@ -487,13 +487,9 @@ impl Service {
             flags,
             relay,
         )?;
-        let in_room = InRoom {
-            room,
-            room_id: &meta.room_id,
-        };
-        let servers = self.commit_in(&mut batch, Some(&in_room), &[commit])?;
-        self.tables.rooms.put_in(&mut batch, room, &new_meta);
-        reserved.write(&self.db, batch).await?;
+        let servers = self
+            .commit_one(batch, reserved, room, &new_meta, commit)
+            .await?;
         if pdu.kind == TimelineEventType::RoomMember {
             self.servers_cache.lock().remove(&room);
         }

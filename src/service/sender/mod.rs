@@ -23,11 +23,12 @@ use tokio::{
 
 use crate::{
     error::{Error, Result},
-    service::{federation, now_ms, rooms, stream::Stream},
+    service::{federation, rooms, stream::Stream},
     storage::{
         tables::{self, QueuedItem},
         Batch, Db, Table,
     },
+    util::now_ms,
 };
 
 /// The spec's limits on one transaction.

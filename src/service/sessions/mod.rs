@@ -9,10 +9,11 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{now_ms, random_string, tables::service, users};
+use super::{tables::service, users};
 use crate::{
     error::{unknown_token_kind, Error, Result},
     storage::{tables, Batch, ShortId},
+    util::{now_ms, random_string},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -34,7 +34,7 @@ impl Service {
     pub fn new(rooms: Arc<rooms::Service>) -> Self {
         Self {
             rooms,
-            serial: AtomicU64::new(crate::service::now_ms()),
+            serial: AtomicU64::new(crate::util::now_ms()),
             typing: Mutex::new(HashMap::new()),
         }
     }

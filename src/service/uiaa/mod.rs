@@ -13,8 +13,9 @@ use ruma::{
     OwnedUserId, UserId,
 };
 
-use super::{random_string, ratelimit, registration_tokens, users};
+use super::{ratelimit, registration_tokens, users};
 use crate::error::{Error, Result};
+use crate::util::random_string;
 
 const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 60);
 const MAX_SESSIONS: usize = 10_000;

@@ -121,7 +121,7 @@ impl Service {
             password_hash,
             admin,
             deactivated: false,
-            created_ts: super::now_ms(),
+            created_ts: crate::util::now_ms(),
         };
         self.users.put_in(batch, short, &record);
         Ok(short)
