@@ -138,11 +138,6 @@ impl Reservation {
         short
     }
 
-    /// The positions taken so far, in allocation order.
-    pub fn positions(&self) -> &[ShortId] {
-        &self.positions
-    }
-
     /// Writes `batch` durably and then ends the reservation. The write runs on a blocking
     /// thread that owns the reservation, so cancelling this future neither stops the write nor
     /// publishes the positions before the write has landed.

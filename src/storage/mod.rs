@@ -147,26 +147,19 @@ impl Db {
     /// Writes a batch off the async executor: a synced write waits on the disk, and RocksDB groups
     /// concurrent writers into one fsync only when they arrive on different threads.
     pub async fn write(&self, batch: Batch) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let kv = self.kv.clone();
-        tokio::task::spawn_blocking(move || kv.write(batch))
-            .await
-            .map_err(|e| StorageError::Engine(format!("write task failed: {e}")))?
+        self.write_holding(batch, ()).await
     }
 
     /// [`Db::write`], keeping `hold` alive until the write is durable or has failed: whatever must
     /// not end before the write does (a stream reservation) goes with the write, not with the
     /// caller's future, which a client hanging up may drop at any await.
     pub async fn write_holding<H: Send + 'static>(&self, batch: Batch, hold: H) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let kv = self.kv.clone();
         tokio::task::spawn_blocking(move || {
-            let written = if batch.is_empty() {
-                Ok(())
-            } else {
-                kv.write(batch)
-            };
+            let written = kv.write(batch);
             drop(hold);
             written
         })

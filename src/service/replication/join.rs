@@ -6,13 +6,14 @@ use std::{collections::HashSet, sync::Arc};
 use ruma::{
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
-    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId,
-    RoomVersionId, ServerName, UserId,
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, ServerName,
+    UserId,
 };
 use serde_json::Value as JsonValue;
 
 use super::{
-    bad_event, to_canonical, urlencode, Refused, Service, HISTORY_AT_JOIN, SUPPORTED_VERSIONS,
+    bad_event, read_template, to_canonical, urlencode, Refused, Service, HISTORY_AT_JOIN,
+    SUPPORTED_VERSIONS,
 };
 use crate::{
     error::{Error, Result},
@@ -144,19 +145,7 @@ impl Service {
                 None,
             )
             .await?;
-        let version = template
-            .get("room_version")
-            .and_then(JsonValue::as_str)
-            .map(RoomVersionId::try_from)
-            .transpose()
-            .map_err(|e| bad_event(format!("room version: {e}")))?
-            .unwrap_or(RoomVersionId::V1);
-        let rules = rooms::Service::version_rules(&version)?;
-        let mut event = template
-            .get("event")
-            .cloned()
-            .filter(JsonValue::is_object)
-            .ok_or_else(|| bad_event(format!("{server} sent no join template")))?;
+        let (version, rules, mut event) = read_template(&template, server, "join")?;
         // The template is the resident's; what we sign is ours to check.
         if event.get("type").and_then(JsonValue::as_str) != Some("m.room.member")
             || event.get("state_key").and_then(JsonValue::as_str) != Some(user_id.as_str())

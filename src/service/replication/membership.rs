@@ -8,7 +8,10 @@ use ruma::{
 };
 use serde_json::{json, Value as JsonValue};
 
-use super::{bad_event, stripped, to_canonical, urlencode, Refused, Service, SUPPORTED_VERSIONS};
+use super::{
+    bad_event, read_template, stripped, to_canonical, urlencode, Refused, Service,
+    SUPPORTED_VERSIONS,
+};
 use crate::{
     error::{Error, Result},
     service::rooms::{self, remote::Relay},
@@ -309,19 +312,7 @@ impl Service {
                 ),
             )
             .await?;
-        let version = template
-            .get("room_version")
-            .and_then(JsonValue::as_str)
-            .map(RoomVersionId::try_from)
-            .transpose()
-            .map_err(|e| bad_event(format!("room version: {e}")))?
-            .unwrap_or(RoomVersionId::V1);
-        let rules = rooms::Service::version_rules(&version)?;
-        let mut event = template
-            .get("event")
-            .cloned()
-            .filter(JsonValue::is_object)
-            .ok_or_else(|| bad_event(format!("{server} sent no {membership} template")))?;
+        let (_, rules, mut event) = read_template(&template, server, membership)?;
         if event.get("state_key").and_then(JsonValue::as_str) != Some(user_id.as_str())
             || event.get("sender").and_then(JsonValue::as_str) != Some(user_id.as_str())
         {

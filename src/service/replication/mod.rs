@@ -110,6 +110,33 @@ pub fn stripped(v: &JsonValue) -> Option<JsonValue> {
 /// Room versions this server can join (sent as `ver` in make_join).
 pub const SUPPORTED_VERSIONS: &[&str] = &["2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
 
+/// The room version, its rules and the event of a make_join / make_leave / make_knock answer
+/// from `server`.
+fn read_template(
+    template: &JsonValue,
+    server: impl std::fmt::Display,
+    membership: impl std::fmt::Display,
+) -> Result<(
+    ruma::RoomVersionId,
+    ruma::room_version_rules::RoomVersionRules,
+    JsonValue,
+)> {
+    let version = template
+        .get("room_version")
+        .and_then(JsonValue::as_str)
+        .map(ruma::RoomVersionId::try_from)
+        .transpose()
+        .map_err(|e| bad_event(format!("room version: {e}")))?
+        .unwrap_or(ruma::RoomVersionId::V1);
+    let rules = rooms::Service::version_rules(&version)?;
+    let event = template
+        .get("event")
+        .cloned()
+        .filter(JsonValue::is_object)
+        .ok_or_else(|| bad_event(format!("{server} sent no {membership} template")))?;
+    Ok((version, rules, event))
+}
+
 pub fn to_canonical(value: JsonValue) -> Result<CanonicalJsonObject> {
     match CanonicalJsonValue::try_from(value) {
         Ok(CanonicalJsonValue::Object(o)) => Ok(o),

@@ -213,14 +213,18 @@ impl Service {
         short: ShortId,
         object: &CanonicalJsonObject,
     ) -> Result<()> {
-        let mut stored = object.clone();
-        // Peers' unsigned data is theirs, not the event's.
-        stored.remove("unsigned");
-        self.tables.pdus.put_in(
-            batch,
-            short,
-            &serde_json::to_vec(&stored).map_err(Error::internal)?,
-        );
+        // Peers' unsigned data is theirs, not the event's; events built here have none, and are
+        // written without a copy.
+        let json = if object.contains_key("unsigned") {
+            let mut stored = object.clone();
+            stored.remove("unsigned");
+            serde_json::to_vec(&stored)
+        } else {
+            serde_json::to_vec(object)
+        };
+        self.tables
+            .pdus
+            .put_in(batch, short, &json.map_err(Error::internal)?);
         Ok(())
     }
 
