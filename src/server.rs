@@ -109,6 +109,7 @@ impl Server {
             tokio::spawn(async move {
                 let peers: Arc<dyn Fn(u64) -> Vec<u64> + Send + Sync> = Arc::new(move |user| {
                     rooms
+                        .membership
                         .peers(user)
                         .map(|p| p.into_iter().collect())
                         .unwrap_or_default()

@@ -55,7 +55,7 @@ impl Pair {
     ) -> (OwnedEventId, CanonicalJsonObject) {
         let rooms = &self.a.services().rooms;
         let room_id = RoomId::parse(&self.room).unwrap();
-        let (room, meta) = rooms.known_room(&room_id).unwrap();
+        let (room, meta) = rooms.state.known_room(&room_id).unwrap();
         let rules = RoomVersionId::V12.rules().unwrap();
         let mut auth = Vec::new();
         for (t, sk) in [
@@ -63,10 +63,11 @@ impl Pair {
             ("m.room.member", self.bob.as_str()),
         ] {
             let short = rooms
+                .state
                 .current_state_event(room, &t.into(), sk)
                 .unwrap()
                 .unwrap();
-            auth.push(rooms.event_id_of(short).unwrap().to_string());
+            auth.push(rooms.events.event_id_of(short).unwrap().to_string());
         }
         let mut event = json!({
             "type": kind,
@@ -167,7 +168,14 @@ async fn forged_signatures_bad_hashes_and_unauthorised_events() {
     let (status, body) = p.send("forged", vec![value(&forged)], vec![]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(p.event_on_a(&id).await.0, 404);
-    assert!(p.a.services().rooms.event_short(&id).unwrap().is_none());
+    assert!(p
+        .a
+        .services()
+        .rooms
+        .events
+        .event_short(&id)
+        .unwrap()
+        .is_none());
     // The transaction itself is remembered (so a retry is answered the same), nothing else.
     let _ = before;
 
@@ -303,7 +311,14 @@ async fn oversized_transactions_and_acl_denied_servers_are_refused() {
         404,
         "A ignored the denied server's event"
     );
-    assert!(p.a.services().rooms.event_short(&id).unwrap().is_none());
+    assert!(p
+        .a
+        .services()
+        .rooms
+        .events
+        .event_short(&id)
+        .unwrap()
+        .is_none());
     let (status, _) =
         p.b.services()
             .federation

@@ -511,6 +511,7 @@ async fn concurrent_state_changes_on_two_servers_resolve_to_the_same_state() {
         let room_id = ruma::RoomId::parse(&room).unwrap();
         s.services()
             .rooms
+            .state
             .known_room(&room_id)
             .map(|(_, m)| m.extremities.len())
             .unwrap_or(0)

@@ -274,10 +274,11 @@ async fn redacted_events_carry_the_redaction_as_a_client_event_everywhere() {
         // The stored PDU (what federation serves) still holds the redaction as a PDU.
         let rooms = &server.services().rooms;
         let short = rooms
+            .events
             .event_short(&ruma::EventId::parse(&message).unwrap())
             .unwrap()
             .unwrap();
-        let stored = rooms.event_json(short).unwrap().unwrap();
+        let stored = rooms.events.event_json(short).unwrap().unwrap();
         let stored_because = &stored["unsigned"]["redacted_because"];
         assert!(stored_because["signatures"].is_object(), "v{version}");
         assert_eq!(
@@ -394,10 +395,11 @@ async fn remote_redactions_carry_the_redaction_and_federation_serves_the_stored_
         // and bob's server's signature still verifies (the content hash no longer matches).
         let rooms = &a.services().rooms;
         let short = rooms
+            .events
             .event_short(&ruma::EventId::parse(&message).unwrap())
             .unwrap()
             .unwrap();
-        let stored = Value::Object(rooms.event_json(short).unwrap().unwrap());
+        let stored = Value::Object(rooms.events.event_json(short).unwrap().unwrap());
         let got = federation_get(
             &b,
             &a,

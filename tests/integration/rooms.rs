@@ -552,14 +552,24 @@ async fn events_hearth_builds_verify_with_ruma_signatures() {
 
         let room = services
             .rooms
+            .events
             .room_short(&ruma::RoomId::parse(&room_id).unwrap())
             .unwrap()
             .unwrap();
-        let events = services.rooms.timeline(room, 0, true, 1000).unwrap();
+        let events = services
+            .rooms
+            .timeline
+            .timeline(room, 0, true, 1000)
+            .unwrap();
         assert!(events.len() >= 9, "v{version}: {} events", events.len());
         for short in events {
-            let event_id = services.rooms.event_id_of(short).unwrap();
-            let object = services.rooms.event_canonical(short).unwrap().unwrap();
+            let event_id = services.rooms.events.event_id_of(short).unwrap();
+            let object = services
+                .rooms
+                .events
+                .event_canonical(short)
+                .unwrap()
+                .unwrap();
             let verified = verify_event(&keys, &object, &rules)
                 .unwrap_or_else(|e| panic!("v{version} {event_id}: {e}"));
             // A redacted event keeps valid signatures; its content hash no longer matches.

@@ -74,8 +74,17 @@ fn to_raw<T>(content: &JsonValue) -> Result<Raw<T>> {
 /// A room the user knows (any membership), for room account data; 403 otherwise.
 fn known_room(services: &Services, user: &UserId, room_id: &RoomId) -> Result<ShortId> {
     let not_in = || Error::forbidden("You are not in this room");
-    let room = services.rooms.room_short(room_id)?.ok_or_else(not_in)?;
-    if services.rooms.membership_of(user, room)?.is_none() {
+    let room = services
+        .rooms
+        .events
+        .room_short(room_id)?
+        .ok_or_else(not_in)?;
+    if services
+        .rooms
+        .membership
+        .membership_of(user, room)?
+        .is_none()
+    {
         return Err(not_in());
     }
     Ok(room)

@@ -37,12 +37,13 @@ async fn put_alias(
 ) -> Result<create_alias::v3::Response> {
     let session = req.session()?;
     let b = &req.body;
-    if !services.rooms.is_local_alias(&b.room_alias) {
+    if !services.rooms.aliases.is_local_alias(&b.room_alias) {
         return Err(Error::invalid_param("Aliases must be on this server"));
     }
     joined_room(&services, &session.user_id, &b.room_id)?;
     services
         .rooms
+        .aliases
         .create_alias(&b.room_alias, &b.room_id, &session.user_id)
         .await?;
     Ok(create_alias::v3::Response::new())
@@ -53,7 +54,7 @@ async fn get_alias_route(
     req: Ruma<get_alias::v3::Request>,
 ) -> Result<get_alias::v3::Response> {
     let alias = &req.body.room_alias;
-    if !services.rooms.is_local_alias(alias) {
+    if !services.rooms.aliases.is_local_alias(alias) {
         if !services.config.federation.enabled {
             return Err(Error::not_found(
                 "Aliases of other servers need federation, which is off",
@@ -67,6 +68,7 @@ async fn get_alias_route(
     }
     let record = services
         .rooms
+        .aliases
         .resolve_alias(alias)?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
     Ok(get_alias::v3::Response::new(
@@ -83,6 +85,7 @@ async fn delete_alias_route(
     let alias = &req.body.room_alias;
     let record = services
         .rooms
+        .aliases
         .resolve_alias(alias)?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
     // The alias's creator, a server admin, or a room member who may change the canonical alias.
@@ -91,9 +94,12 @@ async fn delete_alias_route(
             .users
             .get(&session.user_id)?
             .is_some_and(|(_, r)| r.admin)
-        || match services.rooms.room_short(&record.room_id)? {
+        || match services.rooms.events.room_short(&record.room_id)? {
             Some(room) => {
-                services.rooms.is_joined(&session.user_id, room)?
+                services
+                    .rooms
+                    .membership
+                    .is_joined(&session.user_id, room)?
                     && services.rooms.user_can_send_state(
                         room,
                         &session.user_id,
@@ -105,7 +111,7 @@ async fn delete_alias_route(
     if !allowed {
         return Err(Error::forbidden("You may not delete this alias"));
     }
-    services.rooms.delete_alias(alias).await?;
+    services.rooms.aliases.delete_alias(alias).await?;
     Ok(delete_alias::v3::Response::new())
 }
 
@@ -116,7 +122,7 @@ async fn list_aliases(
     let session = req.session()?;
     let room = joined_room(&services, &session.user_id, &req.body.room_id)?;
     Ok(aliases::v3::Response::new(
-        services.rooms.room_aliases(room)?,
+        services.rooms.aliases.room_aliases(room)?,
     ))
 }
 
@@ -124,8 +130,8 @@ async fn get_visibility(
     State(services): State<AppState>,
     req: Ruma<get_room_visibility::v3::Request>,
 ) -> Result<get_room_visibility::v3::Response> {
-    let (room, _) = services.rooms.known_room(&req.body.room_id)?;
-    let visibility = if services.rooms.is_public(room)? {
+    let (room, _) = services.rooms.state.known_room(&req.body.room_id)?;
+    let visibility = if services.rooms.aliases.is_public(room)? {
         Visibility::Public
     } else {
         Visibility::Private
@@ -154,7 +160,7 @@ async fn set_visibility(
         Visibility::Private => false,
         _ => return Err(Error::invalid_param("Unknown visibility")),
     };
-    services.rooms.set_public(room, public).await?;
+    services.rooms.aliases.set_public(room, public).await?;
     Ok(set_room_visibility::v3::Response::new())
 }
 

@@ -285,7 +285,7 @@ async fn changes(
     let mut changed = Vec::new();
     for user in services.keys.changed_users(from, to.max(from))? {
         if services.keys.share_a_room(session.user, user)? {
-            changed.push(services.rooms.user_id_of(user)?);
+            changed.push(services.rooms.events.user_id_of(user)?);
         }
     }
     Ok(get_key_changes::v3::Response::new(changed, Vec::new()))

@@ -105,11 +105,12 @@ async fn join(
 ) -> Result<OwnedRoomId> {
     let room = services
         .rooms
+        .events
         .room_short(room_id)?
-        .filter(|r| services.rooms.meta(*r).ok().flatten().is_some());
+        .filter(|r| services.rooms.state.meta(*r).ok().flatten().is_some());
     // A room none of our users is in lives elsewhere: join it through a server that is in it.
     let resident = match room {
-        Some(r) => services.rooms.has_local_members(r)?,
+        Some(r) => services.rooms.membership.has_local_members(r)?,
         None => false,
     };
     if !resident {
@@ -120,15 +121,15 @@ async fn join(
         }
         let mut servers: Vec<OwnedServerName> = via.to_vec();
         // Whoever invited us, then everyone else in the room.
-        if let Some(r) = services.rooms.room_short(room_id)? {
-            if let Some(m) = services.rooms.membership_of_full(user_id, r)? {
-                if let Some(p) = services.rooms.pdu(m.event)? {
+        if let Some(r) = services.rooms.events.room_short(room_id)? {
+            if let Some(m) = services.rooms.membership.membership_of_full(user_id, r)? {
+                if let Some(p) = services.rooms.events.pdu(m.event)? {
                     servers.push(p.sender.server_name().to_owned());
                 }
             }
         }
         if let Some(r) = room {
-            servers.extend(services.rooms.remote_servers(r)?);
+            servers.extend(services.rooms.membership.remote_servers(r)?);
         }
         if let Some(s) = room_id.server_name() {
             servers.push(s.to_owned());
@@ -145,7 +146,7 @@ async fn join(
     let Some(room) = room else {
         return Err(Error::not_found("Unknown room"));
     };
-    let current = services.rooms.membership_of(user_id, room)?;
+    let current = services.rooms.membership.membership_of(user_id, room)?;
     if current == Some(MembershipState::Join) {
         return Ok(room_id.to_owned());
     }
@@ -166,8 +167,11 @@ async fn knock(
     let session = req.session()?;
     let (room_id, mut via) =
         resolve_room_remote(&services, req.body.room_id_or_alias.as_str()).await?;
-    let resident = match services.rooms.room_short(&room_id)? {
-        Some(r) => services.rooms.meta(r)?.is_some() && services.rooms.has_local_members(r)?,
+    let resident = match services.rooms.events.room_short(&room_id)? {
+        Some(r) => {
+            services.rooms.state.meta(r)?.is_some()
+                && services.rooms.membership.has_local_members(r)?
+        }
         None => false,
     };
     // A room none of our users is in: knock through a server that is in it.
@@ -184,10 +188,14 @@ async fn knock(
             .await?;
         return Ok(knock_room::v3::Response::new(room_id));
     }
-    let Some(room) = services.rooms.room_short(&room_id)? else {
+    let Some(room) = services.rooms.events.room_short(&room_id)? else {
         return Err(Error::not_found("Unknown room"));
     };
-    match services.rooms.membership_of(&session.user_id, room)? {
+    match services
+        .rooms
+        .membership
+        .membership_of(&session.user_id, room)?
+    {
         Some(MembershipState::Join) => {
             return Err(Error::forbidden("You are already in this room"))
         }
@@ -221,6 +229,7 @@ fn resolve_room(services: &Services, room_id_or_alias: &str) -> Result<OwnedRoom
         .map_err(|e| Error::invalid_param(format!("Invalid room alias: {e}")))?;
     Ok(services
         .rooms
+        .aliases
         .resolve_alias(&alias)?
         .ok_or_else(|| Error::not_found("Unknown room alias"))?
         .room_id)
@@ -326,17 +335,28 @@ async fn leave(
     let session = req.session()?;
     let room = services
         .rooms
+        .events
         .room_short(&req.body.room_id)?
         .ok_or_else(|| Error::not_found("Unknown room"))?;
-    match services.rooms.membership_of(&session.user_id, room)? {
+    match services
+        .rooms
+        .membership
+        .membership_of(&session.user_id, room)?
+    {
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
         _ => return Ok(leave_room::v3::Response::new()),
     }
     // An invite to a room we are not in is rejected through the inviting server.
-    if services.rooms.meta(room)?.is_none() || !services.rooms.has_local_members(room)? {
-        if let Some(m) = services.rooms.membership_of_full(&session.user_id, room)? {
+    if services.rooms.state.meta(room)?.is_none()
+        || !services.rooms.membership.has_local_members(room)?
+    {
+        if let Some(m) = services
+            .rooms
+            .membership
+            .membership_of_full(&session.user_id, room)?
+        {
             if m.membership() == MembershipState::Invite {
-                if let Some(p) = services.rooms.pdu(m.event)? {
+                if let Some(p) = services.rooms.events.pdu(m.event)? {
                     let via = [p.sender.server_name().to_owned()];
                     services
                         .replication
@@ -367,15 +387,20 @@ async fn forget(
     let session = req.session()?;
     let room = services
         .rooms
+        .events
         .room_short(&req.body.room_id)?
         .ok_or_else(|| Error::not_found("Unknown room"))?;
-    match services.rooms.membership_of(&session.user_id, room)? {
+    match services
+        .rooms
+        .membership
+        .membership_of(&session.user_id, room)?
+    {
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
             Err(Error::unknown("Leave the room before forgetting it"))
         }
         None => Err(Error::not_found("You were never in this room")),
         _ => {
-            services.rooms.forget(session.user, room).await?;
+            services.rooms.membership.forget(session.user, room).await?;
             Ok(forget_room::v3::Response::new())
         }
     }
@@ -388,7 +413,7 @@ async fn kick(
     let session = req.session()?;
     let b = &req.body;
     let room = joined_room(&services, &session.user_id, &b.room_id)?;
-    match services.rooms.membership_of(&b.user_id, room)? {
+    match services.rooms.membership.membership_of(&b.user_id, room)? {
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
         _ => return Err(Error::forbidden("The user is not in the room")),
     }
@@ -432,7 +457,7 @@ async fn unban(
     let session = req.session()?;
     let b = &req.body;
     let room = joined_room(&services, &session.user_id, &b.room_id)?;
-    if services.rooms.membership_of(&b.user_id, room)? != Some(MembershipState::Ban) {
+    if services.rooms.membership.membership_of(&b.user_id, room)? != Some(MembershipState::Ban) {
         return Err(Error::forbidden("The user is not banned"));
     }
     set_membership(
@@ -455,9 +480,10 @@ async fn joined_rooms_list(
     let session = req.session()?;
     let rooms = services
         .rooms
+        .membership
         .rooms_of(session.user, &MembershipState::Join)?
         .into_iter()
-        .map(|r| services.rooms.room_id_of(r))
+        .map(|r| services.rooms.events.room_id_of(r))
         .collect::<Result<Vec<_>>>()?;
     Ok(joined_rooms::v3::Response::new(rooms))
 }
@@ -470,7 +496,10 @@ async fn members(
     let b = &req.body;
     // The member events of the state the user may see: at `at` (a pagination token) when
     // given, else the current state, or the state when they left.
-    let (room, access) = services.rooms.room_access(&session.user_id, &b.room_id)?;
+    let (room, access) = services
+        .rooms
+        .timeline
+        .room_access(&session.user_id, &b.room_id)?;
     let mut upto = match access {
         Access::Former(event) => Some(event),
         Access::Joined | Access::Public => None,
@@ -482,6 +511,7 @@ async fn members(
     let member_events: Vec<ShortId> = match upto {
         None => services
             .rooms
+            .membership
             .members(room)?
             .into_iter()
             .map(|(_, m)| m.event)
@@ -489,6 +519,7 @@ async fn members(
         Some(pos) => {
             let Some(last) = services
                 .rooms
+                .timeline
                 .timeline(room, pos, false, 1)?
                 .first()
                 .copied()
@@ -497,11 +528,12 @@ async fn members(
             };
             let meta = services
                 .rooms
+                .events
                 .event_meta(last)?
                 .ok_or_else(|| Error::internal("event without metadata"))?;
             let mut events = Vec::new();
-            for (key, event) in services.rooms.state_at(meta.state_after)?.iter() {
-                if services.rooms.state_key_of(*key)?.0 == StateEventType::RoomMember {
+            for (key, event) in services.rooms.state.state_at(meta.state_after)?.iter() {
+                if services.rooms.state.state_key_of(*key)?.0 == StateEventType::RoomMember {
                     events.push(*event);
                 }
             }
@@ -510,7 +542,7 @@ async fn members(
     };
     let mut chunk = Vec::new();
     for event in member_events {
-        let Some(pdu) = services.rooms.pdu(event)? else {
+        let Some(pdu) = services.rooms.events.pdu(event)? else {
             continue;
         };
         let membership = pdu
@@ -546,13 +578,14 @@ async fn joined_members_list(
     let session = req.session()?;
     let room = joined_room(&services, &session.user_id, &req.body.room_id)?;
     let mut joined = std::collections::BTreeMap::new();
-    for (user, m) in services.rooms.members(room)? {
+    for (user, m) in services.rooms.membership.members(room)? {
         if m.membership() != MembershipState::Join {
             continue;
         }
-        let user_id = services.rooms.user_id_of(user)?;
+        let user_id = services.rooms.events.user_id_of(user)?;
         let content = services
             .rooms
+            .events
             .pdu(m.event)?
             .map(|p| p.content_value())
             .unwrap_or(JsonValue::Null);

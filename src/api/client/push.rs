@@ -184,10 +184,12 @@ async fn notifications(
         .list(session.user, from, limit, only_highlight)?;
     let mut out = Vec::with_capacity(list.len());
     for (room, pos, n, read) in list {
-        let room_id = services.rooms.room_id_of(room)?;
-        let Some(json) = services
-            .rooms
-            .client_event_json(pos, &room_id, &session.user_id)?
+        let room_id = services.rooms.events.room_id_of(room)?;
+        let Some(json) =
+            services
+                .rooms
+                .timeline
+                .client_event_json(pos, &room_id, &session.user_id)?
         else {
             continue;
         };

@@ -58,10 +58,12 @@ async fn typing(
 fn event_of_room(services: &Services, room: ShortId, event_id: &EventId) -> Result<ShortId> {
     services
         .rooms
+        .events
         .event_short(event_id)?
         .filter(|s| {
             services
                 .rooms
+                .events
                 .event_meta(*s)
                 .ok()
                 .flatten()

@@ -47,12 +47,19 @@ fn event_in_room(
     room_id: &RoomId,
     event_id: &EventId,
 ) -> Result<(ShortId, ShortId, Viewer)> {
-    let (room, _) = services.rooms.room_access(user, room_id)?;
-    let mut viewer = services.rooms.viewer(user, room)?;
+    let (room, _) = services.rooms.timeline.room_access(user, room_id)?;
+    let mut viewer = services.rooms.timeline.viewer(user, room)?;
     let short = services
         .rooms
+        .events
         .event_short(event_id)?
-        .filter(|s| services.rooms.can_see(&mut viewer, *s).unwrap_or(false))
+        .filter(|s| {
+            services
+                .rooms
+                .timeline
+                .can_see(&mut viewer, *s)
+                .unwrap_or(false)
+        })
         .ok_or_else(|| Error::not_found("Event not found"))?;
     Ok((room, short, viewer))
 }
@@ -92,7 +99,7 @@ fn relation_page(
     for level in 0..depth {
         let mut next = Vec::new();
         for p in &frontier {
-            for (child, rel_type) in services.rooms.children(*p)? {
+            for (child, rel_type) in services.rooms.timeline.children(*p)? {
                 if level == 0 && q.rel_type.as_ref().is_some_and(|t| *t != rel_type) {
                     continue;
                 }
@@ -140,7 +147,7 @@ fn relation_page(
             more = true;
             break;
         }
-        if !services.rooms.can_see(seer, pos)? {
+        if !services.rooms.timeline.can_see(seer, pos)? {
             last = Some(pos);
             continue;
         }
@@ -235,9 +242,12 @@ async fn threads(
     use ruma::api::client::threads::get_threads::v1::IncludeThreads;
     let session = req.session()?;
     let b = &req.body;
-    let (room, _) = services.rooms.room_access(&session.user_id, &b.room_id)?;
-    let mut seer = services.rooms.viewer(&session.user_id, room)?;
-    let mut roots = services.rooms.threads(room)?;
+    let (room, _) = services
+        .rooms
+        .timeline
+        .room_access(&session.user_id, &b.room_id)?;
+    let mut seer = services.rooms.timeline.viewer(&session.user_id, room)?;
+    let mut roots = services.rooms.timeline.threads(room)?;
     // Most recently active first.
     roots.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
     let from = b.from.as_deref().map(parse_token).transpose()?;
@@ -255,16 +265,19 @@ async fn threads(
         if b.include == IncludeThreads::Participated {
             let mine = services
                 .rooms
+                .events
                 .pdu(root)?
                 .is_some_and(|p| p.sender == session.user_id)
                 || services
                     .rooms
+                    .timeline
                     .children(root)?
                     .iter()
                     .filter(|(_, t)| t == "m.thread")
                     .any(|(c, _)| {
                         services
                             .rooms
+                            .events
                             .pdu(*c)
                             .ok()
                             .flatten()
@@ -274,7 +287,7 @@ async fn threads(
                 continue;
             }
         }
-        if !services.rooms.can_see(&mut seer, root)? {
+        if !services.rooms.timeline.can_see(&mut seer, root)? {
             continue;
         }
         if chunk.len() >= limit {
@@ -301,15 +314,20 @@ async fn context(
     let limit = u64::from(b.limit).min(100) as usize;
     let before_n = limit / 2;
     let after_n = limit - before_n;
-    let before = services
+    let before =
+        services
+            .rooms
+            .timeline
+            .timeline(room, short.saturating_sub(1), false, before_n)?;
+    let after = services
         .rooms
-        .timeline(room, short.saturating_sub(1), false, before_n)?;
-    let after = services.rooms.timeline(room, short, true, after_n)?;
+        .timeline
+        .timeline(room, short, true, after_n)?;
     let mut senders = std::collections::BTreeSet::new();
     let mut render = |positions: &[ShortId]| -> Result<Vec<Raw<_>>> {
         let mut out = Vec::new();
         for p in positions {
-            if !services.rooms.can_see(&mut seer, *p)? {
+            if !services.rooms.timeline.can_see(&mut seer, *p)? {
                 continue;
             }
             let Some(json) = client_json(&services, *p, &b.room_id, &session.user_id)? else {
@@ -349,12 +367,12 @@ async fn context(
     // The state at the last event returned; with lazy-loading, only the senders' members.
     let lazy = !b.filter.lazy_load_options.is_disabled();
     let last = after.last().copied().unwrap_or(short);
-    if let Some(meta) = services.rooms.event_meta(last)? {
-        let state = services.rooms.state_at(meta.state_after)?;
+    if let Some(meta) = services.rooms.events.event_meta(last)? {
+        let state = services.rooms.state.state_at(meta.state_after)?;
         let mut events = Vec::new();
         for (key, event) in state.iter() {
             if lazy {
-                let (kind, state_key) = services.rooms.state_key_of(*key)?;
+                let (kind, state_key) = services.rooms.state.state_key_of(*key)?;
                 if kind == ruma::events::StateEventType::RoomMember && !senders.contains(&state_key)
                 {
                     continue;
@@ -375,24 +393,30 @@ async fn timestamp_to_event(
 ) -> Result<get_event_by_timestamp::v1::Response> {
     let session = req.session()?;
     let b = &req.body;
-    let (room, _) = services.rooms.room_access(&session.user_id, &b.room_id)?;
-    let mut seer = services.rooms.viewer(&session.user_id, room)?;
+    let (room, _) = services
+        .rooms
+        .timeline
+        .room_access(&session.user_id, &b.room_id)?;
+    let mut seer = services.rooms.timeline.viewer(&session.user_id, room)?;
     let target = u64::from(b.ts.get());
     let forward = b.dir == Direction::Forward;
     // Walk the timeline in the asked direction from the end nearest the target; timelines are
     // in stream order, which for local events is also timestamp order.
     let mut cursor = if forward { 0 } else { u64::MAX };
     loop {
-        let page = services.rooms.timeline(room, cursor, forward, 500)?;
+        let page = services
+            .rooms
+            .timeline
+            .timeline(room, cursor, forward, 500)?;
         if page.is_empty() {
             return Err(Error::not_found("No event found in that direction"));
         }
         for pos in page.iter().copied() {
             cursor = if forward { pos } else { pos.saturating_sub(1) };
-            if !services.rooms.can_see(&mut seer, pos)? {
+            if !services.rooms.timeline.can_see(&mut seer, pos)? {
                 continue;
             }
-            let Some(pdu) = services.rooms.pdu(pos)? else {
+            let Some(pdu) = services.rooms.events.pdu(pos)? else {
                 continue;
             };
             let ts = u64::from(pdu.origin_server_ts.get());

@@ -46,8 +46,12 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 /// whether or not they exist, so nothing leaks.
 pub fn joined_room(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<ShortId> {
     let not_in = || Error::forbidden("You are not in this room");
-    let room = services.rooms.room_short(room_id)?.ok_or_else(not_in)?;
-    if !services.rooms.is_joined(user_id, room)? {
+    let room = services
+        .rooms
+        .events
+        .room_short(room_id)?
+        .ok_or_else(not_in)?;
+    if !services.rooms.membership.is_joined(user_id, room)? {
         return Err(not_in());
     }
     Ok(room)
@@ -60,17 +64,18 @@ pub fn visible_state(
     user_id: &UserId,
     room_id: &RoomId,
 ) -> Result<(ShortId, Vec<(ShortId, ShortId)>)> {
-    let (room, access) = services.rooms.room_access(user_id, room_id)?;
+    let (room, access) = services.rooms.timeline.room_access(user_id, room_id)?;
     match access {
         Access::Former(membership_event) => {
             let meta = services
                 .rooms
+                .events
                 .event_meta(membership_event)?
                 .ok_or_else(|| Error::internal("membership event without metadata"))?;
-            let state = services.rooms.state_at(meta.state_after)?;
+            let state = services.rooms.state.state_at(meta.state_after)?;
             Ok((room, state.iter().map(|(k, v)| (*k, *v)).collect()))
         }
-        Access::Joined | Access::Public => Ok((room, services.rooms.current_state(room)?)),
+        Access::Joined | Access::Public => Ok((room, services.rooms.state.current_state(room)?)),
     }
 }
 
@@ -81,7 +86,10 @@ pub fn client_json(
     room_id: &RoomId,
     viewer: &UserId,
 ) -> Result<Option<JsonValue>> {
-    services.rooms.client_event_json(short, room_id, viewer)
+    services
+        .rooms
+        .timeline
+        .client_event_json(short, room_id, viewer)
 }
 
 /// Serialises JSON as a raw event.
@@ -99,6 +107,7 @@ pub fn client_raw<T>(
 ) -> Result<Option<Raw<T>>> {
     services
         .rooms
+        .timeline
         .client_event(short, room_id)?
         .map(|json| to_raw(&json))
         .transpose()
@@ -134,7 +143,7 @@ async fn create_room(
                 services.config.server_name
             ))
             .map_err(|e| Error::invalid_param(format!("Invalid room_alias_name: {e}")))?;
-            if services.rooms.resolve_alias(&alias)?.is_some() {
+            if services.rooms.aliases.resolve_alias(&alias)?.is_some() {
                 return Err(Error::matrix(
                     ErrorKind::RoomInUse,
                     "Room alias already taken",
@@ -165,12 +174,13 @@ async fn create_room(
     if let Some(alias) = &alias {
         services
             .rooms
+            .aliases
             .create_alias(alias, &room_id, &session.user_id)
             .await?;
     }
     if body.visibility == ruma::api::client::room::Visibility::Public {
-        let (room, _) = services.rooms.known_room(&room_id)?;
-        services.rooms.set_public(room, true).await?;
+        let (room, _) = services.rooms.state.known_room(&room_id)?;
+        services.rooms.aliases.set_public(room, true).await?;
     }
     // The plan left these out: each goes through the invitee's server. A refusal fails the
     // request (as in Synapse), though the room stays.
@@ -229,6 +239,7 @@ async fn send_state(
     if let Some(current) =
         services
             .rooms
+            .state
             .current_state_pdu(room, &body.event_type, &body.state_key)?
     {
         if current.content_value() == content && current.sender == session.user_id {
@@ -276,10 +287,10 @@ fn check_canonical_aliases(
     for name in names {
         let alias = ruma::RoomAliasId::parse(name)
             .map_err(|e| Error::invalid_param(format!("Invalid alias {name}: {e}")))?;
-        if !services.rooms.is_local_alias(&alias) {
+        if !services.rooms.aliases.is_local_alias(&alias) {
             continue;
         }
-        match services.rooms.resolve_alias(&alias)? {
+        match services.rooms.aliases.resolve_alias(&alias)? {
             Some(r) if r.room_id == room_id => {}
             _ => return Err(bad_alias(format!("{name} does not point to this room"))),
         }
@@ -338,6 +349,7 @@ async fn get_state_for_key(
     let (_, state) = visible_state(&services, &session.user_id, &body.room_id)?;
     let key = services
         .rooms
+        .state
         .state_key_short(&body.event_type, &body.state_key)?;
     let event = key
         .and_then(|k| state.iter().find(|(sk, _)| *sk == k).map(|(_, e)| *e))
@@ -417,13 +429,21 @@ async fn get_event(
     let body = &req.body;
     let (room, _) = services
         .rooms
+        .timeline
         .room_access(&session.user_id, &body.room_id)?;
-    let mut viewer = services.rooms.viewer(&session.user_id, room)?;
+    let mut viewer = services.rooms.timeline.viewer(&session.user_id, room)?;
     // `can_see` also checks the event is in this room.
     let short = services
         .rooms
+        .events
         .event_short(&body.event_id)?
-        .filter(|s| services.rooms.can_see(&mut viewer, *s).unwrap_or(false))
+        .filter(|s| {
+            services
+                .rooms
+                .timeline
+                .can_see(&mut viewer, *s)
+                .unwrap_or(false)
+        })
         .ok_or_else(|| Error::not_found("Event not found"))?;
     let json = client_json(&services, short, &body.room_id, &session.user_id)?
         .ok_or_else(|| Error::not_found("Event not found"))?;
@@ -439,8 +459,9 @@ async fn redact(
     let room = joined_room(&services, &session.user_id, &body.room_id)?;
     let target_in_room = services
         .rooms
+        .events
         .event_short(&body.event_id)?
-        .and_then(|s| services.rooms.event_meta(s).ok().flatten())
+        .and_then(|s| services.rooms.events.event_meta(s).ok().flatten())
         .is_some_and(|m| m.room == room);
     if !target_in_room {
         return Err(Error::not_found("Event not found"));

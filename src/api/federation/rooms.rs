@@ -41,6 +41,7 @@ fn origin<T>(req: &Ruma<T>) -> Result<&ServerName> {
 fn raw_event(services: &Services, short: ShortId) -> Result<Box<RawJsonValue>> {
     let json = services
         .rooms
+        .events
         .event_json(short)?
         .ok_or_else(|| Error::not_found("Event not found"))?;
     serde_json::value::to_raw_value(&json).map_err(Error::internal)
@@ -50,6 +51,7 @@ fn raw_event(services: &Services, short: ShortId) -> Result<Box<RawJsonValue>> {
 fn server_in_room(services: &Services, server: &ServerName, room: ShortId) -> Result<bool> {
     Ok(services
         .rooms
+        .membership
         .remote_servers(room)?
         .iter()
         .any(|s| s == server))
@@ -58,6 +60,7 @@ fn server_in_room(services: &Services, server: &ServerName, room: ShortId) -> Re
 fn world_readable(services: &Services, room: ShortId) -> Result<bool> {
     Ok(services
         .rooms
+        .state
         .current_state_pdu(room, &StateEventType::RoomHistoryVisibility, "")?
         .and_then(|p| p.content_field("history_visibility"))
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -67,7 +70,7 @@ fn world_readable(services: &Services, room: ShortId) -> Result<bool> {
 
 /// The room, if `origin` may read it.
 fn readable_room(services: &Services, origin: &ServerName, room_id: &RoomId) -> Result<ShortId> {
-    let (room, _) = services.rooms.known_room(room_id)?;
+    let (room, _) = services.rooms.state.known_room(room_id)?;
     if services.replication.denied_by_acl(room, origin)? {
         return Err(Error::forbidden("The room's server ACL denies your server"));
     }
@@ -82,15 +85,17 @@ fn readable_room(services: &Services, origin: &ServerName, room_id: &RoomId) -> 
 fn event_in_room(services: &Services, room: ShortId, event_id: &EventId) -> Result<ShortId> {
     let short = services
         .rooms
+        .events
         .event_short(event_id)?
         .ok_or_else(|| Error::not_found("Event not found"))?;
-    let in_room = match services.rooms.event_meta(short)? {
+    let in_room = match services.rooms.events.event_meta(short)? {
         Some(m) => m.room == room,
         None => services
             .rooms
+            .events
             .pdu(short)?
             .and_then(|p| p.room_id)
-            .is_some_and(|r| services.rooms.room_short(&r).ok().flatten() == Some(room)),
+            .is_some_and(|r| services.rooms.events.room_short(&r).ok().flatten() == Some(room)),
     };
     if !in_room {
         return Err(Error::not_found("Event not found"));
@@ -145,7 +150,7 @@ pub async fn make_join(
     if b.user_id.server_name() != origin {
         return Err(Error::forbidden("You may only join your own users"));
     }
-    let (room, meta) = services.rooms.known_room(&b.room_id)?;
+    let (room, meta) = services.rooms.state.known_room(&b.room_id)?;
     if services.replication.denied_by_acl(room, origin)? {
         return Err(Error::forbidden("The room's server ACL denies your server"));
     }
@@ -157,7 +162,7 @@ pub async fn make_join(
     };
     check_version(supported, &meta.version)?;
     let mut content = json!({ "membership": "join" });
-    let current = services.rooms.membership_of(&b.user_id, room)?;
+    let current = services.rooms.membership.membership_of(&b.user_id, room)?;
     if current != Some(MembershipState::Invite) && current != Some(MembershipState::Join) {
         if let Some(via) = join_rules::restricted_join_authoriser(&services, &b.user_id, room)? {
             content["join_authorised_via_users_server"] = via.as_str().into();
@@ -187,23 +192,28 @@ pub async fn send_join(
         .await?;
     let state = services
         .rooms
+        .state
         .state_before(short)?
         .ok_or_else(|| Error::internal("join without state"))?;
-    let state_ids = services.rooms.state_event_ids(&state)?;
-    let chain = services.rooms.auth_chain(state_ids.iter().cloned())?;
+    let state_ids = services.rooms.state.state_event_ids(&state)?;
+    let chain = services
+        .rooms
+        .events
+        .auth_chain(state_ids.iter().cloned())?;
     let mut room_state = create_join_event::v2::RoomState::new();
     for s in state.values() {
         room_state.state.push(raw_event(&services, *s)?);
     }
     for id in chain {
-        if let Some(s) = services.rooms.event_short(&id)? {
+        if let Some(s) = services.rooms.events.event_short(&id)? {
             room_state.auth_chain.push(raw_event(&services, s)?);
         }
     }
     room_state.event = Some(serde_json::value::to_raw_value(&stored).map_err(Error::internal)?);
-    let (room, _) = services.rooms.known_room(&b.room_id)?;
+    let (room, _) = services.rooms.state.known_room(&b.room_id)?;
     let mut servers: Vec<String> = services
         .rooms
+        .membership
         .remote_servers(room)?
         .iter()
         .map(|s| s.to_string())
@@ -222,7 +232,7 @@ pub async fn make_leave(
     if b.user_id.server_name() != origin {
         return Err(Error::forbidden("You may only make your own users leave"));
     }
-    let (room, _) = services.rooms.known_room(&b.room_id)?;
+    let (room, _) = services.rooms.state.known_room(&b.room_id)?;
     let (version, template) =
         services
             .rooms
@@ -257,7 +267,7 @@ pub async fn make_knock(
     if b.user_id.server_name() != origin {
         return Err(Error::forbidden("You may only knock for your own users"));
     }
-    let (room, meta) = services.rooms.known_room(&b.room_id)?;
+    let (room, meta) = services.rooms.state.known_room(&b.room_id)?;
     if services.replication.denied_by_acl(room, origin)? {
         return Err(Error::forbidden("The room's server ACL denies your server"));
     }
@@ -284,7 +294,7 @@ pub async fn send_knock(
         .replication
         .accept_join(&origin, &b.room_id, &b.event_id, object, "knock")
         .await?;
-    let (room, _) = services.rooms.known_room(&b.room_id)?;
+    let (room, _) = services.rooms.state.known_room(&b.room_id)?;
     let sender = stored
         .get("sender")
         .and_then(|s| match s {
@@ -348,10 +358,12 @@ pub async fn event(
     let origin = origin(&req)?;
     let short = services
         .rooms
+        .events
         .event_short(&req.body.event_id)?
         .ok_or_else(|| Error::not_found("Event not found"))?;
     let pdu = services
         .rooms
+        .events
         .pdu(short)?
         .ok_or_else(|| Error::not_found("Event not found"))?;
     let room_id = pdu
@@ -375,11 +387,13 @@ fn state_and_chain(
     let short = event_in_room(services, room, event_id)?;
     let state = services
         .rooms
+        .state
         .state_before(short)?
         .ok_or_else(|| Error::not_found("No state known at this event"))?;
-    let ids = services.rooms.state_event_ids(&state)?;
+    let ids = services.rooms.state.state_event_ids(&state)?;
     let chain: Vec<OwnedEventId> = services
         .rooms
+        .events
         .auth_chain(ids.iter().cloned())?
         .into_iter()
         .collect();
@@ -403,7 +417,7 @@ pub async fn state(
     let (ids, chain) = state_and_chain(&services, room, &req.body.event_id)?;
     let load = |ids: Vec<OwnedEventId>| -> Result<Vec<Box<RawJsonValue>>> {
         ids.iter()
-            .filter_map(|id| services.rooms.event_short(id).ok().flatten())
+            .filter_map(|id| services.rooms.events.event_short(id).ok().flatten())
             .map(|s| raw_event(&services, s))
             .collect()
     };
@@ -416,10 +430,13 @@ pub async fn event_auth(
 ) -> Result<get_event_authorization::v1::Response> {
     let room = readable_room(&services, origin(&req)?, &req.body.room_id)?;
     event_in_room(&services, room, &req.body.event_id)?;
-    let chain = services.rooms.auth_chain([req.body.event_id.clone()])?;
+    let chain = services
+        .rooms
+        .events
+        .auth_chain([req.body.event_id.clone()])?;
     let mut out = Vec::with_capacity(chain.len());
     for id in chain {
-        if let Some(s) = services.rooms.event_short(&id)? {
+        if let Some(s) = services.rooms.events.event_short(&id)? {
             out.push(raw_event(&services, s)?);
         }
     }
@@ -432,7 +449,10 @@ pub async fn backfill(
 ) -> Result<get_backfill::v1::Response> {
     let room = readable_room(&services, origin(&req)?, &req.body.room_id)?;
     let limit = u64::from(req.body.limit).clamp(1, 100) as usize;
-    let shorts = services.rooms.backfill_from(room, &req.body.v, limit)?;
+    let shorts = services
+        .rooms
+        .events
+        .backfill_from(room, &req.body.v, limit)?;
     let pdus = shorts
         .into_iter()
         .map(|s| raw_event(&services, s))
@@ -459,7 +479,7 @@ pub async fn missing_events(
     let mut queue: std::collections::VecDeque<OwnedEventId> = b
         .latest_events
         .iter()
-        .filter_map(|id| services.rooms.pdu_by_id(id).ok().flatten())
+        .filter_map(|id| services.rooms.events.pdu_by_id(id).ok().flatten())
         .flat_map(|p| p.prev_events)
         .collect();
     while let Some(id) = queue.pop_front() {
@@ -469,16 +489,16 @@ pub async fn missing_events(
         if !seen.insert(id.clone()) {
             continue;
         }
-        let Some(short) = services.rooms.event_short(&id)? else {
+        let Some(short) = services.rooms.events.event_short(&id)? else {
             continue;
         };
-        let Some(meta) = services.rooms.event_meta(short)? else {
+        let Some(meta) = services.rooms.events.event_meta(short)? else {
             continue;
         };
         if meta.room != room || meta.depth < min_depth {
             continue;
         }
-        if let Some(p) = services.rooms.pdu(short)? {
+        if let Some(p) = services.rooms.events.pdu(short)? {
             queue.extend(p.prev_events);
         }
         out.push((meta.depth, short));
@@ -501,12 +521,13 @@ pub async fn directory(
     }
     let record = services
         .rooms
+        .aliases
         .resolve_alias(alias)?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
     let room_id = record.room_id;
     let mut servers = vec![services.config.server_name.clone()];
-    if let Some(room) = services.rooms.room_short(&room_id)? {
-        servers.extend(services.rooms.remote_servers(room)?);
+    if let Some(room) = services.rooms.events.room_short(&room_id)? {
+        servers.extend(services.rooms.membership.remote_servers(room)?);
     }
     Ok(get_room_information::v1::Response::new(room_id, servers))
 }

@@ -79,6 +79,7 @@ fn state_str(
 ) -> Option<String> {
     services
         .rooms
+        .state
         .current_state_pdu(room, &kind, "")
         .ok()
         .flatten()
@@ -87,9 +88,10 @@ fn state_str(
 }
 
 fn chunk(services: &Services, room: ShortId) -> Result<PublicRoomsChunk> {
-    let room_id = services.rooms.room_id_of(room)?;
+    let room_id = services.rooms.events.room_id_of(room)?;
     let joined = services
         .rooms
+        .membership
         .members(room)?
         .into_iter()
         .filter(|(_, m)| m.membership() == MembershipState::Join)
@@ -132,6 +134,7 @@ fn chunk(services: &Services, room: ShortId) -> Result<PublicRoomsChunk> {
         };
     chunk.room_type = services
         .rooms
+        .state
         .current_state_pdu(room, &StateEventType::RoomCreate, "")?
         .and_then(|p| p.content_field("type"))
         .and_then(|v| v.as_str().map(Into::into));
@@ -157,7 +160,7 @@ pub fn local_page(services: &Services, query: PageQuery<'_>) -> Result<Directory
     };
     let search = search.map(str::to_lowercase);
     let mut rooms = Vec::new();
-    for room in services.rooms.public_rooms()? {
+    for room in services.rooms.aliases.public_rooms()? {
         let c = chunk(services, room)?;
         if let Some(term) = &search {
             let hay = [

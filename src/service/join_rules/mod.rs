@@ -20,9 +20,11 @@ pub fn restricted_join_authoriser(
     user_id: &UserId,
     room: ShortId,
 ) -> Result<Option<ruma::OwnedUserId>> {
-    let Some(rules) = services
-        .rooms
-        .current_state_pdu(room, &StateEventType::RoomJoinRules, "")?
+    let Some(rules) =
+        services
+            .rooms
+            .state
+            .current_state_pdu(room, &StateEventType::RoomJoinRules, "")?
     else {
         return Ok(None);
     };
@@ -45,10 +47,17 @@ pub fn restricted_join_authoriser(
         .any(|r| {
             services
                 .rooms
+                .events
                 .room_short(&r)
                 .ok()
                 .flatten()
-                .is_some_and(|short| services.rooms.is_joined(user_id, short).unwrap_or(false))
+                .is_some_and(|short| {
+                    services
+                        .rooms
+                        .membership
+                        .is_joined(user_id, short)
+                        .unwrap_or(false)
+                })
         });
     if !allowed {
         return Err(Error::forbidden(

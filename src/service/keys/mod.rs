@@ -66,7 +66,7 @@ enum Signed {
 impl Service {
     /// Everyone whose sync should hear about `user`'s keys: the user and everyone sharing a room.
     fn key_watchers(&self, user: ShortId) -> Result<BTreeSet<ShortId>> {
-        self.rooms.peers(user)
+        self.rooms.membership.peers(user)
     }
 
     /// Records that `user`'s keys changed, in `batch`, at a position of `reserved`.
@@ -372,6 +372,7 @@ impl Service {
     pub fn joined_rooms(&self, user: ShortId) -> Result<BTreeSet<ShortId>> {
         Ok(self
             .rooms
+            .membership
             .memberships(user)?
             .into_iter()
             .filter(|(_, m)| m.membership() == MembershipState::Join)
@@ -391,6 +392,7 @@ impl Service {
         }
         Ok(self
             .rooms
+            .membership
             .memberships(other)?
             .into_iter()
             .any(|(r, m)| m.membership() == MembershipState::Join && rooms.contains(&r)))

@@ -31,6 +31,7 @@ pub type Peers<'a> = dyn Fn(ShortId) -> Vec<ShortId> + Send + Sync + 'a;
 pub fn room_peers(rooms: Arc<rooms::Service>) -> impl Fn(ShortId) -> Vec<ShortId> + Send + Sync {
     move |u| {
         rooms
+            .membership
             .peers(u)
             .map(|p| p.into_iter().collect())
             .unwrap_or_default()

@@ -122,6 +122,7 @@ impl Service {
     fn member_contexts(&self, room: ShortId, room_id: &RoomId) -> Result<Arc<MemberContexts>> {
         let state_group = self
             .rooms
+            .state
             .meta(room)?
             .map(|m| m.state_group)
             .unwrap_or_default();
@@ -133,10 +134,11 @@ impl Service {
         let server = self.rooms.server_name().clone();
         let members: Vec<(ShortId, OwnedUserId)> = self
             .rooms
+            .membership
             .members(room)?
             .into_iter()
             .filter(|(_, m)| m.membership() == MembershipState::Join)
-            .map(|(u, _)| Ok((u, self.rooms.user_id_of(u)?)))
+            .map(|(u, _)| Ok((u, self.rooms.events.user_id_of(u)?)))
             .collect::<Result<Vec<_>>>()?;
         let joined = members.len();
         let power_levels: Option<PushConditionPowerLevelsCtx> =
@@ -148,6 +150,7 @@ impl Service {
             }
             let name = self
                 .rooms
+                .state
                 .current_state_pdu(room, &StateEventType::RoomMember, user_id.as_str())?
                 .and_then(|p| {
                     p.content_value()
@@ -264,7 +267,7 @@ impl Service {
         for kind in ["m.read", "m.read.private"] {
             for t in ["", thread] {
                 if let Some(event) = self.receipts.get(room, user, kind, t)? {
-                    if let Some(short) = self.rooms.event_short(&event)? {
+                    if let Some(short) = self.rooms.events.event_short(&event)? {
                         pos = pos.max(short);
                     }
                 }

@@ -99,7 +99,7 @@ impl Service {
         stored: Stored,
     ) -> Result<Receipt> {
         Ok(Receipt {
-            user: self.rooms.user_id_of(user)?,
+            user: self.rooms.events.user_id_of(user)?,
             kind,
             thread,
             event_id: stored.event_id,

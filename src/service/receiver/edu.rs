@@ -54,7 +54,7 @@ fn user_short(services: &Services, user: &UserId) -> Result<ShortId> {
 
 /// A room we share with the user.
 fn joined_room(services: &Services, room_id: &RoomId, user: &UserId) -> Result<Option<ShortId>> {
-    let Some(room) = services.rooms.room_short(room_id)? else {
+    let Some(room) = services.rooms.events.room_short(room_id)? else {
         return Ok(None);
     };
     // EDUs about a room from a server its ACL denies are ignored, like its events.
@@ -64,7 +64,11 @@ fn joined_room(services: &Services, room_id: &RoomId, user: &UserId) -> Result<O
     {
         return Ok(None);
     }
-    Ok(services.rooms.is_joined(user, room)?.then_some(room))
+    Ok(services
+        .rooms
+        .membership
+        .is_joined(user, room)?
+        .then_some(room))
 }
 
 fn typing(services: &Services, origin: &ServerName, c: TypingContent) -> Result<()> {

@@ -38,7 +38,7 @@ impl Service {
             return Err(self.reject(v, e).await);
         }
         // 3. Soft failure: allowed by its own history but not by the room as it is now.
-        let current = self.rooms.current_state_map(room)?;
+        let current = self.rooms.state.current_state_map(room)?;
         let flags = match self.rooms.authorise_against(rules, &v.pdu, &current) {
             Ok(()) => 0,
             Err(e) => {

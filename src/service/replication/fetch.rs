@@ -69,7 +69,7 @@ impl Service {
     ) -> Result<()> {
         let mut missing: Vec<OwnedEventId> = Vec::new();
         for id in start {
-            if self.rooms.event_short(id)?.is_none() && !missing.contains(id) {
+            if self.rooms.events.event_short(id)?.is_none() && !missing.contains(id) {
                 missing.push(id.clone());
             }
         }
@@ -91,7 +91,7 @@ impl Service {
                 return Err(bad_event(format!("auth event {id} is in another room")));
             }
             for a in &v.pdu.auth_events {
-                if self.rooms.event_short(a)?.is_none() && !seen.contains(a) {
+                if self.rooms.events.event_short(a)?.is_none() && !seen.contains(a) {
                     missing.push(a.clone());
                 }
             }
@@ -120,7 +120,8 @@ impl Service {
             let mut progressed = false;
             for v in pending {
                 let ready = v.pdu.auth_events.iter().all(|a| {
-                    checked.contains_key(a) || self.rooms.event_short(a).ok().flatten().is_some()
+                    checked.contains_key(a)
+                        || self.rooms.events.event_short(a).ok().flatten().is_some()
                 });
                 if !ready {
                     next.push(v);
@@ -164,7 +165,7 @@ impl Service {
             .pdu
             .prev_events
             .iter()
-            .filter(|p| !self.rooms.has_in_dag(p).unwrap_or(false))
+            .filter(|p| !self.rooms.events.has_in_dag(p).unwrap_or(false))
             .cloned()
             .collect();
         if !missing.is_empty() && depth == 0 {
@@ -172,9 +173,9 @@ impl Service {
         }
         let mut states = Vec::new();
         for prev in &v.pdu.prev_events {
-            let short = self.rooms.event_short(prev)?;
+            let short = self.rooms.events.event_short(prev)?;
             let after = match short {
-                Some(s) => self.rooms.state_after(s)?,
+                Some(s) => self.rooms.state.state_after(s)?,
                 None => None,
             };
             let after = match after {
@@ -198,7 +199,7 @@ impl Service {
         rules: &RoomVersionRules,
         v: &Checked,
     ) {
-        let Ok(Some(meta)) = self.rooms.meta(room) else {
+        let Ok(Some(meta)) = self.rooms.state.meta(room) else {
             return;
         };
         let mut events: Vec<Checked> = Vec::new();
@@ -253,10 +254,9 @@ impl Service {
             latest = events[before..]
                 .iter()
                 .filter(|e| {
-                    e.pdu
-                        .prev_events
-                        .iter()
-                        .any(|p| !seen.contains(p) && !self.rooms.has_in_dag(p).unwrap_or(false))
+                    e.pdu.prev_events.iter().any(|p| {
+                        !seen.contains(p) && !self.rooms.events.has_in_dag(p).unwrap_or(false)
+                    })
                 })
                 .map(|e| e.event_id.clone())
                 .collect();
@@ -278,7 +278,7 @@ impl Service {
         rules: &RoomVersionRules,
         event_id: &EventId,
     ) -> std::result::Result<StateMap, Refused> {
-        let room_id = self.rooms.room_id_of(room)?;
+        let room_id = self.rooms.events.room_id_of(room)?;
         let answer = self
             .federation
             .get_json(
@@ -307,7 +307,7 @@ impl Service {
         // Fetch the missing ones and store them with their auth chains as outliers.
         let mut fetched = Vec::new();
         for id in &wanted {
-            if self.rooms.event_short(id)?.is_some() {
+            if self.rooms.events.event_short(id)?.is_some() {
                 continue;
             }
             if fetched.len() >= MAX_FETCHES {
@@ -322,15 +322,17 @@ impl Service {
         self.fetch_auth_chain(origin, &room_id, rules, &auth)
             .await?;
         self.store_checked_outliers(rules, fetched).await?;
-        let before = self.rooms.state_from_events(&pdu_ids)?;
+        let before = self.rooms.state.state_from_events(&pdu_ids)?;
         let short = self
             .rooms
+            .events
             .event_short(event_id)?
             .ok_or_else(|| dropped("prev event not stored"))?;
         let pdu = self
             .rooms
+            .events
             .pdu(short)?
             .ok_or_else(|| dropped("prev event not stored"))?;
-        Ok(self.rooms.state_with(&before, &pdu, short)?)
+        Ok(self.rooms.state.state_with(&before, &pdu, short)?)
     }
 }

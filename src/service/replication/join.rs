@@ -214,7 +214,7 @@ impl Service {
                         state_ids.push(v.event_id.clone());
                     }
                     if seen.insert(v.event_id.clone())
-                        && self.rooms.event_short(&v.event_id)?.is_none()
+                        && self.rooms.events.event_short(&v.event_id)?.is_none()
                     {
                         verified.push(v);
                     }
@@ -223,21 +223,22 @@ impl Service {
             }
         }
         self.store_checked_outliers(&rules, verified).await?;
-        let mut state = self.rooms.state_from_events(&state_ids)?;
+        let mut state = self.rooms.state.state_from_events(&state_ids)?;
         // Rejected events never become state.
         let mut keep = StateMap::new();
         for (k, e) in state {
-            if self.rooms.event_flags(e)? & REJECTED == 0 {
+            if self.rooms.events.event_flags(e)? & REJECTED == 0 {
                 keep.insert(k, e);
             }
         }
         state = keep;
         let create_short = self
             .rooms
+            .state
             .state_key_short(&StateEventType::RoomCreate, "")?
             .and_then(|k| state.get(&k).copied())
             .ok_or_else(|| bad_event("the room's state has no create event"))?;
-        let create_event = self.rooms.event_id_of(create_short)?;
+        let create_event = self.rooms.events.event_id_of(create_short)?;
         if rules.authorization.room_create_event_id_as_room_id
             && create_event.localpart() != room_id.strip_sigil()
         {
@@ -330,7 +331,7 @@ impl Service {
         self.fetch_auth_chain(server, room_id, rules, &auth).await?;
         let mut keep = Vec::new();
         for c in events {
-            if self.rooms.event_short(&c.event_id)?.is_some() {
+            if self.rooms.events.event_short(&c.event_id)?.is_some() {
                 continue;
             }
             match self.rooms.authorise_by_auth_events(rules, &c.pdu) {
@@ -352,7 +353,7 @@ impl Service {
         object: CanonicalJsonObject,
         membership: &str,
     ) -> Result<(ShortId, CanonicalJsonObject)> {
-        let (room, meta) = self.rooms.known_room(room_id)?;
+        let (room, meta) = self.rooms.state.known_room(room_id)?;
         if self.denied_by_acl(room, origin)? {
             return Err(Error::forbidden("The room's server ACL denies your server"));
         }
@@ -404,7 +405,7 @@ impl Service {
                 Refused::Rejected(m) => Error::forbidden(m),
                 Refused::Dropped(m) => bad_event(m),
             })?;
-        if self.rooms.event_flags(short)? != 0 {
+        if self.rooms.events.event_flags(short)? != 0 {
             return Err(Error::forbidden(
                 "The event is not allowed by the room's current state",
             ));

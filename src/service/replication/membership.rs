@@ -30,7 +30,7 @@ impl Service {
         reason: Option<&str>,
         is_direct: bool,
     ) -> Result<()> {
-        let (room, meta) = self.rooms.known_room(room_id)?;
+        let (room, meta) = self.rooms.state.known_room(room_id)?;
         let rules = rooms::Service::version_rules(&meta.version)?;
         let mut content = json!({ "membership": "invite" });
         if let Some(r) = reason {
@@ -113,9 +113,10 @@ impl Service {
         for (kind, sk) in kinds {
             if let Some(short) =
                 self.rooms
+                    .state
                     .current_state_event(room, &StateEventType::from(kind), sk)?
             {
-                if let Some(json) = self.rooms.event_json(short)? {
+                if let Some(json) = self.rooms.events.event_json(short)? {
                     out.push(JsonValue::Object(json));
                 }
             }
@@ -141,7 +142,7 @@ impl Service {
                 format!("Room version {version} is not supported"),
             )
         })?;
-        if let Some(room) = self.rooms.room_short(room_id)? {
+        if let Some(room) = self.rooms.events.room_short(room_id)? {
             if self.denied_by_acl(room, origin)? {
                 return Err(Error::forbidden("The room's server ACL denies your server"));
             }
@@ -173,8 +174,10 @@ impl Service {
         hearth_federation::pdu::countersign(self.server_name(), &self.key, &mut object, &rules)
             .map_err(Error::internal)?;
         // In a room we are part of, the event arrives in a transaction like any other.
-        let resident = match self.rooms.room_short(room_id)? {
-            Some(r) => self.rooms.meta(r)?.is_some() && self.rooms.has_local_members(r)?,
+        let resident = match self.rooms.events.room_short(room_id)? {
+            Some(r) => {
+                self.rooms.state.meta(r)?.is_some() && self.rooms.membership.has_local_members(r)?
+            }
             None => false,
         };
         if !resident {

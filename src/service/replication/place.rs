@@ -36,6 +36,7 @@ impl Service {
         };
         let (room, meta) = self
             .rooms
+            .state
             .known_room(&room_id)
             .map_err(|_| (None, dropped(format!("unknown room {room_id}"))))?;
         if self
@@ -61,9 +62,10 @@ impl Service {
 
     /// Whether the room's m.room.server_acl denies a server (requests from it are refused).
     pub fn denied_by_acl(&self, room: ShortId, server: &ServerName) -> Result<bool> {
-        let Some(acl) = self
-            .rooms
-            .current_state_pdu(room, &StateEventType::RoomServerAcl, "")?
+        let Some(acl) =
+            self.rooms
+                .state
+                .current_state_pdu(room, &StateEventType::RoomServerAcl, "")?
         else {
             return Ok(false);
         };
@@ -86,16 +88,17 @@ impl Service {
         relay: Relay,
         depth: u32,
     ) -> std::result::Result<ShortId, Refused> {
-        if let Some(s) = self.rooms.event_short(&v.event_id)? {
-            if self.rooms.event_meta(s)?.is_some() {
+        if let Some(s) = self.rooms.events.event_short(&v.event_id)? {
+            if self.rooms.events.event_meta(s)?.is_some() {
                 return Ok(s);
             }
-            if self.rooms.event_flags(s)? & REJECTED != 0 {
+            if self.rooms.events.event_flags(s)? & REJECTED != 0 {
                 return Err(Refused::Rejected("rejected before".into()));
             }
         }
         let meta = self
             .rooms
+            .state
             .meta(room)?
             .ok_or_else(|| dropped("unknown room"))?;
         if v.pdu.room_id.as_deref() != Some(&*meta.room_id) {

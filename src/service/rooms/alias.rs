@@ -4,10 +4,14 @@
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId};
 use serde::{Deserialize, Serialize};
 
-use super::Service;
+use std::sync::Arc;
+
+use ruma::OwnedServerName;
+
+use super::{events::Events, state::State};
 use crate::{
     error::{Error, Result},
-    storage::{Batch, ShortId},
+    storage::{tables, Batch, Db, ShortId, Table},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -16,13 +20,43 @@ pub struct AliasRecord {
     pub creator: OwnedUserId,
 }
 
-impl Service {
+pub struct Aliases {
+    db: Db,
+    server_name: OwnedServerName,
+    events: Arc<Events>,
+    state: Arc<State>,
+    aliases: Table<tables::Aliases<AliasRecord>>,
+    room_aliases: Table<tables::RoomAliases>,
+    public_rooms: Table<tables::PublicRooms>,
+    /// Serialises alias creation and deletion (check, then write).
+    alias_lock: tokio::sync::Mutex<()>,
+}
+
+impl Aliases {
+    pub(super) fn new(
+        db: &Db,
+        server_name: OwnedServerName,
+        events: Arc<Events>,
+        state: Arc<State>,
+    ) -> Self {
+        Self {
+            db: db.clone(),
+            server_name,
+            events,
+            state,
+            aliases: Table::new(db),
+            room_aliases: Table::new(db),
+            public_rooms: Table::new(db),
+            alias_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
     pub fn is_local_alias(&self, alias: &RoomAliasId) -> bool {
         alias.server_name() == self.server_name
     }
 
     pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<AliasRecord>> {
-        Ok(self.tables.aliases.get(alias.as_str())?)
+        Ok(self.aliases.get(alias.as_str())?)
     }
 
     /// Points a local alias at a room. M_UNKNOWN (409) if it is taken.
@@ -35,13 +69,13 @@ impl Service {
         if !self.is_local_alias(alias) {
             return Err(Error::invalid_param("Aliases must be on this server"));
         }
-        let (room, _) = self.known_room(room_id)?;
+        let (room, _) = self.state.known_room(room_id)?;
         let _guard = self.alias_lock.lock().await;
         if self.resolve_alias(alias)?.is_some() {
             return Err(Error::conflict("Room alias already exists"));
         }
         let mut b = Batch::new();
-        self.tables.aliases.put_in(
+        self.aliases.put_in(
             &mut b,
             alias.as_str(),
             &AliasRecord {
@@ -49,8 +83,7 @@ impl Service {
                 creator: creator.to_owned(),
             },
         );
-        self.tables
-            .room_aliases
+        self.room_aliases
             .put_in(&mut b, (room, alias.as_str()), &());
         self.db.write(b).await?;
         Ok(())
@@ -62,11 +95,9 @@ impl Service {
             return Err(Error::not_found("Room alias not found"));
         };
         let mut b = Batch::new();
-        self.tables.aliases.delete_in(&mut b, alias.as_str());
-        if let Some(room) = self.room_short(&record.room_id)? {
-            self.tables
-                .room_aliases
-                .delete_in(&mut b, (room, alias.as_str()));
+        self.aliases.delete_in(&mut b, alias.as_str());
+        if let Some(room) = self.events.room_short(&record.room_id)? {
+            self.room_aliases.delete_in(&mut b, (room, alias.as_str()));
         }
         self.db.write(b).await?;
         Ok(())
@@ -74,18 +105,16 @@ impl Service {
 
     /// Repoints a local alias at another room in one write, keeping its creator.
     pub async fn move_alias(&self, alias: &RoomAliasId, to: &RoomId) -> Result<()> {
-        let (new_room, _) = self.known_room(to)?;
+        let (new_room, _) = self.state.known_room(to)?;
         let _guard = self.alias_lock.lock().await;
         let Some(record) = self.resolve_alias(alias)? else {
             return Err(Error::not_found("Room alias not found"));
         };
         let mut b = Batch::new();
-        if let Some(old) = self.room_short(&record.room_id)? {
-            self.tables
-                .room_aliases
-                .delete_in(&mut b, (old, alias.as_str()));
+        if let Some(old) = self.events.room_short(&record.room_id)? {
+            self.room_aliases.delete_in(&mut b, (old, alias.as_str()));
         }
-        self.tables.aliases.put_in(
+        self.aliases.put_in(
             &mut b,
             alias.as_str(),
             &AliasRecord {
@@ -93,8 +122,7 @@ impl Service {
                 creator: record.creator,
             },
         );
-        self.tables
-            .room_aliases
+        self.room_aliases
             .put_in(&mut b, (new_room, alias.as_str()), &());
         self.db.write(b).await?;
         Ok(())
@@ -102,8 +130,7 @@ impl Service {
 
     /// Local aliases pointing at a room.
     pub fn room_aliases(&self, room: ShortId) -> Result<Vec<OwnedRoomAliasId>> {
-        self.tables
-            .room_aliases
+        self.room_aliases
             .scan((room,))
             .keys()
             .map(|k| {
@@ -115,15 +142,15 @@ impl Service {
     }
 
     pub fn is_public(&self, room: ShortId) -> Result<bool> {
-        Ok(self.tables.public_rooms.contains(room)?)
+        Ok(self.public_rooms.contains(room)?)
     }
 
     pub async fn set_public(&self, room: ShortId, public: bool) -> Result<()> {
         let mut b = Batch::new();
         if public {
-            self.tables.public_rooms.put_in(&mut b, room, &());
+            self.public_rooms.put_in(&mut b, room, &());
         } else {
-            self.tables.public_rooms.delete_in(&mut b, room);
+            self.public_rooms.delete_in(&mut b, room);
         }
         self.db.write(b).await?;
         Ok(())
@@ -131,11 +158,6 @@ impl Service {
 
     /// Rooms in the public directory.
     pub fn public_rooms(&self) -> Result<Vec<ShortId>> {
-        Ok(self
-            .tables
-            .public_rooms
-            .iter()
-            .keys()
-            .collect::<Result<_, _>>()?)
+        Ok(self.public_rooms.iter().keys().collect::<Result<_, _>>()?)
     }
 }

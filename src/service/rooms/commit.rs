@@ -272,13 +272,13 @@ impl Service {
                 continue;
             }
             self.tables.room_state.put_in(batch, (room, *sk), ev);
-            let (kind, state_key) = self.state_key_of(*sk)?;
+            let (kind, state_key) = self.state.state_key_of(*sk)?;
             if kind != StateEventType::RoomMember {
                 continue;
             }
             let pdu = match extra {
                 Some((s, p)) if s == *ev => p.clone(),
-                _ => match self.pdu(*ev)? {
+                _ => match self.events.pdu(*ev)? {
                     Some(p) => p,
                     None => continue,
                 },
@@ -334,7 +334,7 @@ impl Service {
         target: ShortId,
         because: &CanonicalJsonObject,
     ) -> Result<()> {
-        let Some(object) = self.event_canonical(target)? else {
+        let Some(object) = self.events.event_canonical(target)? else {
             return Ok(());
         };
         self.unindex_relation_in(batch, target)?;
@@ -346,7 +346,7 @@ impl Service {
             target,
             &serde_json::to_vec(&redacted).map_err(Error::internal)?,
         );
-        if let Some(mut m) = self.event_meta(target)? {
+        if let Some(mut m) = self.events.event_meta(target)? {
             m.redacted = true;
             self.tables.event_meta.put_in(batch, target, &m.into());
         }
@@ -418,7 +418,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let (room, meta) = rooms.known_room(&room_id).unwrap();
+        let (room, meta) = rooms.state.known_room(&room_id).unwrap();
         let hello = rooms
             .send(&room_id, &alice, text("hello"), None)
             .await
@@ -426,25 +426,31 @@ mod tests {
 
         // Both events are in the timeline, in order, with their meta; the join is current state
         // and indexed both ways.
-        let timeline = rooms.timeline(room, 0, true, 10).unwrap();
+        let timeline = rooms.timeline.timeline(room, 0, true, 10).unwrap();
         assert_eq!(timeline.len(), 3, "create, join, message");
         assert_eq!(timeline[2], hello.short);
         let join = timeline[1];
-        assert!(rooms.event_meta(join).unwrap().is_some());
-        let m = rooms.membership(alice_short, room).unwrap().unwrap();
+        assert!(rooms.events.event_meta(join).unwrap().is_some());
+        let m = rooms
+            .membership
+            .membership(alice_short, room)
+            .unwrap()
+            .unwrap();
         assert_eq!((m.membership(), m.event), (MembershipState::Join, join));
         assert!(rooms
+            .membership
             .members(room)
             .unwrap()
             .iter()
             .any(|(u, m)| *u == alice_short && m.event == join));
         assert_eq!(
             rooms
+                .state
                 .current_state_event(room, &StateEventType::RoomMember, alice.as_str())
                 .unwrap(),
             Some(join)
         );
-        let message_meta = rooms.event_meta(hello.short).unwrap().unwrap();
+        let message_meta = rooms.events.event_meta(hello.short).unwrap().unwrap();
         assert_eq!(message_meta.room, room);
         assert_eq!(message_meta.state_before, message_meta.state_after);
         assert!(meta.depth < message_meta.depth);
@@ -453,9 +459,16 @@ mod tests {
         let mut redaction = NewEvent::message(TimelineEventType::RoomRedaction, json!({}));
         redaction.redacts = Some(hello.event_id.clone());
         rooms.send(&room_id, &alice, redaction, None).await.unwrap();
-        let target = rooms.event_json(hello.short).unwrap().unwrap();
+        let target = rooms.events.event_json(hello.short).unwrap().unwrap();
         assert_eq!(target["content"], json!({}));
-        assert!(rooms.event_meta(hello.short).unwrap().unwrap().redacted);
+        assert!(
+            rooms
+                .events
+                .event_meta(hello.short)
+                .unwrap()
+                .unwrap()
+                .redacted
+        );
     }
 
     #[tokio::test]
@@ -468,9 +481,15 @@ mod tests {
             .create_room(&RoomVersionId::V12, &alice, json!({}), vec![])
             .await
             .unwrap();
-        let (room, meta) = rooms.known_room(&room_id).unwrap();
+        let (room, meta) = rooms.state.known_room(&room_id).unwrap();
         // Any well-formed event will do: outliers are stored for their content only.
-        let create = rooms.event_canonical(rooms.event_short(&meta.create_event).unwrap().unwrap());
+        let create = rooms.events.event_canonical(
+            rooms
+                .events
+                .event_short(&meta.create_event)
+                .unwrap()
+                .unwrap(),
+        );
         let mut object = create.unwrap().unwrap();
         object.insert(
             "state_key".into(),
@@ -485,11 +504,18 @@ mod tests {
             .store_outliers(vec![(id.clone(), object, 0)])
             .await
             .unwrap();
-        let short = rooms.event_short(&id).unwrap().unwrap();
-        assert_eq!(rooms.event_flags(short).unwrap(), OUTLIER);
-        assert!(rooms.event_meta(short).unwrap().is_none(), "not in the DAG");
-        assert!(!rooms.timeline(room, 0, true, 10).unwrap().contains(&short));
-        let stored = rooms.event_json(short).unwrap().unwrap();
+        let short = rooms.events.event_short(&id).unwrap().unwrap();
+        assert_eq!(rooms.events.event_flags(short).unwrap(), OUTLIER);
+        assert!(
+            rooms.events.event_meta(short).unwrap().is_none(),
+            "not in the DAG"
+        );
+        assert!(!rooms
+            .timeline
+            .timeline(room, 0, true, 10)
+            .unwrap()
+            .contains(&short));
+        let stored = rooms.events.event_json(short).unwrap().unwrap();
         assert!(
             stored.get("unsigned").is_none(),
             "a peer's unsigned data is not kept"

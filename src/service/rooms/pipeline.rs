@@ -131,9 +131,11 @@ impl Service {
             .map(|id| match rules.events_reference_format {
                 EventsReferenceFormatVersion::V1 => {
                     let short = self
+                        .events
                         .event_short(id)?
                         .ok_or_else(|| Error::internal(format!("missing event {id}")))?;
                     let object = self
+                        .events
                         .event_canonical(short)?
                         .ok_or_else(|| Error::internal(format!("missing event {id}")))?;
                     let hash = reference_hash(&object, rules).map_err(Error::internal)?;
@@ -236,9 +238,9 @@ impl Service {
         kind: &StateEventType,
         sk: &str,
     ) -> Option<Pdu> {
-        let short = self.state_key_short(kind, sk).ok().flatten()?;
+        let short = self.state.state_key_short(kind, sk).ok().flatten()?;
         let event = state.get(&short)?;
-        self.pdu(*event).ok().flatten()
+        self.events.pdu(*event).ok().flatten()
     }
 
     /// Authorises a PDU against the given state (the room's current state for local events).
@@ -249,7 +251,7 @@ impl Service {
         state: &StateMap,
     ) -> Result<()> {
         state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
-            self.pdu_by_id(id).ok().flatten()
+            self.events.pdu_by_id(id).ok().flatten()
         })
         .map_err(forbidden)?;
         state_res::check_state_dependent_auth_rules(
@@ -294,10 +296,11 @@ impl Service {
         kind: &StateEventType,
     ) -> Result<bool> {
         let meta = self
+            .state
             .meta(room)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = Self::rules(&meta.version)?;
-        let state = self.state.load(meta.state_group)?;
+        let state = self.state.state_at(meta.state_group)?;
         Ok(self
             .power_levels(&rules, &state)?
             .user_can_send_state(user, kind.clone()))
@@ -311,7 +314,7 @@ impl Service {
     /// Wakes the /sync of everyone in the room, and of the targets of these member events
     /// (invitees, the kicked and the banned see their change too).
     pub(super) fn wake_room(&self, room: ShortId, events: &[ShortId]) {
-        let mut users: Vec<ShortId> = match self.members(room) {
+        let mut users: Vec<ShortId> = match self.membership.members(room) {
             Ok(m) => m
                 .into_iter()
                 .filter(|(_, m)| {
@@ -331,11 +334,11 @@ impl Service {
 
     /// The room's current power levels.
     pub fn current_power_levels(&self, room: ShortId) -> Result<Option<RoomPowerLevels>> {
-        let Some(meta) = self.meta(room)? else {
+        let Some(meta) = self.state.meta(room)? else {
             return Ok(None);
         };
         let rules = Self::rules(&meta.version)?;
-        let state = self.state.load(meta.state_group)?;
+        let state = self.state.state_at(meta.state_group)?;
         Ok(Some(self.power_levels(&rules, &state)?))
     }
 
@@ -343,20 +346,21 @@ impl Service {
     /// (`join_authorised_via_users_server`); the most powerful such member is chosen.
     pub fn authorising_user(&self, room: ShortId) -> Result<Option<OwnedUserId>> {
         let meta = self
+            .state
             .meta(room)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = Self::rules(&meta.version)?;
-        let state = self.state.load(meta.state_group)?;
+        let state = self.state.state_at(meta.state_group)?;
         let pl = self.power_levels(&rules, &state)?;
         let mut best: Option<(
             ruma::events::room::power_levels::UserPowerLevel,
             OwnedUserId,
         )> = None;
-        for (user, m) in self.members(room)? {
+        for (user, m) in self.membership.members(room)? {
             if m.membership() != MembershipState::Join {
                 continue;
             }
-            let user_id = self.user_id_of(user)?;
+            let user_id = self.events.user_id_of(user)?;
             if user_id.server_name() != self.server_name || !pl.user_can_invite(&user_id) {
                 continue;
             }
@@ -396,7 +400,7 @@ impl Service {
                 None => OwnedRoomId::try_from(format!("!{}", event_id.localpart()))
                     .map_err(|e| Error::internal(format!("v12 room ID: {e}")))?,
             };
-            if self.room_short(&room_id)?.is_some() {
+            if self.events.room_short(&room_id)?.is_some() {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 continue;
             }
@@ -418,7 +422,7 @@ impl Service {
         let mut batch = Batch::new();
         let mut reserved = self.stream.reserve();
         let short = reserved.event_in(&mut batch, event_id.as_str());
-        let sk = self.state_key_for(&StateEventType::RoomCreate, "")?;
+        let sk = self.state.state_key_for(&StateEventType::RoomCreate, "")?;
         let state = Arc::new(StateMap::from([(sk, short)]));
         let group = self.state.store_in(&mut batch, None, &state)?;
         let pdu = Pdu::from_canonical(event_id.clone(), &object).map_err(Error::internal)?;
@@ -461,12 +465,6 @@ impl Service {
         Ok(room_id)
     }
 
-    pub(super) fn state_key_for(&self, kind: &StateEventType, state_key: &str) -> Result<ShortId> {
-        Ok(self
-            .shortids
-            .get_or_create_state_key(&kind.to_string(), state_key)?)
-    }
-
     /// Sends an event into a room this server takes part in.
     pub async fn send(
         &self,
@@ -475,7 +473,7 @@ impl Service {
         ev: NewEvent,
         txn: Option<Txn<'_>>,
     ) -> Result<Sent> {
-        let (room, _) = self.known_room(room_id)?;
+        let (room, _) = self.state.known_room(room_id)?;
         let slot = self.room_lock(room);
         if ev.state_key.is_none() {
             return self.send_grouped(room, &slot, sender, ev, txn).await;
@@ -483,12 +481,13 @@ impl Service {
         let _guard = slot.lock().await;
         if let Some(t) = &txn {
             if let Some(event_id) = self.txn_event(t.user, t.device_id, room, t.txn_id)? {
-                let short = self.event_short(&event_id)?.unwrap_or_default();
+                let short = self.events.event_short(&event_id)?.unwrap_or_default();
                 return Ok(Sent { event_id, short });
             }
         }
         // Re-read under the lock: the head may have moved while we waited.
         let mut meta = self
+            .state
             .meta(room)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = Self::rules(&meta.version)?;
@@ -534,7 +533,7 @@ impl Service {
 
     /// Builds, authorises and persists a group of message events in one write, and answers each.
     async fn persist_group(&self, room: ShortId, jobs: Vec<Job>) {
-        let mut meta = match self.meta(room) {
+        let mut meta = match self.state.meta(room) {
             Ok(Some(m)) => m,
             Ok(None) => {
                 for job in jobs {
@@ -572,7 +571,7 @@ impl Service {
                         return Ok(Some(sent.clone()));
                     }
                     if let Some(event_id) = self.txn_event(key.0, &key.1, room, &key.2)? {
-                        let short = self.event_short(&event_id)?.unwrap_or_default();
+                        let short = self.events.event_short(&event_id)?.unwrap_or_default();
                         return Ok(Some(Sent { event_id, short }));
                     }
                 }
@@ -693,8 +692,8 @@ impl Service {
             .commit_one(batch, reserved, room, &new_meta, commit)
             .await?;
         *meta = new_meta;
-        if self.is_member_event(sent.short) {
-            self.servers_cache.lock().remove(&room);
+        if self.events.is_member_event(sent.short) {
+            self.membership.servers_changed(room);
         }
         self.wake_room(room, &[sent.short]);
         self.announce_destinations(servers);
@@ -715,7 +714,7 @@ impl Service {
         ev: NewEvent,
         txn: Option<Txn<'_>>,
     ) -> Result<Prepared> {
-        let state = self.state.load(meta.state_group)?;
+        let state = self.state.state_at(meta.state_group)?;
         let raw_content = serde_json::value::to_raw_value(&ev.content).map_err(Error::internal)?;
         let auth_types = state_res::auth_types_for_event(
             &ev.kind,
@@ -727,9 +726,9 @@ impl Service {
         .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
         let mut auth_events = Vec::with_capacity(auth_types.len());
         for (kind, sk) in &auth_types {
-            if let Some(short) = self.state_key_short(kind, sk)? {
+            if let Some(short) = self.state.state_key_short(kind, sk)? {
                 if let Some(event) = state.get(&short) {
-                    let id = self.event_id_of(*event)?;
+                    let id = self.events.event_id_of(*event)?;
                     if !auth_events.contains(&id) {
                         auth_events.push(id);
                     }
@@ -757,10 +756,11 @@ impl Service {
                 .redacts
                 .clone()
                 .ok_or_else(|| Error::bad_json("Redaction without a target"))?;
-            if let Some(t_short) = self.event_short(&target)? {
-                let t_meta = self.event_meta(t_short)?;
+            if let Some(t_short) = self.events.event_short(&target)? {
+                let t_meta = self.events.event_meta(t_short)?;
                 if t_meta.is_some_and(|m| m.room == room) {
                     let t_pdu = self
+                        .events
                         .pdu(t_short)?
                         .ok_or_else(|| Error::internal("missing target"))?;
                     let pl = self.power_levels(rules, &state)?;
@@ -817,7 +817,7 @@ impl Service {
         let mut current = None;
         if let Some(sk) = &pdu.state_key {
             let kind = StateEventType::from(pdu.kind.to_string());
-            let sk_short = self.state_key_for(&kind, sk)?;
+            let sk_short = self.state.state_key_for(&kind, sk)?;
             let mut new_state = (**state).clone();
             new_state.insert(sk_short, short);
             let new_state = Arc::new(new_state);

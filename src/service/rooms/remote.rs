@@ -52,19 +52,6 @@ impl Service {
         Self::rules(version)
     }
 
-    /// The flags of a stored event outside the timeline (0 for timeline events).
-    pub fn event_flags(&self, short: ShortId) -> Result<u8> {
-        Ok(self.tables.outliers.get(short)?.unwrap_or(0))
-    }
-
-    /// Whether the event is stored with its place in the DAG (not only as an outlier).
-    pub fn has_in_dag(&self, event_id: &EventId) -> Result<bool> {
-        Ok(match self.event_short(event_id)? {
-            Some(s) => self.event_meta(s)?.is_some(),
-            None => false,
-        })
-    }
-
     /// Stores events for their content only (auth chains, fetched state). Already stored ones are
     /// left alone.
     pub async fn store_outliers(
@@ -77,7 +64,7 @@ impl Service {
         let mut commits = Vec::new();
         let mut seen = HashSet::new();
         for (id, object, flags) in events {
-            if !seen.insert(id.clone()) || self.event_short(&id)?.is_some() {
+            if !seen.insert(id.clone()) || self.events.event_short(&id)?.is_some() {
                 continue;
             }
             let short = reserved.event_in(&mut batch, id.as_str());
@@ -99,85 +86,6 @@ impl Service {
         // Outside any room's DAG: no room rows, no notifications.
         self.commit_in(&mut batch, None, &commits)?;
         Ok(reserved.write(&self.db, batch).await?)
-    }
-
-    /// The state after an event placed in the DAG.
-    pub fn state_after(&self, short: ShortId) -> Result<Option<Arc<StateMap>>> {
-        match self.event_meta(short)? {
-            Some(m) => Ok(Some(self.state.load(m.state_after)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The state before an event placed in the DAG.
-    pub fn state_before(&self, short: ShortId) -> Result<Option<Arc<StateMap>>> {
-        match self.event_meta(short)? {
-            Some(m) => Ok(Some(self.state.load(m.state_before)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// A state map from stored events (by ID); every event must be stored.
-    pub fn state_from_events(&self, ids: &[OwnedEventId]) -> Result<StateMap> {
-        let mut keys = Vec::with_capacity(ids.len());
-        let mut events = Vec::with_capacity(ids.len());
-        for id in ids {
-            let short = self
-                .event_short(id)?
-                .ok_or_else(|| Error::internal(format!("state event {id} is not stored")))?;
-            let pdu = self
-                .pdu(short)?
-                .ok_or_else(|| Error::internal(format!("state event {id} is not stored")))?;
-            let Some(sk) = &pdu.state_key else {
-                continue;
-            };
-            keys.push((pdu.kind.to_string(), sk.clone()));
-            events.push(short);
-        }
-        // All at once: a joined room's state is mostly keys this server has never seen.
-        let keys: Vec<(&str, &str)> = keys.iter().map(|(t, sk)| (&**t, &**sk)).collect();
-        let shorts = self.shortids.get_or_create_state_keys(&keys)?;
-        Ok(shorts.into_iter().zip(events).collect())
-    }
-
-    /// `base` with a state event applied.
-    pub fn state_with(&self, base: &StateMap, pdu: &Pdu, short: ShortId) -> Result<StateMap> {
-        let mut out = base.clone();
-        if let Some(sk) = &pdu.state_key {
-            let sk = self.state_key_for(&StateEventType::from(pdu.kind.to_string()), sk)?;
-            out.insert(sk, short);
-        }
-        Ok(out)
-    }
-
-    /// Event IDs of a state map.
-    pub fn state_event_ids(&self, state: &StateMap) -> Result<Vec<OwnedEventId>> {
-        state.values().map(|e| self.event_id_of(*e)).collect()
-    }
-
-    /// Every event reachable from `ids` through auth_events (the starting events excluded unless
-    /// reached). Events we do not have are skipped.
-    pub fn auth_chain(
-        &self,
-        ids: impl IntoIterator<Item = OwnedEventId>,
-    ) -> Result<HashSet<OwnedEventId>> {
-        let mut out = HashSet::new();
-        let mut todo: Vec<OwnedEventId> = Vec::new();
-        for id in ids {
-            if let Some(pdu) = self.pdu_by_id(&id)? {
-                todo.extend(pdu.auth_events);
-            }
-        }
-        while let Some(id) = todo.pop() {
-            if out.contains(&id) {
-                continue;
-            }
-            if let Some(pdu) = self.pdu_by_id(&id)? {
-                todo.extend(pdu.auth_events.iter().cloned());
-                out.insert(id);
-            }
-        }
-        Ok(out)
     }
 
     /// The conflicted state subgraph (state resolution v2.1): events on an auth-event path from
@@ -257,7 +165,7 @@ impl Service {
         let id_of = |short: ShortId| -> Result<OwnedEventId> {
             match extra {
                 Some((s, pdu)) if s == short => Ok(pdu.event_id.clone()),
-                _ => self.event_id_of(short),
+                _ => self.events.event_id_of(short),
             }
         };
         let maps = states
@@ -265,7 +173,7 @@ impl Service {
             .map(|state| {
                 let mut out = HashMap::with_capacity(state.len());
                 for (sk, ev) in state.iter() {
-                    out.insert(self.state_key_of(*sk)?, id_of(*ev)?);
+                    out.insert(self.state.state_key_of(*sk)?, id_of(*ev)?);
                 }
                 Ok(out)
             })
@@ -273,11 +181,11 @@ impl Service {
         let chains = maps
             .iter()
             .map(|m| {
-                let mut chain = self.auth_chain(m.values().cloned())?;
+                let mut chain = self.events.auth_chain(m.values().cloned())?;
                 chain.extend(m.values().cloned());
                 if let Some((_, pdu)) = extra {
                     if m.values().any(|id| *id == pdu.event_id) {
-                        chain.extend(self.auth_chain(pdu.auth_events.iter().cloned())?);
+                        chain.extend(self.events.auth_chain(pdu.auth_events.iter().cloned())?);
                         chain.extend(pdu.auth_events.iter().cloned());
                     }
                 }
@@ -287,7 +195,7 @@ impl Service {
         let fetch = |id: &EventId| -> Option<Pdu> {
             match extra {
                 Some((_, pdu)) if pdu.event_id == id => Some(pdu.clone()),
-                _ => self.pdu_by_id(id).ok().flatten(),
+                _ => self.events.pdu_by_id(id).ok().flatten(),
             }
         };
         let resolved = state_res::resolve(
@@ -306,49 +214,13 @@ impl Service {
         for ((kind, sk), id) in &resolved {
             let ev = match extra {
                 Some((s, pdu)) if pdu.event_id == *id => s,
-                _ => self.event_short(id)?.ok_or_else(|| {
+                _ => self.events.event_short(id)?.ok_or_else(|| {
                     Error::internal(format!("resolved state event {id} not stored"))
                 })?,
             };
-            out.insert(self.state_key_for(kind, sk)?, ev);
+            out.insert(self.state.state_key_for(kind, sk)?, ev);
         }
         Ok(out)
-    }
-
-    /// The servers with joined members in a room, ours excluded.
-    pub fn remote_servers(&self, room: ShortId) -> Result<Vec<OwnedServerName>> {
-        if let Some(s) = self.servers_cache.lock().get(&room) {
-            return Ok((**s).clone());
-        }
-        let mut out: Vec<OwnedServerName> = Vec::new();
-        for (user, m) in self.members(room)? {
-            if m.membership() != MembershipState::Join {
-                continue;
-            }
-            let user_id = self.user_id_of(user)?;
-            let server = user_id.server_name();
-            if server != self.server_name && !out.iter().any(|s| s == server) {
-                out.push(server.to_owned());
-            }
-        }
-        let mut cache = self.servers_cache.lock();
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        cache.insert(room, Arc::new(out.clone()));
-        Ok(out)
-    }
-
-    /// Whether any of our users is joined (so we are resident and build events ourselves).
-    pub fn has_local_members(&self, room: ShortId) -> Result<bool> {
-        for (user, m) in self.members(room)? {
-            if m.membership() == MembershipState::Join
-                && self.user_id_of(user)?.server_name() == self.server_name
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// Queues an event for every other server in the room, in the event's own write.
@@ -360,7 +232,7 @@ impl Service {
         pdu: &Pdu,
         skip: Option<&ruma::ServerName>,
     ) -> Result<Vec<OwnedServerName>> {
-        let mut servers = self.remote_servers(room)?;
+        let mut servers = self.membership.remote_servers(room)?;
         // The target of a membership change hears of it even when it takes them out.
         if pdu.kind == TimelineEventType::RoomMember {
             if let Some(target) = pdu.state_key.as_deref().and_then(|s| UserId::parse(s).ok()) {
@@ -413,9 +285,9 @@ impl Service {
             .get_or_create(IdKind::Room, room_id.as_str())?;
         let slot = self.room_lock(room);
         let _guard = slot.lock().await;
-        let old = self.meta(room)?;
+        let old = self.state.meta(room)?;
         let old_state = match &old {
-            Some(m) => self.state.load(m.state_group)?,
+            Some(m) => self.state.state_at(m.state_group)?,
             None => Arc::new(StateMap::new()),
         };
         let state = Arc::new(state);
@@ -436,7 +308,7 @@ impl Service {
         };
         self.tables.rooms.put_in(&mut batch, room, &meta);
         self.db.write(batch).await?;
-        self.servers_cache.lock().remove(&room);
+        self.membership.servers_changed(room);
         Ok(room)
     }
 
@@ -457,19 +329,20 @@ impl Service {
     ) -> Result<ShortId> {
         let slot = self.room_lock(room);
         let _guard = slot.lock().await;
-        if let Some(short) = self.event_short(event_id)? {
-            if self.event_meta(short)?.is_some() {
+        if let Some(short) = self.events.event_short(event_id)? {
+            if self.events.event_meta(short)?.is_some() {
                 return Ok(short);
             }
         }
         let meta = self
+            .state
             .meta(room)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
-        let current = self.state.load(meta.state_group)?;
+        let current = self.state.state_at(meta.state_group)?;
         let mut batch = Batch::new();
         let mut reserved = self.stream.reserve();
         // An event we held as an outlier keeps its short ID and gains its place in the DAG.
-        let short = match self.event_short(event_id)? {
+        let short = match self.events.event_short(event_id)? {
             Some(s) => s,
             None => reserved.event_in(&mut batch, event_id.as_str()),
         };
@@ -491,7 +364,7 @@ impl Service {
             .commit_one(batch, reserved, room, &new_meta, commit)
             .await?;
         if pdu.kind == TimelineEventType::RoomMember {
-            self.servers_cache.lock().remove(&room);
+            self.membership.servers_changed(room);
         }
         if flags == 0 {
             self.wake_room(room, &[short]);
@@ -522,7 +395,7 @@ impl Service {
         let before_group =
             self.state
                 .store_in(batch, Some((meta.state_group, current)), &state_before)?;
-        let after = Arc::new(self.state_with(&state_before, pdu, short)?);
+        let after = Arc::new(self.state.state_with(&state_before, pdu, short)?);
         let after_group = if pdu.state_key.is_some() {
             self.state
                 .store_in(batch, Some((before_group, &state_before)), &after)?
@@ -595,13 +468,17 @@ impl Service {
         let Some(target) = &pdu.redacts else {
             return Ok(None);
         };
-        let Some(t_short) = self.event_short(target)? else {
+        let Some(t_short) = self.events.event_short(target)? else {
             return Ok(None);
         };
-        if self.event_meta(t_short)?.is_none_or(|m| m.room != room) {
+        if self
+            .events
+            .event_meta(t_short)?
+            .is_none_or(|m| m.room != room)
+        {
             return Ok(None);
         }
-        let Some(t_pdu) = self.pdu(t_short)? else {
+        let Some(t_pdu) = self.events.pdu(t_short)? else {
             return Ok(None);
         };
         let allowed = t_pdu.sender.server_name() == pdu.sender.server_name()
@@ -634,10 +511,11 @@ impl Service {
     ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
         let user = target;
         let meta = self
+            .state
             .meta(room)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = Self::rules(&meta.version)?;
-        let state = self.state.load(meta.state_group)?;
+        let state = self.state.state_at(meta.state_group)?;
         let raw = serde_json::value::to_raw_value(&content).map_err(Error::internal)?;
         let auth_types = state_res::auth_types_for_event(
             &TimelineEventType::RoomMember,
@@ -649,9 +527,9 @@ impl Service {
         .map_err(|e| Error::bad_json(format!("Invalid membership: {e}")))?;
         let mut auth_events = Vec::new();
         for (kind, sk) in &auth_types {
-            if let Some(short) = self.state_key_short(kind, sk)? {
+            if let Some(short) = self.state.state_key_short(kind, sk)? {
                 if let Some(event) = state.get(&short) {
-                    let id = self.event_id_of(*event)?;
+                    let id = self.events.event_id_of(*event)?;
                     if !auth_events.contains(&id) {
                         auth_events.push(id);
                     }
@@ -714,7 +592,7 @@ impl Service {
         let _guard = slot.lock().await;
         let mut batch = Batch::new();
         let mut reserved = self.stream.reserve();
-        let short = match self.event_short(event_id)? {
+        let short = match self.events.event_short(event_id)? {
             Some(s) => s,
             None => reserved.event_in(&mut batch, event_id.as_str()),
         };
@@ -768,13 +646,14 @@ impl Service {
         let slot = self.room_lock(room);
         let _guard = slot.lock().await;
         let meta = self
+            .state
             .meta(room)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         let mut batch = Batch::new();
         let mut reserved = self.stream.reserve();
         let mut commits = Vec::with_capacity(events.len());
         for (event_id, object, pdu) in events {
-            if self.event_short(&event_id)?.is_some() {
+            if self.events.event_short(&event_id)?.is_some() {
                 continue;
             }
             let short = reserved.event_in(&mut batch, event_id.as_str());
@@ -803,15 +682,6 @@ impl Service {
         Ok(())
     }
 
-    /// The stripped state another server sent with an invite of `user` to `room`.
-    pub fn invite_state(
-        &self,
-        user: ShortId,
-        room: ShortId,
-    ) -> Result<Option<Vec<serde_json::Value>>> {
-        Ok(self.tables.invite_state.get((user, room))?)
-    }
-
     /// Authorises a PDU against the events it names as its auth events (the first of the
     /// spec's checks on a received event).
     pub fn authorise_by_auth_events(&self, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
@@ -829,7 +699,7 @@ impl Service {
         let find = |id: &EventId| -> Result<Option<Pdu>> {
             match pending(id) {
                 Some(p) => Ok(Some(p)),
-                None => self.pdu_by_id(id),
+                None => self.events.pdu_by_id(id),
             }
         };
         let mut by_key: HashMap<(StateEventType, String), Pdu> = HashMap::new();
@@ -875,46 +745,5 @@ impl Service {
         state: &StateMap,
     ) -> Result<()> {
         self.authorise(rules, pdu, state)
-    }
-
-    /// The room's current state, as a map.
-    pub fn current_state_map(&self, room: ShortId) -> Result<Arc<StateMap>> {
-        let meta = self
-            .meta(room)?
-            .ok_or_else(|| Error::not_found("Unknown room"))?;
-        self.state.load(meta.state_group)
-    }
-
-    /// Events before `from` in the DAG, newest first, for /backfill: breadth-first over
-    /// prev_events, at most `limit`.
-    pub fn backfill_from(
-        &self,
-        room: ShortId,
-        from: &[OwnedEventId],
-        limit: usize,
-    ) -> Result<Vec<ShortId>> {
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
-        let mut queue: std::collections::VecDeque<OwnedEventId> = from.iter().cloned().collect();
-        while let Some(id) = queue.pop_front() {
-            if out.len() >= limit {
-                break;
-            }
-            if !seen.insert(id.clone()) {
-                continue;
-            }
-            let Some(short) = self.event_short(&id)? else {
-                continue;
-            };
-            if self.event_meta(short)?.is_none_or(|m| m.room != room) {
-                continue;
-            }
-            let Some(pdu) = self.pdu(short)? else {
-                continue;
-            };
-            out.push(short);
-            queue.extend(pdu.prev_events);
-        }
-        Ok(out)
     }
 }

@@ -6,12 +6,14 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use parking_lot::Mutex;
+use ruma::{events::StateEventType, OwnedEventId, RoomId};
 
+use super::{events::Events, pdu::Pdu, RoomMeta};
 use crate::{
     error::{Error, Result},
     storage::{
         tables::{self, StateGroup},
-        Batch, Db, ShortId, Table,
+        Batch, Db, ShortId, ShortIds, Table,
     },
 };
 
@@ -129,6 +131,181 @@ fn snapshot(state: &StateMap) -> StateGroup {
         chain: 0,
         added: state.iter().map(|(k, v)| (*k, *v)).collect(),
         removed: Vec::new(),
+    }
+}
+
+/// A room's head (`rooms`: version, extremities, depth, current state group) and its state:
+/// current (`room_state`), at any group, or built from events. State keys are interned here.
+pub struct State {
+    shortids: Arc<ShortIds>,
+    events: Arc<Events>,
+    groups: StateStore,
+    rooms: Table<tables::Rooms<RoomMeta>>,
+    room_state: Table<tables::RoomState>,
+}
+
+impl State {
+    pub(super) fn new(db: &Db, shortids: Arc<ShortIds>, events: Arc<Events>) -> Result<Self> {
+        Ok(Self {
+            shortids,
+            events,
+            groups: StateStore::new(db.clone())?,
+            rooms: Table::new(db),
+            room_state: Table::new(db),
+        })
+    }
+
+    /// Stores a new state group into `batch` (see [`StateStore::store_in`]).
+    pub(super) fn store_in(
+        &self,
+        batch: &mut Batch,
+        parent: Option<(StateGroupId, &StateMap)>,
+        state: &Arc<StateMap>,
+    ) -> Result<StateGroupId> {
+        self.groups.store_in(batch, parent, state)
+    }
+
+    pub fn meta(&self, room: ShortId) -> Result<Option<RoomMeta>> {
+        Ok(self.rooms.get(room)?)
+    }
+
+    /// The room's short ID and metadata, or 404 for a room this server does not know.
+    pub fn known_room(&self, room_id: &RoomId) -> Result<(ShortId, RoomMeta)> {
+        let room = self
+            .events
+            .room_short(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let meta = self
+            .meta(room)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        Ok((room, meta))
+    }
+
+    pub fn state_key_short(
+        &self,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<ShortId>> {
+        Ok(self.shortids.state_key(&kind.to_string(), state_key)?)
+    }
+
+    pub fn state_key_of(&self, short: ShortId) -> Result<(StateEventType, String)> {
+        match self.shortids.lookup_state_key(short)? {
+            Some((t, sk)) => Ok((StateEventType::from(t), sk)),
+            None => Err(Error::internal(format!(
+                "short ID {short} is not a state key"
+            ))),
+        }
+    }
+
+    /// The current state event of a room for (type, state_key).
+    pub fn current_state_event(
+        &self,
+        room: ShortId,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<ShortId>> {
+        let Some(sk) = self.state_key_short(kind, state_key)? else {
+            return Ok(None);
+        };
+        Ok(self.room_state.get((room, sk))?)
+    }
+
+    pub fn current_state_pdu(
+        &self,
+        room: ShortId,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Pdu>> {
+        match self.current_state_event(room, kind, state_key)? {
+            Some(e) => self.events.pdu(e),
+            None => Ok(None),
+        }
+    }
+
+    /// The full current state: (state key short, event short) pairs.
+    pub fn current_state(&self, room: ShortId) -> Result<Vec<(ShortId, ShortId)>> {
+        self.room_state
+            .scan((room,))
+            .map(|r| Ok(r.map(|((_, sk), ev)| (sk, ev))?))
+            .collect()
+    }
+
+    pub fn state_at(&self, group: StateGroupId) -> Result<Arc<StateMap>> {
+        self.groups.load(group)
+    }
+
+    pub(super) fn state_key_for(&self, kind: &StateEventType, state_key: &str) -> Result<ShortId> {
+        Ok(self
+            .shortids
+            .get_or_create_state_key(&kind.to_string(), state_key)?)
+    }
+
+    /// The state after an event placed in the DAG.
+    pub fn state_after(&self, short: ShortId) -> Result<Option<Arc<StateMap>>> {
+        match self.events.event_meta(short)? {
+            Some(m) => Ok(Some(self.groups.load(m.state_after)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The state before an event placed in the DAG.
+    pub fn state_before(&self, short: ShortId) -> Result<Option<Arc<StateMap>>> {
+        match self.events.event_meta(short)? {
+            Some(m) => Ok(Some(self.groups.load(m.state_before)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A state map from stored events (by ID); every event must be stored.
+    pub fn state_from_events(&self, ids: &[OwnedEventId]) -> Result<StateMap> {
+        let mut keys = Vec::with_capacity(ids.len());
+        let mut events = Vec::with_capacity(ids.len());
+        for id in ids {
+            let short = self
+                .events
+                .event_short(id)?
+                .ok_or_else(|| Error::internal(format!("state event {id} is not stored")))?;
+            let pdu = self
+                .events
+                .pdu(short)?
+                .ok_or_else(|| Error::internal(format!("state event {id} is not stored")))?;
+            let Some(sk) = &pdu.state_key else {
+                continue;
+            };
+            keys.push((pdu.kind.to_string(), sk.clone()));
+            events.push(short);
+        }
+        // All at once: a joined room's state is mostly keys this server has never seen.
+        let keys: Vec<(&str, &str)> = keys.iter().map(|(t, sk)| (&**t, &**sk)).collect();
+        let shorts = self.shortids.get_or_create_state_keys(&keys)?;
+        Ok(shorts.into_iter().zip(events).collect())
+    }
+
+    /// `base` with a state event applied.
+    pub fn state_with(&self, base: &StateMap, pdu: &Pdu, short: ShortId) -> Result<StateMap> {
+        let mut out = base.clone();
+        if let Some(sk) = &pdu.state_key {
+            let sk = self.state_key_for(&StateEventType::from(pdu.kind.to_string()), sk)?;
+            out.insert(sk, short);
+        }
+        Ok(out)
+    }
+
+    /// Event IDs of a state map.
+    pub fn state_event_ids(&self, state: &StateMap) -> Result<Vec<OwnedEventId>> {
+        state
+            .values()
+            .map(|e| self.events.event_id_of(*e))
+            .collect()
+    }
+
+    /// The room's current state, as a map.
+    pub fn current_state_map(&self, room: ShortId) -> Result<Arc<StateMap>> {
+        let meta = self
+            .meta(room)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        self.groups.load(meta.state_group)
     }
 }
 

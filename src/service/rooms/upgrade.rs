@@ -57,8 +57,8 @@ fn highest_level(pl: &JsonValue) -> i64 {
 impl Service {
     /// Upgrades a room; returns the replacement room's ID.
     pub async fn upgrade(&self, up: Upgrade<'_>) -> Result<OwnedRoomId> {
-        let (room, meta) = self.known_room(up.old)?;
-        if !self.is_joined(up.sender, room)? {
+        let (room, meta) = self.state.known_room(up.old)?;
+        if !self.membership.is_joined(up.sender, room)? {
             return Err(Error::forbidden("You are not in this room"));
         }
         if !self.user_can_send_state(room, up.sender, &StateEventType::RoomTombstone)? {
@@ -67,6 +67,7 @@ impl Service {
             ));
         }
         if self
+            .state
             .current_state_event(room, &StateEventType::RoomTombstone, "")?
             .is_some()
         {
@@ -76,6 +77,7 @@ impl Service {
         let v12 = rules.authorization.explicitly_privilege_room_creators;
         let content_of = |kind: &str| -> Result<Option<JsonValue>> {
             Ok(self
+                .state
                 .current_state_pdu(room, &StateEventType::from(kind), "")?
                 .map(|p| p.content_value()))
         };
@@ -174,8 +176,8 @@ impl Service {
             .await?;
 
         // Local aliases and the directory entry follow the room; so does the canonical alias.
-        for alias in self.room_aliases(room)? {
-            self.move_alias(&alias, &new_room).await?;
+        for alias in self.aliases.room_aliases(room)? {
+            self.aliases.move_alias(&alias, &new_room).await?;
         }
         if let Some(canonical) = content_of("m.room.canonical_alias")? {
             let has_alias = canonical.get("alias").is_some()
@@ -205,11 +207,11 @@ impl Service {
                 }
             }
         }
-        if self.is_public(room)? {
-            if let Some(new_short) = self.room_short(&new_room)? {
-                self.set_public(new_short, true).await?;
+        if self.aliases.is_public(room)? {
+            if let Some(new_short) = self.events.room_short(&new_room)? {
+                self.aliases.set_public(new_short, true).await?;
             }
-            self.set_public(room, false).await?;
+            self.aliases.set_public(room, false).await?;
         }
 
         self.send(

@@ -120,7 +120,7 @@ impl Service {
 
     /// Queues an EDU for every other server in a room.
     pub async fn edu_to_room(&self, room: crate::storage::ShortId, edu: JsonValue) -> Result<()> {
-        let servers = self.rooms.remote_servers(room)?;
+        let servers = self.rooms.membership.remote_servers(room)?;
         self.queue_edu(&servers, edu).await
     }
 
@@ -131,11 +131,11 @@ impl Service {
         edu: JsonValue,
     ) -> Result<()> {
         let mut servers: Vec<OwnedServerName> = Vec::new();
-        for (room, m) in self.rooms.memberships(user)? {
+        for (room, m) in self.rooms.membership.memberships(user)? {
             if m.membership() != ruma::events::room::member::MembershipState::Join {
                 continue;
             }
-            for s in self.rooms.remote_servers(room)? {
+            for s in self.rooms.membership.remote_servers(room)? {
                 if !servers.contains(&s) {
                     servers.push(s);
                 }
@@ -266,7 +266,7 @@ impl Service {
             match item {
                 QueuedItem::Pdu(short) if p.pdus.len() < MAX_PDUS => {
                     // An event that is gone (purged) is simply skipped.
-                    if let Some(json) = self.rooms.event_json(short)? {
+                    if let Some(json) = self.rooms.events.event_json(short)? {
                         p.pdus.push(JsonValue::Object(json));
                     }
                 }

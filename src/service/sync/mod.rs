@@ -109,6 +109,7 @@ pub async fn sync(services: &Services, req: Request<'_>) -> Result<v3::Response>
                 .spawn(async move {
                     let peers = move |u: ShortId| {
                         rooms
+                            .membership
                             .peers(u)
                             .map(|p| p.into_iter().collect())
                             .unwrap_or_default()
@@ -267,7 +268,7 @@ async fn build(
                 continue;
             };
             let ago = services.presence.last_active_ago(user, &stored);
-            let user_id = rooms.user_id_of(user)?;
+            let user_id = rooms.events.user_id_of(user)?;
             response
                 .presence
                 .events
@@ -280,7 +281,10 @@ async fn build(
     if let Some(since) = since_pos {
         for user in services.keys.changed_users(since, upto.pos)? {
             if shares(user)? {
-                response.device_lists.changed.push(rooms.user_id_of(user)?);
+                response
+                    .device_lists
+                    .changed
+                    .push(rooms.events.user_id_of(user)?);
                 has_data = true;
             }
         }
@@ -327,12 +331,12 @@ async fn build(
     let mut joined_users: BTreeSet<String> = BTreeSet::new();
     let mut maybe_left: BTreeSet<String> = BTreeSet::new();
 
-    for (room, membership) in rooms.memberships(req.user)? {
+    for (room, membership) in rooms.membership.memberships(req.user)? {
         // A membership written after the published position shows up in a later sync.
         if membership.event > upto.pos {
             continue;
         }
-        let room_id = rooms.room_id_of(room)?;
+        let room_id = rooms.events.room_id_of(room)?;
         if !room_allowed(&req.filter, &room_id) {
             continue;
         }
@@ -364,9 +368,9 @@ async fn build(
                     }
                 } else if changed && since_pos.is_some() {
                     // Newly joined: everyone in the room may have keys we do not track yet.
-                    for (member, m) in rooms.members(room)? {
+                    for (member, m) in rooms.membership.members(room)? {
                         if m.membership() == MembershipState::Join && member != req.user {
-                            joined_users.insert(rooms.user_id_of(member)?.to_string());
+                            joined_users.insert(rooms.events.user_id_of(member)?.to_string());
                         }
                     }
                 }
@@ -458,7 +462,7 @@ async fn build(
                 } else {
                     req.filter.room.include_leave
                 };
-                if !show || rooms.is_forgotten(req.user, room)? {
+                if !show || rooms.membership.is_forgotten(req.user, room)? {
                     continue;
                 }
                 // Rejected invites and withdrawn knocks have nothing to show but the leave.
@@ -468,9 +472,9 @@ async fn build(
                 };
                 let view = room_view(services, req, room, &room_id, &window, since_pos)?;
                 if since_pos.is_some() && changed {
-                    for (member, m) in rooms.members(room)? {
+                    for (member, m) in rooms.membership.members(room)? {
                         if m.membership() == MembershipState::Join {
-                            maybe_left.insert(rooms.user_id_of(member)?.to_string());
+                            maybe_left.insert(rooms.events.user_id_of(member)?.to_string());
                         }
                     }
                 }
@@ -533,14 +537,16 @@ fn room_view(
         .map(|l| u64::from(l) as usize)
         .unwrap_or(DEFAULT_TIMELINE_LIMIT)
         .clamp(1, MAX_TIMELINE_LIMIT);
-    let mut viewer: Viewer = rooms.viewer(req.user_id, room)?;
+    let mut viewer: Viewer = rooms.timeline.viewer(req.user_id, room)?;
 
     // Newest first, down to the window's lower bound, until the limit is reached.
     let mut picked: Vec<(ShortId, JsonValue)> = Vec::new();
     let mut limited = false;
     let mut cursor = window.upto;
     'scan: loop {
-        let page = rooms.timeline(room, cursor, false, limit * 2 + 1)?;
+        let page = rooms
+            .timeline
+            .timeline(room, cursor, false, limit * 2 + 1)?;
         if page.is_empty() {
             break;
         }
@@ -549,17 +555,22 @@ fn room_view(
                 break 'scan;
             }
             cursor = pos.saturating_sub(1);
-            if !rooms.can_see(&mut viewer, pos)? {
+            if !rooms.timeline.can_see(&mut viewer, pos)? {
                 continue;
             }
-            let Some(mut json) = rooms.client_event_json(pos, room_id, req.user_id)? else {
+            let Some(mut json) = rooms
+                .timeline
+                .client_event_json(pos, room_id, req.user_id)?
+            else {
                 continue;
             };
             if !event_passes(filter, &json) {
                 continue;
             }
             if json.get("sender").and_then(JsonValue::as_str) == Some(req.user_id.as_str()) {
-                rooms.add_transaction_id(pos, req.device_id, &mut json)?;
+                rooms
+                    .events
+                    .add_transaction_id(pos, req.device_id, &mut json)?;
             }
             if picked.len() == limit {
                 limited = true;
@@ -604,11 +615,16 @@ fn room_view(
     // State: from the state at `since` (nothing for a full view) to the state at the start of
     // the timeline (or, with use_state_after, at its end).
     let at = |pos: u64| -> Result<Option<std::sync::Arc<StateMap>>> {
-        let Some(event) = rooms.timeline(room, pos, false, 1)?.first().copied() else {
+        let Some(event) = rooms
+            .timeline
+            .timeline(room, pos, false, 1)?
+            .first()
+            .copied()
+        else {
             return Ok(None);
         };
-        match rooms.event_meta(event)? {
-            Some(meta) => Ok(Some(rooms.state_at(meta.state_after)?)),
+        match rooms.events.event_meta(event)? {
+            Some(meta) => Ok(Some(rooms.state.state_at(meta.state_after)?)),
             None => Ok(None),
         }
     };
@@ -616,8 +632,8 @@ fn room_view(
         at(last.unwrap_or(window.upto))?
     } else {
         match first {
-            Some(f) => match rooms.event_meta(f)? {
-                Some(meta) => Some(rooms.state_at(meta.state_before)?),
+            Some(f) => match rooms.events.event_meta(f)? {
+                Some(meta) => Some(rooms.state.state_at(meta.state_before)?),
                 None => None,
             },
             None => at(window.upto)?,
@@ -639,7 +655,7 @@ fn room_view(
             if !req.use_state_after && in_timeline.contains(event) {
                 continue;
             }
-            let (kind, state_key) = rooms.state_key_of(*key)?;
+            let (kind, state_key) = rooms.state.state_key_of(*key)?;
             if !state_type_allowed(&req.filter.room.state, &kind) {
                 continue;
             }
@@ -650,7 +666,10 @@ fn room_view(
             {
                 continue;
             }
-            if let Some(json) = rooms.client_event_json(*event, room_id, req.user_id)? {
+            if let Some(json) = rooms
+                .timeline
+                .client_event_json(*event, room_id, req.user_id)?
+            {
                 state_events.push(raw(&json)?);
             }
         }
@@ -660,7 +679,10 @@ fn room_view(
     if lazy && since_pos.is_some() && window.since.is_some() {
         if let Some(target) = at(last.unwrap_or(window.upto))? {
             for sender in &senders {
-                let Some(key) = rooms.state_key_short(&StateEventType::RoomMember, sender)? else {
+                let Some(key) = rooms
+                    .state
+                    .state_key_short(&StateEventType::RoomMember, sender)?
+                else {
                     continue;
                 };
                 let Some(event) = target.get(&key) else {
@@ -671,7 +693,11 @@ fn room_view(
                 {
                     continue;
                 }
-                if let Some(json) = rooms.client_event_json(*event, room_id, req.user_id)? {
+                if let Some(json) =
+                    rooms
+                        .timeline
+                        .client_event_json(*event, room_id, req.user_id)?
+                {
                     state_events.push(raw(&json)?);
                 }
             }
@@ -736,14 +762,14 @@ fn summary(services: &Services, room: ShortId, user: ShortId) -> Result<RoomSumm
     let mut joined = 0u32;
     let mut invited = 0u32;
     let mut heroes: Vec<OwnedUserId> = Vec::new();
-    for (member, m) in services.rooms.members(room)? {
+    for (member, m) in services.rooms.membership.members(room)? {
         match m.membership() {
             MembershipState::Join => joined += 1,
             MembershipState::Invite => invited += 1,
             _ => continue,
         }
         if member != user && heroes.len() < 5 {
-            heroes.push(services.rooms.user_id_of(member)?);
+            heroes.push(services.rooms.events.user_id_of(member)?);
         }
     }
     s.joined_member_count = Some(UInt::from(joined));
@@ -762,7 +788,7 @@ fn stripped_state<T>(
     let rooms = &services.rooms;
     let mut out = Vec::new();
     // A room we are not in: what the inviting server told us about it.
-    if let Some(remote) = rooms.invite_state(user, room)? {
+    if let Some(remote) = rooms.membership.invite_state(user, room)? {
         for e in remote {
             out.push(raw(&e)?);
         }
@@ -777,11 +803,14 @@ fn stripped_state<T>(
         Ok(())
     };
     for kind in STRIPPED_STATE {
-        if let Some(pdu) = rooms.current_state_pdu(room, &StateEventType::from(*kind), "")? {
+        if let Some(pdu) = rooms
+            .state
+            .current_state_pdu(room, &StateEventType::from(*kind), "")?
+        {
             push(pdu)?;
         }
     }
-    if let Some(pdu) = rooms.pdu(membership.event)? {
+    if let Some(pdu) = rooms.events.pdu(membership.event)? {
         push(pdu)?;
     }
     Ok(out)

@@ -47,8 +47,8 @@ pub fn page(
     room_id: &RoomId,
     query: PageQuery<'_>,
 ) -> Result<Page> {
-    let (room, _) = services.rooms.room_access(reader, room_id)?;
-    let mut viewer = services.rooms.viewer(reader, room)?;
+    let (room, _) = services.rooms.timeline.room_access(reader, room_id)?;
+    let mut viewer = services.rooms.timeline.viewer(reader, room)?;
     let PageQuery {
         from,
         to,
@@ -65,7 +65,10 @@ pub fn page(
     let mut end = None;
     // Filtered-out events still advance the cursor; read in pages until the chunk is full.
     'pages: loop {
-        let page = services.rooms.timeline(room, cursor, forward, limit * 2)?;
+        let page = services
+            .rooms
+            .timeline
+            .timeline(room, cursor, forward, limit * 2)?;
         if page.is_empty() {
             break;
         }
@@ -76,22 +79,30 @@ pub fn page(
             }
             cursor = if forward { pos } else { pos.saturating_sub(1) };
             end = Some(cursor);
-            let Some(stored) = services.rooms.event_json(pos)? else {
+            let Some(stored) = services.rooms.events.event_json(pos)? else {
                 continue;
             };
-            if !event_matches(filter, &stored) || !services.rooms.can_see(&mut viewer, pos)? {
+            if !event_matches(filter, &stored)
+                || !services.rooms.timeline.can_see(&mut viewer, pos)?
+            {
                 continue;
             }
-            if let Some(mut json) = services.rooms.client_event_json(pos, room_id, reader)? {
+            if let Some(mut json) = services
+                .rooms
+                .timeline
+                .client_event_json(pos, room_id, reader)?
+            {
                 if let Some(sender) = json
                     .get("sender")
                     .and_then(JsonValue::as_str)
                     .map(str::to_owned)
                 {
                     if sender == reader.as_str() {
-                        services
-                            .rooms
-                            .add_transaction_id(pos, device.as_str(), &mut json)?;
+                        services.rooms.events.add_transaction_id(
+                            pos,
+                            device.as_str(),
+                            &mut json,
+                        )?;
                     }
                     senders.insert(sender);
                 }
@@ -106,6 +117,7 @@ pub fn page(
     let start = if from == u64::MAX {
         services
             .rooms
+            .timeline
             .timeline(room, u64::MAX, false, 1)?
             .first()
             .copied()
@@ -159,10 +171,10 @@ pub fn member_events(
     room_id: &RoomId,
     users: &BTreeSet<String>,
 ) -> Result<Vec<JsonValue>> {
-    let (room, access) = services.rooms.room_access(reader, room_id)?;
+    let (room, access) = services.rooms.timeline.room_access(reader, room_id)?;
     let left_state = match access {
-        Access::Former(event) => match services.rooms.event_meta(event)? {
-            Some(meta) => Some(services.rooms.state_at(meta.state_after)?),
+        Access::Former(event) => match services.rooms.events.event_meta(event)? {
+            Some(meta) => Some(services.rooms.state.state_at(meta.state_after)?),
             None => None,
         },
         Access::Joined | Access::Public => None,
@@ -172,14 +184,18 @@ pub fn member_events(
         let event = match &left_state {
             Some(state) => services
                 .rooms
+                .state
                 .state_key_short(&StateEventType::RoomMember, user)?
                 .and_then(|k| state.get(&k).copied()),
-            None => services
-                .rooms
-                .current_state_event(room, &StateEventType::RoomMember, user)?,
+            None => {
+                services
+                    .rooms
+                    .state
+                    .current_state_event(room, &StateEventType::RoomMember, user)?
+            }
         };
         if let Some(json) = event
-            .map(|e| services.rooms.client_event(e, room_id))
+            .map(|e| services.rooms.timeline.client_event(e, room_id))
             .transpose()?
             .flatten()
         {
