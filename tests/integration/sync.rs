@@ -929,3 +929,87 @@ async fn a_message_wakes_a_long_poll_once_with_its_counts() {
         since = quiet["next_batch"].as_str().unwrap().to_owned();
     }
 }
+
+/// Members on the server's default rules share one evaluation of each event unless the event
+/// names them; each one mentioned, or matching a rule of their own, still gets their own
+/// highlight, and nobody else does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_member_is_highlighted_only_where_the_event_names_them() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", PASSWORD).await;
+    let (carol_id, carol, _) = server.register("carol", PASSWORD).await;
+    let (_, dave, _) = server.register("dave", PASSWORD).await;
+    let (erin_id, erin, _) = server.register("erin", PASSWORD).await;
+    let (_, frank, _) = server.register("frank", PASSWORD).await;
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/profile/{carol_id}/displayname"),
+            Some(&carol),
+            json!({ "displayname": "Captain Marvel" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Dave has a keyword of his own: his rules are no longer the defaults.
+    let (status, body) = server
+        .put(
+            "/_matrix/client/v3/pushrules/global/content/deploy",
+            Some(&dave),
+            json!({ "pattern": "deploy", "actions": ["notify", { "set_tweak": "highlight" }] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    for member in [&carol, &dave, &erin, &frank] {
+        join(&server, member, &room).await;
+    }
+    let mut since = Vec::new();
+    for member in [&carol, &dave, &erin, &frank] {
+        let s = sync(&server, member, "").await;
+        since.push(s["next_batch"].as_str().unwrap().to_owned());
+    }
+    let mut n = 0;
+    let mut send = |content: Value| {
+        n += 1;
+        let (server, alice, room) = (&server, &alice, &room);
+        async move {
+            let (status, body) = server
+                .put(
+                    &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t{n}"),
+                    Some(alice),
+                    content,
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    send(json!({ "msgtype": "m.text", "body": "hello everyone" })).await;
+    // A display name in the body is no mention since Matrix 1.17 (the legacy rules are gone).
+    send(json!({ "msgtype": "m.text", "body": "where is Captain Marvel?" })).await;
+    send(json!({ "msgtype": "m.text", "body": "time to DEPLOY" })).await;
+    send(json!({ "msgtype": "m.text", "body": "you there?", "m.mentions": { "user_ids": [erin_id] } }))
+        .await;
+    send(
+        json!({ "msgtype": "m.text", "body": "and you", "m.mentions": { "user_ids": [carol_id] } }),
+    )
+    .await;
+    send(json!({ "msgtype": "m.notice", "body": "a bot's notice" })).await;
+    let plain = enc("{}");
+    // Five notifying messages each (the notice notifies nobody); one highlight for each member
+    // mentioned or matching their keyword, none for frank.
+    for ((member, since), highlights) in [&carol, &dave, &erin, &frank]
+        .into_iter()
+        .zip(since.iter_mut())
+        .zip([1, 1, 1, 0])
+    {
+        let joined = sync_until_counts(&server, member, &room, since, &plain, |j| {
+            j["unread_notifications"]["notification_count"] == 5
+        })
+        .await;
+        assert_eq!(
+            joined["unread_notifications"]["highlight_count"], highlights,
+            "{joined}"
+        );
+    }
+}

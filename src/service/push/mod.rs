@@ -1,8 +1,8 @@
 //! Push rules and notification counts. Each user's rules live in their `m.push_rules` account data
 //! (the spec's server defaults until they change one). Every event is evaluated for each local
-//! member by a background worker, off the request path; notifying events are recorded per
-//! (user, room) so /sync can count those after the user's read receipt, per thread too, and
-//! /notifications can list them.
+//! member as it is committed (see [`rooms::Notifier`]); notifying events are recorded per
+//! (user, room) in the event's own batch so /sync can count those after the user's read receipt,
+//! per thread too, and /notifications can list them.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -22,8 +22,28 @@ use crate::{
     storage::{tables, Batch, Db, ShortId, Table},
 };
 
-/// Local members of a room with their push condition context.
-type MemberContexts = Vec<(ShortId, PushConditionRoomCtx)>;
+/// A local member of a room with their push condition context.
+struct MemberContext {
+    user: ShortId,
+    ctx: PushConditionRoomCtx,
+    /// What names the member in an event (user ID, display name, localpart), lowercased; `None`
+    /// when one of them would be escaped in JSON, so that a plain search could miss it.
+    needles: Option<[String; 3]>,
+}
+
+/// Local members of a room with their push condition contexts.
+type MemberContexts = Vec<MemberContext>;
+
+/// The lowercased strings that name a user, when they can be found verbatim in serialised JSON.
+fn needles(user_id: &UserId, display_name: &str) -> Option<[String; 3]> {
+    let plain = |s: &str| !s.is_empty() && !s.chars().any(|c| c == '"' || c == '\\' || c < ' ');
+    let out = [
+        user_id.as_str().to_lowercase(),
+        display_name.to_lowercase(),
+        user_id.localpart().to_lowercase(),
+    ];
+    out.iter().all(|s| plain(s)).then_some(out)
+}
 
 /// Rooms whose member contexts are kept; beyond this the cache starts over.
 const CONTEXT_CACHE: usize = 1_000;
@@ -58,7 +78,8 @@ pub struct Service {
     rooms: Arc<rooms::Service>,
     account_data: Arc<account_data::Service>,
     receipts: Arc<receipts::Service>,
-    rulesets: Mutex<HashMap<ShortId, Arc<Ruleset>>>,
+    /// Parsed rulesets, and whether each is the server's default (the user never changed one).
+    rulesets: Mutex<HashMap<ShortId, (Arc<Ruleset>, bool)>>,
     /// Per room: the state group its members' push contexts were read at, and the contexts.
     contexts: Mutex<HashMap<ShortId, (u64, Arc<MemberContexts>)>>,
     /// The position at which each (user, room)'s counts last grew, so /sync resends the room.
@@ -85,25 +106,34 @@ impl Service {
 
     /// A user's push rules: stored, or the server defaults.
     pub fn ruleset(&self, user: ShortId, user_id: &UserId) -> Result<Arc<Ruleset>> {
+        Ok(self.ruleset_of(user, user_id)?.0)
+    }
+
+    /// A user's push rules, and whether they are the server's defaults.
+    fn ruleset_of(&self, user: ShortId, user_id: &UserId) -> Result<(Arc<Ruleset>, bool)> {
         if let Some(r) = self.rulesets.lock().get(&user) {
             return Ok(r.clone());
         }
-        let ruleset = match self
+        let entry = match self
             .account_data
             .get(user, account_data::GLOBAL, "m.push_rules")?
             .and_then(|c| c.get("global").cloned())
         {
-            Some(global) => serde_json::from_value(global)
-                .map_err(|e| Error::internal(format!("stored push rules: {e}")))?,
-            None => Ruleset::server_default(user_id),
+            Some(global) => (
+                Arc::new(
+                    serde_json::from_value(global)
+                        .map_err(|e| Error::internal(format!("stored push rules: {e}")))?,
+                ),
+                false,
+            ),
+            None => (Arc::new(Ruleset::server_default(user_id)), true),
         };
-        let ruleset = Arc::new(ruleset);
         let mut cache = self.rulesets.lock();
         if cache.len() >= RULESET_CACHE {
             cache.clear();
         }
-        cache.insert(user, ruleset.clone());
-        Ok(ruleset)
+        cache.insert(user, entry.clone());
+        Ok(entry)
     }
 
     /// Stores a user's changed rules (they reach the user's clients as account data).
@@ -112,7 +142,9 @@ impl Service {
         self.account_data
             .set(user, account_data::GLOBAL, "m.push_rules", Some(&content))
             .await?;
-        self.rulesets.lock().insert(user, Arc::new(ruleset));
+        self.rulesets
+            .lock()
+            .insert(user, (Arc::new(ruleset), false));
         Ok(())
     }
 
@@ -166,7 +198,11 @@ impl Service {
                 name,
             );
             ctx.power_levels = power_levels.clone();
-            contexts.push((user, ctx));
+            contexts.push(MemberContext {
+                user,
+                needles: needles(&ctx.user_id, &ctx.user_display_name),
+                ctx,
+            });
         }
         let contexts = Arc::new(contexts);
         let mut cache = self.contexts.lock();
@@ -191,8 +227,8 @@ impl Service {
             return Ok(());
         }
         let mut rulesets = Vec::with_capacity(contexts.len());
-        for (user, ctx) in contexts.iter() {
-            rulesets.push(self.ruleset(*user, &ctx.user_id)?);
+        for m in contexts.iter() {
+            rulesets.push(self.ruleset_of(m.user, &m.ctx.user_id)?);
         }
         let mut notified = Vec::new();
         for (event, object) in events {
@@ -212,11 +248,27 @@ impl Service {
             let raw: Raw<JsonValue> =
                 Raw::from_json(serde_json::value::to_raw_value(&json).map_err(Error::internal)?);
             let flat = FlattenedJson::from_raw(&raw);
-            for ((user, ctx), ruleset) in contexts.iter().zip(&rulesets) {
-                if ctx.user_id.as_str() == sender {
+            // The server's default rules differ between users only where the event names them
+            // (mentions, display name, localpart, an invite's state key). Members on those rules
+            // whom the event does not name at all get the same actions: evaluated once.
+            let text = raw.json().get().to_lowercase();
+            let mut unnamed: Option<Option<Vec<Action>>> = None;
+            for (m, (ruleset, default)) in contexts.iter().zip(&rulesets) {
+                if m.ctx.user_id.as_str() == sender {
                     continue;
                 }
-                let Some(actions) = first_match(ruleset, &flat, ctx) else {
+                let shared = *default
+                    && m.needles
+                        .as_ref()
+                        .is_some_and(|n| !n.iter().any(|s| text.contains(s.as_str())));
+                let actions = if shared {
+                    unnamed
+                        .get_or_insert_with(|| first_match(ruleset, &flat, &m.ctx))
+                        .clone()
+                } else {
+                    first_match(ruleset, &flat, &m.ctx)
+                };
+                let Some(actions) = actions else {
                     continue;
                 };
                 if !actions.iter().any(Action::should_notify) {
@@ -229,8 +281,8 @@ impl Service {
                     ts,
                 };
                 self.notifications
-                    .put_in(batch, (*user, room, *event), &record);
-                notified.push((*user, *event));
+                    .put_in(batch, (m.user, room, *event), &record);
+                notified.push((m.user, *event));
             }
         }
         // Marked now, before the write: a marker counts only once the stream has passed its
