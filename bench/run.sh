@@ -20,6 +20,7 @@
 #   --sync-memory-args     extra options for sync-memory, e.g. "--polls 5000"
 #   --initial-sync-args    extra options for initial-sync, e.g. "--rooms 200"
 #   --media-args           extra options for media, e.g. "--files 10 --images 30"
+#   --appservice-args      extra options for appservice, e.g. "--senders 10 --messages 1000"
 #
 # Environment: VENV (Synapse virtualenv, default $SYNAPSE_VENV, else ~/.cache/hearth-venv,
 # the one .ci/run makes for the interop tests), CARGO_TARGET_DIR.
@@ -28,13 +29,14 @@ set -euo pipefail
 INSTALL=0
 FORCE_SQLITE=0
 KEEP=0
-SCENARIOS="send messages initial-sync sync-latency media sync-memory"
+SCENARIOS="send messages initial-sync sync-latency media appservice sync-memory"
 SEND_ARGS=""
 MESSAGES_ARGS=""
 SYNC_LATENCY_ARGS=""
 SYNC_MEMORY_ARGS=""
 INITIAL_SYNC_ARGS=""
 MEDIA_ARGS=""
+APPSERVICE_ARGS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --install) INSTALL=1 ;;
@@ -46,6 +48,7 @@ while [[ $# -gt 0 ]]; do
         --sync-memory-args) SYNC_MEMORY_ARGS="$2"; shift ;;
         --initial-sync-args) INITIAL_SYNC_ARGS="$2"; shift ;;
         --media-args) MEDIA_ARGS="$2"; shift ;;
+        --appservice-args) APPSERVICE_ARGS="$2"; shift ;;
         --scenarios) SCENARIOS="$2"; shift ;;
         -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -55,7 +58,7 @@ done
 
 for scenario in $SCENARIOS; do
     case "$scenario" in
-        send | messages | sync-latency | sync-memory | initial-sync | media) ;;
+        send | messages | sync-latency | sync-memory | initial-sync | media | appservice) ;;
         *) echo "run.sh: unknown scenario $scenario (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -227,6 +230,26 @@ else
     log "NOTE: Synapse runs on SQLite, not PostgreSQL: $DB_NOTE"
 fi
 
+# --- the appservice both servers are given (hearth-bench plays it in the appservice scenario) ------
+AS_PORT=$(free_port)
+AS_TOKEN=$(secret)
+HS_TOKEN=$(secret)
+AS_FILE="$WORK/appservice.yaml"
+cat >"$AS_FILE" <<EOF
+id: hearth-bench
+url: "http://127.0.0.1:$AS_PORT"
+as_token: "$AS_TOKEN"
+hs_token: "$HS_TOKEN"
+sender_localpart: "_hbasbot"
+rate_limited: false
+namespaces:
+  users:
+    - exclusive: true
+      regex: "@_hbas_.*"
+  aliases: []
+  rooms: []
+EOF
+
 # --- Hearth ----------------------------------------------------------------------------------------
 HEARTH_PORT=$(free_port)
 HEARTH_FED_PORT=$(free_port)
@@ -243,6 +266,7 @@ env HEARTH_SERVER_NAME=bench.hearth \
     HEARTH_REGISTRATION__MODE=disabled \
     HEARTH_FEDERATION__ENABLED=false \
     HEARTH_LOG__LEVEL=warn \
+    HEARTH_APPSERVICE__REGISTRATION_FILES="[\"$AS_FILE\"]" \
     HEARTH_RATE_LIMITS__REGISTRATION__PER_SECOND=100000 \
     HEARTH_RATE_LIMITS__REGISTRATION__BURST=100000 \
     HEARTH_RATE_LIMITS__LOGIN__PER_SECOND=100000 \
@@ -295,6 +319,7 @@ listeners:
         compress: false
 $DATABASE_YAML
 registration_shared_secret: "$SYNAPSE_SECRET"
+app_service_config_files: ["$AS_FILE"]
 enable_registration: false
 report_stats: false
 # No federation: no key servers, no outbound destinations.
@@ -411,6 +436,8 @@ for scenario in $SCENARIOS; do
         sync-memory) run_scenario sync-memory "$SYNC_MEMORY_ARGS" ;;
         initial-sync) run_scenario initial-sync "$INITIAL_SYNC_ARGS" ;;
         media) run_scenario media "$MEDIA_ARGS" ;;
+        appservice) run_scenario appservice \
+            "--port $AS_PORT --as-token $AS_TOKEN --hs-token $HS_TOKEN $APPSERVICE_ARGS" ;;
     esac
     # A server that stopped delivering would make every later figure meaningless.
     [[ -n "$HEALTH_FAILED" ]] && { log "stopping: the health check failed"; break; }

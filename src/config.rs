@@ -21,6 +21,7 @@ pub struct Config {
     pub media: Media,
     pub well_known: WellKnown,
     pub presence: Presence,
+    pub appservice: Appservice,
     pub log: Log,
 }
 
@@ -219,6 +220,28 @@ impl Default for Presence {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct Appservice {
+    /// Registration files of application services (bridges, bots): files, or folders whose
+    /// `.yaml`, `.yml` and `.json` files are all read. Checked at start.
+    pub registration_files: Vec<PathBuf>,
+    /// How long one request to an appservice may take.
+    pub timeout: HumanDuration,
+    /// The longest wait between two attempts to reach an appservice that is down.
+    pub max_backoff: HumanDuration,
+}
+
+impl Default for Appservice {
+    fn default() -> Self {
+        Self {
+            registration_files: Vec::new(),
+            timeout: HumanDuration(Duration::from_secs(30)),
+            max_backoff: HumanDuration(Duration::from_secs(300)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// A tracing filter, e.g. "info" or "hearth=debug,info"; `RUST_LOG` wins when set.
     pub level: String,
@@ -240,6 +263,7 @@ impl Default for Config {
             media: Media::default(),
             well_known: WellKnown::default(),
             presence: Presence::default(),
+            appservice: Appservice::default(),
             log: Log::default(),
         }
     }

@@ -154,6 +154,10 @@ impl Error {
     pub fn upstream_timeout(message: impl Into<Cow<'static, str>>) -> Self {
         Self::unknown(message).with_status(StatusCode::GATEWAY_TIMEOUT)
     }
+    /// `504` with `kind`: an upstream that did not answer in time, under a specific errcode.
+    pub fn upstream_timeout_kind(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::matrix(kind, message).with_status(StatusCode::GATEWAY_TIMEOUT)
+    }
     /// `409 M_UNKNOWN`: the request conflicts with what exists (e.g. an alias already taken).
     pub fn conflict(message: impl Into<Cow<'static, str>>) -> Self {
         Self::unknown(message).with_status(StatusCode::CONFLICT)

@@ -40,6 +40,8 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// List the running server's application services and what each has yet to receive.
+    Appservices,
 }
 
 #[derive(Subcommand)]
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::RegistrationToken { action } => {
             runtime.block_on(registration_token(&config, action))
         }
+        Command::Appservices => runtime.block_on(appservices(&config)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -268,6 +271,27 @@ async fn registration_token(config: &Config, action: TokenAction) -> Result<(), 
                 t["expiry_time"]
             );
         }
+    }
+    Ok(())
+}
+
+async fn appservices(config: &Config) -> Result<(), String> {
+    let console = Console::new(config)?;
+    let (status, body) = console
+        .call(reqwest::Method::GET, "/_hearth/admin/v1/appservices", None)
+        .await?;
+    if status != 200 {
+        return Err(server_error(&body));
+    }
+    for a in body["appservices"].as_array().into_iter().flatten() {
+        println!(
+            "{}\turl={}\tqueued={}\tfailures={}\tlast_error={}",
+            a["id"].as_str().unwrap_or_default(),
+            a["url"].as_str().unwrap_or("none"),
+            a["queued"],
+            a["failures"],
+            a["last_error"].as_str().unwrap_or("none"),
+        );
     }
     Ok(())
 }

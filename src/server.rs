@@ -30,6 +30,7 @@ pub struct Server {
     task: JoinHandle<Result<()>>,
     timer: JoinHandle<()>,
     sending: JoinHandle<()>,
+    appservices: JoinHandle<()>,
     federation: Option<JoinHandle<()>>,
     /// Where the federation listener is bound, when federation is on.
     pub federation_addr: Option<SocketAddr>,
@@ -96,6 +97,18 @@ impl Server {
         let db = Db::new(Arc::new(kv))?;
         let services = Arc::new(Services::build(config.clone(), db, console_secret(&data)?)?);
         services.media.check_store().await?;
+        // Each appservice's own user exists from the start: requests made with its token act
+        // as that user when they name no other.
+        for reg in services.appservice.registrations() {
+            let Some(sender) = reg.sender(&config.server_name) else {
+                continue;
+            };
+            if !services.users.exists(&sender)? {
+                crate::service::accounts::create(&services, &sender, None, false, None, None)
+                    .await?;
+                tracing::info!(appservice = %reg.id, %sender, "created the appservice's user");
+            }
+        }
 
         let router = api::client_router(services.clone());
         let sender_enabled = config.federation.enabled;
@@ -145,6 +158,8 @@ impl Server {
                 }
             })
         };
+        // Appservice deliveries, resumed from their queues.
+        let appservices = tokio::spawn(services.appservice.clone().run(shutdown_rx.clone()));
         // Media retention (expired uploads, cached remote media, unused /create IDs, URL
         // previews); like the timer, it lets go of the database at shutdown.
         let retention = {
@@ -198,6 +213,7 @@ impl Server {
             task,
             timer,
             sending,
+            appservices,
             federation,
             federation_addr: config
                 .federation
@@ -220,12 +236,14 @@ impl Server {
             task,
             timer,
             sending,
+            appservices,
             federation,
             retention,
             ..
         } = self;
         let _ = timer.await;
         let _ = sending.await;
+        let _ = appservices.await;
         if let Some(f) = federation {
             let _ = f.await;
         }

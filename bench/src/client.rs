@@ -210,7 +210,7 @@ impl Server {
     }
 
     /// Sends one request and returns the JSON body of a 200; anything else is a [`Failure`].
-    async fn call(
+    pub async fn call(
         &self,
         method: Method,
         path_and_query: &str,

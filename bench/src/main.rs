@@ -8,6 +8,7 @@
 //! Adding a scenario: a module with `XArgs` and `run(&Server, &Common, &XArgs) -> Report`, and a
 //! variant in [`Scenario`]; `compare`, the health check and the output format come for free.
 
+mod appservice;
 mod client;
 mod common;
 mod health;
@@ -160,6 +161,14 @@ enum Command {
         #[command(flatten)]
         args: join::JoinArgs,
     },
+    /// Senders post into a room an appservice (this tool) watches: events delivered per second
+    /// through transactions, and the delay from each send's 200 to its arrival.
+    Appservice {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        args: appservice::AppserviceArgs,
+    },
     /// Runs one scenario against Hearth, then Synapse, and prints both and the ratio.
     Compare {
         /// Hearth's client API base URL.
@@ -216,6 +225,8 @@ enum Scenario {
     Media(media::MediaArgs),
     /// A user of the peer server joins rooms of N members on the first (needs the peers).
     Join(join::JoinArgs),
+    /// Delivery to an appservice watching a busy room (needs its registration on both).
+    Appservice(appservice::AppserviceArgs),
 }
 
 impl Scenario {
@@ -228,6 +239,7 @@ impl Scenario {
             Scenario::InitialSync(args) => initial_sync::run(server, common, args).await,
             Scenario::Media(args) => media::run(server, common, args).await,
             Scenario::Join(args) => join::run(server, common, args).await,
+            Scenario::Appservice(args) => appservice::run(server, common, args).await,
         }
     }
 
@@ -240,6 +252,7 @@ impl Scenario {
             Scenario::InitialSync(_) => "initial-sync",
             Scenario::Media(_) => "media",
             Scenario::Join(_) => "join",
+            Scenario::Appservice(_) => "appservice",
         }
     }
 }
@@ -298,6 +311,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::InitialSync { target, args } => (single(target), Scenario::InitialSync(args)),
         Command::Media { target, args } => (single(target), Scenario::Media(args)),
         Command::Join { target, args } => (single(target), Scenario::Join(args)),
+        Command::Appservice { target, args } => (single(target), Scenario::Appservice(args)),
         Command::Compare {
             hearth,
             hearth_secret,

@@ -34,6 +34,11 @@ pub enum AuthRequirement {
     AccessTokenOptional,
     /// A federation request signed by its origin (X-Matrix).
     ServerSignatures,
+    /// An application service's `as_token`, identifying the appservice itself.
+    Appservice,
+    /// As `Appservice` when an `as_token` is given (registration and login of its users);
+    /// any other token is ignored.
+    AppserviceOptional,
 }
 
 pub trait AuthKind {
@@ -55,10 +60,8 @@ auth_kinds! {
     NoAccessToken => None;
     AccessToken => AccessToken;
     AccessTokenOptional => AccessTokenOptional;
-    // Application services authenticate with their own tokens; until they are registered, such
-    // endpoints accept a user's access token as the spec's client-side variants do.
-    AppserviceToken => AccessToken;
-    AppserviceTokenOptional => AccessTokenOptional;
+    AppserviceToken => Appservice;
+    AppserviceTokenOptional => AppserviceOptional;
     ruma::api::federation::authentication::ServerSignatures => ServerSignatures;
 }
 
@@ -69,6 +72,11 @@ pub struct Ruma<T> {
     pub client_ip: IpAddr,
     /// The server that signed a federation request.
     pub origin: Option<ruma::OwnedServerName>,
+    /// The appservice whose `as_token` an appservice endpoint was called with.
+    pub appservice: Option<Arc<hearth_appservice::Registration>>,
+    /// Whether the request carried a token at all (to tell a missing token from a wrong one
+    /// where the token is optional).
+    pub token_given: bool,
 }
 
 impl<T> Ruma<T> {
@@ -226,13 +234,40 @@ pub fn authenticate(
     // authentication ignore the header, since Synapse signs even its fetches of our keys.
     if matches!(
         requirement,
-        AuthRequirement::None | AuthRequirement::ServerSignatures
+        AuthRequirement::None
+            | AuthRequirement::ServerSignatures
+            | AuthRequirement::Appservice
+            | AuthRequirement::AppserviceOptional
     ) {
         return Ok(None);
     }
     let token = access_token(parts)?;
+    if let Some(reg) = token
+        .as_deref()
+        .and_then(|t| services.appservice.by_as_token(t))
+    {
+        let query = parts.uri.query().unwrap_or_default();
+        let param = |name: &str| {
+            query.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == name).then(|| percent_decode(v)).flatten()
+            })
+        };
+        let session = services.sessions.as_appservice(
+            reg,
+            param("user_id").as_deref(),
+            param("device_id").as_deref(),
+        )?;
+        return Ok(Some(session));
+    }
     let session = match (requirement, token) {
-        (AuthRequirement::None | AuthRequirement::ServerSignatures, _) => None,
+        (
+            AuthRequirement::None
+            | AuthRequirement::ServerSignatures
+            | AuthRequirement::Appservice
+            | AuthRequirement::AppserviceOptional,
+            _,
+        ) => None,
         (AuthRequirement::AccessToken, None) => {
             return Err(Error::missing_token("Missing access token"))
         }
@@ -288,6 +323,33 @@ where
         }
         let client_ip = client_ip(&parts);
         let session = authenticate(&parts, services, T::Authentication::REQUIREMENT)?;
+        // Only appservice endpoints read the token here: federation requests carry X-Matrix.
+        let token = match T::Authentication::REQUIREMENT {
+            AuthRequirement::Appservice | AuthRequirement::AppserviceOptional => {
+                access_token(&parts)?
+            }
+            _ => None,
+        };
+        let appservice = match T::Authentication::REQUIREMENT {
+            AuthRequirement::Appservice | AuthRequirement::AppserviceOptional => {
+                let found = token
+                    .as_deref()
+                    .and_then(|t| services.appservice.by_as_token(t))
+                    .cloned();
+                if found.is_none() && T::Authentication::REQUIREMENT == AuthRequirement::Appservice
+                {
+                    return Err(match &token {
+                        Some(_) => Error::matrix(
+                            crate::error::unknown_token_kind(false),
+                            "Not an application service token",
+                        ),
+                        None => Error::missing_token("Missing application service token"),
+                    });
+                }
+                found
+            }
+            _ => None,
+        };
 
         let limit = services.config.limits.max_request_size.0 as usize;
         let bytes = read_body(&parts, body, limit).await?;
@@ -309,6 +371,9 @@ where
             session,
             client_ip,
             origin,
+            appservice,
+            // Read for appservice endpoints only, the ones that look at it.
+            token_given: token.is_some(),
         })
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod appservice;
 pub mod devices;
 pub mod directory;
 pub mod federation;
@@ -58,6 +59,7 @@ pub struct Services {
     pub key_backup: Arc<key_backup::Service>,
     pub presence: Arc<presence::Service>,
     pub push: Arc<push::Service>,
+    pub appservice: Arc<appservice::Service>,
     pub federation: Arc<federation::Service>,
     pub sender: Arc<sender::Service>,
     pub replication: Arc<replication::Service>,
@@ -129,9 +131,24 @@ impl Services {
             account_data.clone(),
             receipts.clone(),
         ));
-        // Push rules are evaluated in the commit of each event (see `rooms::Notifier`).
-        let notifier: Arc<dyn rooms::Notifier> = push.clone();
-        rooms.set_notifier(Arc::downgrade(&notifier));
+        let registrations = hearth_appservice::load_all(&config.appservice.registration_files)
+            .map_err(|e| crate::Error::internal(format!("appservice registration: {e}")))?;
+        let appservice = Arc::new(appservice::Service::new(
+            db.clone(),
+            config.server_name.clone(),
+            registrations,
+            rooms.clone(),
+            config.appservice.timeout.0,
+            config.appservice.max_backoff.0,
+        )?);
+        // Push rules are evaluated, and appservice queues filled, in the commit of each event
+        // (see `rooms::Outbox`).
+        let push_outbox: Arc<dyn rooms::Outbox> = push.clone();
+        let appservice_outbox: Arc<dyn rooms::Outbox> = appservice.clone();
+        rooms.set_outboxes(vec![
+            Arc::downgrade(&push_outbox),
+            Arc::downgrade(&appservice_outbox),
+        ]);
         let federation = Arc::new(federation::Service::new(
             db.clone(),
             config.clone(),
@@ -188,6 +205,7 @@ impl Services {
             key_backup,
             presence,
             push,
+            appservice,
             federation,
             sender,
             replication,

@@ -62,6 +62,8 @@ pub enum Cf {
     FedTxns,
     Outliers,
     InviteState,
+    AppserviceQueue,
+    AppserviceTxns,
 }
 
 /// A keyspace's column family and its name in RocksDB (which must never change: it is on disk).
@@ -287,6 +289,14 @@ pub const KEYSPACES: &[Keyspace] = &[
     Keyspace {
         cf: Cf::InviteState,
         name: "invite_state",
+    },
+    Keyspace {
+        cf: Cf::AppserviceQueue,
+        name: "appservice_queue",
+    },
+    Keyspace {
+        cf: Cf::AppserviceTxns,
+        name: "appservice_txns",
     },
 ];
 

@@ -111,6 +111,17 @@ tables! {
     FedTxns<T>: FedTxns, (Term, Str) => Json<T>;
 }
 
+// Application services.
+tables! {
+    /// appservice ID (str 0xff) . stream position (u64) → the event (short) queued for it there,
+    /// written in the event's own batch and deleted once the appservice acknowledged it.
+    AppserviceQueue: AppserviceQueue, (Term, U64) => Packed<U64>;
+    /// appservice ID (str) → `Json<InFlight>`: the range of queue positions of the transaction
+    /// being delivered, fixed before its first attempt so that every retry carries the same
+    /// events under the same transaction ID.
+    AppserviceTxns<T>: AppserviceTxns, Str => Json<T>;
+}
+
 // Media.
 tables! {
     /// server name (str 0xff) . media ID (str) → `Json<MediaRecord>`: content hash (none while
@@ -543,6 +554,18 @@ mod tests {
         assert_eq!(
             round_trip::<Notifications<JsonValue>>((7, 3, 42), j),
             cat(&[&be(7), &be(3), &be(42)])
+        );
+    }
+
+    #[test]
+    fn appservice_keyspaces_round_trip_in_their_layout() {
+        assert_eq!(
+            round_trip::<AppserviceQueue>(("irc", 42), 9),
+            cat(&[b"irc\xff", &be(42)])
+        );
+        assert_eq!(
+            round_trip::<AppserviceTxns<JsonValue>>("irc", json!([1, 2])),
+            b"irc"
         );
     }
 

@@ -1,4 +1,5 @@
-//! The Python environment of the real peers the tests start (Synapse, moto), provisioned by the
+//! The Python environment of the real peers the tests start (Synapse, moto, mautrix-python's
+//! appservice library), provisioned by the
 //! tests themselves: `cargo test --workspace` on a fresh machine needs nothing else. Made once,
 //! under a file lock, so parallel tests (threads here, processes under nextest) wait for one
 //! installation instead of racing through several.
@@ -13,10 +14,11 @@ use std::{
 /// reads every `HEARTH_` variable as an option, so the name is not one of those).
 const DEFAULT_VENV: &str = ".cache/hearth-venv";
 
-/// What the tests run from it.
+/// What the tests run from it: a program it installs, or (`import:`) a module it provides.
 const PACKAGES: &[(&str, &str)] = &[
     ("bin/synapse_homeserver", "matrix-synapse"),
     ("bin/moto_server", "moto[server]"),
+    ("import:mautrix.appservice", "mautrix"),
 ];
 
 fn location() -> PathBuf {
@@ -31,7 +33,13 @@ fn location() -> PathBuf {
 fn missing(venv: &Path) -> Vec<&'static str> {
     PACKAGES
         .iter()
-        .filter(|(bin, _)| !venv.join(bin).is_file())
+        .filter(|(check, _)| match check.strip_prefix("import:") {
+            Some(module) => !Command::new(venv.join("bin/python"))
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            None => !venv.join(check).is_file(),
+        })
         .map(|(_, package)| *package)
         .collect()
 }

@@ -28,6 +28,7 @@ use crate::{
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router
         .route("/_synapse/admin/v1/server_version", get(server_version))
+        .route("/_hearth/admin/v1/appservices", get(appservices))
         .route(
             "/_synapse/admin/v1/register",
             get(register::nonce).post(register::register),
@@ -59,6 +60,15 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 
 async fn server_version() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "server_version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// The registered application services and the state of their queues.
+async fn appservices(
+    axum::extract::State(services): axum::extract::State<AppState>,
+    _: Admin,
+) -> Result<axum::Json<serde_json::Value>> {
+    let states = services.appservice.queue_states()?;
+    Ok(axum::Json(serde_json::json!({ "appservices": states })))
 }
 
 /// Proof that the caller may use the admin API.

@@ -13,7 +13,7 @@ use ruma::api::client::{
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     config::RegistrationMode,
-    error::{Error, Result},
+    error::{Error, ErrorKind, Result},
     service::{accounts, ratelimit::Action, uiaa},
     util::random_string,
 };
@@ -42,17 +42,15 @@ async fn register(
     req: Ruma<register::v3::Request>,
 ) -> Result<register::v3::Response> {
     let body = &req.body;
+    if body.login_type.is_some() {
+        return register_appservice_user(&services, &req).await;
+    }
     let mode = services.config.registration.mode;
     if mode == RegistrationMode::Disabled {
         return Err(Error::forbidden("Registration is disabled"));
     }
     if body.kind == register::RegistrationKind::Guest {
         return Err(Error::forbidden("Guest access is disabled"));
-    }
-    if body.login_type.is_some() {
-        return Err(Error::forbidden(
-            "Application service registration needs an application service token",
-        ));
     }
     services
         .ratelimit
@@ -63,6 +61,7 @@ async fn register(
     let requested = match &body.username {
         Some(name) => {
             let user_id = services.users.user_id_for_new_localpart(name)?;
+            services.appservice.check_user_free(&user_id, None)?;
             if services.users.exists(&user_id)? {
                 return Err(accounts::user_in_use());
             }
@@ -128,6 +127,56 @@ async fn register(
     Ok(resp)
 }
 
+/// `type: m.login.application_service`: an appservice creates a user of its namespace, with no
+/// password and no interactive authentication, whatever the registration mode.
+async fn register_appservice_user(
+    services: &AppState,
+    req: &Ruma<register::v3::Request>,
+) -> Result<register::v3::Response> {
+    let body = &req.body;
+    if body.login_type != Some(register::LoginType::ApplicationService) {
+        return Err(Error::bad_json("Unknown registration type"));
+    }
+    let Some(reg) = &req.appservice else {
+        return Err(if req.token_given {
+            Error::matrix(
+                crate::error::unknown_token_kind(false),
+                "Not an application service token",
+            )
+        } else {
+            Error::missing_token("Registering as an application service needs its token")
+        });
+    };
+    let name = body
+        .username
+        .as_deref()
+        .ok_or_else(|| Error::missing_param("username is required"))?;
+    let user_id = services.users.user_id_for_new_localpart(name)?;
+    if !reg.is_user_ours(&user_id) {
+        return Err(Error::matrix(
+            ErrorKind::Exclusive,
+            "This user ID is outside the application service's namespace",
+        ));
+    }
+    // Another appservice may hold it exclusively under a namespace this one shares.
+    services.appservice.check_user_free(&user_id, Some(reg))?;
+    let device = (!body.inhibit_login).then(|| accounts::FirstDevice {
+        device_id: body.device_id.clone(),
+        display_name: body.initial_device_display_name.clone(),
+        want_refresh: body.refresh_token,
+        client_ip: Some(req.client_ip.to_string()),
+    });
+    let account = accounts::create(services, &user_id, None, false, None, device).await?;
+    let mut resp = register::v3::Response::new(user_id);
+    if let Some((device_id, tokens)) = account.login {
+        resp.device_id = Some(device_id);
+        resp.access_token = Some(tokens.access_token);
+        resp.refresh_token = tokens.refresh_token;
+        resp.expires_in = tokens.expires_in;
+    }
+    Ok(resp)
+}
+
 async fn available(
     State(services): State<AppState>,
     req: Ruma<get_username_availability::v3::Request>,
@@ -139,6 +188,7 @@ async fn available(
     let user_id = services
         .users
         .user_id_for_new_localpart(&req.body.username)?;
+    services.appservice.check_user_free(&user_id, None)?;
     if services.users.exists(&user_id)? {
         return Err(accounts::user_in_use());
     }

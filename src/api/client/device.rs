@@ -87,6 +87,7 @@ async fn update(
             session.user,
             &req.body.device_id,
             req.body.display_name.clone(),
+            session.appservice.is_some(),
         )
         .await?;
     Ok(update_device::v3::Response::new())
@@ -131,15 +132,18 @@ async fn delete_authenticated(
     auth: Option<&AuthData>,
     devices: &[OwnedDeviceId],
 ) -> Result<()> {
-    services
-        .uiaa
-        .authenticate(
-            uiaa::Purpose::DeleteDevices,
-            uiaa::Service::password_flows(),
-            auth,
-            Some(&session.user_id),
-        )
-        .await?;
+    // Appservices manage their users' devices without interactive authentication.
+    if session.appservice.is_none() {
+        services
+            .uiaa
+            .authenticate(
+                uiaa::Purpose::DeleteDevices,
+                uiaa::Service::password_flows(),
+                auth,
+                Some(&session.user_id),
+            )
+            .await?;
+    }
     services
         .sessions
         .delete_devices(session.user, devices)

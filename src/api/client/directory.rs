@@ -40,6 +40,9 @@ async fn put_alias(
     if !services.rooms.aliases.is_local_alias(&b.room_alias) {
         return Err(Error::invalid_param("Aliases must be on this server"));
     }
+    services
+        .appservice
+        .check_alias(&b.room_alias, session.appservice.as_deref())?;
     joined_room(&services, &session.user_id, &b.room_id)?;
     services
         .rooms
@@ -83,6 +86,9 @@ async fn delete_alias_route(
 ) -> Result<delete_alias::v3::Response> {
     let session = req.session()?;
     let alias = &req.body.room_alias;
+    services
+        .appservice
+        .check_alias(alias, session.appservice.as_deref())?;
     let record = services
         .rooms
         .aliases

@@ -51,6 +51,12 @@ async fn upload(
     req: Ruma<upload_keys::v3::Request>,
 ) -> Result<upload_keys::v3::Response> {
     let session = req.session()?;
+    if !session.has_device() {
+        return Err(Error::matrix(
+            crate::error::custom_kind("M_UNKNOWN_DEVICE"),
+            "Uploading keys needs a device: an appservice names it with device_id",
+        ));
+    }
     let b = &req.body;
     let device_keys = b.device_keys.as_ref().map(json).transpose()?;
     if let Some(keys) = &device_keys {
@@ -324,10 +330,11 @@ async fn upload_cross_signing(
     let b = &req.body;
     // The first upload needs no authentication; replacing existing keys does (as the spec
     // allows since v1.11).
-    if services
-        .keys
-        .cross_signing_key(session.user, "master")?
-        .is_some()
+    if session.appservice.is_none()
+        && services
+            .keys
+            .cross_signing_key(session.user, "master")?
+            .is_some()
     {
         services
             .uiaa

@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod appservice;
 mod backup;
 mod device;
 pub(crate) mod directory;
@@ -27,6 +28,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = discovery::routes(router);
     let router = account::routes(router);
     let router = session::routes(router);
+    let router = appservice::routes(router);
     let router = device::routes(router);
     let router = room::routes(router);
     let router = membership::routes(router);

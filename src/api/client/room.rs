@@ -143,6 +143,9 @@ async fn create_room(
                 services.config.server_name
             ))
             .map_err(|e| Error::invalid_param(format!("Invalid room_alias_name: {e}")))?;
+            services
+                .appservice
+                .check_alias(&alias, session.appservice.as_deref())?;
             if services.rooms.aliases.resolve_alias(&alias)?.is_some() {
                 return Err(Error::matrix(
                     ErrorKind::RoomInUse,

@@ -37,6 +37,7 @@ async fn login_types(
 ) -> Result<get_login_types::v3::Response> {
     Ok(get_login_types::v3::Response::new(vec![
         LoginType::Password(PasswordLoginType::new()),
+        LoginType::ApplicationService(get_login_types::v3::ApplicationServiceLoginType::new()),
     ]))
 }
 
@@ -44,25 +45,49 @@ async fn login(
     State(services): State<AppState>,
     req: Ruma<login::v3::Request>,
 ) -> Result<login::v3::Response> {
-    let LoginInfo::Password(info) = &req.body.login_info else {
-        return Err(Error::unknown(
-            "Unsupported login type; see GET /login for the supported ones",
-        ));
-    };
-    let Some(UserIdentifier::Matrix(identifier)) = &info.identifier else {
-        return Err(Error::unknown(
-            "Unknown login identifier type; only m.id.user is supported",
-        ));
-    };
     let device = accounts::FirstDevice {
         device_id: req.body.device_id.clone(),
         display_name: req.body.initial_device_display_name.clone(),
         want_refresh: req.body.refresh_token,
         client_ip: Some(req.client_ip.to_string()),
     };
-    let (user_id, device_id, tokens) =
-        accounts::login_with_password(&services, &identifier.user, info.password.clone(), device)
-            .await?;
+    let unknown_identifier =
+        || Error::unknown("Unknown login identifier type; only m.id.user is supported");
+    let (user_id, device_id, tokens) = match &req.body.login_info {
+        LoginInfo::Password(info) => {
+            let Some(UserIdentifier::Matrix(identifier)) = &info.identifier else {
+                return Err(unknown_identifier());
+            };
+            accounts::login_with_password(
+                &services,
+                &identifier.user,
+                info.password.clone(),
+                device,
+            )
+            .await?
+        }
+        LoginInfo::ApplicationService(info) => {
+            let Some(reg) = &req.appservice else {
+                return Err(if req.token_given {
+                    Error::matrix(
+                        crate::error::unknown_token_kind(false),
+                        "Not an application service token",
+                    )
+                } else {
+                    Error::missing_token("Logging in as an application service needs its token")
+                });
+            };
+            let Some(UserIdentifier::Matrix(identifier)) = &info.identifier else {
+                return Err(unknown_identifier());
+            };
+            accounts::login_as_appservice(&services, reg, &identifier.user, device).await?
+        }
+        _ => {
+            return Err(Error::unknown(
+                "Unsupported login type; see GET /login for the supported ones",
+            ))
+        }
+    };
     let mut resp = login::v3::Response::new(user_id, tokens.access_token, device_id);
     resp.refresh_token = tokens.refresh_token;
     resp.expires_in = tokens.expires_in;

@@ -284,6 +284,45 @@ pub async fn login_with_password(
         ));
     }
 
+    new_session(services, user_id, short, device).await
+}
+
+/// Logs an appservice in as one of its users (`m.login.application_service`): no password.
+pub async fn login_as_appservice(
+    services: &Services,
+    reg: &hearth_appservice::Registration,
+    login_name: &str,
+    device: FirstDevice,
+) -> Result<(OwnedUserId, OwnedDeviceId, IssuedTokens)> {
+    let user_id = services
+        .users
+        .user_id_from_login_name(login_name)
+        .ok_or_else(invalid_login)?;
+    if user_id.server_name() != services.users.server_name() || !reg.is_user_ours(&user_id) {
+        return Err(Error::matrix(
+            ErrorKind::Exclusive,
+            "This user is outside the application service's namespace",
+        ));
+    }
+    let Some((short, record)) = services.users.get(&user_id)? else {
+        return Err(invalid_login());
+    };
+    if record.deactivated {
+        return Err(Error::matrix(
+            ErrorKind::UserDeactivated,
+            "This account has been deactivated",
+        ));
+    }
+    new_session(services, user_id, short, device).await
+}
+
+/// A new device and tokens for a user whose credentials were checked.
+async fn new_session(
+    services: &Services,
+    user_id: OwnedUserId,
+    short: ShortId,
+    device: FirstDevice,
+) -> Result<(OwnedUserId, OwnedDeviceId, IssuedTokens)> {
     // Under the user's lock, so a concurrent logout/all or deactivation cannot be overtaken.
     let _guard = services.sessions.lock_user(short).await;
     if services

@@ -1,6 +1,6 @@
 //! Push rules and notification counts. Each user's rules live in their `m.push_rules` account data
 //! (the spec's server defaults until they change one). Every event is evaluated for each local
-//! member as it is committed (see [`rooms::Notifier`]); notifying events are recorded per
+//! member as it is committed (see [`rooms::Outbox`]); notifying events are recorded per
 //! (user, room) in the event's own batch so /sync can count those after the user's read receipt,
 //! per thread too, and /notifications can list them.
 
@@ -214,7 +214,7 @@ impl Service {
     }
 
     /// Evaluates events about to be committed for the room's local members and adds their
-    /// notifications to the events' batch (see [`rooms::Notifier`]).
+    /// notifications to the events' batch (see [`rooms::Outbox`]).
     fn evaluate_in(
         &self,
         batch: &mut Batch,
@@ -406,8 +406,8 @@ impl Service {
     }
 }
 
-impl rooms::Notifier for Service {
-    fn notifications_in(
+impl rooms::Outbox for Service {
+    fn queue_in(
         &self,
         batch: &mut Batch,
         room: ShortId,

@@ -30,6 +30,8 @@ pub struct Aliases {
     public_rooms: Table<tables::PublicRooms>,
     /// Serialises alias creation and deletion (check, then write).
     alias_lock: tokio::sync::Mutex<()>,
+    /// Bumped by every alias change, so that what was derived from aliases can tell it is stale.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Aliases {
@@ -48,6 +50,7 @@ impl Aliases {
             room_aliases: Table::new(db),
             public_rooms: Table::new(db),
             alias_lock: tokio::sync::Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -60,6 +63,16 @@ impl Aliases {
     }
 
     /// Points a local alias at a room. M_UNKNOWN (409) if it is taken.
+    /// A counter that moves whenever an alias is created, deleted or moved.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub async fn create_alias(
         &self,
         alias: &RoomAliasId,
@@ -86,6 +99,7 @@ impl Aliases {
         self.room_aliases
             .put_in(&mut b, (room, alias.as_str()), &());
         self.db.write(b).await?;
+        self.changed();
         Ok(())
     }
 
@@ -100,6 +114,7 @@ impl Aliases {
             self.room_aliases.delete_in(&mut b, (room, alias.as_str()));
         }
         self.db.write(b).await?;
+        self.changed();
         Ok(())
     }
 
@@ -125,6 +140,7 @@ impl Aliases {
         self.room_aliases
             .put_in(&mut b, (new_room, alias.as_str()), &());
         self.db.write(b).await?;
+        self.changed();
         Ok(())
     }
 

@@ -5,7 +5,8 @@
 //! wake-ups. Local and remote events thus get the same rows by construction: the canonical
 //! event, its place (timeline, DAG only, or outlier), the room's current state and the
 //! membership indexes that follow from it, relations, redactions, the sending device's
-//! transaction ID, the federation outbox rows, and the notifications of local members.
+//! transaction ID, the federation outbox rows, and the rows of every [`super::Outbox`]
+//! (notifications of local members, appservice queues).
 
 use std::sync::Arc;
 
@@ -180,7 +181,7 @@ impl Service {
             .map(|e| (e.short, &e.object))
             .collect();
         if let (false, Some(r)) = (notify.is_empty(), in_room) {
-            self.notifications_in(batch, r.room, r.room_id, &notify);
+            self.outboxes_in(batch, r.room, r.room_id, &notify);
         }
         Ok(servers)
     }

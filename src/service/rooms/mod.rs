@@ -133,17 +133,22 @@ impl Membership {
     }
 }
 
-/// Push rule evaluation as the commit of events needs it (implemented by the push service).
-pub trait Notifier: Send + Sync {
-    /// Evaluates `events` (built or received, not yet written) for the room's local members and
-    /// adds the notifications to `batch`.
-    fn notifications_in(
+/// Someone who must hear of every event that joins a room's timeline, local or received, with
+/// rows of their own written in the event's batch: push rules (notifications), appservices (their
+/// transaction queues). An acknowledged event thus never misses them, and a failed write leaves
+/// nothing of theirs behind.
+pub trait Outbox: Send + Sync {
+    /// Adds this listener's rows for `events` (built or received, not yet written) to `batch`.
+    fn queue_in(
         &self,
         batch: &mut Batch,
         room: ShortId,
         room_id: &RoomId,
         events: &[(ShortId, &CanonicalJsonObject)],
     ) -> Result<()>;
+
+    /// Called once a batch with rows for `room` is durable.
+    fn written(&self, _room: ShortId) {}
 }
 
 /// The keyspaces the rooms service reads and writes.
@@ -209,9 +214,9 @@ pub struct Service {
     server_name: OwnedServerName,
     signing_key: Arc<hearth_federation::ServerSigningKey>,
     stream: Arc<Stream>,
-    /// Who evaluates push rules for events as they are committed, set once at start. Weak: the
-    /// push service holds this one.
-    notifier: std::sync::OnceLock<std::sync::Weak<dyn Notifier>>,
+    /// Who hears of events as they are committed (see [`Outbox`]), set once at start. Weak: each
+    /// of them holds this service.
+    outboxes: std::sync::OnceLock<Vec<std::sync::Weak<dyn Outbox>>>,
     /// One writer at a time per room keeps prev_events, depth and state consistent.
     room_locks: Mutex<HashMap<ShortId, Arc<pipeline::RoomSlot>>>,
     /// Serialises claiming new room IDs (see `create_room`).
@@ -259,7 +264,7 @@ impl Service {
             server_name,
             signing_key,
             stream,
-            notifier: std::sync::OnceLock::new(),
+            outboxes: std::sync::OnceLock::new(),
             room_locks: Mutex::new(HashMap::new()),
             create_lock: tokio::sync::Mutex::new(()),
             outlier_lock: tokio::sync::Mutex::new(()),
@@ -267,26 +272,37 @@ impl Service {
         })
     }
 
-    /// Sets who evaluates push rules for committed events (see [`Notifier`]).
-    pub fn set_notifier(&self, notifier: std::sync::Weak<dyn Notifier>) {
-        let _ = self.notifier.set(notifier);
+    /// Sets who hears of committed events (see [`Outbox`]).
+    pub fn set_outboxes(&self, outboxes: Vec<std::sync::Weak<dyn Outbox>>) {
+        let _ = self.outboxes.set(outboxes);
     }
 
-    /// Adds the notifications of events about to be committed to their batch, so the counts
-    /// become visible with the events, in the same /sync answer and the same wake-up. A failed
-    /// evaluation costs notifications, never the events.
-    fn notifications_in(
+    /// Adds the outboxes' rows for events about to be committed to their batch: notification
+    /// counts become visible with the events, in the same /sync answer and the same wake-up.
+    /// A failed evaluation costs notifications or deliveries, never the events.
+    fn outboxes_in(
         &self,
         batch: &mut Batch,
         room: ShortId,
         room_id: &RoomId,
         events: &[(ShortId, &CanonicalJsonObject)],
     ) {
-        let Some(notifier) = self.notifier.get().and_then(std::sync::Weak::upgrade) else {
-            return;
-        };
-        if let Err(e) = notifier.notifications_in(batch, room, room_id, events) {
-            tracing::warn!(%room_id, "push rule evaluation failed: {e}");
+        for outbox in self.outboxes.get().into_iter().flatten() {
+            let Some(outbox) = outbox.upgrade() else {
+                continue;
+            };
+            if let Err(e) = outbox.queue_in(batch, room, room_id, events) {
+                tracing::warn!(%room_id, "an outbox could not queue events: {e}");
+            }
+        }
+    }
+
+    /// Tells the outboxes that a batch of `room` is durable.
+    fn outboxes_written(&self, room: ShortId) {
+        for outbox in self.outboxes.get().into_iter().flatten() {
+            if let Some(outbox) = outbox.upgrade() {
+                outbox.written(room);
+            }
         }
     }
 

@@ -456,6 +456,7 @@ impl Service {
         };
         self.tables.rooms.put_in(&mut batch, room, &meta);
         reserved.write(&self.db, batch).await?;
+        self.outboxes_written(room);
         tracing::info!(%room_id, %version, "room created");
 
         for ev in then {
@@ -644,6 +645,7 @@ impl Service {
         match reserved.write(&self.db, batch).await {
             Ok(()) => {
                 self.wake_room(room, &[]);
+                self.outboxes_written(room);
                 self.announce_destinations(group_servers);
                 tracing::debug!(room_id = %meta.room_id, events = accepted.len(), "event group persisted");
                 for (reply, sent) in accepted {
@@ -696,6 +698,7 @@ impl Service {
             self.membership.servers_changed(room);
         }
         self.wake_room(room, &[sent.short]);
+        self.outboxes_written(room);
         self.announce_destinations(servers);
         Ok(sent)
     }

@@ -369,6 +369,7 @@ impl Service {
         if flags == 0 {
             self.wake_room(room, &[short]);
         }
+        self.outboxes_written(room);
         self.announce_destinations(servers);
         Ok(short)
     }

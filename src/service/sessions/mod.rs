@@ -57,8 +57,19 @@ pub struct TokenRecord {
 pub struct Session {
     pub user_id: OwnedUserId,
     pub user: ShortId,
+    /// Empty for an appservice acting without `device_id=`: it has no device then.
     pub device_id: OwnedDeviceId,
     pub token_hash: String,
+    /// The appservice behind the request, when it used its `as_token`.
+    pub appservice: Option<Arc<hearth_appservice::Registration>>,
+}
+
+impl Session {
+    /// Whether the session acts with a device (every client session; an appservice only with
+    /// `device_id=`).
+    pub fn has_device(&self) -> bool {
+        !self.device_id.as_str().is_empty()
+    }
 }
 
 /// What a client gets back when it logs in, registers or refreshes.
@@ -161,6 +172,59 @@ impl Service {
             user: record.user,
             device_id: record.device_id,
             token_hash: hash,
+            appservice: None,
+        })
+    }
+
+    /// The session of a request made with an appservice's `as_token`: as `user_id` (the
+    /// appservice's sender when absent), which must be its own and registered, and with
+    /// `device_id` when given, which must be that user's.
+    pub fn as_appservice(
+        &self,
+        reg: &Arc<hearth_appservice::Registration>,
+        user_id: Option<&str>,
+        device_id: Option<&str>,
+    ) -> Result<Session> {
+        let server = self.users.server_name();
+        let user_id = match user_id {
+            Some(u) => UserId::parse(u)
+                .map_err(|_| Error::invalid_param("user_id is not a valid user ID"))?,
+            None => reg.sender(server).ok_or_else(|| {
+                Error::internal("the appservice's sender_localpart is not a valid user ID")
+            })?,
+        };
+        if user_id.server_name() != server || !reg.is_user_ours(&user_id) {
+            return Err(Error::forbidden(
+                "The application service may not act as this user",
+            ));
+        }
+        let user = match self.users.get(&user_id)? {
+            Some((user, record)) if !record.deactivated => user,
+            Some(_) => return Err(Error::forbidden("This user is deactivated")),
+            None => {
+                return Err(Error::forbidden(
+                    "The application service has not registered this user",
+                ))
+            }
+        };
+        let device_id = match device_id {
+            Some(d) => {
+                if self.get_device(user, <&DeviceId>::from(d))?.is_none() {
+                    return Err(Error::matrix(
+                        crate::error::custom_kind("M_UNKNOWN_DEVICE"),
+                        "No such device for this user",
+                    ));
+                }
+                OwnedDeviceId::from(d)
+            }
+            None => OwnedDeviceId::from(""),
+        };
+        Ok(Session {
+            user_id,
+            user,
+            device_id,
+            token_hash: String::new(),
+            appservice: Some(reg.clone()),
         })
     }
 
@@ -323,16 +387,30 @@ impl Service {
             .collect::<Result<_, _>>()?)
     }
 
+    /// Renames a device; with `create`, makes it first when it does not exist (appservices
+    /// manage their users' devices that way, without logging in).
     pub async fn set_display_name(
         &self,
         user: ShortId,
         device_id: &DeviceId,
         display_name: Option<String>,
+        create: bool,
     ) -> Result<()> {
         let _guard = self.lock_user(user).await;
-        let mut device = self
-            .get_device(user, device_id)?
-            .ok_or_else(|| Error::not_found("Unknown device"))?;
+        let mut device = match self.get_device(user, device_id)? {
+            Some(d) => d,
+            None if create => DeviceRecord {
+                device_id: device_id.to_owned(),
+                display_name: None,
+                created_ts: now_ms(),
+                last_seen_ts: None,
+                last_seen_ip: None,
+                access_token: None,
+                refresh_token: None,
+                pending_refresh: None,
+            },
+            None => return Err(Error::not_found("Unknown device")),
+        };
         device.display_name = display_name;
         let mut b = Batch::new();
         self.tables

@@ -1,0 +1,641 @@
+//! Application services: registration files, the `as_token` (registration, login, masquerading,
+//! exclusive namespaces), and delivery of events through transactions, with a real bot built on
+//! mautrix-python and with a small recording appservice here.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{
+    extract::{Path as UrlPath, State},
+    http::HeaderMap,
+    routing::put,
+    Json, Router,
+};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use crate::common::{assert_err, enc, eventually, TestServer};
+
+const AS_TOKEN: &str = "as-token-of-the-bridge";
+const HS_TOKEN: &str = "hs-token-of-the-bridge";
+
+fn registration(url: Option<&str>) -> String {
+    let url = url.map_or("null".to_owned(), |u| format!("\"{u}\""));
+    format!(
+        r##"
+id: "test-bridge"
+url: {url}
+as_token: "{AS_TOKEN}"
+hs_token: "{HS_TOKEN}"
+sender_localpart: "_bridge"
+rate_limited: false
+namespaces:
+  users:
+    - exclusive: true
+      regex: "@_bridge_.*"
+  aliases:
+    - exclusive: true
+      regex: "#_bridge_.*"
+  rooms: []
+"##
+    )
+}
+
+/// Starts a server with one registration file written into its temporary folder.
+async fn start_with_registration(yaml: &str) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bridge.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let server = TestServer::start_with(|c| {
+        c.appservice.registration_files = vec![file];
+        c.appservice.max_backoff = hearth::config::HumanDuration(Duration::from_millis(500));
+    })
+    .await;
+    (server, dir)
+}
+
+async fn as_request(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = server
+        .http
+        .request(method, format!("{}{path}", server.url()))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Registers a namespace user as the appservice.
+async fn register_as(server: &TestServer, name: &str) -> (u16, Value) {
+    as_request(
+        server,
+        reqwest::Method::POST,
+        "/_matrix/client/v3/register",
+        AS_TOKEN,
+        Some(json!({ "type": "m.login.application_service", "username": name, "inhibit_login": true })),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_registration_files_stop_the_start_naming_the_file_and_field() {
+    let cases = [
+        (
+            registration(None).replace("exclusive: true", "exclusive: perhaps"),
+            "namespaces.users[0].exclusive",
+        ),
+        (
+            registration(None).replace("@_bridge_.*", "@_bridge_(.*"),
+            "namespaces.users[0].regex",
+        ),
+        (
+            registration(None).replace("as_token: \"as-token-of-the-bridge\"\n", ""),
+            "as_token",
+        ),
+        (
+            registration(None).replace("\"_bridge\"", "\"not valid\""),
+            "sender_localpart",
+        ),
+    ];
+    for (yaml, field) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broken.yaml");
+        std::fs::write(&file, &yaml).unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let mut config = crate::common::test_config(data.path().join("data"));
+        config.appservice.registration_files = vec![dir.path().to_owned()];
+        let err = match hearth::server::Server::start(config).await {
+            Ok(_) => panic!("a server started with a broken registration ({field})"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(err.contains(field), "{field}: {err}");
+    }
+    // Two registrations claiming the same users exclusively.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), registration(None)).unwrap();
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        registration(None)
+            .replace("test-bridge", "other")
+            .replace(AS_TOKEN, "other-as")
+            .replace(HS_TOKEN, "other-hs")
+            .replace("\"_bridge\"", "\"_other\"")
+            .replace("#_bridge_.*", "#_other_.*"),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut config = crate::common::test_config(data.path().join("data"));
+    config.appservice.registration_files = vec![dir.path().to_owned()];
+    let err = hearth::server::Server::start(config)
+        .await
+        .err()
+        .expect("overlapping exclusive namespaces are refused")
+        .to_string();
+    assert!(
+        err.contains("b.yaml") && err.contains("namespaces.users[0].regex"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_as_token_registers_logs_in_and_masquerades_within_the_namespace_only() {
+    let (server, _dir) = start_with_registration(&registration(None)).await;
+
+    // Registration of namespace users, without interactive auth or a password.
+    let (status, body) = register_as(&server, "_bridge_alice").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("access_token").is_none(), "{body}");
+    assert_err(
+        &register_as(&server, "_bridge_alice").await,
+        400,
+        "M_USER_IN_USE",
+    );
+    assert_err(&register_as(&server, "carol").await, 400, "M_EXCLUSIVE");
+    // The registration type with a wrong token, or none.
+    let (status, body) = as_request(
+        &server,
+        reqwest::Method::POST,
+        "/_matrix/client/v3/register",
+        "not-a-token",
+        Some(json!({ "type": "m.login.application_service", "username": "_bridge_x" })),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNKNOWN_TOKEN")),
+        "{body}"
+    );
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({ "type": "m.login.application_service", "username": "_bridge_x" }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_MISSING_TOKEN")),
+        "{body}"
+    );
+    // People cannot take names in the exclusive namespace, nor see them as available.
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({ "username": "_bridge_mallory", "password": "a long password",
+                    "auth": { "type": "m.login.dummy" } }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_EXCLUSIVE")),
+        "{body}"
+    );
+    assert_err(
+        &server
+            .get(
+                "/_matrix/client/v3/register/available?username=_bridge_bob",
+                None,
+            )
+            .await,
+        400,
+        "M_EXCLUSIVE",
+    );
+    let (_, carol, _) = server.register("carol", "a long password").await;
+
+    // Acting as its users, and as its sender by default.
+    let whoami = |user: Option<&str>| {
+        let path = match user {
+            Some(u) => format!("/_matrix/client/v3/account/whoami?user_id={}", enc(u)),
+            None => "/_matrix/client/v3/account/whoami".to_owned(),
+        };
+        let server = &server;
+        async move { as_request(server, reqwest::Method::GET, &path, AS_TOKEN, None).await }
+    };
+    let name = server.name();
+    let alice = format!("@_bridge_alice:{name}");
+    let (status, body) = whoami(Some(&alice)).await;
+    assert_eq!(
+        (status, body["user_id"].as_str()),
+        (200, Some(alice.as_str())),
+        "{body}"
+    );
+    let (status, body) = whoami(None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], format!("@_bridge:{name}"));
+    // Outside the namespace, or not registered: refused.
+    assert_err(
+        &whoami(Some(&format!("@carol:{name}"))).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_err(
+        &whoami(Some(&format!("@_bridge_nobody:{name}"))).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    // A wrong token is no appservice and no user.
+    assert_err(
+        &as_request(
+            &server,
+            reqwest::Method::GET,
+            "/_matrix/client/v3/account/whoami",
+            "wrong",
+            None,
+        )
+        .await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
+
+    // Login as a namespace user, and only those.
+    let login = |user: &str| {
+        as_request(
+            &server,
+            reqwest::Method::POST,
+            "/_matrix/client/v3/login",
+            AS_TOKEN,
+            Some(json!({ "type": "m.login.application_service",
+                         "identifier": { "type": "m.id.user", "user": user } })),
+        )
+    };
+    let (status, body) = login("_bridge_alice").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], alice.as_str());
+    assert_err(&login("carol").await, 400, "M_EXCLUSIVE");
+
+    // Aliases: the exclusive namespace is the appservice's alone.
+    let room = server
+        .create_room(&carol, json!({ "preset": "public_chat" }))
+        .await;
+    let alias = format!("#_bridge_chan:{name}");
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/directory/room/{}", enc(&alias)),
+            Some(&carol),
+            json!({ "room_id": room }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_EXCLUSIVE")),
+        "{body}"
+    );
+
+    // Masquerading in a room: the event's sender is the namespace user.
+    let (status, body) = as_request(
+        &server,
+        reqwest::Method::POST,
+        &format!(
+            "/_matrix/client/v3/join/{}?user_id={}",
+            enc(&room),
+            enc(&alice)
+        ),
+        AS_TOKEN,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = as_request(
+        &server,
+        reqwest::Method::PUT,
+        &format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/t1?user_id={}",
+            enc(&room),
+            enc(&alice)
+        ),
+        AS_TOKEN,
+        Some(json!({ "msgtype": "m.text", "body": "from the bridge" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let event_id = body["event_id"].as_str().unwrap().to_owned();
+    let (status, event) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room),
+                enc(&event_id)
+            ),
+            Some(&carol),
+        )
+        .await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["sender"], alice.as_str());
+    // The appservice claims the alias for the room, as bridges do.
+    let (status, body) = as_request(
+        &server,
+        reqwest::Method::PUT,
+        &format!(
+            "/_matrix/client/v3/directory/room/{}?user_id={}",
+            enc(&alias),
+            enc(&alice)
+        ),
+        AS_TOKEN,
+        Some(json!({ "room_id": room })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Outside its alias namespace: M_EXCLUSIVE for the appservice too.
+    let (status, body) = as_request(
+        &server,
+        reqwest::Method::PUT,
+        &format!(
+            "/_matrix/client/v3/directory/room/{}?user_id={}",
+            enc(&format!("#general:{name}")),
+            enc(&alice)
+        ),
+        AS_TOKEN,
+        Some(json!({ "room_id": room })),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_EXCLUSIVE")),
+        "{body}"
+    );
+}
+
+/// What the recording appservice saw.
+#[derive(Default)]
+struct Seen {
+    /// Every attempt: transaction ID, Authorization header, events.
+    attempts: Vec<(String, String, Vec<Value>)>,
+    /// Transactions processed (the first successful attempt of each ID), in order.
+    processed: Vec<(String, Vec<Value>)>,
+}
+
+#[derive(Clone)]
+struct Recorder {
+    seen: Arc<Mutex<Seen>>,
+    /// Attempts still to fail with a 500.
+    fail: Arc<AtomicU32>,
+}
+
+async fn record(
+    State(r): State<Recorder>,
+    UrlPath(txn): UrlPath<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (axum::http::StatusCode, Json<Value>) {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let events = body["events"].as_array().cloned().unwrap_or_default();
+    let mut seen = r.seen.lock();
+    seen.attempts
+        .push((txn.clone(), auth.clone(), events.clone()));
+    if auth != format!("Bearer {HS_TOKEN}") {
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            Json(json!({ "errcode": "M_FORBIDDEN" })),
+        );
+    }
+    if r.fail.load(Ordering::SeqCst) > 0 {
+        r.fail.fetch_sub(1, Ordering::SeqCst);
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({})),
+        );
+    }
+    if !seen.processed.iter().any(|(t, _)| *t == txn) {
+        seen.processed.push((txn, events));
+    }
+    (axum::http::StatusCode::OK, Json(json!({})))
+}
+
+/// Starts the recording appservice on `listener`.
+fn serve_recorder(listener: std::net::TcpListener, recorder: Recorder) {
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let app = Router::new()
+        .route("/_matrix/app/v1/transactions/{txn}", put(record))
+        .with_state(recorder);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+}
+
+fn bodies(seen: &Seen) -> Vec<String> {
+    seen.processed
+        .iter()
+        .flat_map(|(_, events)| events.iter())
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_appservice_that_was_down_gets_every_event_once_in_order_across_a_restart() {
+    // The appservice's port is reserved but nothing answers yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (mut server, _dir) = start_with_registration(&registration(Some(&url))).await;
+    let name = server.name();
+    assert_eq!(register_as(&server, "_bridge_watch").await.0, 200);
+    let (_, alice, _) = server.register("alice", "a long password").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let watcher = format!("@_bridge_watch:{name}");
+    let (status, body) = as_request(
+        &server,
+        reqwest::Method::POST,
+        &format!(
+            "/_matrix/client/v3/join/{}?user_id={}",
+            enc(&room),
+            enc(&watcher)
+        ),
+        AS_TOKEN,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for i in 0..100 {
+        server.say(&alice, &room, &format!("m{i}")).await;
+    }
+    // Delivery is durable: a restart in between loses nothing.
+    let queued = server.services().appservice.queue_states().unwrap();
+    assert!(queued[0].queued >= 100, "{queued:?}");
+    server.restart().await;
+    server.say(&alice, &room, "m100").await;
+
+    // The appservice comes up, failing its first two attempts.
+    let recorder = Recorder {
+        seen: Arc::default(),
+        fail: Arc::new(AtomicU32::new(2)),
+    };
+    serve_recorder(
+        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(),
+        recorder.clone(),
+    );
+    let expected: Vec<String> = (0..=100).map(|i| format!("m{i}")).collect();
+    eventually(60, "every event delivered", || {
+        let seen = recorder.seen.clone();
+        let expected = expected.clone();
+        async move { (bodies(&seen.lock()) == expected).then_some(()) }
+    })
+    .await;
+    {
+        let seen = recorder.seen.lock();
+        // Each message exactly once, in order (checked above), every attempt with the hs_token, and
+        // a retried transaction carried exactly what its first attempt did.
+        // `unsigned.age` is relative to the moment of sending; everything else is the same.
+        let without_age = |events: &Vec<Value>| {
+            let mut events = events.clone();
+            for e in &mut events {
+                if let Some(u) = e.get_mut("unsigned").and_then(Value::as_object_mut) {
+                    u.remove("age");
+                }
+            }
+            events
+        };
+        let mut by_id: HashMap<&str, Vec<Value>> = HashMap::new();
+        for (txn, auth, events) in &seen.attempts {
+            assert_eq!(auth, &format!("Bearer {HS_TOKEN}"));
+            let events = without_age(events);
+            if let Some(first) = by_id.insert(txn, events.clone()) {
+                assert_eq!(first, events, "transaction {txn} changed between attempts");
+            }
+        }
+        assert!(
+            seen.attempts.len() > seen.processed.len(),
+            "no attempt was retried"
+        );
+    }
+    eventually(10, "the queue drained", || {
+        let services = server.services().clone();
+        async move {
+            let q = services.appservice.queue_states().unwrap();
+            (q[0].queued == 0).then_some(())
+        }
+    })
+    .await;
+}
+
+/// The bot's script, next to the tests.
+fn bot_script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mautrix_bot.py")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mautrix_bot_joins_when_invited_answers_and_speaks_as_its_users() {
+    let venv = crate::peers::python_env();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let yaml = registration(Some(&url))
+        .replace("test-bridge", "mautrix-bot")
+        .replace("\"_bridge\"", "\"_mbot\"")
+        .replace("@_bridge_.*", "@_mbot_.*")
+        .replace("#_bridge_.*", "#_mbot_.*");
+    let (server, _dir) = start_with_registration(&yaml).await;
+    let name = server.name();
+    let mut bot = tokio::process::Command::new(venv.join("bin/python"))
+        .arg(bot_script())
+        .args([&server.url(), &name, &port.to_string(), AS_TOKEN, HS_TOKEN])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the bot starts");
+    let stdout = bot.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.trim() == "ready" {
+                return;
+            }
+        }
+        panic!("the bot exited before it was ready");
+    })
+    .await
+    .expect("the bot is ready within 60 s");
+
+    let (_, alice, _) = server.register("alice", "a long password").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let bot_id = format!("@_mbot:{name}");
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&alice),
+            json!({ "user_id": bot_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let joined = |user: String| {
+        let server = &server;
+        let alice = alice.clone();
+        let room = room.clone();
+        async move {
+            let (_, members) = server
+                .get(
+                    &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)),
+                    Some(&alice),
+                )
+                .await;
+            members["joined"].get(&user).is_some().then_some(())
+        }
+    };
+    eventually(30, "the bot joined on its invite", || {
+        joined(bot_id.clone())
+    })
+    .await;
+
+    server.say(&alice, &room, "ping").await;
+    server.say(&alice, &room, "echo hello from a puppet").await;
+    let puppet = format!("@_mbot_echo:{name}");
+    let messages = eventually(30, "the bot answered and its puppet spoke", || {
+        let server = &server;
+        let alice = alice.clone();
+        let room = room.clone();
+        let (bot_id, puppet) = (bot_id.clone(), puppet.clone());
+        async move {
+            let (_, page) = server
+                .get(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                        enc(&room)
+                    ),
+                    Some(&alice),
+                )
+                .await;
+            let said = |who: &str, what: &str| {
+                page["chunk"].as_array().into_iter().flatten().any(|e| {
+                    e["type"] == "m.room.message"
+                        && e["sender"] == who
+                        && e["content"]["body"] == what
+                })
+            };
+            (said(&bot_id, "pong") && said(&puppet, "hello from a puppet")).then_some(page)
+        }
+    })
+    .await;
+    assert!(messages["chunk"].is_array());
+}
