@@ -1,5 +1,5 @@
 //! The Python environment of the real peers the tests start (Synapse, moto, mautrix-python's
-//! appservice library), provisioned by the
+//! appservice library, heisenbridge), provisioned by the
 //! tests themselves: `cargo test --workspace` on a fresh machine needs nothing else. Made once,
 //! under a file lock, so parallel tests (threads here, processes under nextest) wait for one
 //! installation instead of racing through several.
@@ -19,6 +19,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bin/synapse_homeserver", "matrix-synapse"),
     ("bin/moto_server", "moto[server]"),
     ("import:mautrix.appservice", "mautrix"),
+    ("bin/heisenbridge", "heisenbridge"),
 ];
 
 fn location() -> PathBuf {
