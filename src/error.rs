@@ -154,6 +154,17 @@ impl Error {
     pub fn upstream_timeout(message: impl Into<Cow<'static, str>>) -> Self {
         Self::unknown(message).with_status(StatusCode::GATEWAY_TIMEOUT)
     }
+    /// `502 M_BAD_STATUS`: an upstream answered with an error status (kept, with its body).
+    pub fn upstream_bad_status(
+        status: u16,
+        body: String,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        let mut data = ruma::api::error::BadStatusErrorData::new();
+        data.status = StatusCode::from_u16(status).ok();
+        data.body = Some(body);
+        Self::upstream_kind(ErrorKind::BadStatus(data), message)
+    }
     /// `504` with `kind`: an upstream that did not answer in time, under a specific errcode.
     pub fn upstream_timeout_kind(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
         Self::matrix(kind, message).with_status(StatusCode::GATEWAY_TIMEOUT)

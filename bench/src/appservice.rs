@@ -25,7 +25,7 @@ use tokio::{sync::Notify, task::JoinSet};
 
 use crate::{
     client::{encode, Server, User},
-    common::{join_all, message_body, register_all, run_id},
+    common::{busy_room, message_body, run_id},
     report::{Metric, Report},
     stats::{Failures, Latencies},
     Common,
@@ -237,17 +237,7 @@ pub async fn run(
     });
 
     let run: Arc<str> = run_id().into();
-    let mut names = vec![format!("hb{run}c")];
-    names.extend((0..args.senders).map(|i| format!("hb{run}s{i}")));
-    let mut users = register_all(server, names, common.setup_concurrency).await?;
-    let senders = users.split_off(1);
-    let creator = &users[0];
-    let room_id: Arc<str> = server
-        .create_room(creator, common.room_version.as_deref())
-        .await
-        .map_err(|e| format!("createRoom: {e}"))?
-        .into();
-    join_all(server, &senders, &room_id, common.setup_concurrency).await?;
+    let (_, senders, room_id) = busy_room(server, common, &run, args.senders).await?;
     watcher(server, args, &run, &room_id).await?;
 
     let n = args.senders as u64;

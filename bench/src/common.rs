@@ -29,6 +29,27 @@ pub fn run_id() -> String {
     out.iter().take(10).rev().collect()
 }
 
+/// A room of this run: its creator, `senders` more accounts joined to it, and its ID.
+pub async fn busy_room(
+    server: &Server,
+    common: &crate::Common,
+    run: &str,
+    senders: usize,
+) -> Result<(User, Vec<User>, Arc<str>), String> {
+    let mut names = vec![format!("hb{run}c")];
+    names.extend((0..senders).map(|i| format!("hb{run}s{i}")));
+    let mut users = register_all(server, names, common.setup_concurrency).await?;
+    let senders = users.split_off(1);
+    let creator = users.remove(0);
+    let room_id: Arc<str> = server
+        .create_room(&creator, common.room_version.as_deref())
+        .await
+        .map_err(|e| format!("createRoom: {e}"))?
+        .into();
+    join_all(server, &senders, &room_id, common.setup_concurrency).await?;
+    Ok((creator, senders, room_id))
+}
+
 /// Registers `names` with at most `concurrency` registrations in flight: password hashing is
 /// deliberately slow on every server, and this is setup, not the measurement.
 pub async fn register_all(

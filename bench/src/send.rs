@@ -13,7 +13,7 @@ use tokio::{sync::Barrier, task::JoinSet};
 
 use crate::{
     client::{PageEvent, Server, User},
-    common::{join_all, message_body, parse_body, read_room, register_all, run_id},
+    common::{busy_room, message_body, parse_body, read_room, run_id},
     report::{Metric, Report},
     stats::{Failures, Latencies},
     Common,
@@ -139,17 +139,8 @@ pub async fn run(server: &Server, common: &Common, args: &SendArgs) -> Result<Re
         return Err("--senders must be at least 1".into());
     }
     let run: Arc<str> = run_id().into();
-    let mut names = vec![format!("hb{run}c")];
-    names.extend((0..args.senders).map(|i| format!("hb{run}s{i}")));
-    let mut users = register_all(server, names, common.setup_concurrency).await?;
-    let senders = users.split_off(1);
-    let creator = &users[0];
-    let room_id: Arc<str> = server
-        .create_room(creator, common.room_version.as_deref())
-        .await
-        .map_err(|e| format!("createRoom: {e}"))?
-        .into();
-    join_all(server, &senders, &room_id, common.setup_concurrency).await?;
+    let (creator, senders, room_id) = busy_room(server, common, &run, args.senders).await?;
+    let creator = &creator;
 
     let n = args.senders as u64;
     let warmup: Vec<Range<u64>> = (0..n).map(|_| 0..args.warmup).collect();

@@ -80,6 +80,21 @@ pub struct Ruma<T> {
 }
 
 impl<T> Ruma<T> {
+    /// The appservice whose `as_token` the request carried; 401 `M_UNKNOWN_TOKEN` for another
+    /// token, `M_MISSING_TOKEN` for none.
+    pub fn appservice(&self) -> Result<&Arc<hearth_appservice::Registration>, Error> {
+        self.appservice.as_ref().ok_or_else(|| {
+            if self.token_given {
+                Error::matrix(
+                    crate::error::unknown_token_kind(false),
+                    "Not an application service token",
+                )
+            } else {
+                Error::missing_token("Missing application service token")
+            }
+        })
+    }
+
     /// The session behind the access token; present on every endpoint that requires one.
     pub fn session(&self) -> Result<&Session, Error> {
         // Endpoints with optional auth that still need a user answer as if the token were missing.
@@ -105,9 +120,14 @@ pub fn access_token(parts: &http::request::Parts) -> Result<Option<String>, Erro
 }
 
 fn form_urlencoded_token(query: &str) -> Option<String> {
+    query_param(query, "access_token")
+}
+
+/// One query parameter, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        (k == "access_token").then(|| percent_decode(v)).flatten()
+        (k == name).then(|| percent_decode(v)).flatten()
     })
 }
 
@@ -247,12 +267,7 @@ pub fn authenticate(
         .and_then(|t| services.appservice.by_as_token(t))
     {
         let query = parts.uri.query().unwrap_or_default();
-        let param = |name: &str| {
-            query.split('&').find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                (k == name).then(|| percent_decode(v)).flatten()
-            })
-        };
+        let param = |name: &str| query_param(query, name);
         let session = services.sessions.as_appservice(
             reg,
             param("user_id").as_deref(),

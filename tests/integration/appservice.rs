@@ -80,6 +80,23 @@ async fn as_request(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// Joins a namespace user to a room, as the appservice.
+async fn join_as(server: &TestServer, room: &str, user: &str) {
+    let (status, body) = as_request(
+        server,
+        reqwest::Method::POST,
+        &format!(
+            "/_matrix/client/v3/join/{}?user_id={}",
+            enc(room),
+            enc(user)
+        ),
+        AS_TOKEN,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// Registers a namespace user as the appservice.
 async fn register_as(server: &TestServer, name: &str) -> (u16, Value) {
     as_request(
@@ -299,19 +316,7 @@ async fn the_as_token_registers_logs_in_and_masquerades_within_the_namespace_onl
     );
 
     // Masquerading in a room: the event's sender is the namespace user.
-    let (status, body) = as_request(
-        &server,
-        reqwest::Method::POST,
-        &format!(
-            "/_matrix/client/v3/join/{}?user_id={}",
-            enc(&room),
-            enc(&alice)
-        ),
-        AS_TOKEN,
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    join_as(&server, &room, &alice).await;
     let (status, body) = as_request(
         &server,
         reqwest::Method::PUT,
@@ -460,19 +465,7 @@ async fn an_appservice_that_was_down_gets_every_event_once_in_order_across_a_res
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
     let watcher = format!("@_bridge_watch:{name}");
-    let (status, body) = as_request(
-        &server,
-        reqwest::Method::POST,
-        &format!(
-            "/_matrix/client/v3/join/{}?user_id={}",
-            enc(&room),
-            enc(&watcher)
-        ),
-        AS_TOKEN,
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    join_as(&server, &room, &watcher).await;
     for i in 0..100 {
         server.say(&alice, &room, &format!("m{i}")).await;
     }

@@ -94,12 +94,7 @@ async fn register(
                 .users
                 .user_id_for_new_localpart(&random_string(12).to_lowercase())?,
         };
-        let device = (!body.inhibit_login).then(|| accounts::FirstDevice {
-            device_id: body.device_id.clone(),
-            display_name: body.initial_device_display_name.clone(),
-            want_refresh: body.refresh_token,
-            client_ip: Some(req.client_ip.to_string()),
-        });
+        let device = first_device(&req);
         let account =
             accounts::create(&services, &user_id, Some(password), false, None, device).await?;
         Ok((user_id, account))
@@ -117,14 +112,7 @@ async fn register(
         services.registration_tokens.complete(token).await?;
     }
 
-    let mut resp = register::v3::Response::new(user_id);
-    if let Some((device_id, tokens)) = account.login {
-        resp.device_id = Some(device_id);
-        resp.access_token = Some(tokens.access_token);
-        resp.refresh_token = tokens.refresh_token;
-        resp.expires_in = tokens.expires_in;
-    }
-    Ok(resp)
+    Ok(registered(user_id, account))
 }
 
 /// `type: m.login.application_service`: an appservice creates a user of its namespace, with no
@@ -137,16 +125,7 @@ async fn register_appservice_user(
     if body.login_type != Some(register::LoginType::ApplicationService) {
         return Err(Error::bad_json("Unknown registration type"));
     }
-    let Some(reg) = &req.appservice else {
-        return Err(if req.token_given {
-            Error::matrix(
-                crate::error::unknown_token_kind(false),
-                "Not an application service token",
-            )
-        } else {
-            Error::missing_token("Registering as an application service needs its token")
-        });
-    };
+    let reg = req.appservice()?;
     let name = body
         .username
         .as_deref()
@@ -160,13 +139,24 @@ async fn register_appservice_user(
     }
     // Another appservice may hold it exclusively under a namespace this one shares.
     services.appservice.check_user_free(&user_id, Some(reg))?;
-    let device = (!body.inhibit_login).then(|| accounts::FirstDevice {
+    let account =
+        accounts::create(services, &user_id, None, false, None, first_device(req)).await?;
+    Ok(registered(user_id, account))
+}
+
+/// The device a registration asks for, unless it inhibits login.
+fn first_device(req: &Ruma<register::v3::Request>) -> Option<accounts::FirstDevice> {
+    let body = &req.body;
+    (!body.inhibit_login).then(|| accounts::FirstDevice {
         device_id: body.device_id.clone(),
         display_name: body.initial_device_display_name.clone(),
         want_refresh: body.refresh_token,
         client_ip: Some(req.client_ip.to_string()),
-    });
-    let account = accounts::create(services, &user_id, None, false, None, device).await?;
+    })
+}
+
+/// The answer to a registration: the user, and its tokens when it was logged in.
+fn registered(user_id: ruma::OwnedUserId, account: accounts::NewAccount) -> register::v3::Response {
     let mut resp = register::v3::Response::new(user_id);
     if let Some((device_id, tokens)) = account.login {
         resp.device_id = Some(device_id);
@@ -174,7 +164,7 @@ async fn register_appservice_user(
         resp.refresh_token = tokens.refresh_token;
         resp.expires_in = tokens.expires_in;
     }
-    Ok(resp)
+    resp
 }
 
 async fn available(

@@ -20,10 +20,7 @@ async fn ping(
     State(services): State<AppState>,
     req: Ruma<request_ping::v1::Request>,
 ) -> Result<request_ping::v1::Response> {
-    let reg = req
-        .appservice
-        .as_ref()
-        .ok_or_else(|| Error::missing_token("Missing application service token"))?;
+    let reg = req.appservice()?;
     if reg.id != req.body.appservice_id {
         return Err(Error::forbidden(
             "The token is not this application service's",

@@ -67,16 +67,7 @@ async fn login(
             .await?
         }
         LoginInfo::ApplicationService(info) => {
-            let Some(reg) = &req.appservice else {
-                return Err(if req.token_given {
-                    Error::matrix(
-                        crate::error::unknown_token_kind(false),
-                        "Not an application service token",
-                    )
-                } else {
-                    Error::missing_token("Logging in as an application service needs its token")
-                });
-            };
+            let reg = req.appservice()?;
             let Some(UserIdentifier::Matrix(identifier)) = &info.identifier else {
                 return Err(unknown_identifier());
             };

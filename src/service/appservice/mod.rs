@@ -422,18 +422,14 @@ impl Service {
                 status,
                 errcode,
                 body,
-            }) => {
-                let mut data = ruma::api::error::BadStatusErrorData::new();
-                data.status = http::StatusCode::from_u16(status).ok();
-                data.body = Some(body);
-                Err(Error::upstream_kind(
-                    ErrorKind::BadStatus(data),
-                    format!(
-                        "The application service answered {status}{}",
-                        errcode.map(|c| format!(" {c}")).unwrap_or_default()
-                    ),
-                ))
-            }
+            }) => Err(Error::upstream_bad_status(
+                status,
+                body,
+                format!(
+                    "The application service answered {status}{}",
+                    errcode.map(|c| format!(" {c}")).unwrap_or_default()
+                ),
+            )),
             Err(e) => Err(Error::upstream_kind(
                 ErrorKind::ConnectionFailed,
                 e.to_string(),

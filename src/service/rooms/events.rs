@@ -56,23 +56,19 @@ impl Events {
         &self,
         short: ShortId,
     ) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
-        match self.pdus.get(short)? {
-            Some(b) => {
-                Ok(Some(serde_json::from_slice(&b).map_err(|e| {
-                    Error::internal(format!("stored PDU: {e}"))
-                })?))
-            }
-            None => Ok(None),
-        }
+        self.stored(short)
     }
 
     pub fn event_canonical(&self, short: ShortId) -> Result<Option<CanonicalJsonObject>> {
+        self.stored(short)
+    }
+
+    /// A stored event decoded as `T`.
+    fn stored<T: serde::de::DeserializeOwned>(&self, short: ShortId) -> Result<Option<T>> {
         match self.pdus.get(short)? {
-            Some(b) => {
-                Ok(Some(serde_json::from_slice(&b).map_err(|e| {
-                    Error::internal(format!("stored PDU: {e}"))
-                })?))
-            }
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::internal(format!("stored PDU: {e}"))),
             None => Ok(None),
         }
     }
