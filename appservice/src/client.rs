@@ -65,7 +65,7 @@ pub struct Transaction<'a> {
     pub unused_fallback_key_types: Option<JsonValue>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct DeviceLists {
     pub changed: Vec<String>,
     pub left: Vec<String>,

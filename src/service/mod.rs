@@ -112,7 +112,11 @@ impl Services {
             stream.clone(),
             rooms.clone(),
         ));
-        let typing = Arc::new(typing::Service::new(rooms.clone()));
+        let typing = Arc::new(typing::Service::new(
+            db.clone(),
+            stream.clone(),
+            rooms.clone(),
+        ));
         let filters = Arc::new(filters::Service::new(db.clone()));
         let keys = Arc::new(keys::Service::new(
             db.clone(),
@@ -137,7 +141,12 @@ impl Services {
             db.clone(),
             config.server_name.clone(),
             registrations,
-            rooms.clone(),
+            appservice::Deps {
+                rooms: rooms.clone(),
+                users: users.clone(),
+                keys: keys.clone(),
+                stream: stream.clone(),
+            },
             config.appservice.timeout.0,
             config.appservice.max_backoff.0,
         )?);
@@ -149,6 +158,12 @@ impl Services {
             Arc::downgrade(&push_outbox),
             Arc::downgrade(&appservice_outbox),
         ]);
+        // Appservices that keep their users' devices get their to-device messages and key
+        // changes in transactions.
+        let keys_listener: Arc<dyn keys::KeysListener> = appservice.clone();
+        keys.set_listener(Arc::downgrade(&keys_listener));
+        let ephemeral_listener: Arc<dyn stream::EphemeralListener> = appservice.clone();
+        stream.set_ephemeral_listener(Arc::downgrade(&ephemeral_listener));
         let federation = Arc::new(federation::Service::new(
             db.clone(),
             config.clone(),

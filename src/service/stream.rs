@@ -16,8 +16,36 @@ use tokio::sync::watch;
 
 use crate::storage::{Batch, Db, IdKind, ShortId, ShortIds, StorageResult};
 
+/// Where an ephemeral event belongs, for whoever besides /sync hears of it.
+pub enum EphemeralScope<'a> {
+    /// Typing or a public receipt in a room.
+    Room(ShortId, &'a ruma::RoomId),
+    /// A private receipt: only for its owner's eyes.
+    Private(ShortId),
+    /// A user's presence (the listener adds the `sender`).
+    Presence(ShortId),
+}
+
+/// Someone besides /sync who must hear of typing, receipts and presence as they happen:
+/// appservices that receive ephemeral events get rows of their own in the same write.
+pub trait EphemeralListener: Send + Sync {
+    /// Adds this listener's rows for `event` to `batch`, at `pos`; returns whether it did.
+    fn ephemeral_in(
+        &self,
+        batch: &mut Batch,
+        pos: u64,
+        scope: EphemeralScope<'_>,
+        event: &serde_json::Value,
+    ) -> crate::error::Result<bool>;
+
+    /// Called once a batch with such rows is durable.
+    fn written(&self);
+}
+
 pub struct Stream {
     shortids: Arc<ShortIds>,
+    /// Who else hears of ephemeral events (see [`EphemeralListener`]), set once at start.
+    ephemeral: std::sync::OnceLock<std::sync::Weak<dyn EphemeralListener>>,
     /// Positions handed out but not yet durable (or abandoned), with a count per position.
     pending: Mutex<BTreeMap<ShortId, u32>>,
     published: watch::Sender<u64>,
@@ -30,6 +58,7 @@ impl Stream {
         let start = shortids.peek_next().saturating_sub(1);
         Self {
             shortids,
+            ephemeral: std::sync::OnceLock::new(),
             pending: Mutex::new(BTreeMap::new()),
             published: watch::Sender::new(start),
             waiters: Mutex::new(HashMap::new()),
@@ -69,6 +98,20 @@ impl Stream {
                 false
             }
         });
+    }
+
+    /// Sets who else hears of ephemeral events (see [`EphemeralListener`]).
+    pub fn set_ephemeral_listener(&self, listener: std::sync::Weak<dyn EphemeralListener>) {
+        let _ = self.ephemeral.set(listener);
+    }
+
+    pub fn ephemeral_listener(&self) -> Option<Arc<dyn EphemeralListener>> {
+        self.ephemeral.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// A channel that changes whenever the published position advances.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// Everything at or below this position is durable.

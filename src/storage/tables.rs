@@ -113,12 +113,13 @@ tables! {
 
 // Application services.
 tables! {
-    /// appservice ID (str 0xff) . stream position (u64) → the event (short) queued for it there,
-    /// written in the event's own batch and deleted once the appservice acknowledged it.
-    AppserviceQueue: AppserviceQueue, (Term, U64) => Packed<U64>;
-    /// appservice ID (str) → `Json<InFlight>`: the range of queue positions of the transaction
-    /// being delivered, fixed before its first attempt so that every retry carries the same
-    /// events under the same transaction ID.
+    /// appservice ID (str 0xff) . stream position (u64) → [`QueuedItem`] queued for it there:
+    /// 0 . an event (short), written in the event's own batch, or 1 . a to-device message or
+    /// ephemeral event (JSON); deleted once the appservice acknowledged it.
+    AppserviceQueue: AppserviceQueue, (Term, U64) => QueuedItem;
+    /// appservice ID (str) → `Json<Delivery>`: transactions sent, the key-change position
+    /// delivered, and the transaction in flight (its queue positions and device data), fixed
+    /// before its first attempt so that every retry carries the same content under the same ID.
     AppserviceTxns<T>: AppserviceTxns, Str => Json<T>;
 }
 
@@ -560,8 +561,12 @@ mod tests {
     #[test]
     fn appservice_keyspaces_round_trip_in_their_layout() {
         assert_eq!(
-            round_trip::<AppserviceQueue>(("irc", 42), 9),
+            round_trip::<AppserviceQueue>(("irc", 42), QueuedItem::Pdu(9)),
             cat(&[b"irc\xff", &be(42)])
+        );
+        assert_eq!(
+            round_trip::<AppserviceQueue>(("irc", 43), QueuedItem::Edu(b"{}".to_vec())),
+            cat(&[b"irc\xff", &be(43)])
         );
         assert_eq!(
             round_trip::<AppserviceTxns<JsonValue>>("irc", json!([1, 2])),

@@ -384,6 +384,8 @@ struct Seen {
     attempts: Vec<(String, String, Vec<Value>)>,
     /// Transactions processed (the first successful attempt of each ID), in order.
     processed: Vec<(String, Vec<Value>)>,
+    /// Ephemeral events of the processed transactions, in order.
+    ephemeral: Vec<Value>,
 }
 
 #[derive(Clone)]
@@ -423,6 +425,8 @@ async fn record(
     }
     if !seen.processed.iter().any(|(t, _)| *t == txn) {
         seen.processed.push((txn, events));
+        let ephemeral = body["ephemeral"].as_array().cloned().unwrap_or_default();
+        seen.ephemeral.extend(ephemeral);
     }
     (axum::http::StatusCode::OK, Json(json!({})))
 }
@@ -526,6 +530,114 @@ async fn an_appservice_that_was_down_gets_every_event_once_in_order_across_a_res
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_receipts_and_presence_reach_an_appservice_that_receives_ephemeral_events() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let recorder = Recorder {
+        seen: Arc::default(),
+        fail: Arc::new(AtomicU32::new(0)),
+    };
+    serve_recorder(listener, recorder.clone());
+    let yaml = registration(Some(&url)).replace(
+        "rate_limited: false",
+        "rate_limited: false\nreceive_ephemeral: true",
+    );
+    let (server, _dir) = start_with_registration(&yaml).await;
+    let name = server.name();
+    assert_eq!(register_as(&server, "_bridge_watch").await.0, 200);
+    let (alice_id, alice, _) = server.register("alice", "a long password").await;
+    let watched = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    join_as(&server, &watched, &format!("@_bridge_watch:{name}")).await;
+    // A room without any of the appservice's users: nothing of it is sent.
+    let unwatched = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let event = server.say(&alice, &watched, "read me").await;
+    let other = server.say(&alice, &unwatched, "not for the bridge").await;
+    for room in [&unwatched, &watched] {
+        let (status, body) = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/typing/{}", enc(&alice_id)),
+                Some(&alice),
+                json!({ "typing": true, "timeout": 30000 }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for (room, ev, kind) in [
+        (&unwatched, &other, "m.read"),
+        (&watched, &event, "m.read.private"),
+        (&watched, &event, "m.read"),
+    ] {
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/receipt/{kind}/{}", enc(ev)),
+                Some(&alice),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice_id)),
+            Some(&alice),
+            json!({ "presence": "unavailable", "status_msg": "in a meeting" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let ephemeral = eventually(30, "typing, the public receipt and presence", || {
+        let seen = recorder.seen.clone();
+        async move {
+            let seen = seen.lock();
+            let has = |t: &str| seen.ephemeral.iter().any(|e| e["type"] == t);
+            (has("m.typing") && has("m.receipt") && has("m.presence"))
+                .then(|| seen.ephemeral.clone())
+        }
+    })
+    .await;
+    let typing: Vec<&Value> = ephemeral
+        .iter()
+        .filter(|e| e["type"] == "m.typing")
+        .collect();
+    assert!(
+        typing
+            .iter()
+            .all(|e| e["room_id"] == watched.as_str()
+                && e["content"]["user_ids"] == json!([alice_id])),
+        "typing of the watched room only, with its room ID: {typing:#?}"
+    );
+    let receipts: Vec<&Value> = ephemeral
+        .iter()
+        .filter(|e| e["type"] == "m.receipt")
+        .collect();
+    assert_eq!(
+        receipts.len(),
+        1,
+        "only the public receipt in the watched room: {receipts:#?}"
+    );
+    assert_eq!(receipts[0]["room_id"], watched.as_str());
+    assert!(
+        receipts[0]["content"][event.as_str()]["m.read"][alice_id.as_str()]["ts"].is_u64(),
+        "{receipts:#?}"
+    );
+    let presence = ephemeral
+        .iter()
+        .find(|e| e["type"] == "m.presence")
+        .unwrap();
+    assert_eq!(presence["sender"], alice_id.as_str());
+    assert_eq!(presence["content"]["presence"], "unavailable");
+    assert_eq!(presence["content"]["status_msg"], "in a meeting");
+    // The events themselves came too, and nothing of the other room did.
+    let seen = recorder.seen.lock();
+    assert!(bodies(&seen).contains(&"read me".to_owned()));
+    assert!(!bodies(&seen).contains(&"not for the bridge".to_owned()));
 }
 
 /// The bot's script, next to the tests.

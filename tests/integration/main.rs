@@ -7,6 +7,7 @@ mod common;
 mod accounts_sdk;
 mod admin;
 mod appservice;
+mod appservice_e2ee;
 mod appservice_irc;
 mod bad_input;
 mod directory;

@@ -1,30 +1,37 @@
 //! Application services: the registrations loaded at start, who they let act as whom, and the
 //! delivery of events to them. Each appservice has a durable queue (`appservice_queue`) that the
-//! commit of every timeline event fills in the event's own batch (see [`rooms::Outbox`]); one
-//! worker per appservice drains it in order, one transaction in flight at a time, the same
-//! transaction ID (and content) on every retry, with exponential backoff, resumed after a
-//! restart.
+//! commit of every timeline event fills in the event's own batch (see [`rooms::Outbox`]), and
+//! that to-device messages for its devices (see [`keys::KeysListener`]) and ephemeral events
+//! (typing, receipts, presence) fill likewise. One worker per appservice drains it in order, one
+//! transaction in flight at a time, the same transaction ID (and content) on every retry, with
+//! exponential backoff, resumed after a restart. Appservices that keep their users' devices
+//! themselves (MSC3202) also get device-list changes and one-time key counts, computed when a
+//! transaction is made and recorded with it.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 
-use hearth_appservice::{Client, ClientError, Registration, Transaction};
+use hearth_appservice::{Client, ClientError, DeviceLists, Registration, Transaction};
 use parking_lot::Mutex;
 use ruma::{
     events::room::member::MembershipState, CanonicalJsonObject, OwnedServerName, RoomAliasId,
     RoomId, UserId,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde_json::{json, value::RawValue, Value as JsonValue};
 use tokio::sync::{watch, Notify};
 
 use crate::{
     error::{Error, ErrorKind, Result},
-    service::rooms,
-    storage::{tables, Batch, Db, ShortId, Table},
+    service::{
+        keys, rooms,
+        stream::{EphemeralListener, EphemeralScope, Stream},
+        users,
+    },
+    storage::{tables, tables::QueuedItem, Batch, Db, ShortId, Table},
 };
 
 /// Events per transaction (Synapse sends up to 100 too).
@@ -33,18 +40,68 @@ const MAX_EVENTS: usize = 100;
 /// Rooms whose interest per appservice is kept; beyond this the cache starts over.
 const INTEREST_CACHE: usize = 10_000;
 
-/// The transaction being delivered to an appservice: the queue positions it covers, inclusive.
-/// Fixed before the first attempt, so a retry (or a restart) sends exactly the same events.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct InFlight {
-    first: u64,
-    last: u64,
+/// An appservice's delivery record.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Delivery {
+    /// Transactions made so far: the next one's ID is this plus one.
+    #[serde(default)]
+    made: u64,
+    /// The key-change position up to which the appservice has its device-list changes.
+    #[serde(default)]
+    keys_acked: u64,
+    #[serde(default)]
+    in_flight: Option<InFlight>,
 }
 
-impl InFlight {
-    fn txn_id(&self) -> String {
-        format!("{}-{}", self.first, self.last)
-    }
+/// The transaction being delivered. Fixed before the first attempt, so a retry (or a restart)
+/// sends exactly the same content under the same ID: the queue rows in `rows` (inclusive; only
+/// positions that were published when it was made, so no row can land in the range later), and
+/// the device data computed then.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct InFlight {
+    txn: u64,
+    rows: Option<(u64, u64)>,
+    keys_upto: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_lists: Option<DeviceLists>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    one_time_keys_count: Option<JsonValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unused_fallback_key_types: Option<JsonValue>,
+}
+
+/// A queued row that is not an event.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum QueuedEdu {
+    /// A to-device message for one of the appservice's devices, as sent (with MSC4203's
+    /// `to_user_id` and `to_device_id`).
+    ToDevice {
+        user: String,
+        device: String,
+        event: JsonValue,
+    },
+    /// Typing, a receipt or presence, as sent.
+    Ephemeral(JsonValue),
+}
+
+/// The content of a transaction's queue rows, as sent.
+#[derive(Default)]
+struct Loaded {
+    events: Vec<Box<RawValue>>,
+    ephemeral: Vec<Box<RawValue>>,
+    to_device: Vec<Box<RawValue>>,
+    /// The devices the to-device messages are for.
+    recipients: BTreeSet<(ShortId, String)>,
+}
+
+/// What a worker does next.
+enum Next {
+    Send(Box<(InFlight, Loaded)>),
+    /// Nothing to send; `unpublished` when rows wait for the stream position to be published.
+    Idle {
+        unpublished: bool,
+    },
 }
 
 /// A room's interest per appservice, with the state group and alias generation it was
@@ -68,6 +125,8 @@ struct Worker {
     wake: Notify,
     failures: std::sync::atomic::AtomicU32,
     last_error: Mutex<Option<String>>,
+    /// Devices whose one-time key counts changed (a claim) since the last transaction was made.
+    claimed: Mutex<BTreeSet<(ShortId, String)>>,
 }
 
 pub struct Service {
@@ -78,8 +137,11 @@ pub struct Service {
     workers: Vec<Arc<Worker>>,
     client: Client,
     rooms: Arc<rooms::Service>,
+    users: Arc<users::Service>,
+    keys: Arc<keys::Service>,
+    stream: Arc<Stream>,
     queue: Table<tables::AppserviceQueue>,
-    in_flight: Table<tables::AppserviceTxns<InFlight>>,
+    delivery: Table<tables::AppserviceTxns<Delivery>>,
     /// Per room: the state group and alias generation its interest was computed at, and for
     /// each appservice whether a member, the room ID or an alias makes it interested.
     interest: Mutex<HashMap<ShortId, Interest>>,
@@ -87,12 +149,20 @@ pub struct Service {
     max_backoff: Duration,
 }
 
+/// What the service depends on besides its registrations.
+pub struct Deps {
+    pub rooms: Arc<rooms::Service>,
+    pub users: Arc<users::Service>,
+    pub keys: Arc<keys::Service>,
+    pub stream: Arc<Stream>,
+}
+
 impl Service {
     pub fn new(
         db: Db,
         server_name: OwnedServerName,
         registrations: Vec<Registration>,
-        rooms: Arc<rooms::Service>,
+        deps: Deps,
         timeout: Duration,
         max_backoff: Duration,
     ) -> Result<Self> {
@@ -110,19 +180,23 @@ impl Service {
                     wake: Notify::new(),
                     failures: Default::default(),
                     last_error: Mutex::new(None),
+                    claimed: Mutex::new(BTreeSet::new()),
                 })
             })
             .collect();
         Ok(Self {
             queue: Table::new(&db),
-            in_flight: Table::new(&db),
+            delivery: Table::new(&db),
             db,
             server_name,
             registrations,
             by_token,
             workers,
             client: Client::new(timeout).map_err(Error::internal)?,
-            rooms,
+            rooms: deps.rooms,
+            users: deps.users,
+            keys: deps.keys,
+            stream: deps.stream,
             interest: Mutex::new(HashMap::new()),
             min_backoff: Duration::from_millis(250),
             max_backoff,
@@ -258,25 +332,38 @@ impl Service {
             let woken = worker.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let next = match self.next_transaction(&reg) {
+            let mut published = self.stream.watch();
+            published.mark_unchanged();
+            let next = match self.next_transaction(i, &reg) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(appservice = %reg.id, "cannot read the appservice queue: {e}");
-                    None
+                    Next::Idle { unpublished: false }
                 }
             };
-            let Some((range, events)) = next else {
-                tokio::select! {
-                    _ = &mut woken => continue,
-                    _ = stop.wait_for(|s| *s) => return,
+            let (txn, loaded) = match next {
+                Next::Send(send) => *send,
+                Next::Idle { unpublished } => {
+                    tokio::select! {
+                        _ = &mut woken => {}
+                        // Rows whose position is not published yet: a write below them is
+                        // still landing.
+                        Ok(()) = published.changed(), if unpublished => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    continue;
                 }
             };
-            let raw: Vec<&RawValue> = events.iter().map(AsRef::as_ref).collect();
             let transaction = Transaction {
-                events: raw,
-                ..Default::default()
+                events: refs(&loaded.events),
+                ephemeral: refs(&loaded.ephemeral),
+                msc2409_ephemeral: refs(&loaded.ephemeral),
+                to_device: refs(&loaded.to_device),
+                device_lists: txn.device_lists.clone(),
+                one_time_keys_count: txn.one_time_keys_count.clone(),
+                unused_fallback_key_types: txn.unused_fallback_key_types.clone(),
             };
-            let txn_id = range.txn_id();
+            let txn_id = txn.txn.to_string();
             let sent = tokio::select! {
                 r = self.client.push(&reg, &txn_id, &transaction) => r,
                 _ = stop.wait_for(|s| *s) => return,
@@ -285,7 +372,7 @@ impl Service {
                 Ok(()) => {
                     worker.failures.store(0, Ordering::SeqCst);
                     *worker.last_error.lock() = None;
-                    if let Err(e) = self.acknowledged(&reg, range).await {
+                    if let Err(e) = self.acknowledged(&reg, &txn).await {
                         tracing::error!(appservice = %reg.id, "cannot clear delivered rows: {e}");
                     }
                 }
@@ -306,57 +393,218 @@ impl Service {
         }
     }
 
-    /// The transaction to deliver next: the one in flight, or a new one over the oldest rows
-    /// (recorded as in flight before it is first sent).
-    #[allow(clippy::type_complexity)]
-    fn next_transaction(
-        &self,
-        reg: &Registration,
-    ) -> Result<Option<(InFlight, Vec<Box<RawValue>>)>> {
-        let fixed = self.in_flight.get(reg.id.as_str())?;
-        let mut range: Option<InFlight> = None;
-        let mut events = Vec::new();
-        for row in self.queue.scan((reg.id.as_str(),)) {
-            let ((_, pos), event) = row?;
-            if let Some(f) = fixed {
-                if pos < f.first {
-                    continue;
-                }
-                if pos > f.last {
-                    break;
-                }
-            } else if events.len() >= MAX_EVENTS {
+    /// The transaction to deliver next: the one in flight, or a new one over the oldest
+    /// published rows and the device data that changed (recorded as in flight before it is
+    /// first sent).
+    fn next_transaction(&self, i: usize, reg: &Registration) -> Result<Next> {
+        let id = reg.id.as_str();
+        let mut delivery = self.delivery.get(id)?.unwrap_or_default();
+        if let Some(txn) = delivery.in_flight.clone() {
+            let loaded = self.load_rows(reg, txn.rows)?;
+            return Ok(Next::Send(Box::new((txn, loaded))));
+        }
+        let published = self.stream.current();
+        let mut rows: Option<(u64, u64)> = None;
+        let mut unpublished = false;
+        for (count, row) in self.queue.scan((id,)).keys().enumerate() {
+            let (_, pos) = row?;
+            if pos > published {
+                unpublished = true;
                 break;
             }
-            range = Some(InFlight {
-                first: range.map_or(pos, |r| r.first),
-                last: pos,
-            });
-            if let Some(json) = self.client_event(event)? {
-                events.push(json);
+            if count >= MAX_EVENTS {
+                break;
             }
+            rows = Some((rows.map_or(pos, |r| r.0), pos));
         }
-        let Some(mut range) = range else {
-            if fixed.is_some() {
-                // Nothing left of the recorded transaction (its rows went with a purge): forget
-                // it, or newer rows would wait behind it forever.
-                let mut b = Batch::new();
-                self.in_flight.delete_in(&mut b, reg.id.as_str());
-                self.db.kv().write(b)?;
-                return self.next_transaction(reg);
-            }
-            return Ok(None);
+        let mut loaded = self.load_rows(reg, rows)?;
+        let mut txn = InFlight {
+            txn: delivery.made + 1,
+            rows,
+            keys_upto: delivery.keys_acked,
+            device_lists: None,
+            one_time_keys_count: None,
+            unused_fallback_key_types: None,
         };
-        match fixed {
-            // The same bounds as first recorded, whatever is left of them.
-            Some(f) => range = f,
-            None => {
+        if reg.device_data {
+            txn.keys_upto = published.max(delivery.keys_acked);
+            let lists =
+                self.device_lists(i, reg, delivery.keys_acked, published, &loaded.events)?;
+            if !lists.changed.is_empty() || !lists.left.is_empty() {
+                txn.device_lists = Some(lists);
+            }
+            let mut devices = std::mem::take(&mut *self.workers[i].claimed.lock());
+            devices.append(&mut loaded.recipients);
+            self.key_counts(&devices, &mut txn)?;
+        }
+        if rows.is_none() && txn.device_lists.is_none() && txn.one_time_keys_count.is_none() {
+            if txn.keys_upto > delivery.keys_acked {
+                // Key changes that concern none of the appservice's users: passed over.
+                delivery.keys_acked = txn.keys_upto;
                 let mut b = Batch::new();
-                self.in_flight.put_in(&mut b, reg.id.as_str(), &range);
+                self.delivery.put_in(&mut b, id, &delivery);
                 self.db.kv().write(b)?;
             }
+            return Ok(Next::Idle { unpublished });
         }
-        Ok(Some((range, events)))
+        delivery.made = txn.txn;
+        delivery.in_flight = Some(txn.clone());
+        let mut b = Batch::new();
+        self.delivery.put_in(&mut b, id, &delivery);
+        self.db.kv().write(b)?;
+        Ok(Next::Send(Box::new((txn, loaded))))
+    }
+
+    /// The queue rows in `rows`, as sent.
+    fn load_rows(&self, reg: &Registration, rows: Option<(u64, u64)>) -> Result<Loaded> {
+        let mut out = Loaded::default();
+        let Some((first, last)) = rows else {
+            return Ok(out);
+        };
+        let raw = |v: &JsonValue| serde_json::value::to_raw_value(v).map_err(Error::internal);
+        for row in self.queue.range(
+            (reg.id.as_str(), first),
+            (reg.id.as_str(), last.saturating_add(1)),
+        ) {
+            let (_, item) = row?;
+            match item {
+                QueuedItem::Pdu(event) => {
+                    if let Some(json) = self.client_event(event)? {
+                        out.events.push(json);
+                    }
+                }
+                QueuedItem::Edu(bytes) => match serde_json::from_slice::<QueuedEdu>(&bytes) {
+                    Ok(QueuedEdu::Ephemeral(event)) => out.ephemeral.push(raw(&event)?),
+                    Ok(QueuedEdu::ToDevice {
+                        user,
+                        device,
+                        event,
+                    }) => {
+                        if let Some(short) = UserId::parse(user.as_str())
+                            .ok()
+                            .and_then(|u| self.users.short_id(&u).ok().flatten())
+                        {
+                            out.recipients.insert((short, device));
+                        }
+                        out.to_device.push(raw(&event)?);
+                    }
+                    Err(e) => tracing::error!(appservice = %reg.id, "unreadable queued row: {e}"),
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// Device-list changes for an appservice: users whose keys changed in (since, upto] and who
+    /// are its own or share a room it watches, users who joined such a room in `events`
+    /// (`changed`), and users who left one in `events` and share none of them any more (`left`).
+    fn device_lists(
+        &self,
+        i: usize,
+        reg: &Registration,
+        since: u64,
+        upto: u64,
+        events: &[Box<RawValue>],
+    ) -> Result<DeviceLists> {
+        let mut changed = BTreeSet::new();
+        let mut left = BTreeSet::new();
+        if upto > since {
+            for user in self.keys.changed_users(since, upto)? {
+                let user_id = self.rooms.events.user_id_of(user)?;
+                if self.is_ours(reg, user_id.as_str()) || self.shares_watched_room(i, user)? {
+                    changed.insert(user_id.to_string());
+                }
+            }
+        }
+        #[derive(Deserialize)]
+        struct Member<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            #[serde(default)]
+            state_key: Option<&'a str>,
+            #[serde(default)]
+            content: Option<MemberContent<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct MemberContent<'a> {
+            #[serde(default)]
+            membership: Option<&'a str>,
+        }
+        for event in events {
+            let Ok(m) = serde_json::from_str::<Member>(event.get()) else {
+                continue;
+            };
+            let (Some(user), Some(membership)) =
+                (m.state_key, m.content.and_then(|c| c.membership))
+            else {
+                continue;
+            };
+            if m.kind != "m.room.member" || self.is_ours(reg, user) {
+                continue;
+            }
+            match membership {
+                "join" => {
+                    left.remove(user);
+                    changed.insert(user.to_owned());
+                }
+                "leave" | "ban" => {
+                    let Some(short) = UserId::parse(user)
+                        .ok()
+                        .and_then(|u| self.users.short_id(&u).ok().flatten())
+                    else {
+                        continue;
+                    };
+                    if !self.shares_watched_room(i, short)? {
+                        changed.remove(user);
+                        left.insert(user.to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(DeviceLists {
+            changed: changed.into_iter().collect(),
+            left: left.into_iter().collect(),
+        })
+    }
+
+    /// Whether a user is joined to a room that interests appservice `i`.
+    fn shares_watched_room(&self, i: usize, user: ShortId) -> Result<bool> {
+        for (room, m) in self.rooms.membership.memberships(user)? {
+            if m.membership() != MembershipState::Join {
+                continue;
+            }
+            let room_id = self.rooms.events.room_id_of(room)?;
+            if self.room_interest(room, &room_id)?[i] {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One-time key counts and unused fallback key types of these devices, in `txn`.
+    fn key_counts(&self, devices: &BTreeSet<(ShortId, String)>, txn: &mut InFlight) -> Result<()> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let mut counts: BTreeMap<String, BTreeMap<String, JsonValue>> = BTreeMap::new();
+        let mut fallbacks: BTreeMap<String, BTreeMap<String, JsonValue>> = BTreeMap::new();
+        for (user, device) in devices {
+            let user_id = self.rooms.events.user_id_of(*user)?.to_string();
+            let c = self.keys.one_time_key_counts(*user, device)?;
+            let f = self.keys.unused_fallback_types(*user, device)?;
+            counts
+                .entry(user_id.clone())
+                .or_default()
+                .insert(device.clone(), json!(c));
+            fallbacks
+                .entry(user_id)
+                .or_default()
+                .insert(device.clone(), json!(f));
+        }
+        txn.one_time_keys_count = Some(json!(counts));
+        txn.unused_fallback_key_types = Some(json!(fallbacks));
+        Ok(())
     }
 
     fn client_event(&self, event: ShortId) -> Result<Option<Box<RawValue>>> {
@@ -372,19 +620,34 @@ impl Service {
         ))
     }
 
-    /// Deletes a delivered transaction's rows and its in-flight record, in one write.
-    async fn acknowledged(&self, reg: &Registration, range: InFlight) -> Result<()> {
+    /// Deletes a delivered transaction's rows and clears it from the delivery record, in one
+    /// write.
+    async fn acknowledged(&self, reg: &Registration, txn: &InFlight) -> Result<()> {
+        let id = reg.id.as_str();
         let mut b = Batch::new();
-        for row in self.queue.range(
-            (reg.id.as_str(), range.first),
-            (reg.id.as_str(), range.last.saturating_add(1)),
-        ) {
-            let ((_, pos), _) = row?;
-            self.queue.delete_in(&mut b, (reg.id.as_str(), pos));
+        if let Some((first, last)) = txn.rows {
+            for row in self
+                .queue
+                .range((id, first), (id, last.saturating_add(1)))
+                .keys()
+            {
+                let (_, pos) = row?;
+                self.queue.delete_in(&mut b, (id, pos));
+            }
         }
-        self.in_flight.delete_in(&mut b, reg.id.as_str());
+        let mut delivery = self.delivery.get(id)?.unwrap_or_default();
+        delivery.keys_acked = delivery.keys_acked.max(txn.keys_upto);
+        delivery.in_flight = None;
+        self.delivery.put_in(&mut b, id, &delivery);
         self.db.write(b).await?;
         Ok(())
+    }
+
+    /// Wakes every worker: rows were written.
+    pub fn wake(&self) {
+        for w in &self.workers {
+            w.wake.notify_one();
+        }
     }
 
     /// Each appservice's delivery state.
@@ -460,7 +723,8 @@ impl rooms::Outbox for Service {
                     || str_field("sender").is_some_and(|s| self.is_ours(reg, s))
                     || str_field("state_key").is_some_and(|s| self.is_ours(reg, s));
                 if interested {
-                    self.queue.put_in(batch, (reg.id.as_str(), *event), event);
+                    self.queue
+                        .put_in(batch, (reg.id.as_str(), *event), &QueuedItem::Pdu(*event));
                 }
             }
         }
@@ -468,8 +732,131 @@ impl rooms::Outbox for Service {
     }
 
     fn written(&self, _room: ShortId) {
-        for w in &self.workers {
-            w.wake.notify_one();
+        self.wake();
+    }
+}
+
+impl EphemeralListener for Service {
+    /// Queues typing or a receipt for every appservice that receives ephemeral events and
+    /// watches the room, a private receipt for the one owning its user, presence for those
+    /// owning the user or watching a room they are in.
+    fn ephemeral_in(
+        &self,
+        batch: &mut Batch,
+        pos: u64,
+        scope: EphemeralScope<'_>,
+        event: &JsonValue,
+    ) -> Result<bool> {
+        if !self
+            .registrations
+            .iter()
+            .any(|r| r.receive_ephemeral && r.url.is_some())
+        {
+            return Ok(false);
+        }
+        let interest = match scope {
+            EphemeralScope::Room(room, room_id) => Some(self.room_interest(room, room_id)?),
+            _ => None,
+        };
+        let mut event = event.clone();
+        let user_id = match scope {
+            EphemeralScope::Private(user) | EphemeralScope::Presence(user) => {
+                Some(self.rooms.events.user_id_of(user)?)
+            }
+            EphemeralScope::Room(..) => None,
+        };
+        if let (EphemeralScope::Presence(_), Some(u)) = (&scope, &user_id) {
+            event["sender"] = u.as_str().into();
+        }
+        let row = serde_json::to_vec(&QueuedEdu::Ephemeral(event)).map_err(Error::internal)?;
+        let mut queued = false;
+        for (i, reg) in self.registrations.iter().enumerate() {
+            if reg.url.is_none() || !reg.receive_ephemeral {
+                continue;
+            }
+            let wanted = match (&scope, &interest, &user_id) {
+                (EphemeralScope::Room(..), Some(interest), _) => interest[i],
+                (EphemeralScope::Private(_), _, Some(u)) => self.is_ours(reg, u.as_str()),
+                (EphemeralScope::Presence(user), _, Some(u)) => {
+                    self.is_ours(reg, u.as_str()) || self.shares_watched_room(i, *user)?
+                }
+                _ => false,
+            };
+            if wanted {
+                self.queue
+                    .put_in(batch, (reg.id.as_str(), pos), &QueuedItem::Edu(row.clone()));
+                queued = true;
+            }
+        }
+        Ok(queued)
+    }
+
+    fn written(&self) {
+        self.wake();
+    }
+}
+
+impl keys::KeysListener for Service {
+    fn to_device_in(
+        &self,
+        batch: &mut Batch,
+        pos: u64,
+        user: ShortId,
+        device: &str,
+        message: &keys::ToDeviceMessage,
+    ) -> Result<bool> {
+        if !self
+            .registrations
+            .iter()
+            .any(|r| r.device_data && r.receive_ephemeral)
+        {
+            return Ok(false);
+        }
+        let user_id = self.rooms.events.user_id_of(user)?;
+        let mut taken = false;
+        for reg in &self.registrations {
+            if reg.url.is_none()
+                || !(reg.device_data && reg.receive_ephemeral)
+                || !self.is_ours(reg, user_id.as_str())
+            {
+                continue;
+            }
+            let row = QueuedEdu::ToDevice {
+                user: user_id.to_string(),
+                device: device.to_owned(),
+                event: json!({
+                    "type": message.kind,
+                    "sender": message.sender,
+                    "content": message.content,
+                    "to_user_id": user_id,
+                    "to_device_id": device,
+                }),
+            };
+            let row = serde_json::to_vec(&row).map_err(Error::internal)?;
+            self.queue
+                .put_in(batch, (reg.id.as_str(), pos), &QueuedItem::Edu(row));
+            taken = true;
+        }
+        Ok(taken)
+    }
+
+    fn written(&self) {
+        self.wake();
+    }
+
+    fn keys_claimed(&self, user: ShortId, device: &str) {
+        let Ok(user_id) = self.rooms.events.user_id_of(user) else {
+            return;
+        };
+        for (reg, worker) in self.registrations.iter().zip(&self.workers) {
+            if reg.device_data && self.is_ours(reg, user_id.as_str()) {
+                worker.claimed.lock().insert((user, device.to_owned()));
+                worker.wake.notify_one();
+            }
         }
     }
+}
+
+fn refs(v: &[Box<RawValue>]) -> Vec<&RawValue> {
+    v.iter().map(AsRef::as_ref).collect()
 }

@@ -54,7 +54,31 @@ service! {
     state {
         /// Serialises read-modify-write of key material (claims, signature merges).
         write: tokio::sync::Mutex<()> = tokio::sync::Mutex::new(()),
+        /// Who else hears of to-device messages and key changes (appservices), set at start.
+        listener: std::sync::OnceLock<std::sync::Weak<dyn KeysListener>> =
+            std::sync::OnceLock::new(),
     }
+}
+
+/// Someone besides /sync who must hear of to-device messages and key changes: appservices that
+/// keep their users' devices themselves (MSC2409, MSC3202) get them in their transactions.
+pub trait KeysListener: Send + Sync {
+    /// Offered each to-device message as it is queued; returns whether it took it (its rows are
+    /// then in `batch`, at `pos`, and the device's inbox is not written).
+    fn to_device_in(
+        &self,
+        batch: &mut Batch,
+        pos: u64,
+        user: ShortId,
+        device: &str,
+        message: &ToDeviceMessage,
+    ) -> Result<bool>;
+
+    /// Called once a batch of to-device messages or key changes is durable.
+    fn written(&self);
+
+    /// A one-time or fallback key of this device was claimed, so its counts changed.
+    fn keys_claimed(&self, user: ShortId, device: &str);
 }
 
 /// The stored key that a signature upload names.
@@ -83,7 +107,19 @@ impl Service {
     ) -> Result<()> {
         reserved.write(&self.db, batch).await?;
         self.stream.wake(wake);
+        if let Some(l) = self.listener() {
+            l.written();
+        }
         Ok(())
+    }
+
+    /// Sets who else hears of to-device messages and key changes (see [`KeysListener`]).
+    pub fn set_listener(&self, listener: std::sync::Weak<dyn KeysListener>) {
+        let _ = self.listener.set(listener);
+    }
+
+    fn listener(&self) -> Option<Arc<dyn KeysListener>> {
+        self.listener.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// Stores a device's uploads. Device keys are replaced (a change is announced to everyone
@@ -329,6 +365,9 @@ impl Service {
             let mut batch = Batch::new();
             self.tables.one_time_keys.delete_row_in(&mut batch, &k);
             self.db.write(batch).await?;
+            if let Some(l) = self.listener() {
+                l.keys_claimed(user, device);
+            }
             return Ok(Some((k.2, otk)));
         }
         let fk = (user, device, algorithm);
@@ -340,6 +379,9 @@ impl Service {
             let mut batch = Batch::new();
             self.tables.fallback_keys.put_in(&mut batch, fk, &fb);
             self.db.write(batch).await?;
+            if let Some(l) = self.listener() {
+                l.keys_claimed(user, device);
+            }
         }
         Ok(Some((fb.key_id, fb.key)))
     }
@@ -417,6 +459,7 @@ impl Service {
         let mut batch = Batch::new();
         let mut reserved = self.stream.reserve();
         let mut wake = BTreeSet::new();
+        let listener = self.listener();
         for (user, device, content) in messages {
             let devices = match device {
                 Some(d) => vec![d],
@@ -429,9 +472,15 @@ impl Service {
                     kind: kind.to_owned(),
                     content: content.clone(),
                 };
-                self.tables
-                    .to_device
-                    .put_in(&mut batch, (user, &device, pos), &message);
+                let taken = match &listener {
+                    Some(l) => l.to_device_in(&mut batch, pos, user, &device, &message)?,
+                    None => false,
+                };
+                if !taken {
+                    self.tables
+                        .to_device
+                        .put_in(&mut batch, (user, &device, pos), &message);
+                }
             }
             wake.insert(user);
         }

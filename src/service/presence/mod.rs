@@ -18,7 +18,10 @@ use super::tables::service;
 use crate::{
     config,
     error::Result,
-    service::{rooms, stream::Stream},
+    service::{
+        rooms,
+        stream::{EphemeralScope, Stream},
+    },
     storage::{tables, Batch, ShortId},
     util::now_ms,
 };
@@ -102,9 +105,25 @@ impl Service {
         }
         let mut reserved = self.stream.reserve();
         let pos = reserved.position_in(&mut batch);
+        let listener = self.stream.ephemeral_listener();
+        let mut heard = false;
+        if let Some(l) = &listener {
+            let mut event = serde_json::json!({ "type": "m.presence", "content": {
+                "presence": new.presence.as_str(),
+                "last_active_ago": now_ms().saturating_sub(new.last_active_ts),
+                "currently_active": new.presence == PresenceState::Online,
+            }});
+            if let Some(m) = &new.status_msg {
+                event["content"]["status_msg"] = m.as_str().into();
+            }
+            heard = l.ephemeral_in(&mut batch, pos, EphemeralScope::Presence(user), &event)?;
+        }
         self.tables.presence.put_in(&mut batch, user, &(pos, new));
         self.tables.by_pos.put_in(&mut batch, pos, &user);
         reserved.write(&self.db, batch).await?;
+        if let (true, Some(l)) = (heard, listener) {
+            l.written();
+        }
         self.stream.wake(peers(user));
         Ok(())
     }

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use super::tables::service;
 use crate::{
     error::Result,
-    service::{rooms, stream::Stream},
+    service::{
+        rooms,
+        stream::{EphemeralScope, Stream},
+    },
     storage::{tables, Batch, ShortId},
 };
 
@@ -69,7 +72,31 @@ impl Service {
         let row = (room, user, kind.to_owned(), thread.to_owned());
         self.tables.by_pos.put_in(&mut batch, (room, pos), &row);
         self.tables.receipts.put_in(&mut batch, k, &(pos, stored));
+        let listener = self.stream.ephemeral_listener();
+        let mut heard = false;
+        if let Some(l) = &listener {
+            let room_id = self.rooms.events.room_id_of(room)?;
+            let user_id = self.rooms.events.user_id_of(user)?;
+            let mut receipt = serde_json::json!({ "ts": ts });
+            if !thread.is_empty() {
+                receipt["thread_id"] = thread.into();
+            }
+            let event = serde_json::json!({
+                "type": "m.receipt",
+                "room_id": room_id,
+                "content": { event_id.as_str(): { kind: { user_id.as_str(): receipt } } },
+            });
+            let scope = if kind == "m.read.private" {
+                EphemeralScope::Private(user)
+            } else {
+                EphemeralScope::Room(room, &room_id)
+            };
+            heard = l.ephemeral_in(&mut batch, pos, scope, &event)?;
+        }
         reserved.write(&self.db, batch).await?;
+        if let (true, Some(l)) = (heard, listener) {
+            l.written();
+        }
         if kind == "m.read.private" {
             self.stream.wake([user]);
         } else {

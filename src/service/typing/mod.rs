@@ -13,7 +13,13 @@ use std::{
 use parking_lot::Mutex;
 use ruma::OwnedUserId;
 
-use crate::{service::rooms, storage::ShortId};
+use crate::{
+    service::{
+        rooms,
+        stream::{EphemeralScope, Stream},
+    },
+    storage::{Batch, Db, ShortId},
+};
 
 /// Longest typing timeout honoured, whatever the client asks.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
@@ -25,14 +31,18 @@ struct RoomTyping {
 }
 
 pub struct Service {
+    db: Db,
+    stream: Arc<Stream>,
     rooms: Arc<rooms::Service>,
     serial: AtomicU64,
     typing: Mutex<HashMap<ShortId, RoomTyping>>,
 }
 
 impl Service {
-    pub fn new(rooms: Arc<rooms::Service>) -> Self {
+    pub fn new(db: Db, stream: Arc<Stream>, rooms: Arc<rooms::Service>) -> Self {
         Self {
+            db,
+            stream,
             rooms,
             serial: AtomicU64::new(crate::util::now_ms()),
             typing: Mutex::new(HashMap::new()),
@@ -78,7 +88,49 @@ impl Service {
         };
         if changed {
             self.rooms.wake_members(room);
+            self.tell_listener(room);
         }
+    }
+
+    /// Hands the room's typing list to the ephemeral listener (appservices), if it wants it.
+    /// Off the caller's path: typing is best effort, and a failed write only loses a notice.
+    fn tell_listener(&self, room: ShortId) {
+        let Some(listener) = self.stream.ephemeral_listener() else {
+            return;
+        };
+        let users: Vec<OwnedUserId> = self
+            .typing
+            .lock()
+            .get(&room)
+            .map(|e| e.users.keys().cloned().collect())
+            .unwrap_or_default();
+        let (db, stream, rooms) = (self.db.clone(), self.stream.clone(), self.rooms.clone());
+        tokio::spawn(async move {
+            let write = async {
+                let room_id = rooms.events.room_id_of(room)?;
+                let event = serde_json::json!({
+                    "type": "m.typing",
+                    "room_id": room_id,
+                    "content": { "user_ids": users },
+                });
+                let mut batch = Batch::new();
+                let mut reserved = stream.reserve();
+                let pos = reserved.position_in(&mut batch);
+                if listener.ephemeral_in(
+                    &mut batch,
+                    pos,
+                    EphemeralScope::Room(room, &room_id),
+                    &event,
+                )? {
+                    reserved.write(&db, batch).await?;
+                    listener.written();
+                }
+                Ok::<(), crate::Error>(())
+            };
+            if let Err(e) = write.await {
+                tracing::warn!("typing notice for appservices not queued: {e}");
+            }
+        });
     }
 
     fn expire(&self, room: ShortId, user: &OwnedUserId) {
@@ -99,6 +151,7 @@ impl Service {
         };
         if changed {
             self.rooms.wake_members(room);
+            self.tell_listener(room);
         }
     }
 
