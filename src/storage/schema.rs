@@ -64,6 +64,7 @@ pub enum Cf {
     InviteState,
     AppserviceQueue,
     AppserviceTxns,
+    NetworkRooms,
 }
 
 /// A keyspace's column family and its name in RocksDB (which must never change: it is on disk).
@@ -297,6 +298,10 @@ pub const KEYSPACES: &[Keyspace] = &[
     Keyspace {
         cf: Cf::AppserviceTxns,
         name: "appservice_txns",
+    },
+    Keyspace {
+        cf: Cf::NetworkRooms,
+        name: "network_rooms",
     },
 ];
 

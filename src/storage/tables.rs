@@ -184,6 +184,9 @@ tables! {
     RoomAliases: RoomAliases, (U64, Str) => Empty;
     /// room (short) → nothing: the room is in the public directory.
     PublicRooms: PublicRooms, U64 => Empty;
+    /// third-party instance ID (str 0xff: appservice ID '|' network ID) . room (short) →
+    /// nothing: the room is in the directory of a bridged network, which an appservice keeps.
+    NetworkRooms: NetworkRooms, (Term, U64) => Empty;
     /// user (short) . room (short) → nothing: the user left and forgot the room (cleared when
     /// they rejoin or are invited).
     Forgotten: Forgotten, (U64, U64) => Empty;
@@ -719,6 +722,10 @@ mod tests {
             cat(&[&be(3), b"#a:x"])
         );
         assert_eq!(round_trip::<PublicRooms>(3, ()), be(3));
+        assert_eq!(
+            round_trip::<NetworkRooms>(("irc|libera", 3), ()),
+            cat(&[b"irc|libera\xff", &be(3)])
+        );
         assert_eq!(round_trip::<Forgotten>((7, 3), ()), cat(&[&be(7), &be(3)]));
         assert_eq!(round_trip::<Outliers>(9, 4), be(9));
         assert_eq!(

@@ -640,6 +640,375 @@ async fn typing_receipts_and_presence_reach_an_appservice_that_receives_ephemera
     assert!(!bodies(&seen).contains(&"not for the bridge".to_owned()));
 }
 
+/// An appservice that answers the homeserver's queries: users and aliases of its namespace that
+/// it knows (`_bridge_known_*`, `#_bridge_chan_*`) it creates through the homeserver before it
+/// says yes; the rest it does not know. It bridges one protocol, "irc", with one network.
+#[derive(Clone)]
+struct Answering {
+    /// The homeserver's URL and server name.
+    hs: Arc<std::sync::OnceLock<(String, String)>>,
+    /// Every request: method and path with query, and whether it carried the hs_token.
+    asked: Arc<Mutex<Vec<(String, bool)>>>,
+}
+
+async fn answer(
+    State(a): State<Answering>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> (axum::http::StatusCode, Json<Value>) {
+    use axum::http::StatusCode;
+    let authorised = headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {HS_TOKEN}"));
+    let path = uri.path().to_owned();
+    let full = uri.to_string();
+    a.asked
+        .lock()
+        .push((format!("{method} {full}"), authorised));
+    if !authorised {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "errcode": "M_FORBIDDEN" })),
+        );
+    }
+    let (hs, server) = a.hs.get().cloned().unwrap_or_default();
+    let http = reqwest::Client::new();
+    let not_found = (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "errcode": "M_NOT_FOUND" })),
+    );
+    let decoded = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    if let Some(user) = path.strip_prefix("/_matrix/app/v1/users/") {
+        let user = decoded(user);
+        let Some(name) = user
+            .strip_prefix('@')
+            .and_then(|u| u.split(':').next())
+            .filter(|n| n.starts_with("_bridge_known_"))
+        else {
+            return not_found;
+        };
+        let resp = http
+            .post(format!("{hs}/_matrix/client/v3/register"))
+            .bearer_auth(AS_TOKEN)
+            .json(&json!({ "type": "m.login.application_service", "username": name, "inhibit_login": true }))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+        return (StatusCode::OK, Json(json!({})));
+    }
+    if let Some(alias) = path.strip_prefix("/_matrix/app/v1/rooms/") {
+        let alias = decoded(alias);
+        let Some(local) = alias
+            .strip_prefix('#')
+            .and_then(|a| a.split(':').next())
+            .filter(|n| n.starts_with("_bridge_chan_"))
+        else {
+            return not_found;
+        };
+        let resp = http
+            .post(format!("{hs}/_matrix/client/v3/createRoom"))
+            .bearer_auth(AS_TOKEN)
+            .json(&json!({ "room_alias_name": local, "preset": "public_chat", "name": local }))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+        return (StatusCode::OK, Json(json!({})));
+    }
+    let query: HashMap<String, String> = uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    match path.as_str() {
+        "/_matrix/app/v1/thirdparty/protocol/irc" => (
+            StatusCode::OK,
+            Json(json!({
+                "user_fields": ["network", "nickname"],
+                "location_fields": ["network", "channel"],
+                "icon": "mxc://example.org/irc",
+                "field_types": {
+                    "network": { "regexp": "[a-z]+", "placeholder": "libera" },
+                    "nickname": { "regexp": "[^\\s]+", "placeholder": "nick" },
+                    "channel": { "regexp": "#[^\\s]+", "placeholder": "#chan" },
+                },
+                "instances": [{
+                    "desc": "Libera Chat",
+                    "network_id": "libera",
+                    "fields": { "network": "libera" },
+                }],
+            })),
+        ),
+        "/_matrix/app/v1/thirdparty/location/irc" => (
+            StatusCode::OK,
+            Json(json!([{
+                "alias": format!("#_bridge_chan_{}:{server}", query.get("channel").cloned().unwrap_or_default()),
+                "protocol": "irc",
+                "fields": { "network": "libera", "channel": query.get("channel") },
+            }])),
+        ),
+        "/_matrix/app/v1/thirdparty/user/irc" => (
+            StatusCode::OK,
+            Json(json!([{
+                "userid": format!("@_bridge_{}:{server}", query.get("nickname").cloned().unwrap_or_default()),
+                "protocol": "irc",
+                "fields": { "network": "libera", "nickname": query.get("nickname") },
+            }])),
+        ),
+        "/_matrix/app/v1/thirdparty/location" => (
+            StatusCode::OK,
+            Json(json!([{
+                "alias": query.get("alias"),
+                "protocol": "irc",
+                "fields": { "network": "libera", "channel": "#rust" },
+            }])),
+        ),
+        "/_matrix/app/v1/thirdparty/user" => (
+            StatusCode::OK,
+            Json(json!([{
+                "userid": query.get("userid"),
+                "protocol": "irc",
+                "fields": { "network": "libera", "nickname": "bob" },
+            }])),
+        ),
+        _ => not_found,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_aliases_protocols_and_network_directories_are_asked_of_the_appservice() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answering = Answering {
+        hs: Arc::default(),
+        asked: Arc::default(),
+    };
+    let app = Router::new().fallback(answer).with_state(answering.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let yaml = registration(Some(&url)).replace(
+        "rate_limited: false",
+        "rate_limited: false\nprotocols: [\"irc\"]",
+    );
+    let (server, _dir) = start_with_registration(&yaml).await;
+    answering.hs.set((server.url(), server.name())).unwrap();
+    let name = server.name();
+    let (_, alice, _) = server.register("alice", "a long password").await;
+
+    // A user of the namespace that the appservice knows: created on first sight.
+    let carol = format!("@_bridge_known_carol:{name}");
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/profile/{}", enc(&carol)),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(server
+        .services()
+        .users
+        .exists(&ruma::UserId::parse(carol.as_str()).unwrap())
+        .unwrap());
+    // One it does not know, and one outside every namespace: not found, and the latter is not
+    // asked about.
+    for user in [format!("@_bridge_nobody:{name}"), format!("@nobody:{name}")] {
+        let resp = server
+            .get(
+                &format!("/_matrix/client/v3/profile/{}", enc(&user)),
+                Some(&alice),
+            )
+            .await;
+        assert_err(&resp, 404, "M_NOT_FOUND");
+    }
+    // Inviting a known bridged user creates it too.
+    let room = server
+        .create_room(&alice, json!({ "preset": "private_chat" }))
+        .await;
+    let dave = format!("@_bridge_known_dave:{name}");
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&alice),
+            json!({ "user_id": dave }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // An alias of the namespace that the appservice knows: it makes the room, alice joins it.
+    let alias = format!("#_bridge_chan_rust:{name}");
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/directory/room/{}", enc(&alias)),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let channel = body["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&alias)),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], channel.as_str());
+    let resp = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/directory/room/{}",
+                enc(&format!("#_bridge_none:{name}"))
+            ),
+            Some(&alice),
+        )
+        .await;
+    assert_err(&resp, 404, "M_NOT_FOUND");
+    {
+        let asked = answering.asked.lock();
+        assert!(asked.iter().all(|(_, authorised)| *authorised), "{asked:?}");
+        assert!(
+            !asked.iter().any(|(r, _)| r.contains("%40nobody")),
+            "{asked:?}"
+        );
+    }
+
+    // Protocols, with the instance ID the directory takes; look-ups passed through.
+    let (status, protocols) = server
+        .get("/_matrix/client/v3/thirdparty/protocols", Some(&alice))
+        .await;
+    assert_eq!(status, 200, "{protocols}");
+    assert_eq!(
+        protocols["irc"]["instances"][0]["instance_id"], "test-bridge|libera",
+        "{protocols}"
+    );
+    assert_eq!(
+        protocols["irc"]["user_fields"],
+        json!(["network", "nickname"])
+    );
+    let (status, irc) = server
+        .get("/_matrix/client/v3/thirdparty/protocol/irc", Some(&alice))
+        .await;
+    assert_eq!(status, 200, "{irc}");
+    assert_eq!(irc["instances"][0]["network_id"], "libera");
+    let resp = server
+        .get("/_matrix/client/v3/thirdparty/protocol/xmpp", Some(&alice))
+        .await;
+    assert_err(&resp, 404, "M_NOT_FOUND");
+    let (status, locations) = server
+        .get(
+            "/_matrix/client/v3/thirdparty/location/irc?channel=rust",
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, 200, "{locations}");
+    assert_eq!(locations[0]["alias"], alias.as_str(), "{locations}");
+    let (status, users) = server
+        .get(
+            "/_matrix/client/v3/thirdparty/user/irc?nickname=bob",
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, 200, "{users}");
+    assert_eq!(
+        users[0]["userid"],
+        format!("@_bridge_bob:{name}"),
+        "{users}"
+    );
+    let (status, by_alias) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/thirdparty/location?alias={}",
+                enc(&alias)
+            ),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, 200, "{by_alias}");
+    assert_eq!(by_alias[0]["fields"]["channel"], "#rust");
+    let (status, by_id) = server
+        .get(
+            &format!("/_matrix/client/v3/thirdparty/user?userid={}", enc(&carol)),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, 200, "{by_id}");
+    assert_eq!(by_id[0]["userid"], carol.as_str());
+
+    // The network's own directory: the appservice lists the channel there, not in Matrix's.
+    let path = format!(
+        "/_matrix/client/v3/directory/list/appservice/libera/{}",
+        enc(&channel)
+    );
+    let resp = server
+        .put(&path, Some(&alice), json!({ "visibility": "public" }))
+        .await;
+    assert_err(&resp, 401, "M_UNKNOWN_TOKEN");
+    let (status, body) = as_request(
+        &server,
+        reqwest::Method::PUT,
+        &path,
+        AS_TOKEN,
+        Some(json!({ "visibility": "public" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let listed = |body: &Value| -> Vec<String> {
+        body["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["room_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (_, network) = server
+        .post(
+            "/_matrix/client/v3/publicRooms",
+            Some(&alice),
+            json!({ "third_party_instance_id": "test-bridge|libera" }),
+        )
+        .await;
+    assert_eq!(listed(&network), vec![channel.clone()], "{network}");
+    let (_, matrix) = server
+        .post("/_matrix/client/v3/publicRooms", Some(&alice), json!({}))
+        .await;
+    assert!(!listed(&matrix).contains(&channel), "{matrix}");
+    let (_, all) = server
+        .post(
+            "/_matrix/client/v3/publicRooms",
+            Some(&alice),
+            json!({ "include_all_networks": true }),
+        )
+        .await;
+    assert!(listed(&all).contains(&channel), "{all}");
+    let (status, _) = as_request(
+        &server,
+        reqwest::Method::PUT,
+        &path,
+        AS_TOKEN,
+        Some(json!({ "visibility": "private" })),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, network) = server
+        .post(
+            "/_matrix/client/v3/publicRooms",
+            Some(&alice),
+            json!({ "third_party_instance_id": "test-bridge|libera" }),
+        )
+        .await;
+    assert!(listed(&network).is_empty(), "{network}");
+}
+
 /// The bot's script, next to the tests.
 fn bot_script() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mautrix_bot.py")

@@ -70,9 +70,9 @@ async fn get_alias_route(
         return Ok(get_alias::v3::Response::new(room_id, servers));
     }
     let record = services
-        .rooms
-        .aliases
-        .resolve_alias(alias)?
+        .appservice
+        .resolve_alias(alias)
+        .await?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
     Ok(get_alias::v3::Response::new(
         record.room_id,
@@ -186,7 +186,8 @@ async fn public_rooms_filtered(
     State(services): State<AppState>,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
-    let query = PageQuery::filtered(req.body.limit, req.body.since.as_deref(), &req.body.filter);
+    let query = PageQuery::filtered(req.body.limit, req.body.since.as_deref(), &req.body.filter)
+        .on(&req.body.room_network);
     let page = directory::page(&services, req.body.server.as_deref(), query).await?;
     Ok(public_rooms_response!(
         get_public_rooms_filtered::v3::Response::new(),

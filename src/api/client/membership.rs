@@ -221,16 +221,16 @@ async fn knock(
 }
 
 /// A room ID, or the room a local alias points at.
-fn resolve_room(services: &Services, room_id_or_alias: &str) -> Result<OwnedRoomId> {
+async fn resolve_room(services: &Services, room_id_or_alias: &str) -> Result<OwnedRoomId> {
     if let Ok(id) = OwnedRoomId::try_from(room_id_or_alias) {
         return Ok(id);
     }
     let alias = ruma::RoomAliasId::parse(room_id_or_alias)
         .map_err(|e| Error::invalid_param(format!("Invalid room alias: {e}")))?;
     Ok(services
-        .rooms
-        .aliases
-        .resolve_alias(&alias)?
+        .appservice
+        .resolve_alias(&alias)
+        .await?
         .ok_or_else(|| Error::not_found("Unknown room alias"))?
         .room_id)
 }
@@ -247,7 +247,7 @@ async fn resolve_room_remote(
     let alias = ruma::RoomAliasId::parse(room_id_or_alias)
         .map_err(|e| Error::invalid_param(format!("Invalid room alias: {e}")))?;
     if alias.server_name() == services.config.server_name || !services.config.federation.enabled {
-        return Ok((resolve_room(services, room_id_or_alias)?, Vec::new()));
+        return Ok((resolve_room(services, room_id_or_alias).await?, Vec::new()));
     }
     services.replication.resolve_remote_alias(&alias).await
 }
@@ -297,7 +297,10 @@ async fn invite(
     let InvitationRecipient::UserId(invitee) = &req.body.recipient else {
         return Err(Error::forbidden("Third-party invites are not supported"));
     };
-    if !services.users.is_local(&invitee.user_id) {
+    if services.users.is_local(&invitee.user_id) {
+        // A bridged user not created yet is asked of its appservice first.
+        services.appservice.user_exists(&invitee.user_id).await?;
+    } else {
         if !services.config.federation.enabled {
             return Err(Error::forbidden(
                 "Federation is off, so users of other servers cannot be invited",

@@ -19,6 +19,7 @@ mod relations;
 mod room;
 mod session;
 mod sync;
+mod thirdparty;
 
 use axum::Router;
 
@@ -43,5 +44,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = presence::routes(router);
     let router = push::routes(router);
     let router = openid::routes(router);
+    let router = thirdparty::routes(router);
     profile::routes(router)
 }

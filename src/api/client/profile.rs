@@ -38,6 +38,8 @@ fn local_profile_owner(services: &Services, user_id: &UserId) -> Result<ShortId>
 /// /query/profile (not cached: a profile changes and the peer is the authority).
 async fn profile_of(services: &Services, user_id: &UserId) -> Result<Map<String, JsonValue>> {
     if services.users.is_local(user_id) {
+        // A bridged user not created yet is asked of its appservice first.
+        services.appservice.user_exists(user_id).await?;
         let short = local_profile_owner(services, user_id)?;
         return Ok(services.profiles.all(short)?.into_iter().collect());
     }

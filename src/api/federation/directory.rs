@@ -25,7 +25,8 @@ pub async fn public_rooms_filtered(
     State(services): State<AppState>,
     req: Ruma<get_public_rooms_filtered::v1::Request>,
 ) -> Result<get_public_rooms_filtered::v1::Response> {
-    let query = PageQuery::filtered(req.body.limit, req.body.since.as_deref(), &req.body.filter);
+    let query = PageQuery::filtered(req.body.limit, req.body.since.as_deref(), &req.body.filter)
+        .on(&req.body.room_network);
     let page = directory::local_page(&services, query)?;
     Ok(public_rooms_response!(
         get_public_rooms_filtered::v1::Response::new(),

@@ -144,6 +144,8 @@ async fn profile(
     if !services.users.is_local(&b.user_id) {
         return Err(Error::not_found("User is not on this server"));
     }
+    // A bridged user not created yet is asked of its appservice first.
+    services.appservice.user_exists(&b.user_id).await?;
     let user = services
         .users
         .short_id(&b.user_id)?

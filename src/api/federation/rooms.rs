@@ -520,9 +520,9 @@ pub async fn directory(
         return Err(Error::not_found("The alias is not on this server"));
     }
     let record = services
-        .rooms
-        .aliases
-        .resolve_alias(alias)?
+        .appservice
+        .resolve_alias(alias)
+        .await?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
     let room_id = record.room_id;
     let mut servers = vec![services.config.server_name.clone()];

@@ -261,6 +261,137 @@ impl Service {
         }
     }
 
+    /// Whether a local user exists. One that does not yet but is in an appservice's namespace
+    /// is asked of that appservice (`GET /_matrix/app/v1/users/{userId}`), which creates it
+    /// before it answers yes.
+    pub async fn user_exists(&self, user_id: &UserId) -> Result<bool> {
+        if self.users.exists(user_id)? {
+            return Ok(true);
+        }
+        if user_id.server_name() != self.server_name {
+            return Ok(false);
+        }
+        for reg in &self.registrations {
+            if reg.url.is_none() || !reg.users.is_match(user_id.as_str()) {
+                continue;
+            }
+            match self.client.query_user(reg, user_id.as_str()).await {
+                Ok(true) if self.users.exists(user_id)? => return Ok(true),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::info!(appservice = %reg.id, %user_id, "user query failed: {e}")
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The room a local alias points at. An alias not known yet but in an appservice's
+    /// namespace is asked of that appservice (`GET /_matrix/app/v1/rooms/{roomAlias}`), which
+    /// creates the room and the alias before it answers yes.
+    pub async fn resolve_alias(
+        &self,
+        alias: &RoomAliasId,
+    ) -> Result<Option<rooms::alias::AliasRecord>> {
+        if let Some(record) = self.rooms.aliases.resolve_alias(alias)? {
+            return Ok(Some(record));
+        }
+        if !self.rooms.aliases.is_local_alias(alias) {
+            return Ok(None);
+        }
+        for reg in &self.registrations {
+            if reg.url.is_none() || !reg.aliases.is_match(alias.as_str()) {
+                continue;
+            }
+            match self.client.query_alias(reg, alias.as_str()).await {
+                Ok(true) => {
+                    if let Some(record) = self.rooms.aliases.resolve_alias(alias)? {
+                        return Ok(Some(record));
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::info!(appservice = %reg.id, %alias, "alias query failed: {e}"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The third-party protocols the appservices bridge to (`/thirdparty/protocols`), each as
+    /// its appservices describe it, with the instances of all of them; each instance gets an
+    /// `instance_id` (`appservice ID|network ID`) that `/publicRooms` accepts as
+    /// `third_party_instance_id`.
+    pub async fn protocols(&self, only: Option<&str>) -> Result<BTreeMap<String, JsonValue>> {
+        let mut out: BTreeMap<String, JsonValue> = BTreeMap::new();
+        for reg in &self.registrations {
+            if reg.url.is_none() {
+                continue;
+            }
+            for protocol in &reg.protocols {
+                if only.is_some_and(|p| p != protocol) {
+                    continue;
+                }
+                let path = format!("protocol/{}", encode(protocol));
+                let mut info = match self.client.thirdparty(reg, &path, &[]).await {
+                    Ok(JsonValue::Object(info)) => info,
+                    Ok(_) | Err(_) => {
+                        tracing::info!(appservice = %reg.id, %protocol, "no protocol description");
+                        continue;
+                    }
+                };
+                let mut instances = match info.remove("instances") {
+                    Some(JsonValue::Array(i)) => i,
+                    _ => Vec::new(),
+                };
+                for instance in &mut instances {
+                    let network = instance.get("network_id").and_then(JsonValue::as_str);
+                    if let Some(network) = network {
+                        instance["instance_id"] = format!("{}|{network}", reg.id).into();
+                    }
+                }
+                match out.get_mut(protocol) {
+                    Some(existing) => {
+                        if let Some(list) = existing["instances"].as_array_mut() {
+                            list.extend(instances);
+                        }
+                    }
+                    None => {
+                        info.insert("instances".into(), instances.into());
+                        out.insert(protocol.clone(), JsonValue::Object(info));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Third-party locations or users (`kind`: "location" | "user"), from every appservice
+    /// that bridges `protocol` (or from all, for a look-up by alias or user ID), concatenated.
+    /// An appservice that fails to answer is left out.
+    pub async fn thirdparty_lookup(
+        &self,
+        kind: &str,
+        protocol: Option<&str>,
+        query: &[(String, String)],
+    ) -> Result<Vec<JsonValue>> {
+        let mut out = Vec::new();
+        let path = match protocol {
+            Some(p) => format!("{kind}/{}", encode(p)),
+            None => kind.to_owned(),
+        };
+        for reg in &self.registrations {
+            if reg.url.is_none() || protocol.is_some_and(|p| !reg.protocols.iter().any(|q| q == p))
+            {
+                continue;
+            }
+            match self.client.thirdparty(reg, &path, query).await {
+                Ok(JsonValue::Array(found)) => out.extend(found),
+                Ok(_) => tracing::info!(appservice = %reg.id, %path, "not a list"),
+                Err(e) => tracing::info!(appservice = %reg.id, %path, "look-up failed: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether a local user is in an appservice's namespace (and so its events are of interest).
     fn is_ours(&self, reg: &Registration, user: &str) -> bool {
         UserId::parse(user)
@@ -859,4 +990,11 @@ impl keys::KeysListener for Service {
 
 fn refs(v: &[Box<RawValue>]) -> Vec<&RawValue> {
     v.iter().map(AsRef::as_ref).collect()
+}
+
+/// Percent-encodes one path segment.
+fn encode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }

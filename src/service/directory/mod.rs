@@ -3,7 +3,7 @@
 //! one. Publishing a room is `rooms`; this module only reads.
 
 use ruma::{
-    directory::{Filter, PublicRoomsChunk, PublicRoomsChunkInit, RoomTypeFilter},
+    directory::{Filter, PublicRoomsChunk, PublicRoomsChunkInit, RoomNetwork, RoomTypeFilter},
     events::{room::member::MembershipState, StateEventType},
     room::JoinRuleKind,
     ServerName, UInt,
@@ -25,6 +25,8 @@ pub struct PageQuery<'a> {
     /// The filtered form of the request (POST /publicRooms), which is what a remote server is
     /// then asked too.
     pub filtered: bool,
+    /// The Matrix directory, a bridged network's (`third_party_instance_id`), or all of them.
+    pub network: RoomNetwork,
 }
 
 impl<'a> PageQuery<'a> {
@@ -36,6 +38,7 @@ impl<'a> PageQuery<'a> {
             search: None,
             room_types: None,
             filtered: false,
+            network: RoomNetwork::Matrix,
         }
     }
 
@@ -47,7 +50,14 @@ impl<'a> PageQuery<'a> {
             search: filter.generic_search_term.as_deref(),
             room_types: Some(&filter.room_types),
             filtered: true,
+            network: RoomNetwork::Matrix,
         }
+    }
+
+    /// The same, of another network's directory, or of all.
+    pub fn on(mut self, network: &RoomNetwork) -> Self {
+        self.network = network.clone();
+        self
     }
 }
 
@@ -149,6 +159,7 @@ pub fn local_page(services: &Services, query: PageQuery<'_>) -> Result<Directory
         since,
         search,
         room_types,
+        network,
         ..
     } = query;
     let offset = match since {
@@ -160,7 +171,19 @@ pub fn local_page(services: &Services, query: PageQuery<'_>) -> Result<Directory
     };
     let search = search.map(str::to_lowercase);
     let mut rooms = Vec::new();
-    for room in services.rooms.aliases.public_rooms()? {
+    let aliases = &services.rooms.aliases;
+    let listed = match &network {
+        RoomNetwork::ThirdParty(instance) => aliases.network_rooms(Some(instance))?,
+        RoomNetwork::All => {
+            let mut all = aliases.public_rooms()?;
+            all.extend(aliases.network_rooms(None)?);
+            all.sort_unstable();
+            all.dedup();
+            all
+        }
+        _ => aliases.public_rooms()?,
+    };
+    for room in listed {
         let c = chunk(services, room)?;
         if let Some(term) = &search {
             let hay = [
@@ -227,11 +250,17 @@ async fn remote_page(
         return Ok(None);
     };
     let body = if query.filtered {
-        json!({
+        let mut body = json!({
             "limit": query.limit,
             "since": query.since,
             "filter": { "generic_search_term": query.search },
-        })
+        });
+        match &query.network {
+            RoomNetwork::All => body["include_all_networks"] = true.into(),
+            RoomNetwork::ThirdParty(i) => body["third_party_instance_id"] = i.as_str().into(),
+            _ => {}
+        }
+        body
     } else {
         json!({ "limit": query.limit, "since": query.since })
     };

@@ -28,6 +28,7 @@ pub struct Aliases {
     aliases: Table<tables::Aliases<AliasRecord>>,
     room_aliases: Table<tables::RoomAliases>,
     public_rooms: Table<tables::PublicRooms>,
+    network_rooms: Table<tables::NetworkRooms>,
     /// Serialises alias creation and deletion (check, then write).
     alias_lock: tokio::sync::Mutex<()>,
     /// Bumped by every alias change, so that what was derived from aliases can tell it is stale.
@@ -49,6 +50,7 @@ impl Aliases {
             aliases: Table::new(db),
             room_aliases: Table::new(db),
             public_rooms: Table::new(db),
+            network_rooms: Table::new(db),
             alias_lock: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(0),
         }
@@ -175,5 +177,38 @@ impl Aliases {
     /// Rooms in the public directory.
     pub fn public_rooms(&self) -> Result<Vec<ShortId>> {
         Ok(self.public_rooms.iter().keys().collect::<Result<_, _>>()?)
+    }
+
+    /// Publishes a room in (or removes it from) the directory of a bridged network, named by
+    /// its third-party instance ID.
+    pub async fn set_network_public(
+        &self,
+        instance: &str,
+        room: ShortId,
+        public: bool,
+    ) -> Result<()> {
+        let mut b = Batch::new();
+        if public {
+            self.network_rooms.put_in(&mut b, (instance, room), &());
+        } else {
+            self.network_rooms.delete_in(&mut b, (instance, room));
+        }
+        self.db.write(b).await?;
+        Ok(())
+    }
+
+    /// Rooms in the directory of one bridged network, or of all of them.
+    pub fn network_rooms(&self, instance: Option<&str>) -> Result<Vec<ShortId>> {
+        let rows = match instance {
+            Some(i) => self.network_rooms.scan((i,)).keys().collect::<Vec<_>>(),
+            None => self.network_rooms.iter().keys().collect(),
+        };
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?.1);
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
     }
 }
