@@ -24,6 +24,7 @@ pub mod replication;
 pub mod rooms;
 pub mod sender;
 pub mod sessions;
+pub mod sliding_sync;
 pub mod stream;
 pub mod sync;
 mod tables;
@@ -60,6 +61,8 @@ pub struct Services {
     pub presence: Arc<presence::Service>,
     pub push: Arc<push::Service>,
     pub appservice: Arc<appservice::Service>,
+    /// Sliding sync connections (see `sliding_sync`).
+    pub sliding_sync: sliding_sync::Connections,
     pub federation: Arc<federation::Service>,
     pub sender: Arc<sender::Service>,
     pub replication: Arc<replication::Service>,
@@ -221,6 +224,7 @@ impl Services {
             presence,
             push,
             appservice,
+            sliding_sync: Default::default(),
             federation,
             sender,
             replication,

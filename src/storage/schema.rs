@@ -65,6 +65,7 @@ pub enum Cf {
     AppserviceQueue,
     AppserviceTxns,
     NetworkRooms,
+    RoomBump,
 }
 
 /// A keyspace's column family and its name in RocksDB (which must never change: it is on disk).
@@ -302,6 +303,10 @@ pub const KEYSPACES: &[Keyspace] = &[
     Keyspace {
         cf: Cf::NetworkRooms,
         name: "network_rooms",
+    },
+    Keyspace {
+        cf: Cf::RoomBump,
+        name: "room_bump",
     },
 ];
 

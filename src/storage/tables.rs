@@ -184,6 +184,10 @@ tables! {
     RoomAliases: RoomAliases, (U64, Str) => Empty;
     /// room (short) → nothing: the room is in the public directory.
     PublicRooms: PublicRooms, U64 => Empty;
+    /// room (short) → stream position (u64) of its latest timeline event of a type that moves
+    /// a room up a client's list (a message, not a reaction or a state change): sliding sync's
+    /// `bump_stamp`.
+    RoomBump: RoomBump, U64 => Packed<U64>;
     /// third-party instance ID (str 0xff: appservice ID '|' network ID) . room (short) →
     /// nothing: the room is in the directory of a bridged network, which an appservice keeps.
     NetworkRooms: NetworkRooms, (Term, U64) => Empty;
@@ -722,6 +726,7 @@ mod tests {
             cat(&[&be(3), b"#a:x"])
         );
         assert_eq!(round_trip::<PublicRooms>(3, ()), be(3));
+        assert_eq!(round_trip::<RoomBump>(3, 9), be(3));
         assert_eq!(
             round_trip::<NetworkRooms>(("irc|libera", 3), ()),
             cat(&[b"irc|libera\xff", &be(3)])

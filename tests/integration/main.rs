@@ -29,6 +29,8 @@ mod redactions;
 mod relations;
 mod room_features;
 mod rooms;
+mod sliding_sync;
+mod sliding_sync_sdk;
 mod synapse;
 mod synapse_e2ee;
 mod synapse_federation;

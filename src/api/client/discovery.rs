@@ -45,7 +45,8 @@ async fn versions(
     let mut resp = get_supported_versions::Response::new(
         SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
     );
-    resp.unstable_features = BTreeMap::new();
+    // Simplified sliding sync (MSC4186), which Element X needs.
+    resp.unstable_features = BTreeMap::from([("org.matrix.simplified_msc3575".to_owned(), true)]);
     Ok(resp)
 }
 

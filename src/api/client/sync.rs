@@ -11,7 +11,10 @@ use ruma::api::client::{
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, Result},
-    service::sync::{self, Since},
+    service::{
+        sliding_sync,
+        sync::{self, Since},
+    },
 };
 
 /// Longest long-poll honoured, whatever the client asks.
@@ -19,6 +22,13 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let mut router = router.ruma(create_filter_handler).ruma(get_filter_handler);
+    use ruma::api::Metadata;
+    for path in <sync_events::v5::Request as Metadata>::PATH_BUILDER.all_paths() {
+        router = router.route(
+            &crate::api::axum_path(path),
+            axum::routing::post(simplified_sliding_sync),
+        );
+    }
     use ruma::api::path_builder::PathBuilder;
     for path in <sync_events::v3::Request as ruma::api::Metadata>::PATH_BUILDER.all_paths() {
         router = router.route(
@@ -51,6 +61,44 @@ async fn sync_with_knocks(
     let (parts, body) = http.into_parts();
     let mut json: serde_json::Value = serde_json::from_slice(&body).map_err(Error::internal)?;
     json["rooms"] = serde_json::json!({ "knock": knocks });
+    let body = serde_json::to_vec(&json).map_err(Error::internal)?;
+    Ok(http::Response::from_parts(parts, axum::body::Body::from(body)).into_response())
+}
+
+/// Simplified sliding sync (MSC4186). Ruma's response has no field for
+/// `unstable_expanded_timeline`, so it is added to the JSON of the rooms that have it.
+async fn simplified_sliding_sync(
+    State(services): State<AppState>,
+    req: Ruma<sync_events::v5::Request>,
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    use ruma::api::OutgoingResponse;
+    let session = req.session()?;
+    let answer = sliding_sync::sync(
+        &services,
+        sliding_sync::Request {
+            user_id: &session.user_id,
+            user: session.user,
+            device_id: session.device_id.as_str(),
+            body: &req.body,
+            timeout: req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
+        },
+    )
+    .await?;
+    let http = answer
+        .response
+        .try_into_http_response::<Vec<u8>>()
+        .map_err(|e| Error::internal(format!("response serialisation: {e}")))?;
+    if answer.expanded.is_empty() {
+        return Ok(http.map(axum::body::Body::from).into_response());
+    }
+    let (parts, body) = http.into_parts();
+    let mut json: serde_json::Value = serde_json::from_slice(&body).map_err(Error::internal)?;
+    for room in &answer.expanded {
+        if let Some(r) = json["rooms"].get_mut(room.as_str()) {
+            r["unstable_expanded_timeline"] = true.into();
+        }
+    }
     let body = serde_json::to_vec(&json).map_err(Error::internal)?;
     Ok(http::Response::from_parts(parts, axum::body::Body::from(body)).into_response())
 }

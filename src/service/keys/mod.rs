@@ -487,6 +487,35 @@ impl Service {
         self.commit(batch, reserved, wake).await
     }
 
+    /// A page of a device's inbox: drops what the client acknowledged (positions up to `ack`)
+    /// and returns up to `limit` messages after it, up to `upto`, with their positions.
+    pub async fn to_device_page(
+        &self,
+        user: ShortId,
+        device: &str,
+        ack: Option<u64>,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, ToDeviceMessage)>> {
+        let mut delete = Batch::new();
+        let mut out = Vec::new();
+        for row in self.tables.to_device.scan((user, device)) {
+            let ((_, _, pos), message) = row?;
+            if ack.is_some_and(|a| pos <= a) {
+                self.tables
+                    .to_device
+                    .delete_in(&mut delete, (user, device, pos));
+                continue;
+            }
+            if pos > upto || out.len() >= limit {
+                break;
+            }
+            out.push((pos, message));
+        }
+        self.db.write(delete).await?;
+        Ok(out)
+    }
+
     /// A device's inbox: drops what the client acknowledged (positions up to `ack`) and returns
     /// the messages up to `upto`.
     pub async fn to_device_inbox(

@@ -120,6 +120,9 @@ impl Service {
                 }
                 Place::Timeline(p) | Place::History(p) => {
                     self.tables.timeline.put_in(batch, (room, short), &());
+                    if matches!(e.place, Place::Timeline(_)) && super::timeline::bumps(&pdu.kind) {
+                        self.tables.room_bump.put_in(batch, room, &short);
+                    }
                     // An event we held as an outlier gains its place.
                     self.tables.outliers.delete_in(batch, short);
                     self.index_relation_in(batch, room, short, pdu)?;

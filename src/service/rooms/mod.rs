@@ -169,12 +169,14 @@ struct Tables {
     outliers: Table<tables::Outliers>,
     invite_state: Table<tables::InviteState<Vec<serde_json::Value>>>,
     fed_queue: Table<tables::FedQueue>,
+    room_bump: Table<tables::RoomBump>,
 }
 
 impl Tables {
     fn new(db: &Db) -> Self {
         Self {
             rooms: Table::new(db),
+            room_bump: Table::new(db),
             pdus: Table::new(db),
             event_meta: Table::new(db),
             timeline: Table::new(db),

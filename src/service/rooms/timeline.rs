@@ -22,6 +22,38 @@ use crate::{
     storage::{tables, Db, ShortId, ShortIds, Table},
 };
 
+/// Event types that move a room up a client's room list (sliding sync's `bump_stamp`): what
+/// people post, not reactions, edits of state or receipts.
+pub const BUMP_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.message",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.call.invite",
+    "m.poll.start",
+    "org.matrix.msc3381.poll.start",
+    "m.beacon_info",
+    "org.matrix.msc3672.beacon_info",
+];
+
+/// Whether an event of this type moves its room up (see [`BUMP_TYPES`]); on the send path, so
+/// the common types are matched without formatting them.
+pub fn bumps(kind: &ruma::events::TimelineEventType) -> bool {
+    use ruma::events::TimelineEventType as T;
+    match kind {
+        T::RoomCreate | T::RoomMessage | T::RoomEncrypted | T::Sticker | T::CallInvite => true,
+        T::Reaction | T::RoomMember | T::RoomRedaction => false,
+        // Polls and live locations are not typed in ruma's stable set.
+        other => matches!(
+            other.to_string().as_str(),
+            "m.poll.start"
+                | "org.matrix.msc3381.poll.start"
+                | "m.beacon_info"
+                | "org.matrix.msc3672.beacon_info"
+        ),
+    }
+}
+
 pub struct Timeline {
     shortids: Arc<ShortIds>,
     events: Arc<Events>,
@@ -30,9 +62,19 @@ pub struct Timeline {
     timeline: Table<tables::Timeline>,
     relations: Table<tables::Relations>,
     threads: Table<tables::Threads>,
+    room_bump: Table<tables::RoomBump>,
 }
 
 impl Timeline {
+    /// The stream position of the room's latest event that moves it up a client's list
+    /// (see [`BUMP_TYPES`]), or of its latest event when none was recorded.
+    pub fn bump_stamp(&self, room: ShortId) -> Result<Option<u64>> {
+        if let Some(pos) = self.room_bump.get(room)? {
+            return Ok(Some(pos));
+        }
+        Ok(self.timeline(room, u64::MAX, false, 1)?.first().copied())
+    }
+
     pub(super) fn new(
         db: &Db,
         shortids: Arc<ShortIds>,
@@ -48,6 +90,7 @@ impl Timeline {
             timeline: Table::new(db),
             relations: Table::new(db),
             threads: Table::new(db),
+            room_bump: Table::new(db),
         }
     }
 

@@ -68,7 +68,7 @@ pub struct Request<'a> {
 
 /// Marks the end of a /sync for presence, however the request ends (a client hanging up
 /// drops the future).
-struct SyncInFlight<'a>(&'a Services, ShortId);
+pub(crate) struct SyncInFlight<'a>(&'a Services, ShortId);
 
 impl Drop for SyncInFlight<'_> {
     fn drop(&mut self) {
@@ -94,35 +94,7 @@ const STRIPPED_STATE: &[&str] = &[
 /// Answers a /sync, waiting up to the timeout for something new when `since` is given.
 pub async fn sync(services: &Services, req: Request<'_>) -> Result<v3::Response> {
     let deadline = tokio::time::Instant::now() + req.timeout;
-    let _in_flight = if services.presence.enabled() {
-        // Counted before anything can be cancelled, and uncounted by the guard however the
-        // request ends (a client hanging up drops this future at any await).
-        let store = services.presence.sync_started(req.user, &req.set_presence);
-        let in_flight = SyncInFlight(services, req.user);
-        if let Some(presence) = store {
-            // A write with a wake-up after it: a task of its own, so a dropped /sync cannot
-            // stop it between the two.
-            let (service, rooms, user) =
-                (services.presence.clone(), services.rooms.clone(), req.user);
-            services
-                .tasks
-                .spawn(async move {
-                    let peers = move |u: ShortId| {
-                        rooms
-                            .membership
-                            .peers(u)
-                            .map(|p| p.into_iter().collect())
-                            .unwrap_or_default()
-                    };
-                    service.store_started(user, presence, &peers).await
-                })
-                .await
-                .map_err(|e| Error::internal(format!("presence task failed: {e}")))??;
-        }
-        Some(in_flight)
-    } else {
-        None
-    };
+    let _in_flight = presence_in_flight(services, req.user, &req.set_presence).await?;
     // Subscribe before reading, so a change between the read and the wait still wakes us.
     let mut wake = services.stream.subscribe(req.user);
     loop {
@@ -148,6 +120,42 @@ pub async fn sync(services: &Services, req: Request<'_>) -> Result<v3::Response>
             }
         }
     }
+}
+
+/// Counts a syncing request for presence (a sync sets the user online unless it says
+/// otherwise); the guard uncounts it however the request ends.
+pub(crate) async fn presence_in_flight<'a>(
+    services: &'a Services,
+    user: ShortId,
+    set_presence: &ruma::presence::PresenceState,
+) -> Result<Option<SyncInFlight<'a>>> {
+    if !services.presence.enabled() {
+        return Ok(None);
+    }
+    // Counted before anything can be cancelled, and uncounted by the guard however the
+    // request ends (a client hanging up drops this future at any await).
+    let store = services.presence.sync_started(user, set_presence);
+    let in_flight = SyncInFlight(services, user);
+    if let Some(presence) = store {
+        // A write with a wake-up after it: a task of its own, so a dropped /sync cannot
+        // stop it between the two.
+        let (service, rooms) = (services.presence.clone(), services.rooms.clone());
+        services
+            .tasks
+            .spawn(async move {
+                let peers = move |u: ShortId| {
+                    rooms
+                        .membership
+                        .peers(u)
+                        .map(|p| p.into_iter().collect())
+                        .unwrap_or_default()
+                };
+                service.store_started(user, presence, &peers).await
+            })
+            .await
+            .map_err(|e| Error::internal(format!("presence task failed: {e}")))??;
+    }
+    Ok(Some(in_flight))
 }
 
 fn room_allowed(filter: &FilterDefinition, room_id: &RoomId) -> bool {
@@ -194,7 +202,7 @@ fn event_passes(filter: &RoomEventFilter, json: &JsonValue) -> bool {
     true
 }
 
-fn raw<T>(json: &JsonValue) -> Result<Raw<T>> {
+pub(crate) fn raw<T>(json: &JsonValue) -> Result<Raw<T>> {
     Ok(Raw::from_json(
         serde_json::value::to_raw_value(json).map_err(Error::internal)?,
     ))
@@ -732,7 +740,7 @@ fn state_type_allowed(
 }
 
 /// The m.receipt event of a room's receipts in the window, without other users' private ones.
-fn receipt_event(
+pub(crate) fn receipt_event(
     services: &Services,
     user_id: &UserId,
     room: ShortId,
@@ -779,7 +787,7 @@ fn summary(services: &Services, room: ShortId, user: ShortId) -> Result<RoomSumm
 }
 
 /// Stripped state for an invitee or knocker: a few room details and their own member event.
-fn stripped_state<T>(
+pub(crate) fn stripped_state<T>(
     services: &Services,
     user: ShortId,
     room: ShortId,

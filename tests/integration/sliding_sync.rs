@@ -1,0 +1,406 @@
+//! Simplified sliding sync (MSC4186) over raw HTTP: lists in bump order with counts, rooms sent
+//! whole once and then only as they change, long-polls woken by a message, extensions, and the
+//! errors a client must get (unknown `pos`, malformed lists).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{assert_err, enc, TestServer};
+
+const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+
+async fn sliding(
+    server: &TestServer,
+    token: &str,
+    pos: Option<&str>,
+    timeout_ms: u64,
+    body: Value,
+) -> (u16, Value) {
+    let mut path = format!("{PATH}?timeout={timeout_ms}");
+    if let Some(p) = pos {
+        path.push_str(&format!("&pos={}", enc(p)));
+    }
+    server.post(&path, Some(token), body).await
+}
+
+fn list(ranges: Value, timeline_limit: u64) -> Value {
+    json!({
+        "conn_id": "room-list",
+        "lists": { "all_rooms": {
+            "ranges": ranges,
+            "timeline_limit": timeline_limit,
+            "required_state": [["m.room.name", ""], ["m.room.member", "$ME"], ["m.room.member", "$LAZY"]],
+        }},
+    })
+}
+
+fn bodies(room: &Value) -> Vec<String> {
+    room["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_listed_newest_first_sent_once_and_then_as_they_change() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "a long password").await;
+    let (bob_id, bob, _) = server.register("bob", "a long password").await;
+    let mut rooms = Vec::new();
+    for i in 0..3 {
+        let room = server
+            .create_room(
+                &alice,
+                json!({ "preset": "public_chat", "name": format!("room {i}") }),
+            )
+            .await;
+        server.say(&alice, &room, &format!("hello {i}")).await;
+        rooms.push(room);
+    }
+
+    // The first window holds the two newest rooms; the count says there are three.
+    let (status, first) = sliding(&server, &alice, None, 0, list(json!([[0, 1]]), 1)).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["lists"]["all_rooms"]["count"], 3, "{first}");
+    let sent: Vec<&String> = first["rooms"].as_object().unwrap().keys().collect();
+    assert_eq!(sent.len(), 2, "{first}");
+    assert!(
+        sent.contains(&&rooms[2]) && sent.contains(&&rooms[1]),
+        "{first}"
+    );
+    let newest = &first["rooms"][&rooms[2]];
+    assert_eq!(newest["initial"], true);
+    assert_eq!(bodies(newest), vec!["hello 2"]);
+    assert_eq!(newest["limited"], true, "one event of several: a gap");
+    assert!(
+        newest["bump_stamp"].as_u64().unwrap()
+            > first["rooms"][&rooms[1]]["bump_stamp"].as_u64().unwrap()
+    );
+    let state_types: Vec<&str> = newest["required_state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(state_types.contains(&"m.room.name"), "{newest}");
+    assert!(state_types.contains(&"m.room.member"), "$ME: {newest}");
+    assert!(
+        !state_types.contains(&"m.room.create"),
+        "not asked for: {newest}"
+    );
+    let pos = first["pos"].as_str().unwrap().to_owned();
+
+    // Nothing changed: a request with the same window waits, then answers with the counts only.
+    let (status, quiet) = sliding(&server, &alice, Some(&pos), 200, list(json!([[0, 1]]), 1)).await;
+    assert_eq!(status, 200, "{quiet}");
+    assert!(
+        quiet["rooms"].as_object().is_none_or(|r| r.is_empty()),
+        "{quiet}"
+    );
+    assert_eq!(quiet["lists"]["all_rooms"]["count"], 3);
+    let pos = quiet["pos"].as_str().unwrap().to_owned();
+
+    // A message in the oldest room wakes a waiting request and moves that room into the window,
+    // sent whole (the connection never had it). Bob's join alone does not: it moves nothing.
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&rooms[0])),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let waiting = {
+        let server_url = server.url();
+        let alice = alice.clone();
+        let pos = pos.clone();
+        tokio::spawn(async move {
+            let resp = reqwest::Client::new()
+                .post(format!(
+                    "{server_url}{PATH}?timeout=20000&pos={}",
+                    enc(&pos)
+                ))
+                .bearer_auth(alice)
+                .json(&list(json!([[0, 1]]), 1))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.say(&bob, &rooms[0], "from bob").await;
+    let (status, woken) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the long-poll was woken")
+        .unwrap();
+    assert_eq!(status, 200, "{woken}");
+    let room0 = &woken["rooms"][&rooms[0]];
+    assert_eq!(room0["initial"], true, "{woken}");
+    assert_eq!(bodies(room0), vec!["from bob"], "{room0}");
+    let bob_member = |room: &Value| {
+        room["required_state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob_id.as_str())
+    };
+    assert!(
+        bob_member(room0),
+        "$LAZY brought bob's member event: {room0}"
+    );
+    // Room 1 was pushed out of the window: not resent.
+    assert!(woken["rooms"].get(&rooms[1]).is_none(), "{woken}");
+    let mut pos = woken["pos"].as_str().unwrap().to_owned();
+    server.say(&bob, &rooms[0], "again from bob").await;
+
+    // Now only what changed: the new message (not initial, no gap), without bob's member event,
+    // which the connection already has.
+    let next = loop {
+        let (status, next) =
+            sliding(&server, &alice, Some(&pos), 5000, list(json!([[0, 1]]), 1)).await;
+        assert_eq!(status, 200, "{next}");
+        pos = next["pos"].as_str().unwrap().to_owned();
+        if next["rooms"].get(&rooms[0]).is_some() {
+            break next;
+        }
+    };
+    let room0 = &next["rooms"][&rooms[0]];
+    assert!(room0.get("initial").is_none(), "{room0}");
+    assert_eq!(bodies(room0), vec!["again from bob"], "{room0}");
+    assert_ne!(room0["limited"], true, "{room0}");
+    assert!(!bob_member(room0), "{room0}");
+    // `prev_batch` pages back through the room with /messages.
+    let prev = room0["prev_batch"].as_str().unwrap();
+    let (status, page) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10&from={}",
+                enc(&rooms[0]),
+                enc(prev)
+            ),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["content"]["body"] == "hello 0"),
+        "{page}"
+    );
+
+    // Asking for a longer timeline expands it: the latest events again, marked as expanded.
+    let (status, more) = sliding(&server, &alice, Some(&pos), 0, list(json!([[0, 1]]), 3)).await;
+    assert_eq!(status, 200, "{more}");
+    let room0 = &more["rooms"][&rooms[0]];
+    assert_eq!(room0["unstable_expanded_timeline"], true, "{room0}");
+    assert_eq!(bodies(room0), vec!["from bob", "again from bob"], "{room0}");
+    let pos = more["pos"].as_str().unwrap().to_owned();
+
+    // A subscription to a room out of the window sends it with the subscription's timeline.
+    let mut body = list(json!([[0, 0]]), 1);
+    body["room_subscriptions"] =
+        json!({ rooms[1].clone(): { "timeline_limit": 10, "required_state": [] } });
+    let (status, sub) = sliding(&server, &alice, Some(&pos), 0, body).await;
+    assert_eq!(status, 200, "{sub}");
+    assert_eq!(bodies(&sub["rooms"][&rooms[1]]), vec!["hello 1"], "{sub}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_positions_and_lists_are_refused_and_change_nothing() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "a long password").await;
+    let (_, bob, _) = server.register("bob", "a long password").await;
+    server.create_room(&alice, json!({})).await;
+    let (_, first) = sliding(&server, &alice, None, 0, list(json!([[0, 9]]), 1)).await;
+    let pos = first["pos"].as_str().unwrap().to_owned();
+
+    // Unknown, malformed, or someone else's position: M_UNKNOWN_POS, and the client starts over.
+    for bad in ["12345", "not a position"] {
+        let resp = sliding(&server, &alice, Some(bad), 0, list(json!([[0, 9]]), 1)).await;
+        assert_err(&resp, 400, "M_UNKNOWN_POS");
+    }
+    let resp = sliding(&server, &bob, Some(&pos), 0, list(json!([[0, 9]]), 1)).await;
+    assert_err(&resp, 400, "M_UNKNOWN_POS");
+    // Another connection of alice's does not have this position either.
+    let mut other = list(json!([[0, 9]]), 1);
+    other["conn_id"] = json!("encryption");
+    let resp = sliding(&server, &alice, Some(&pos), 0, other).await;
+    assert_err(&resp, 400, "M_UNKNOWN_POS");
+
+    // Malformed lists.
+    for (body, errcode) in [
+        (list(json!([[5, 1]]), 1), "M_INVALID_PARAM"),
+        (list(json!([[0, 9]]), 5000), "M_INVALID_PARAM"),
+        (list(json!([["a", 1]]), 1), "M_BAD_JSON"),
+        (
+            json!({ "lists": { "all_rooms": { "ranges": "everything" } } }),
+            "M_BAD_JSON",
+        ),
+    ] {
+        let resp = sliding(&server, &alice, Some(&pos), 0, body).await;
+        assert_eq!(resp.0, 400, "{:?}", resp.1);
+        assert_eq!(resp.1["errcode"], errcode, "{:?}", resp.1);
+    }
+    // The position still works: the refused requests changed nothing.
+    let (status, again) = sliding(&server, &alice, Some(&pos), 0, list(json!([[0, 9]]), 1)).await;
+    assert_eq!(status, 200, "{again}");
+    assert!(
+        again["rooms"].as_object().is_none_or(|r| r.is_empty()),
+        "{again}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extensions_bring_to_device_messages_keys_account_data_receipts_and_typing() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, alice_device) = server.register("alice", "a long password").await;
+    let (_, bob, _) = server.register("bob", "a long password").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    let event = server.say(&bob, &room, "read me").await;
+
+    let ext = |since: Option<&str>| {
+        let mut body = list(json!([[0, 9]]), 1);
+        body["extensions"] = json!({
+            "to_device": { "enabled": true, "since": since },
+            "e2ee": { "enabled": true },
+            "account_data": { "enabled": true },
+            "receipts": { "enabled": true },
+            "typing": { "enabled": true },
+        });
+        body
+    };
+    let (status, first) = sliding(&server, &alice, None, 0, ext(None)).await;
+    assert_eq!(status, 200, "{first}");
+    let e = &first["extensions"];
+    assert_eq!(
+        e["e2ee"]["device_one_time_keys_count"]["signed_curve25519"], 0,
+        "{e}"
+    );
+    assert!(
+        e["e2ee"]["device_unused_fallback_key_types"].is_array(),
+        "{e}"
+    );
+    assert!(
+        e["account_data"]["global"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["type"] == "m.push_rules"),
+        "{e}"
+    );
+    let mut since = e["to_device"]["next_batch"].as_str().unwrap().to_owned();
+    let mut pos = first["pos"].as_str().unwrap().to_owned();
+
+    // Bob sends alice's device a to-device message, reads, types; alice tags the room.
+    let (status, body) = server
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.test/txn1",
+            Some(&bob),
+            json!({ "messages": { alice_id.as_str(): { alice_device.as_str(): { "hi": 1 } } } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(&event)
+            ),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc(&format!("@bob:{}", server.name()))
+            ),
+            Some(&bob),
+            json!({ "typing": true, "timeout": 30000 }),
+        )
+        .await;
+    server
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{}/tags/u.work",
+                enc(&alice_id),
+                enc(&room)
+            ),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    let mut seen = json!({});
+    for _ in 0..20 {
+        let (status, next) = sliding(&server, &alice, Some(&pos), 2000, ext(Some(&since))).await;
+        assert_eq!(status, 200, "{next}");
+        pos = next["pos"].as_str().unwrap().to_owned();
+        since = next["extensions"]["to_device"]["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let e = &next["extensions"];
+        for (k, v) in [
+            (
+                "to_device",
+                e["to_device"]["events"]
+                    .as_array()
+                    .filter(|a| !a.is_empty())
+                    .map(|a| a[0].clone()),
+            ),
+            ("receipt", e["receipts"]["rooms"].get(&room).cloned()),
+            ("typing", e["typing"]["rooms"].get(&room).cloned()),
+            ("tag", e["account_data"]["rooms"].get(&room).cloned()),
+        ] {
+            if let Some(v) = v {
+                seen[k] = v;
+            }
+        }
+        if seen.as_object().unwrap().len() == 4 {
+            break;
+        }
+    }
+    assert_eq!(seen["to_device"]["type"], "m.test", "{seen}");
+    assert_eq!(seen["to_device"]["content"]["hi"], 1);
+    assert!(
+        seen["receipt"]["content"][&event]["m.read"]
+            .get(format!("@bob:{}", server.name()))
+            .is_some(),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["typing"]["content"]["user_ids"],
+        json!([format!("@bob:{}", server.name())])
+    );
+    assert_eq!(seen["tag"][0]["type"], "m.tag", "{seen}");
+
+    // Acknowledged by `since`, the message is not sent again.
+    let (_, after) = sliding(&server, &alice, Some(&pos), 0, ext(Some(&since))).await;
+    assert!(
+        after["extensions"]["to_device"]["events"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{after}"
+    );
+}
