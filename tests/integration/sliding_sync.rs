@@ -404,3 +404,147 @@ async fn extensions_bring_to_device_messages_keys_account_data_receipts_and_typi
         "{after}"
     );
 }
+
+/// What a client knows of a room: its name, latest event, member count and unread count.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Known {
+    name: Option<String>,
+    latest: Option<String>,
+    joined: Option<u64>,
+    unread: Option<u64>,
+}
+
+/// Applies a /sync (v2) response to what a client knows.
+fn apply_v2(known: &mut std::collections::BTreeMap<String, Known>, resp: &Value) {
+    for (room_id, room) in resp["rooms"]["join"].as_object().into_iter().flatten() {
+        let k = known.entry(room_id.clone()).or_default();
+        let state = room["state"]["events"].as_array().into_iter().flatten();
+        let timeline = room["timeline"]["events"].as_array().into_iter().flatten();
+        for e in state.chain(timeline.clone()) {
+            if e["type"] == "m.room.name" {
+                k.name = e["content"]["name"].as_str().map(str::to_owned);
+            }
+        }
+        if let Some(last) = timeline.last() {
+            k.latest = last["event_id"].as_str().map(str::to_owned);
+        }
+        if let Some(j) = room["summary"]["m.joined_member_count"].as_u64() {
+            k.joined = Some(j);
+        }
+        if let Some(n) = room["unread_notifications"]["notification_count"].as_u64() {
+            k.unread = Some(n);
+        }
+    }
+    for room_id in resp["rooms"]["leave"].as_object().into_iter().flatten().map(|(r, _)| r) {
+        known.remove(room_id);
+    }
+}
+
+/// Applies a sliding sync response to what a client knows.
+fn apply_sliding(known: &mut std::collections::BTreeMap<String, Known>, resp: &Value, me: &str) {
+    for (room_id, room) in resp["rooms"].as_object().into_iter().flatten() {
+        let left = room["required_state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == me && e["content"]["membership"] == "leave");
+        if left {
+            known.remove(room_id);
+            continue;
+        }
+        let k = known.entry(room_id.clone()).or_default();
+        for e in room["required_state"].as_array().into_iter().flatten() {
+            if e["type"] == "m.room.name" {
+                k.name = e["content"]["name"].as_str().map(str::to_owned);
+            }
+        }
+        for e in room["timeline"].as_array().into_iter().flatten() {
+            if e["type"] == "m.room.name" {
+                k.name = e["content"]["name"].as_str().map(str::to_owned);
+            }
+        }
+        if let Some(last) = room["timeline"].as_array().and_then(|t| t.last()) {
+            k.latest = last["event_id"].as_str().map(str::to_owned);
+        }
+        if let Some(j) = room["joined_count"].as_u64() {
+            k.joined = Some(j);
+        }
+        if let Some(n) = room["notification_count"].as_u64() {
+            k.unread = Some(n);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_sync_and_sync_v2_agree_on_rooms_latest_events_and_counts() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", "a long password").await;
+    let (_, bob, _) = server.register("bob", "a long password").await;
+    let mut rooms = Vec::new();
+    for i in 0..5 {
+        let room = server
+            .create_room(&bob, json!({ "preset": "public_chat", "name": format!("room {i}") }))
+            .await;
+        server
+            .post(&format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&alice), json!({}))
+            .await;
+        for m in 0..=i {
+            server.say(&bob, &room, &format!("m{m}")).await;
+        }
+        rooms.push(room);
+    }
+    let body = json!({
+        "conn_id": "compare",
+        "lists": { "all": {
+            "ranges": [[0, 99]],
+            "timeline_limit": 1,
+            "required_state": [["m.room.name", ""], ["m.room.member", "$ME"]],
+        }},
+    });
+    let mut v2 = std::collections::BTreeMap::new();
+    let mut sliding_known = std::collections::BTreeMap::new();
+    let (_, first_v2) = server.get("/_matrix/client/v3/sync?timeout=0", Some(&alice)).await;
+    apply_v2(&mut v2, &first_v2);
+    let (_, first) = sliding(&server, &alice, None, 0, body.clone()).await;
+    apply_sliding(&mut sliding_known, &first, &alice_id);
+    assert_eq!(v2.len(), 5);
+    assert_eq!(v2, sliding_known);
+
+    // The same actions seen both ways: messages, a rename, a read receipt, a room left.
+    let mut since = first_v2["next_batch"].as_str().unwrap().to_owned();
+    let mut pos = first["pos"].as_str().unwrap().to_owned();
+    server.say(&bob, &rooms[0], "news").await;
+    server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&rooms[1])),
+            Some(&bob),
+            json!({ "name": "renamed" }),
+        )
+        .await;
+    let last = server.say(&bob, &rooms[2], "read up to here").await;
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&rooms[2]), enc(&last)),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    server
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&rooms[3])), Some(&alice), json!({}))
+        .await;
+    server.say(&bob, &rooms[4], "more").await;
+    for _ in 0..3 {
+        let (_, next_v2) = server
+            .get(&format!("/_matrix/client/v3/sync?timeout=0&since={}", enc(&since)), Some(&alice))
+            .await;
+        apply_v2(&mut v2, &next_v2);
+        since = next_v2["next_batch"].as_str().unwrap().to_owned();
+        let (_, next) = sliding(&server, &alice, Some(&pos), 0, body.clone()).await;
+        apply_sliding(&mut sliding_known, &next, &alice_id);
+        pos = next["pos"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(v2.len(), 4, "{v2:#?}");
+    assert_eq!(v2[&rooms[1]].name.as_deref(), Some("renamed"));
+    assert_eq!(v2[&rooms[2]].unread, Some(0));
+    assert_eq!(v2, sliding_known);
+}
