@@ -12,8 +12,8 @@
 #   --sqlite               run Synapse on SQLite even when PostgreSQL is available
 #   --keep                 keep the temporary directories (data, configs, logs) for inspection
 #   --scenarios            which scenarios, in order (default: send messages initial-sync
-#                          sync-latency media sync-memory; sync-memory last, it leaves the most
-#                          behind)
+#                          sync-latency media appservice sliding-sync sync-memory; sync-memory
+#                          last, it leaves the most behind)
 #   --send-args            extra options for send, e.g. "--senders 20 --messages 2000"
 #   --messages-args        extra options for messages, e.g. "--duration 10"
 #   --sync-latency-args    extra options for sync-latency, e.g. "--idle 500 --messages 100"
@@ -21,6 +21,7 @@
 #   --initial-sync-args    extra options for initial-sync, e.g. "--rooms 200"
 #   --media-args           extra options for media, e.g. "--files 10 --images 30"
 #   --appservice-args      extra options for appservice, e.g. "--senders 10 --messages 1000"
+#   --sliding-sync-args    extra options for sliding-sync, e.g. "--rooms 200 --idle 500"
 #
 # Environment: VENV (Synapse virtualenv, default $SYNAPSE_VENV, else ~/.cache/hearth-venv,
 # the one .ci/run makes for the interop tests), CARGO_TARGET_DIR.
@@ -29,7 +30,7 @@ set -euo pipefail
 INSTALL=0
 FORCE_SQLITE=0
 KEEP=0
-SCENARIOS="send messages initial-sync sync-latency media appservice sync-memory"
+SCENARIOS="send messages initial-sync sync-latency media appservice sliding-sync sync-memory"
 SEND_ARGS=""
 MESSAGES_ARGS=""
 SYNC_LATENCY_ARGS=""
@@ -37,6 +38,7 @@ SYNC_MEMORY_ARGS=""
 INITIAL_SYNC_ARGS=""
 MEDIA_ARGS=""
 APPSERVICE_ARGS=""
+SLIDING_SYNC_ARGS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --install) INSTALL=1 ;;
@@ -49,6 +51,7 @@ while [[ $# -gt 0 ]]; do
         --initial-sync-args) INITIAL_SYNC_ARGS="$2"; shift ;;
         --media-args) MEDIA_ARGS="$2"; shift ;;
         --appservice-args) APPSERVICE_ARGS="$2"; shift ;;
+        --sliding-sync-args) SLIDING_SYNC_ARGS="$2"; shift ;;
         --scenarios) SCENARIOS="$2"; shift ;;
         -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -58,7 +61,7 @@ done
 
 for scenario in $SCENARIOS; do
     case "$scenario" in
-        send | messages | sync-latency | sync-memory | initial-sync | media | appservice) ;;
+        send | messages | sync-latency | sync-memory | initial-sync | media | appservice | sliding-sync) ;;
         *) echo "run.sh: unknown scenario $scenario (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -438,6 +441,7 @@ for scenario in $SCENARIOS; do
         media) run_scenario media "$MEDIA_ARGS" ;;
         appservice) run_scenario appservice \
             "--port $AS_PORT --as-token $AS_TOKEN --hs-token $HS_TOKEN $APPSERVICE_ARGS" ;;
+        sliding-sync) run_scenario sliding-sync "$SLIDING_SYNC_ARGS" ;;
     esac
     # A server that stopped delivering would make every later figure meaningless.
     [[ -n "$HEALTH_FAILED" ]] && { log "stopping: the health check failed"; break; }

@@ -502,6 +502,44 @@ impl Server {
     }
 }
 
+impl Server {
+    /// A simplified sliding sync request (MSC4186): the JSON body of the 200 and when it
+    /// arrived.
+    pub async fn sliding_sync(
+        &self,
+        user: &User,
+        pos: Option<&str>,
+        timeout_ms: u64,
+        body: &Value,
+        request_timeout: Duration,
+    ) -> Result<(Value, Instant), Failure> {
+        let mut path = format!(
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout={timeout_ms}"
+        );
+        if let Some(pos) = pos {
+            path.push_str("&pos=");
+            path.push_str(&encode(pos));
+        }
+        let (bytes, received) = self
+            .call_raw(
+                Method::POST,
+                &path,
+                Some(&user.token),
+                Some(body),
+                Some(request_timeout),
+            )
+            .await?;
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::Malformed(format!("not JSON: {e}")))?;
+        if body.get("pos").and_then(Value::as_str).is_none() {
+            return Err(Failure::Malformed(
+                "a sliding sync response without `pos`".into(),
+            ));
+        }
+        Ok((body, received))
+    }
+}
+
 fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         // Loopback only: an HTTP(S)_PROXY in the environment must not reroute the load.

@@ -35,7 +35,7 @@ pub struct InitialSyncArgs {
     pub sync_timeout: f64,
 }
 
-fn room_name(i: usize) -> String {
+pub fn room_name(i: usize) -> String {
     format!("hearth-bench room {i}")
 }
 
@@ -110,7 +110,7 @@ fn check(
 /// events in the same millisecond) gets a failure per duplicate, and the room is made again one
 /// at a time, so that the user still ends up in `count` distinct rooms. Returns them and the IDs
 /// that were handed out twice (whose contents the checks then skip).
-async fn create_rooms(
+pub async fn create_rooms(
     server: &Server,
     common: &Common,
     user: &User,

@@ -20,6 +20,7 @@ mod messages;
 mod procfs;
 mod report;
 mod send;
+mod sliding_sync;
 mod stats;
 mod sync_latency;
 mod sync_memory;
@@ -169,6 +170,14 @@ enum Command {
         #[command(flatten)]
         args: appservice::AppserviceArgs,
     },
+    /// Simplified sliding sync: the first response of a user in many rooms, memory per open
+    /// connection, and the wake-up of a waiting connection with many idle ones open.
+    SlidingSync {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        args: sliding_sync::SlidingSyncArgs,
+    },
     /// Runs one scenario against Hearth, then Synapse, and prints both and the ratio.
     Compare {
         /// Hearth's client API base URL.
@@ -227,6 +236,8 @@ enum Scenario {
     Join(join::JoinArgs),
     /// Delivery to an appservice watching a busy room (needs its registration on both).
     Appservice(appservice::AppserviceArgs),
+    /// Sliding sync: first response, memory per connection, wake-ups.
+    SlidingSync(sliding_sync::SlidingSyncArgs),
 }
 
 impl Scenario {
@@ -240,6 +251,7 @@ impl Scenario {
             Scenario::Media(args) => media::run(server, common, args).await,
             Scenario::Join(args) => join::run(server, common, args).await,
             Scenario::Appservice(args) => appservice::run(server, common, args).await,
+            Scenario::SlidingSync(args) => sliding_sync::run(server, common, args).await,
         }
     }
 
@@ -253,6 +265,7 @@ impl Scenario {
             Scenario::Media(_) => "media",
             Scenario::Join(_) => "join",
             Scenario::Appservice(_) => "appservice",
+            Scenario::SlidingSync(_) => "sliding-sync",
         }
     }
 }
@@ -312,6 +325,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Media { target, args } => (single(target), Scenario::Media(args)),
         Command::Join { target, args } => (single(target), Scenario::Join(args)),
         Command::Appservice { target, args } => (single(target), Scenario::Appservice(args)),
+        Command::SlidingSync { target, args } => (single(target), Scenario::SlidingSync(args)),
         Command::Compare {
             hearth,
             hearth_secret,

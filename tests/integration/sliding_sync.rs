@@ -435,7 +435,12 @@ fn apply_v2(known: &mut std::collections::BTreeMap<String, Known>, resp: &Value)
             k.unread = Some(n);
         }
     }
-    for room_id in resp["rooms"]["leave"].as_object().into_iter().flatten().map(|(r, _)| r) {
+    for room_id in resp["rooms"]["leave"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(r, _)| r)
+    {
         known.remove(room_id);
     }
 }
@@ -447,7 +452,11 @@ fn apply_sliding(known: &mut std::collections::BTreeMap<String, Known>, resp: &V
             .as_array()
             .into_iter()
             .flatten()
-            .any(|e| e["type"] == "m.room.member" && e["state_key"] == me && e["content"]["membership"] == "leave");
+            .any(|e| {
+                e["type"] == "m.room.member"
+                    && e["state_key"] == me
+                    && e["content"]["membership"] == "leave"
+            });
         if left {
             known.remove(room_id);
             continue;
@@ -483,10 +492,17 @@ async fn sliding_sync_and_sync_v2_agree_on_rooms_latest_events_and_counts() {
     let mut rooms = Vec::new();
     for i in 0..5 {
         let room = server
-            .create_room(&bob, json!({ "preset": "public_chat", "name": format!("room {i}") }))
+            .create_room(
+                &bob,
+                json!({ "preset": "public_chat", "name": format!("room {i}") }),
+            )
             .await;
         server
-            .post(&format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&alice), json!({}))
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&room)),
+                Some(&alice),
+                json!({}),
+            )
             .await;
         for m in 0..=i {
             server.say(&bob, &room, &format!("m{m}")).await;
@@ -503,7 +519,9 @@ async fn sliding_sync_and_sync_v2_agree_on_rooms_latest_events_and_counts() {
     });
     let mut v2 = std::collections::BTreeMap::new();
     let mut sliding_known = std::collections::BTreeMap::new();
-    let (_, first_v2) = server.get("/_matrix/client/v3/sync?timeout=0", Some(&alice)).await;
+    let (_, first_v2) = server
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&alice))
+        .await;
     apply_v2(&mut v2, &first_v2);
     let (_, first) = sliding(&server, &alice, None, 0, body.clone()).await;
     apply_sliding(&mut sliding_known, &first, &alice_id);
@@ -516,7 +534,10 @@ async fn sliding_sync_and_sync_v2_agree_on_rooms_latest_events_and_counts() {
     server.say(&bob, &rooms[0], "news").await;
     server
         .put(
-            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&rooms[1])),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                enc(&rooms[1])
+            ),
             Some(&bob),
             json!({ "name": "renamed" }),
         )
@@ -524,18 +545,29 @@ async fn sliding_sync_and_sync_v2_agree_on_rooms_latest_events_and_counts() {
     let last = server.say(&bob, &rooms[2], "read up to here").await;
     server
         .post(
-            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&rooms[2]), enc(&last)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&rooms[2]),
+                enc(&last)
+            ),
             Some(&alice),
             json!({}),
         )
         .await;
     server
-        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&rooms[3])), Some(&alice), json!({}))
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&rooms[3])),
+            Some(&alice),
+            json!({}),
+        )
         .await;
     server.say(&bob, &rooms[4], "more").await;
     for _ in 0..3 {
         let (_, next_v2) = server
-            .get(&format!("/_matrix/client/v3/sync?timeout=0&since={}", enc(&since)), Some(&alice))
+            .get(
+                &format!("/_matrix/client/v3/sync?timeout=0&since={}", enc(&since)),
+                Some(&alice),
+            )
             .await;
         apply_v2(&mut v2, &next_v2);
         since = next_v2["next_batch"].as_str().unwrap().to_owned();
