@@ -580,3 +580,56 @@ async fn sliding_sync_and_sync_v2_agree_on_rooms_latest_events_and_counts() {
     assert_eq!(v2[&rooms[2]].unread, Some(0));
     assert_eq!(v2, sliding_known);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_pick_invites_encrypted_rooms_direct_chats_and_spaces() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", "a long password").await;
+    let (_, bob, _) = server.register("bob", "a long password").await;
+    let plain = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let encrypted = server
+        .create_room(
+            &alice,
+            json!({ "initial_state": [{ "type": "m.room.encryption", "state_key": "",
+                "content": { "algorithm": "m.megolm.v1.aes-sha2" } }] }),
+        )
+        .await;
+    let space = server
+        .create_room(&alice, json!({ "creation_content": { "type": "m.space" } }))
+        .await;
+    let dm = server.create_room(&alice, json!({ "is_direct": true })).await;
+    server
+        .put(
+            &format!("/_matrix/client/v3/user/{}/account_data/m.direct", enc(&alice_id)),
+            Some(&alice),
+            json!({ "@bob:localhost:8448": [dm] }),
+        )
+        .await;
+    let invite = server
+        .create_room(&bob, json!({ "invite": [alice_id.as_str()] }))
+        .await;
+
+    let lists = json!({
+        "invites": { "ranges": [[0, 9]], "timeline_limit": 0, "filters": { "is_invite": true } },
+        "encrypted": { "ranges": [[0, 9]], "timeline_limit": 0, "filters": { "is_encrypted": true } },
+        "dms": { "ranges": [[0, 9]], "timeline_limit": 0, "filters": { "is_dm": true } },
+        "spaces": { "ranges": [[0, 9]], "timeline_limit": 0, "filters": { "room_types": ["m.space"] } },
+        "rooms": { "ranges": [[0, 9]], "timeline_limit": 0,
+            "filters": { "not_room_types": ["m.space"], "is_invite": false } },
+    });
+    let (status, body) = sliding(&server, &alice, None, 0, json!({ "lists": lists })).await;
+    assert_eq!(status, 200, "{body}");
+    let count = |name: &str| body["lists"][name]["count"].as_u64().unwrap();
+    assert_eq!(count("invites"), 1, "{body}");
+    assert_eq!(count("encrypted"), 1);
+    assert_eq!(count("dms"), 1);
+    assert_eq!(count("spaces"), 1);
+    assert_eq!(count("rooms"), 3, "plain, encrypted and the DM: {body}");
+    // The invite is sent as stripped state, with no timeline.
+    let inv = &body["rooms"][&invite];
+    assert!(inv["invite_state"].as_array().is_some_and(|s| !s.is_empty()), "{inv}");
+    assert!(inv.get("timeline").is_none_or(|t| t.as_array().is_some_and(|t| t.is_empty())));
+    for room in [&plain, &encrypted, &space, &dm] {
+        assert!(body["rooms"].get(room).is_some(), "{room} in some list: {body}");
+    }
+}

@@ -497,7 +497,7 @@ fn passes(
     facts: &mut Facts,
     filters: Option<&v5::request::ListFilters>,
     c: &Candidate,
-    room_id: &RoomId,
+    room_id: Option<&RoomId>,
 ) -> Result<bool> {
     let Some(f) = filters else {
         return Ok(true);
@@ -514,7 +514,11 @@ fn passes(
         }
     }
     if let Some(want) = f.is_dm {
-        if want != facts.dms(services, req.user)?.contains(room_id.as_str()) {
+        let is_dm = match room_id {
+            Some(id) => facts.dms(services, req.user)?.contains(id.as_str()),
+            None => false,
+        };
+        if want != is_dm {
             return Ok(false);
         }
     }
@@ -568,15 +572,17 @@ async fn build(
     let mut window: BTreeMap<ShortId, (Candidate, RoomConfig)> = BTreeMap::new();
     for (name, list) in &body.lists {
         let mut matching: Vec<&Candidate> = Vec::new();
+        let by_dm = list.filters.as_ref().is_some_and(|f| f.is_dm.is_some());
         for c in &candidates {
-            let room_id = room_id_of(c.room)?;
+            // Only the DM filter needs the room ID (m.direct names rooms by ID).
+            let room_id = if by_dm { Some(room_id_of(c.room)?) } else { None };
             if passes(
                 services,
                 req,
                 &mut facts,
                 list.filters.as_ref(),
                 c,
-                &room_id,
+                room_id.as_deref(),
             )? {
                 matching.push(c);
             }
