@@ -586,7 +586,9 @@ async fn list_filters_pick_invites_encrypted_rooms_direct_chats_and_spaces() {
     let server = TestServer::start().await;
     let (alice_id, alice, _) = server.register("alice", "a long password").await;
     let (_, bob, _) = server.register("bob", "a long password").await;
-    let plain = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let plain = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
     let encrypted = server
         .create_room(
             &alice,
@@ -597,10 +599,15 @@ async fn list_filters_pick_invites_encrypted_rooms_direct_chats_and_spaces() {
     let space = server
         .create_room(&alice, json!({ "creation_content": { "type": "m.space" } }))
         .await;
-    let dm = server.create_room(&alice, json!({ "is_direct": true })).await;
+    let dm = server
+        .create_room(&alice, json!({ "is_direct": true }))
+        .await;
     server
         .put(
-            &format!("/_matrix/client/v3/user/{}/account_data/m.direct", enc(&alice_id)),
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.direct",
+                enc(&alice_id)
+            ),
             Some(&alice),
             json!({ "@bob:localhost:8448": [dm] }),
         )
@@ -627,9 +634,19 @@ async fn list_filters_pick_invites_encrypted_rooms_direct_chats_and_spaces() {
     assert_eq!(count("rooms"), 3, "plain, encrypted and the DM: {body}");
     // The invite is sent as stripped state, with no timeline.
     let inv = &body["rooms"][&invite];
-    assert!(inv["invite_state"].as_array().is_some_and(|s| !s.is_empty()), "{inv}");
-    assert!(inv.get("timeline").is_none_or(|t| t.as_array().is_some_and(|t| t.is_empty())));
+    assert!(
+        inv["invite_state"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{inv}"
+    );
+    assert!(inv
+        .get("timeline")
+        .is_none_or(|t| t.as_array().is_some_and(|t| t.is_empty())));
     for room in [&plain, &encrypted, &space, &dm] {
-        assert!(body["rooms"].get(room).is_some(), "{room} in some list: {body}");
+        assert!(
+            body["rooms"].get(room).is_some(),
+            "{room} in some list: {body}"
+        );
     }
 }

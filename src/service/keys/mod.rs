@@ -525,22 +525,9 @@ impl Service {
         ack: Option<u64>,
         upto: u64,
     ) -> Result<Vec<ToDeviceMessage>> {
-        let mut delete = Batch::new();
-        let mut out = Vec::new();
-        for row in self.tables.to_device.scan((user, device)) {
-            let ((_, _, pos), message) = row?;
-            if ack.is_some_and(|a| pos <= a) {
-                self.tables
-                    .to_device
-                    .delete_in(&mut delete, (user, device, pos));
-                continue;
-            }
-            if pos > upto {
-                break;
-            }
-            out.push(message);
-        }
-        self.db.write(delete).await?;
-        Ok(out)
+        let page = self
+            .to_device_page(user, device, ack, upto, usize::MAX)
+            .await?;
+        Ok(page.into_iter().map(|(_, m)| m).collect())
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ruma::{
     api::client::sync::sync_events::v5::{self, request::ExtensionRoomConfig},
     events::room::member::MembershipState,
-    OwnedRoomId, UInt,
+    OwnedRoomId,
 };
 use serde_json::{json, Value as JsonValue};
 
@@ -15,7 +15,7 @@ use crate::{
     error::{Error, Result},
     service::{
         account_data,
-        sync::{raw, receipt_event, Since},
+        sync::{key_counts, raw, receipt_event, Since},
         Services,
     },
     storage::ShortId,
@@ -188,20 +188,9 @@ fn e2ee(
     response: &mut v5::Response,
 ) -> Result<bool> {
     let e2ee = &mut response.extensions.e2ee;
-    let mut counts = services.keys.one_time_key_counts(req.user, req.device_id)?;
-    counts.entry("signed_curve25519".to_owned()).or_insert(0);
-    for (algorithm, n) in counts {
-        e2ee.device_one_time_keys_count
-            .insert(algorithm.as_str().into(), UInt::new_saturating(n));
-    }
-    e2ee.device_unused_fallback_key_types = Some(
-        services
-            .keys
-            .unused_fallback_types(req.user, req.device_id)?
-            .iter()
-            .map(|a| a.as_str().into())
-            .collect(),
-    );
+    let (counts, fallback) = key_counts(services, req.user, req.device_id)?;
+    e2ee.device_one_time_keys_count = counts;
+    e2ee.device_unused_fallback_key_types = Some(fallback);
     let Some(since) = since else {
         return Ok(false);
     };

@@ -575,7 +575,11 @@ async fn build(
         let by_dm = list.filters.as_ref().is_some_and(|f| f.is_dm.is_some());
         for c in &candidates {
             // Only the DM filter needs the room ID (m.direct names rooms by ID).
-            let room_id = if by_dm { Some(room_id_of(c.room)?) } else { None };
+            let room_id = if by_dm {
+                Some(room_id_of(c.room)?)
+            } else {
+                None
+            };
             if passes(
                 services,
                 req,

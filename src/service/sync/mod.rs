@@ -122,6 +122,32 @@ pub async fn sync(services: &Services, req: Request<'_>) -> Result<v3::Response>
     }
 }
 
+/// A device's one-time key counts (`signed_curve25519` always there, so a client whose keys ran
+/// out sees 0 and uploads more) and its unused fallback key types.
+#[allow(clippy::type_complexity)]
+pub(crate) fn key_counts(
+    services: &Services,
+    user: ShortId,
+    device: &str,
+) -> Result<(
+    BTreeMap<ruma::OneTimeKeyAlgorithm, UInt>,
+    Vec<ruma::OneTimeKeyAlgorithm>,
+)> {
+    let mut counts = services.keys.one_time_key_counts(user, device)?;
+    counts.entry("signed_curve25519".to_owned()).or_insert(0);
+    let counts = counts
+        .into_iter()
+        .map(|(a, n)| (a.as_str().into(), UInt::new_saturating(n)))
+        .collect();
+    let fallback = services
+        .keys
+        .unused_fallback_types(user, device)?
+        .iter()
+        .map(|a| a.as_str().into())
+        .collect();
+    Ok((counts, fallback))
+}
+
 /// Counts a syncing request for presence (a sync sets the user online unless it says
 /// otherwise); the guard uncounts it however the request ends.
 pub(crate) async fn presence_in_flight<'a>(
@@ -254,19 +280,9 @@ async fn build(
         has_data = true;
     }
     // Keys: one-time key counts and fallback keys of this device; whose device lists changed.
-    for (algorithm, n) in services.keys.one_time_key_counts(req.user, req.device_id)? {
-        response
-            .device_one_time_keys_count
-            .insert(algorithm.as_str().into(), UInt::new_saturating(n));
-    }
-    response.device_unused_fallback_key_types = Some(
-        services
-            .keys
-            .unused_fallback_types(req.user, req.device_id)?
-            .iter()
-            .map(|a| a.as_str().into())
-            .collect(),
-    );
+    let (counts, fallback) = key_counts(services, req.user, req.device_id)?;
+    response.device_one_time_keys_count = counts;
+    response.device_unused_fallback_key_types = Some(fallback);
     if services.presence.enabled() {
         for user in services.presence.changes(since_pos, upto.pos)? {
             if !shares(user)? {
