@@ -253,6 +253,9 @@ impl Service {
             Some(reg) if !reg.aliases.is_match(alias.as_str()) => {
                 exclusive("This alias is outside the application service's namespace")
             }
+            Some(reg) if self.exclusive_alias(alias).is_some_and(|o| o.id != reg.id) => {
+                exclusive("This alias is reserved by another application service")
+            }
             Some(_) => Ok(()),
             None if self.exclusive_alias(alias).is_some() => {
                 exclusive("This alias is reserved by an application service")
@@ -557,6 +560,8 @@ impl Service {
             one_time_keys_count: None,
             unused_fallback_key_types: None,
         };
+        // Claims are forgotten only once the transaction carrying their counts is recorded.
+        let claimed = self.workers[i].claimed.lock().clone();
         if reg.device_data {
             txn.keys_upto = published.max(delivery.keys_acked);
             let lists =
@@ -564,7 +569,7 @@ impl Service {
             if !lists.changed.is_empty() || !lists.left.is_empty() {
                 txn.device_lists = Some(lists);
             }
-            let mut devices = std::mem::take(&mut *self.workers[i].claimed.lock());
+            let mut devices = claimed.clone();
             devices.append(&mut loaded.recipients);
             self.key_counts(&devices, &mut txn)?;
         }
@@ -583,6 +588,11 @@ impl Service {
         let mut b = Batch::new();
         self.delivery.put_in(&mut b, id, &delivery);
         self.db.kv().write(b)?;
+        let mut left = self.workers[i].claimed.lock();
+        for d in &claimed {
+            left.remove(d);
+        }
+        drop(left);
         Ok(Next::Send(Box::new((txn, loaded))))
     }
 
@@ -944,11 +954,17 @@ impl keys::KeysListener for Service {
             return Ok(false);
         }
         let user_id = self.rooms.events.user_id_of(user)?;
+        // Only the appservice that holds the user exclusively (its sender or an exclusive
+        // namespace) takes the message from the inbox: a user a shared namespace merely matches
+        // may be a person whose own clients read it.
+        let Some(owner) = self.exclusive_user(&user_id) else {
+            return Ok(false);
+        };
         let mut taken = false;
         for reg in &self.registrations {
-            if reg.url.is_none()
+            if reg.id != owner.id
+                || reg.url.is_none()
                 || !(reg.device_data && reg.receive_ephemeral)
-                || !self.is_ours(reg, user_id.as_str())
             {
                 continue;
             }
@@ -980,7 +996,7 @@ impl keys::KeysListener for Service {
             return;
         };
         for (reg, worker) in self.registrations.iter().zip(&self.workers) {
-            if reg.device_data && self.is_ours(reg, user_id.as_str()) {
+            if reg.url.is_some() && reg.device_data && self.is_ours(reg, user_id.as_str()) {
                 worker.claimed.lock().insert((user, device.to_owned()));
                 worker.wake.notify_one();
             }

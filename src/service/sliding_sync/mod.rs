@@ -46,8 +46,9 @@ const MAX_CONNECTIONS: usize = 20_000;
 const IDLE_EXPIRY: Duration = Duration::from_secs(6 * 3600);
 /// Most timeline events per room a request may ask for.
 const MAX_TIMELINE_LIMIT: u64 = 1000;
-/// Most lists per request, and longest list name.
+/// Most lists per request, ranges per list, and longest list name.
 const MAX_LISTS: usize = 100;
+const MAX_RANGES: usize = 100;
 const MAX_LIST_NAME: usize = 64;
 
 /// What a connection has been sent of one room.
@@ -318,6 +319,11 @@ fn check_request(body: &v5::Request) -> Result<()> {
         if name.is_empty() || name.len() > MAX_LIST_NAME {
             return Err(Error::invalid_param(format!(
                 "A list name must have 1 to {MAX_LIST_NAME} characters"
+            )));
+        }
+        if list.ranges.len() > MAX_RANGES {
+            return Err(Error::invalid_param(format!(
+                "List {name}: at most {MAX_RANGES} ranges"
             )));
         }
         for (start, end) in &list.ranges {
@@ -689,8 +695,11 @@ async fn build(
 
     // Extensions, over the rooms in the lists' ranges and the subscriptions.
     let scope = extensions::Scope {
+        // Only joined rooms: an invitee, a knocker or someone banned or gone sees none of a
+        // room's receipts, typing or account data.
         window: window
             .iter()
+            .filter(|(_, (c, _))| c.membership.membership() == MembershipState::Join)
             .map(|(room, (_, config))| {
                 let id = room_ids
                     .get(room)

@@ -229,7 +229,10 @@ pub(super) fn room_data(
 
     // Invites and knocks: the stripped state, once per membership.
     if matches!(membership, MembershipState::Invite | MembershipState::Knock) {
-        if previous.is_some_and(|p| p.membership == membership) {
+        // Sent once per membership event: a new invite after a rejection is sent again.
+        if previous
+            .is_some_and(|p| p.membership == membership && p.upto == candidate.membership.event)
+        {
             return Ok(None);
         }
         out.invite_state = Some(stripped_state(
@@ -261,13 +264,8 @@ pub(super) fn room_data(
     } else {
         candidate.membership.event
     };
-    let fresh_membership = previous.is_none_or(|p| {
-        p.membership != membership
-            && matches!(
-                p.membership,
-                MembershipState::Invite | MembershipState::Knock
-            )
-    });
+    // A join after an invite, a knock or a leave starts the room over for the client.
+    let fresh_membership = previous.is_none_or(|p| p.membership != membership && joined);
     let initial = fresh_membership;
     let previous = previous.filter(|_| !initial);
     let expanded = previous.is_some_and(|p| config.timeline_limit > p.timeline_limit);
@@ -280,9 +278,15 @@ pub(super) fn room_data(
             .first()
             .copied();
         let moved = latest.is_some_and(|l| l > p.upto);
+        // Counts grow with events and shrink with the user's own receipts (any device's).
         let counts_moved = services
             .push
-            .counts_changed_between(req.user, room, p.upto, upto.pos);
+            .counts_changed_between(req.user, room, p.upto, upto.pos)
+            || services
+                .receipts
+                .changes(room, Some(p.upto), upto.pos)?
+                .iter()
+                .any(|r| r.user == req.user_id);
         if !moved && !counts_moved && !expanded && added_state.is_none() && !membership_changed {
             return Ok(None);
         }
@@ -348,9 +352,12 @@ pub(super) fn room_data(
                     }
                     let kind = kind.to_string();
                     // Without a gap every member change is sent; with one, only the timeline's.
+                    // Members the client already has are kept current even across a gap.
                     let lazy_member = rs.lazy
                         && kind == "m.room.member"
-                        && (!limited || senders.contains(&state_key));
+                        && (!limited
+                            || senders.contains(&state_key)
+                            || lazy_sent.contains(&state_key));
                     if rs.wants(&kind, &state_key) || lazy_member {
                         state_events.push(*event);
                         if lazy_member {
