@@ -158,19 +158,6 @@ impl Db {
             return Ok(());
         }
         let kv = self.kv.clone();
-        // On the multi-threaded runtime the write runs on this worker, its other tasks moving to
-        // another: no hand-off to a parked blocking thread and back, which on an idle machine
-        // costs more than the write itself. A synchronous call cannot be cancelled halfway, so
-        // `hold` still ends only after the write.
-        if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            return tokio::task::block_in_place(move || {
-                let written = kv.write(batch);
-                drop(hold);
-                written
-            });
-        }
         tokio::task::spawn_blocking(move || {
             let written = kv.write(batch);
             drop(hold);
