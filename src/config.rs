@@ -22,6 +22,7 @@ pub struct Config {
     pub well_known: WellKnown,
     pub presence: Presence,
     pub appservice: Appservice,
+    pub push: Push,
     pub log: Log,
 }
 
@@ -242,6 +243,36 @@ impl Default for Appservice {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct Push {
+    /// Send the event's content to push gateways (off: only IDs, sender and room name).
+    pub include_content: bool,
+    /// How long one request to a push gateway may take.
+    pub timeout: HumanDuration,
+    /// The longest wait between two attempts to reach a push gateway that is down.
+    pub max_backoff: HumanDuration,
+    /// A notification a gateway has refused to take for this long is dropped.
+    pub max_age: HumanDuration,
+    /// Address ranges never contacted as gateways, on top of the built-in non-public ranges.
+    pub ip_range_deny: Vec<String>,
+    /// Address ranges contacted even if denied (e.g. a gateway on the local network).
+    pub ip_range_allow: Vec<String>,
+}
+
+impl Default for Push {
+    fn default() -> Self {
+        Self {
+            include_content: true,
+            timeout: HumanDuration(Duration::from_secs(15)),
+            max_backoff: HumanDuration(Duration::from_secs(600)),
+            max_age: HumanDuration(Duration::from_secs(24 * 3600)),
+            ip_range_deny: Vec::new(),
+            ip_range_allow: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// A tracing filter, e.g. "info" or "hearth=debug,info"; `RUST_LOG` wins when set.
     pub level: String,
@@ -264,6 +295,7 @@ impl Default for Config {
             well_known: WellKnown::default(),
             presence: Presence::default(),
             appservice: Appservice::default(),
+            push: Push::default(),
             log: Log::default(),
         }
     }
@@ -506,6 +538,8 @@ impl Config {
             ("media.url_preview.allow", &preview.allow),
             ("federation.ip_range_deny", &self.federation.ip_range_deny),
             ("federation.ip_range_allow", &self.federation.ip_range_allow),
+            ("push.ip_range_deny", &self.push.ip_range_deny),
+            ("push.ip_range_allow", &self.push.ip_range_allow),
         ] {
             for item in list {
                 if let Err(reason) = parse_cidr(item) {
@@ -518,6 +552,9 @@ impl Config {
                 "media.url_preview",
                 "timeout and max_size must be more than 0",
             );
+        }
+        if self.push.timeout.0.is_zero() {
+            return bad("push.timeout", "must be more than 0");
         }
         Ok(())
     }

@@ -134,10 +134,14 @@ impl Services {
         ));
         let push = Arc::new(push::Service::new(
             db.clone(),
-            rooms.clone(),
-            account_data.clone(),
-            receipts.clone(),
-        ));
+            push::Deps {
+                rooms: rooms.clone(),
+                account_data: account_data.clone(),
+                receipts: receipts.clone(),
+                stream: stream.clone(),
+            },
+            &config.push,
+        )?);
         let registrations = hearth_appservice::load_all(&config.appservice.registration_files)
             .map_err(|e| crate::Error::internal(format!("appservice registration: {e}")))?;
         let appservice = Arc::new(appservice::Service::new(
@@ -165,8 +169,13 @@ impl Services {
         // changes in transactions.
         let keys_listener: Arc<dyn keys::KeysListener> = appservice.clone();
         keys.set_listener(Arc::downgrade(&keys_listener));
-        let ephemeral_listener: Arc<dyn stream::EphemeralListener> = appservice.clone();
-        stream.set_ephemeral_listener(Arc::downgrade(&ephemeral_listener));
+        // Appservices hear of typing, receipts and presence; pushers of read receipts (badges).
+        let appservice_ephemeral: Arc<dyn stream::EphemeralListener> = appservice.clone();
+        let push_ephemeral: Arc<dyn stream::EphemeralListener> = push.clone();
+        stream.set_ephemeral_listeners(vec![
+            Arc::downgrade(&appservice_ephemeral),
+            Arc::downgrade(&push_ephemeral),
+        ]);
         let federation = Arc::new(federation::Service::new(
             db.clone(),
             config.clone(),

@@ -42,10 +42,40 @@ pub trait EphemeralListener: Send + Sync {
     fn written(&self);
 }
 
+/// Every [`EphemeralListener`], heard as one. Weak: each is a service that `Services` owns.
+struct Fanout(Vec<std::sync::Weak<dyn EphemeralListener>>);
+
+impl EphemeralListener for Fanout {
+    fn ephemeral_in(
+        &self,
+        batch: &mut Batch,
+        pos: u64,
+        scope: EphemeralScope<'_>,
+        event: &serde_json::Value,
+    ) -> crate::error::Result<bool> {
+        let mut heard = false;
+        for l in self.0.iter().filter_map(std::sync::Weak::upgrade) {
+            let scope = match &scope {
+                EphemeralScope::Room(room, room_id) => EphemeralScope::Room(*room, room_id),
+                EphemeralScope::Private(user) => EphemeralScope::Private(*user),
+                EphemeralScope::Presence(user) => EphemeralScope::Presence(*user),
+            };
+            heard |= l.ephemeral_in(batch, pos, scope, event)?;
+        }
+        Ok(heard)
+    }
+
+    fn written(&self) {
+        for l in self.0.iter().filter_map(std::sync::Weak::upgrade) {
+            l.written();
+        }
+    }
+}
+
 pub struct Stream {
     shortids: Arc<ShortIds>,
     /// Who else hears of ephemeral events (see [`EphemeralListener`]), set once at start.
-    ephemeral: std::sync::OnceLock<std::sync::Weak<dyn EphemeralListener>>,
+    ephemeral: std::sync::OnceLock<Arc<dyn EphemeralListener>>,
     /// Positions handed out but not yet durable (or abandoned), with a count per position.
     pending: Mutex<BTreeMap<ShortId, u32>>,
     published: watch::Sender<u64>,
@@ -101,12 +131,13 @@ impl Stream {
     }
 
     /// Sets who else hears of ephemeral events (see [`EphemeralListener`]).
-    pub fn set_ephemeral_listener(&self, listener: std::sync::Weak<dyn EphemeralListener>) {
-        let _ = self.ephemeral.set(listener);
+    pub fn set_ephemeral_listeners(&self, listeners: Vec<std::sync::Weak<dyn EphemeralListener>>) {
+        let _ = self.ephemeral.set(Arc::new(Fanout(listeners)));
     }
 
+    /// Everyone who hears of ephemeral events, as one listener.
     pub fn ephemeral_listener(&self) -> Option<Arc<dyn EphemeralListener>> {
-        self.ephemeral.get().and_then(std::sync::Weak::upgrade)
+        self.ephemeral.get().cloned()
     }
 
     /// A channel that changes whenever the published position advances.

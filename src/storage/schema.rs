@@ -66,6 +66,8 @@ pub enum Cf {
     AppserviceTxns,
     NetworkRooms,
     RoomBump,
+    Pushers,
+    PushQueue,
 }
 
 /// A keyspace's column family and its name in RocksDB (which must never change: it is on disk).
@@ -307,6 +309,14 @@ pub const KEYSPACES: &[Keyspace] = &[
     Keyspace {
         cf: Cf::RoomBump,
         name: "room_bump",
+    },
+    Keyspace {
+        cf: Cf::Pushers,
+        name: "pushers",
+    },
+    Keyspace {
+        cf: Cf::PushQueue,
+        name: "push_queue",
     },
 ];
 

@@ -96,6 +96,13 @@ tables! {
     /// user (short) . room (short) . event (short = stream position) →
     /// `Json<StoredNotification>`: actions, highlight, thread root, timestamp.
     Notifications<T>: Notifications, (U64, U64, U64) => Json<T>;
+    /// user (short) . app ID (str 0xff) . pushkey (str) → `Json<StoredPusher>`: the pusher as the
+    /// client set it, its ID, the device whose token set it.
+    Pushers<T>: Pushers, (U64, Term, Str) => Json<T>;
+    /// pusher ID (u64: a stream position taken when it was set) . stream position (u64) →
+    /// `Json<QueuedPush>`: a notification to deliver (room, event, priority, tweaks) or a badge
+    /// update.
+    PushQueue<T>: PushQueue, (U64, U64) => Json<T>;
 }
 
 // Federation.
@@ -562,6 +569,19 @@ mod tests {
         assert_eq!(
             round_trip::<Notifications<JsonValue>>((7, 3, 42), j),
             cat(&[&be(7), &be(3), &be(42)])
+        );
+    }
+
+    #[test]
+    fn push_keyspaces_round_trip_in_their_layout() {
+        let j = json!([1, 2]);
+        assert_eq!(
+            round_trip::<Pushers<JsonValue>>((7, "im.app", "key"), j.clone()),
+            cat(&[&be(7), b"im.app\xff", b"key"])
+        );
+        assert_eq!(
+            round_trip::<PushQueue<JsonValue>>((5, 42), j),
+            cat(&[&be(5), &be(42)])
         );
     }
 

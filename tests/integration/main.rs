@@ -25,6 +25,7 @@ mod media_s3;
 mod media_sdk;
 mod peers;
 mod persistence;
+mod push_gateway;
 mod redactions;
 mod relations;
 mod room_features;

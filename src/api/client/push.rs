@@ -1,11 +1,12 @@
-//! Push rules (the whole set, one rule, its enabled flag and actions) and /notifications.
+//! Push rules (the whole set, one rule, its enabled flag and actions), /notifications, and
+//! pushers (where a phone wants its notifications sent).
 
 use axum::{extract::State, Router};
 use ruma::{
     api::client::push::{
-        delete_pushrule, get_notifications, get_pushrule, get_pushrule_actions,
-        get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pushrule,
-        set_pushrule_actions, set_pushrule_enabled, PushRule,
+        delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions,
+        get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pusher,
+        set_pushrule, set_pushrule_actions, set_pushrule_enabled, PushRule,
     },
     push::{InsertPushRuleError, RemovePushRuleError, Ruleset},
     serde::Raw,
@@ -30,6 +31,44 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(get_actions)
         .ruma(set_actions)
         .ruma(notifications)
+        .ruma(pushers)
+        .ruma(set_pusher)
+}
+
+async fn pushers(
+    State(services): State<AppState>,
+    req: Ruma<get_pushers::v3::Request>,
+) -> Result<get_pushers::v3::Response> {
+    let session = req.session()?;
+    Ok(get_pushers::v3::Response::new(
+        services.push.pushers(session.user)?,
+    ))
+}
+
+async fn set_pusher(
+    State(services): State<AppState>,
+    req: Ruma<set_pusher::v3::Request>,
+) -> Result<set_pusher::v3::Response> {
+    let session = req.session()?;
+    match req.body.action.clone() {
+        set_pusher::v3::PusherAction::Post(post) => {
+            services
+                .push
+                .set_pusher(
+                    session.user,
+                    &session.user_id,
+                    Some(session.device_id.as_str()),
+                    post.pusher,
+                    post.append,
+                )
+                .await?
+        }
+        set_pusher::v3::PusherAction::Delete(ids) => {
+            services.push.delete_pusher(session.user, &ids).await?
+        }
+        _ => return Err(Error::invalid_param("Unknown pusher action")),
+    }
+    Ok(set_pusher::v3::Response::new())
 }
 
 fn rules(services: &Services, session: &Session) -> Result<Ruleset> {

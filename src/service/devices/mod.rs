@@ -48,6 +48,9 @@ pub async fn forget_devices(
     user_id: &ruma::UserId,
     devices: &[OwnedDeviceId],
 ) -> Result<()> {
+    // Pushers set through the devices' tokens go with them.
+    let ids: Vec<&str> = devices.iter().map(|d| d.as_str()).collect();
+    services.push.delete_pushers_of_devices(user, &ids).await?;
     for device in devices {
         // A device that never published keys is in no other server's cache.
         let had_keys = services.keys.device_keys(user, device.as_str())?.is_some();

@@ -112,7 +112,7 @@ pub struct Fetched {
 pub async fn fetch(policy: &AddressPolicy, url: &str, max_size: u64) -> Result<Fetched> {
     let mut url = Url::parse(url).map_err(|e| Error::invalid_param(format!("Invalid URL: {e}")))?;
     for _ in 0..=MAX_REDIRECTS {
-        let client = checked_client(policy, &url).await?;
+        let client = checked_client(policy, &url, "URL preview").await?;
         let mut resp = client
             .get(url.clone())
             .header(http::header::ACCEPT, "text/html,image/*;q=0.9,*/*;q=0.5")
@@ -174,12 +174,15 @@ fn upstream(message: impl Into<String>) -> Error {
     Error::upstream(message)
 }
 
-/// A client that can connect to `url`'s host only at addresses that passed the policy.
-async fn checked_client(policy: &AddressPolicy, url: &Url) -> Result<reqwest::Client> {
+/// A client that can connect to `url`'s host only at addresses that passed the policy, and
+/// follows no redirect. `purpose` goes into the User-Agent.
+pub async fn checked_client(
+    policy: &AddressPolicy,
+    url: &Url,
+    purpose: &str,
+) -> Result<reqwest::Client> {
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(Error::invalid_param(
-            "Only http and https URLs are previewed",
-        ));
+        return Err(Error::invalid_param("Only http and https URLs are fetched"));
     }
     let port = url
         .port_or_known_default()
@@ -188,11 +191,7 @@ async fn checked_client(policy: &AddressPolicy, url: &Url) -> Result<reqwest::Cl
         .redirect(Policy::none())
         .no_proxy()
         .connect_timeout(Duration::from_secs(5))
-        .user_agent(concat!(
-            "Hearth/",
-            env!("CARGO_PKG_VERSION"),
-            " (URL preview)"
-        ));
+        .user_agent(format!("Hearth/{} ({purpose})", env!("CARGO_PKG_VERSION")));
     let refused = || Error::forbidden("The URL points at an address the server may not fetch");
     match url.host() {
         Some(url::Host::Ipv4(ip)) => {

@@ -2,11 +2,18 @@
 //! (the spec's server defaults until they change one). Every event is evaluated for each local
 //! member as it is committed (see [`rooms::Outbox`]); notifying events are recorded per
 //! (user, room) in the event's own batch so /sync can count those after the user's read receipt,
-//! per thread too, and /notifications can list them.
+//! per thread too, and /notifications can list them. Users with pushers (see [`pushers`]) get
+//! rows in each pusher's delivery queue in that same batch (see [`delivery`]).
 
-use std::{collections::HashMap, sync::Arc};
+mod delivery;
+mod pushers;
 
-use parking_lot::Mutex;
+pub use delivery::QueuedPush;
+pub use pushers::{StoredPusher, NOTIFY_PATH};
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use parking_lot::{Mutex, RwLock};
 use ruma::{
     events::{room::member::MembershipState, StateEventType},
     push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
@@ -17,8 +24,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as JsonValue};
 
 use crate::{
+    config,
     error::{Error, Result},
-    service::{account_data, receipts, rooms},
+    service::{
+        account_data,
+        media::preview::AddressPolicy,
+        receipts, rooms,
+        stream::{EphemeralListener, EphemeralScope, Stream},
+    },
     storage::{tables, Batch, Db, ShortId, Table},
 };
 
@@ -74,10 +87,29 @@ pub struct Counts {
 }
 
 pub struct Service {
+    db: Db,
     notifications: Table<tables::Notifications<StoredNotification>>,
     rooms: Arc<rooms::Service>,
     account_data: Arc<account_data::Service>,
     receipts: Arc<receipts::Service>,
+    stream: Arc<Stream>,
+    config: config::Push,
+    /// Which gateway addresses may be contacted (`push.ip_range_*`).
+    policy: AddressPolicy,
+    pushers: Table<tables::Pushers<StoredPusher>>,
+    queue: Table<tables::PushQueue<QueuedPush>>,
+    /// Every pusher, as stored (see [`pushers`]).
+    index: RwLock<pushers::Index>,
+    /// Serialises changes to pushers (rare), so the index follows the table.
+    pushers_write: tokio::sync::Mutex<()>,
+    /// Queue rows written or being written: (position, pusher), woken once published.
+    pending_wakes: Mutex<Vec<(u64, u64)>>,
+    wakes: tokio::sync::mpsc::UnboundedSender<u64>,
+    wakes_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
+    /// Per user: the unread count last sent (see `delivery::Service::badge`).
+    badges: Mutex<HashMap<ShortId, delivery::Badge>>,
+    /// Per pusher: its gateway's client and when it was made.
+    clients: Mutex<HashMap<u64, (reqwest::Client, Instant)>>,
     /// Parsed rulesets, and whether each is the server's default (the user never changed one).
     rulesets: Mutex<HashMap<ShortId, (Arc<Ruleset>, bool)>>,
     /// Per room: the state group its members' push contexts were read at, and the contexts.
@@ -86,22 +118,41 @@ pub struct Service {
     counts_changed: Mutex<HashMap<(ShortId, ShortId), u64>>,
 }
 
+/// What the service depends on.
+pub struct Deps {
+    pub rooms: Arc<rooms::Service>,
+    pub account_data: Arc<account_data::Service>,
+    pub receipts: Arc<receipts::Service>,
+    pub stream: Arc<Stream>,
+}
+
 impl Service {
-    pub fn new(
-        db: Db,
-        rooms: Arc<rooms::Service>,
-        account_data: Arc<account_data::Service>,
-        receipts: Arc<receipts::Service>,
-    ) -> Self {
-        Self {
+    pub fn new(db: Db, deps: Deps, config: &config::Push) -> Result<Self> {
+        let (wakes, wakes_rx) = Self::wake_channel();
+        let service = Self {
             notifications: Table::new(&db),
-            rooms,
-            account_data,
-            receipts,
+            pushers: Table::new(&db),
+            queue: Table::new(&db),
+            db,
+            rooms: deps.rooms,
+            account_data: deps.account_data,
+            receipts: deps.receipts,
+            stream: deps.stream,
+            policy: AddressPolicy::from_lists(&config.ip_range_deny, &config.ip_range_allow),
+            config: config.clone(),
+            index: RwLock::new(pushers::Index::default()),
+            pushers_write: tokio::sync::Mutex::new(()),
+            pending_wakes: Mutex::new(Vec::new()),
+            wakes,
+            wakes_rx: Mutex::new(Some(wakes_rx)),
+            badges: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
             rulesets: Mutex::new(HashMap::new()),
             contexts: Mutex::new(HashMap::new()),
             counts_changed: Mutex::new(HashMap::new()),
-        }
+        };
+        service.load_pushers()?;
+        Ok(service)
     }
 
     /// A user's push rules: stored, or the server defaults.
@@ -222,6 +273,7 @@ impl Service {
         room_id: &RoomId,
         events: &[(ShortId, &CanonicalJsonObject)],
     ) -> Result<()> {
+        self.invites_in(batch, room, room_id, events)?;
         let contexts = self.member_contexts(room, room_id)?;
         if contexts.is_empty() {
             return Ok(());
@@ -234,6 +286,8 @@ impl Service {
         for (event, object) in events {
             let json = serde_json::to_value(object).map_err(Error::internal)?;
             let sender = json.get("sender").and_then(JsonValue::as_str).unwrap_or("");
+            let encrypted =
+                json.get("type").and_then(JsonValue::as_str) == Some("m.room.encrypted");
             let ts = json
                 .get("origin_server_ts")
                 .and_then(JsonValue::as_u64)
@@ -274,6 +328,12 @@ impl Service {
                 if !actions.iter().any(Action::should_notify) {
                     continue;
                 }
+                self.queue_push_in(
+                    batch,
+                    m.user,
+                    *event,
+                    &QueuedPush::event(room, *event, &actions, encrypted),
+                );
                 let record = StoredNotification {
                     highlight: actions.iter().any(Action::is_highlight),
                     actions,
@@ -294,6 +354,67 @@ impl Service {
         for (user, event) in notified {
             let mark = changed.entry((user, room)).or_default();
             *mark = (*mark).max(event);
+        }
+        Ok(())
+    }
+
+    /// An invite of a local user is evaluated for them (they are not a member yet, so the
+    /// members' evaluation misses them): a phone rings for `.m.rule.invite_for_me`. It is queued
+    /// for their pushers only, not counted as unread in a room they have not joined.
+    fn invites_in(
+        &self,
+        batch: &mut Batch,
+        room: ShortId,
+        room_id: &RoomId,
+        events: &[(ShortId, &CanonicalJsonObject)],
+    ) -> Result<()> {
+        for (event, object) in events {
+            let str_field = |name: &str| object.get(name).and_then(|v| v.as_str());
+            let membership = object
+                .get("content")
+                .and_then(|c| c.as_object())
+                .and_then(|c| c.get("membership"))
+                .and_then(|m| m.as_str());
+            if str_field("type") != Some("m.room.member") || membership != Some("invite") {
+                continue;
+            }
+            let Some(invitee) = str_field("state_key").and_then(|k| UserId::parse(k).ok()) else {
+                continue;
+            };
+            if invitee.server_name() != self.rooms.server_name() {
+                continue;
+            }
+            let Some(user) = self.rooms.events.user_short(&invitee)? else {
+                continue;
+            };
+            if self.index.read().of_user(user).is_empty() {
+                continue;
+            }
+            let (ruleset, _) = self.ruleset_of(user, &invitee)?;
+            let joined = self
+                .rooms
+                .membership
+                .members(room)?
+                .iter()
+                .filter(|(_, m)| m.membership() == MembershipState::Join)
+                .count();
+            let name = invitee.localpart().to_owned();
+            let ctx = PushConditionRoomCtx::new(
+                room_id.to_owned(),
+                UInt::new_saturating(joined as u64),
+                invitee,
+                name,
+            );
+            let json = serde_json::to_value(object).map_err(Error::internal)?;
+            let raw: Raw<JsonValue> =
+                Raw::from_json(serde_json::value::to_raw_value(&json).map_err(Error::internal)?);
+            let flat = FlattenedJson::from_raw(&raw);
+            if let Some(actions) = first_match(&ruleset, &flat, &ctx) {
+                if actions.iter().any(Action::should_notify) {
+                    let row = QueuedPush::event(room, *event, &actions, false);
+                    self.queue_push_in(batch, user, *event, &row);
+                }
+            }
         }
         Ok(())
     }
@@ -415,6 +536,27 @@ impl rooms::Outbox for Service {
         events: &[(ShortId, &CanonicalJsonObject)],
     ) -> Result<()> {
         self.evaluate_in(batch, room, room_id, events)
+    }
+
+    fn written(&self, _room: ShortId) {
+        self.poke();
+    }
+}
+
+impl EphemeralListener for Service {
+    /// Read receipts: a badge update for the reader's pushers.
+    fn ephemeral_in(
+        &self,
+        batch: &mut Batch,
+        pos: u64,
+        scope: EphemeralScope<'_>,
+        event: &JsonValue,
+    ) -> Result<bool> {
+        self.receipt_in(batch, pos, &scope, event)
+    }
+
+    fn written(&self) {
+        self.poke();
     }
 }
 

@@ -35,6 +35,10 @@ impl Events {
         Ok(self.shortids.get(IdKind::Room, room_id.as_str())?)
     }
 
+    pub fn user_short(&self, user_id: &ruma::UserId) -> Result<Option<ShortId>> {
+        Ok(self.shortids.get(IdKind::User, user_id.as_str())?)
+    }
+
     pub fn event_short(&self, event_id: &EventId) -> Result<Option<ShortId>> {
         Ok(self.shortids.get(IdKind::Event, event_id.as_str())?)
     }
