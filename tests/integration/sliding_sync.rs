@@ -650,3 +650,128 @@ async fn list_filters_pick_invites_encrypted_rooms_direct_chats_and_spaces() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_back_in_the_window_brings_the_receipts_and_tags_it_missed() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "a long password").await;
+    let (_, bob, _) = server.register("bob", "a long password").await;
+    let mut rooms = Vec::new();
+    for i in 0..2 {
+        let room = server
+            .create_room(
+                &alice,
+                json!({ "preset": "public_chat", "name": format!("r{i}") }),
+            )
+            .await;
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&room)),
+                Some(&bob),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        rooms.push(room);
+    }
+    server.say(&alice, &rooms[1], "hello 1").await;
+    let read = server.say(&alice, &rooms[0], "hello 0").await;
+    // A window of one room, the newest: rooms[0] is sent, then leaves the window.
+    let body = || {
+        let mut b = list(json!([[0, 0]]), 1);
+        b["extensions"] = json!({
+            "account_data": { "enabled": true },
+            "receipts": { "enabled": true },
+        });
+        b
+    };
+    let (status, first) = sliding(&server, &alice, None, 0, body()).await;
+    assert_eq!(status, 200, "{first}");
+    assert!(first["rooms"].get(&rooms[0]).is_some(), "{first}");
+    let pos = first["pos"].as_str().unwrap().to_owned();
+    server.say(&alice, &rooms[1], "busy").await;
+    let (status, second) = sliding(&server, &alice, Some(&pos), 0, body()).await;
+    assert_eq!(status, 200, "{second}");
+    assert!(second["rooms"].get(&rooms[1]).is_some(), "{second}");
+    let pos = second["pos"].as_str().unwrap().to_owned();
+
+    // While rooms[0] is away, bob reads it and alice tags it; a response passes meanwhile.
+    let (status, resp) = server
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&rooms[0]),
+                enc(&read)
+            ),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    let alice_id = format!("@alice:{}", server.name());
+    let (status, resp) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{}/tags/u.work",
+                enc(&alice_id),
+                enc(&rooms[0])
+            ),
+            Some(&alice),
+            json!({ "order": 0.5 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    server.say(&alice, &rooms[1], "still busy").await;
+    let (status, third) = sliding(&server, &alice, Some(&pos), 0, body()).await;
+    assert_eq!(status, 200, "{third}");
+    assert!(
+        third["extensions"]["receipts"]["rooms"]
+            .get(&rooms[0])
+            .is_none(),
+        "{third}"
+    );
+    let pos = third["pos"].as_str().unwrap().to_owned();
+
+    // A message brings rooms[0] back (as a change, not whole), with what it missed.
+    server.say(&alice, &rooms[0], "back").await;
+    let (status, fourth) = sliding(&server, &alice, Some(&pos), 0, body()).await;
+    assert_eq!(status, 200, "{fourth}");
+    let back = &fourth["rooms"][&rooms[0]];
+    assert!(
+        back.is_object() && back.get("initial").is_none_or(|i| i == false),
+        "{fourth}"
+    );
+    let receipts = &fourth["extensions"]["receipts"]["rooms"][&rooms[0]];
+    let bob_id = format!("@bob:{}", server.name());
+    assert!(
+        receipts["content"][&read]["m.read"].get(&bob_id).is_some(),
+        "the receipt made while the room was away: {fourth}"
+    );
+    let tagged = fourth["extensions"]["account_data"]["rooms"][&rooms[0]]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        tagged
+            .iter()
+            .any(|t| t["type"] == "m.tag" && t["content"]["tags"].get("u.work").is_some()),
+        "the tag set while the room was away: {fourth}"
+    );
+    // Sent once: the next response does not repeat them.
+    let pos = fourth["pos"].as_str().unwrap().to_owned();
+    server.say(&alice, &rooms[0], "again").await;
+    let (status, fifth) = sliding(&server, &alice, Some(&pos), 0, body()).await;
+    assert_eq!(status, 200, "{fifth}");
+    assert!(
+        fifth["extensions"]["receipts"]["rooms"]
+            .get(&rooms[0])
+            .is_none(),
+        "{fifth}"
+    );
+    assert!(
+        fifth["extensions"]["account_data"]["rooms"]
+            .get(&rooms[0])
+            .is_none(),
+        "{fifth}"
+    );
+}

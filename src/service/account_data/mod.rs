@@ -34,6 +34,8 @@ pub struct Entry {
     pub room: ShortId,
     pub kind: String,
     pub content: JsonValue,
+    /// The stream position of its last change.
+    pub pos: u64,
 }
 
 impl Service {
@@ -86,6 +88,7 @@ impl Service {
                             room,
                             kind,
                             content,
+                            pos,
                         });
                     }
                 }
@@ -96,12 +99,13 @@ impl Service {
                     (user, upto.saturating_add(1)),
                 );
                 for row in rows {
-                    let (_, (room, kind)) = row?;
+                    let ((_, pos), (room, kind)) = row?;
                     if let Some(content) = self.get(user, room, &kind)? {
                         out.push(Entry {
                             room,
                             kind,
                             content,
+                            pos,
                         });
                     }
                 }

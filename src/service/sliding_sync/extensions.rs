@@ -74,6 +74,14 @@ pub(super) async fn fill(
 ) -> Result<bool> {
     let ext = &req.body.extensions;
     let since = base.since;
+    // Where each room's extensions start: where they were last sent for it, or from nothing
+    // for a room sent whole now or never in the window before.
+    let seen = |room: ShortId| -> Option<Since> {
+        base.extensions
+            .get(&room)
+            .copied()
+            .filter(|_| !scope.fresh.contains(&room))
+    };
     let mut has_data = false;
     if ext.to_device.enabled == Some(true) {
         has_data |= to_device(services, req, upto, response).await?;
@@ -86,14 +94,12 @@ pub(super) async fn fill(
             ext.account_data.lists.as_ref(),
             ext.account_data.rooms.as_ref(),
         );
-        has_data |= account_data(services, req, since, upto, scope, &rooms, response)?;
+        has_data |= account_data(services, req, since, upto, &rooms, &seen, response)?;
     }
     if ext.receipts.enabled == Some(true) {
         let rooms = scope.select(ext.receipts.lists.as_ref(), ext.receipts.rooms.as_ref());
         for (room, room_id) in rooms {
-            let from = since
-                .map(|s| s.pos)
-                .filter(|_| !scope.fresh.contains(&room));
+            let from = seen(room).map(|s| s.pos);
             if let Some(event) = receipt_event(services, req.user_id, room, from, upto.pos)? {
                 response
                     .extensions
@@ -107,12 +113,11 @@ pub(super) async fn fill(
     if ext.typing.enabled == Some(true) {
         let rooms = scope.select(ext.typing.lists.as_ref(), ext.typing.rooms.as_ref());
         for (room, room_id) in rooms {
-            let fresh = scope.fresh.contains(&room) || since.is_none();
-            let from = since.map(|s| s.typing).filter(|_| !fresh);
+            let from = seen(room).map(|s| s.typing);
             let Some(users) = services.typing.changed_since(room, from) else {
                 continue;
             };
-            if users.is_empty() && fresh {
+            if users.is_empty() && from.is_none() {
                 continue;
             }
             let event = json!({ "type": "m.typing", "content": { "user_ids": users } });
@@ -281,54 +286,63 @@ fn device_list_changes(
 }
 
 /// Global account data changed since the snapshot (all of it, and the push rules, on a fresh
-/// connection), and the account data of the selected rooms (all of it for rooms sent whole).
+/// connection), and the account data of the selected rooms changed since their extensions were
+/// last sent (all of it for rooms sent whole or new to the window).
 fn account_data(
     services: &Services,
     req: &Request<'_>,
     since: Option<Since>,
     upto: Since,
-    scope: &Scope,
     rooms: &[(ShortId, &OwnedRoomId)],
+    seen: &dyn Fn(ShortId) -> Option<Since>,
     response: &mut v5::Response,
 ) -> Result<bool> {
     let since = since.map(|s| s.pos);
     let out = &mut response.extensions.account_data;
     let mut has_data = false;
     let mut has_push_rules = false;
-    let selected: BTreeMap<ShortId, &OwnedRoomId> = rooms.iter().copied().collect();
-    let fresh_rooms = selected.keys().any(|r| scope.fresh.contains(r));
     for entry in services.account_data.changes(req.user, since, upto.pos)? {
-        let event = json!({ "type": entry.kind, "content": entry.content });
         if entry.room == account_data::GLOBAL {
             has_push_rules |= entry.kind == "m.push_rules";
-            out.global.push(raw(&event)?);
+            out.global.push(raw(
+                &json!({ "type": entry.kind, "content": entry.content }),
+            )?);
             has_data = true;
-        } else if let Some(room_id) = selected.get(&entry.room) {
-            if !scope.fresh.contains(&entry.room) {
-                out.rooms
-                    .entry((*room_id).clone())
-                    .or_default()
-                    .push(raw(&event)?);
-                has_data = true;
-            }
         }
     }
-    // Rooms sent whole get all their account data, whenever it was set.
-    if fresh_rooms {
-        for entry in services.account_data.changes(req.user, None, upto.pos)? {
-            if entry.room == account_data::GLOBAL || !scope.fresh.contains(&entry.room) {
-                continue;
-            }
-            let Some(room_id) = selected.get(&entry.room) else {
-                continue;
-            };
-            let event = json!({ "type": entry.kind, "content": entry.content });
-            out.rooms
-                .entry((*room_id).clone())
-                .or_default()
-                .push(raw(&event)?);
-            has_data = true;
+    // Per room: from where its extensions were last sent, or everything. One read of the
+    // changes since the oldest of those positions, one of all entries if any room needs them.
+    let from: BTreeMap<ShortId, (Option<u64>, &OwnedRoomId)> = rooms
+        .iter()
+        .map(|(room, id)| (*room, (seen(*room).map(|s| s.pos), *id)))
+        .collect();
+    let oldest = from.values().filter_map(|(p, _)| *p).min();
+    let whole = from.values().any(|(p, _)| p.is_none());
+    let mut reads = Vec::new();
+    if whole {
+        reads.push(services.account_data.changes(req.user, None, upto.pos)?);
+    }
+    if let Some(oldest) = oldest {
+        reads.push(
+            services
+                .account_data
+                .changes(req.user, Some(oldest), upto.pos)?,
+        );
+    }
+    let mut sent = BTreeSet::new();
+    for entry in reads.into_iter().flatten() {
+        let Some((room_from, room_id)) = from.get(&entry.room) else {
+            continue;
+        };
+        if room_from.is_some_and(|p| entry.pos <= p)
+            || !sent.insert((entry.room, entry.kind.clone()))
+        {
+            continue;
         }
+        out.rooms.entry((*room_id).clone()).or_default().push(raw(
+            &json!({ "type": entry.kind, "content": entry.content }),
+        )?);
+        has_data = true;
     }
     if since.is_none() && !has_push_rules {
         let ruleset = services.push.ruleset(req.user, req.user_id)?;

@@ -73,6 +73,10 @@ struct ConnState {
     rooms: HashMap<ShortId, Arc<RoomSent>>,
     /// Each list's count as last sent.
     lists: BTreeMap<String, u64>,
+    /// Per room: the position and typing serial its extensions (receipts, typing, room account
+    /// data) were sent up to. A room out of the window keeps its own, so what changed while it
+    /// was away is sent when it comes back.
+    extensions: Arc<HashMap<ShortId, Since>>,
 }
 
 struct Connection {
@@ -560,6 +564,7 @@ async fn build(
         since: Some(upto),
         rooms: base.rooms.clone(),
         lists: BTreeMap::new(),
+        extensions: base.extensions.clone(),
     };
     let mut has_data = false;
 
@@ -713,6 +718,13 @@ async fn build(
     };
     if extensions::fill(services, req, base, upto, &scope, &mut response).await? {
         has_data = true;
+    }
+    if !scope.window.is_empty() {
+        let mut seen = (*base.extensions).clone();
+        for (room, ..) in &scope.window {
+            seen.insert(*room, upto);
+        }
+        state.extensions = Arc::new(seen);
     }
     Ok((Answer { response, expanded }, state, has_data))
 }
