@@ -23,6 +23,7 @@ pub struct Config {
     pub presence: Presence,
     pub appservice: Appservice,
     pub push: Push,
+    pub user_directory: UserDirectory,
     pub log: Log,
 }
 
@@ -241,6 +242,14 @@ impl Default for Appservice {
     }
 }
 
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserDirectory {
+    /// Every local user can be found by everyone here, not only by those sharing a room with
+    /// them (or in a public room), which is the spec's rule.
+    pub search_all_users: bool,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Push {
@@ -296,6 +305,7 @@ impl Default for Config {
             presence: Presence::default(),
             appservice: Appservice::default(),
             push: Push::default(),
+            user_directory: UserDirectory::default(),
             log: Log::default(),
         }
     }

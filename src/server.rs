@@ -161,6 +161,24 @@ impl Server {
         };
         // Appservice deliveries, resumed from their queues.
         let appservices = tokio::spawn(services.appservice.clone().run(shutdown_rx.clone()));
+        // The user directory of a database from before it existed, built once, off the start.
+        {
+            let services = services.clone();
+            tokio::spawn(async move {
+                let built = match services.profiles.directory_entries() {
+                    Ok(local) => {
+                        services
+                            .user_directory
+                            .build_once(&services.rooms, local)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = built {
+                    tracing::error!("cannot build the user directory: {e}");
+                }
+            });
+        }
         // Push gateway deliveries, likewise.
         let pushes = tokio::spawn(services.push.clone().run(shutdown_rx.clone()));
         // Media retention (expired uploads, cached remote media, unused /create IDs, URL

@@ -32,6 +32,7 @@ pub mod tasks;
 pub mod timeline;
 pub mod typing;
 pub mod uiaa;
+pub mod user_directory;
 pub mod users;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub struct Services {
     pub users: Arc<users::Service>,
     pub sessions: Arc<sessions::Service>,
     pub profiles: Arc<profiles::Service>,
+    pub user_directory: Arc<user_directory::Service>,
     pub registration_tokens: Arc<registration_tokens::Service>,
     pub uiaa: Arc<uiaa::Service>,
     pub ratelimit: Arc<ratelimit::Service>,
@@ -92,7 +94,16 @@ impl Services {
             users.clone(),
             config.auth.refreshable_access_token_lifetime.0,
         ));
-        let profiles = Arc::new(profiles::Service::new(db.clone(), users.clone()));
+        let user_directory = Arc::new(user_directory::Service::new(
+            db.clone(),
+            config.server_name.clone(),
+            config.user_directory.search_all_users,
+        ));
+        let profiles = Arc::new(profiles::Service::new(
+            db.clone(),
+            users.clone(),
+            user_directory.clone(),
+        ));
         let registration_tokens = Arc::new(registration_tokens::Service::new(db.clone()));
         let ratelimit = Arc::new(ratelimit::Service::new(config.rate_limits.clone()));
         let uiaa = Arc::new(uiaa::Service::new(
@@ -161,9 +172,12 @@ impl Services {
         // (see `rooms::Outbox`).
         let push_outbox: Arc<dyn rooms::Outbox> = push.clone();
         let appservice_outbox: Arc<dyn rooms::Outbox> = appservice.clone();
+        // The directory hears of the memberships of remote users.
+        let directory_outbox: Arc<dyn rooms::Outbox> = user_directory.clone();
         rooms.set_outboxes(vec![
             Arc::downgrade(&push_outbox),
             Arc::downgrade(&appservice_outbox),
+            Arc::downgrade(&directory_outbox),
         ]);
         // Appservices that keep their users' devices get their to-device messages and key
         // changes in transactions.
@@ -219,6 +233,7 @@ impl Services {
             users,
             sessions,
             profiles,
+            user_directory,
             registration_tokens,
             uiaa,
             ratelimit,

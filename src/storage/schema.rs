@@ -68,6 +68,8 @@ pub enum Cf {
     RoomBump,
     Pushers,
     PushQueue,
+    UserDirectory,
+    UserDirectoryTerms,
 }
 
 /// A keyspace's column family and its name in RocksDB (which must never change: it is on disk).
@@ -317,6 +319,14 @@ pub const KEYSPACES: &[Keyspace] = &[
     Keyspace {
         cf: Cf::PushQueue,
         name: "push_queue",
+    },
+    Keyspace {
+        cf: Cf::UserDirectory,
+        name: "user_directory",
+    },
+    Keyspace {
+        cf: Cf::UserDirectoryTerms,
+        name: "user_directory_terms",
     },
 ];
 

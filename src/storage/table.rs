@@ -374,6 +374,12 @@ impl<S: Schema> Table<S> {
         Rows::new(self.db.scan_prefix(S::CF, &Self::prefix(prefix)))
     }
 
+    /// The rows whose key begins with a string (`Str` or `Term`) that starts with `start`: every
+    /// term beginning with "ali", say. Only for keyspaces whose key begins with a string.
+    pub fn scan_str_prefix(&self, start: &str) -> Rows<'_, S> {
+        Rows::new(self.db.scan_prefix(S::CF, start.as_bytes()))
+    }
+
     /// The rows whose keys start with (and are longer than) `prefix`, last key first.
     pub fn scan_rev<P>(&self, prefix: P) -> Rows<'_, S>
     where

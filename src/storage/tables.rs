@@ -105,6 +105,16 @@ tables! {
     PushQueue<T>: PushQueue, (U64, U64) => Json<T>;
 }
 
+// The user directory.
+tables! {
+    /// user (short) → `Json<DirEntry>`: the name and avatar a directory search finds the user by
+    /// (a local user's profile, a remote user's latest join). The row of user 0, never a short
+    /// ID, says the directory was built from what the database held before it existed.
+    UserDirectory<T>: UserDirectory, U64 => Json<T>;
+    /// term (str 0xff: a folded word of the name or user ID) . user (short) → nothing.
+    UserDirectoryTerms: UserDirectoryTerms, (Term, U64) => Empty;
+}
+
 // Federation.
 tables! {
     /// server name (str) → `Json<CachedKeys>`: verified keys, the server's signed answer, when

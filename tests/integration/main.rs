@@ -38,3 +38,4 @@ mod synapse_federation;
 mod synapse_media;
 mod synapse_rooms;
 mod sync;
+mod user_directory;

@@ -136,7 +136,23 @@ async fn join(
         }
         let mut seen = std::collections::HashSet::new();
         servers.retain(|s| seen.insert(s.clone()));
-        let extra = reason.map(|r| json!({ "reason": r }));
+        // The join names the user as a local join does: their profile's name and avatar.
+        let mut extra = json!({});
+        if let Some(r) = reason {
+            extra["reason"] = r.into();
+        }
+        if let Some(user) = services.users.short_id(user_id)? {
+            let profile = services.profiles.all(user)?;
+            for f in ["displayname", "avatar_url"] {
+                if let Some(v) = profile.get(f) {
+                    extra[f] = v.clone();
+                }
+            }
+        }
+        let extra = extra
+            .as_object()
+            .is_some_and(|o| !o.is_empty())
+            .then_some(extra);
         services
             .replication
             .join_remote(user_id, room_id, &servers, extra)

@@ -20,6 +20,7 @@ mod room;
 mod session;
 mod sync;
 mod thirdparty;
+mod user_directory;
 
 use axum::Router;
 
@@ -45,5 +46,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = push::routes(router);
     let router = openid::routes(router);
     let router = thirdparty::routes(router);
+    let router = user_directory::routes(router);
     profile::routes(router)
 }

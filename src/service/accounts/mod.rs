@@ -66,9 +66,10 @@ pub async fn create(
     services.profiles.set_in(
         &mut batch,
         user,
+        user_id,
         "displayname",
         &JsonValue::String(displayname),
-    );
+    )?;
     let login = match device {
         Some(d) => Some(services.sessions.login_in(
             &mut batch,
@@ -132,6 +133,7 @@ pub async fn set_password(
 pub async fn deactivate(services: &Services, user_id: &UserId, erase: bool) -> Result<()> {
     let short = update_record(services, user_id, |record| record.deactivated = true).await?;
     services.sessions.delete_all_devices(short, None).await?;
+    services.profiles.unlist(short).await?;
     if erase {
         services.profiles.erase(short).await?;
     }

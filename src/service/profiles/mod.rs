@@ -5,7 +5,11 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde_json::Value as JsonValue;
 
-use super::{tables::service, users};
+use super::{
+    tables::service,
+    user_directory::{self, DirEntry},
+    users,
+};
 use crate::{
     error::{Error, Result},
     storage::{tables, Batch, ShortId},
@@ -20,6 +24,7 @@ service! {
     }
     deps {
         users: Arc<users::Service>,
+        directory: Arc<user_directory::Service>,
     }
     state {}
 }
@@ -41,16 +46,45 @@ impl Service {
         Ok(self.tables.profiles.get((user, field))?)
     }
 
-    pub fn set_in(&self, batch: &mut Batch, user: ShortId, field: &str, value: &JsonValue) {
+    /// Sets one field of a new account's profile (its directory entry follows).
+    pub fn set_in(
+        &self,
+        batch: &mut Batch,
+        user: ShortId,
+        user_id: &ruma::UserId,
+        field: &str,
+        value: &JsonValue,
+    ) -> Result<()> {
         self.tables.profiles.put_in(batch, (user, field), value);
+        let mut all = self.all(user)?;
+        all.insert(field.to_owned(), value.clone());
+        self.directory_in(batch, user, user_id, &all)
     }
 
-    /// Sets (or with `None` removes) one field, keeping the whole profile under the size limit.
+    /// The user's directory entry from their whole profile, in `batch`.
+    fn directory_in(
+        &self,
+        batch: &mut Batch,
+        user: ShortId,
+        user_id: &ruma::UserId,
+        all: &BTreeMap<String, JsonValue>,
+    ) -> Result<()> {
+        let content = serde_json::to_value(all).map_err(Error::internal)?;
+        self.directory.set_in(
+            batch,
+            user,
+            user_id.as_str(),
+            &DirEntry::from_content(&content),
+        )
+    }
+
+    /// Sets (or with `None` removes) one field, keeping the whole profile under the size limit;
+    /// the user's directory entry changes in the same write.
     pub async fn set(&self, user: ShortId, field: &str, value: Option<JsonValue>) -> Result<()> {
         let mut b = Batch::new();
+        let mut all = self.all(user)?;
         match &value {
             Some(v) => {
-                let mut all = self.all(user)?;
                 all.insert(field.to_owned(), v.clone());
                 if serde_json::to_vec(&all)
                     .map(|b| b.len())
@@ -62,9 +96,16 @@ impl Service {
                         "Profile would exceed 64 KiB",
                     ));
                 }
-                self.set_in(&mut b, user, field, v);
+                self.tables.profiles.put_in(&mut b, (user, field), v);
             }
-            None => self.tables.profiles.delete_in(&mut b, (user, field)),
+            None => {
+                all.remove(field);
+                self.tables.profiles.delete_in(&mut b, (user, field));
+            }
+        }
+        if matches!(field, "displayname" | "avatar_url") {
+            let user_id = self.users.user_id_of(user)?;
+            self.directory_in(&mut b, user, &user_id, &all)?;
         }
         self.db.write(b).await?;
         Ok(())
@@ -76,5 +117,27 @@ impl Service {
         self.tables.profiles.delete_prefix_in(&mut b, (user,))?;
         self.db.write(b).await?;
         Ok(())
+    }
+
+    /// Takes a deactivated user out of the directory.
+    pub async fn unlist(&self, user: ShortId) -> Result<()> {
+        let user_id = self.users.user_id_of(user)?;
+        let mut b = Batch::new();
+        self.directory.remove_in(&mut b, user, user_id.as_str())?;
+        self.db.write(b).await?;
+        Ok(())
+    }
+
+    /// Local users with their directory entries (for building the directory once).
+    pub fn directory_entries(&self) -> Result<Vec<(ShortId, ruma::OwnedUserId, DirEntry)>> {
+        let mut out = Vec::new();
+        for (user, record) in self.users.list()? {
+            if record.deactivated {
+                continue;
+            }
+            let content = serde_json::to_value(self.all(user)?).map_err(Error::internal)?;
+            out.push((user, record.user_id, DirEntry::from_content(&content)));
+        }
+        Ok(out)
     }
 }

@@ -296,13 +296,14 @@ impl Service {
             if UserId::parse(state_key.as_str()).is_err() {
                 continue;
             }
-            members.push((state_key, membership, *ev));
+            members.push((state_key, membership, *ev, pdu.content_value()));
         }
         // Interned together: adopting a remote room's state brings a user per member.
-        let ids: Vec<&[u8]> = members.iter().map(|(u, _, _)| u.as_bytes()).collect();
+        let ids: Vec<&[u8]> = members.iter().map(|(u, ..)| u.as_bytes()).collect();
         let users = self.shortids.get_or_create_many(IdKind::User, &ids)?;
-        for (user, (_, membership, event)) in users.into_iter().zip(&members) {
+        for (user, (user_id, membership, event, content)) in users.into_iter().zip(&members) {
             self.index_membership_in(batch, room, user, membership, *event);
+            self.outboxes_member_in(batch, user, user_id, membership, content);
         }
         Ok(())
     }

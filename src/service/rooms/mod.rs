@@ -149,6 +149,18 @@ pub trait Outbox: Send + Sync {
 
     /// Called once a batch with rows for `room` is durable.
     fn written(&self, _room: ShortId) {}
+
+    /// Adds this listener's rows for a membership entering a room's current state (local or
+    /// remote, from an event or from a joined room's state) to `batch`.
+    fn member_in(
+        &self,
+        _batch: &mut Batch,
+        _user: ShortId,
+        _user_id: &str,
+        _membership: &MembershipState,
+        _content: &serde_json::Value,
+    ) {
+    }
 }
 
 /// The keyspaces the rooms service reads and writes.
@@ -300,6 +312,21 @@ impl Service {
     }
 
     /// Tells the outboxes that a batch of `room` is durable.
+    fn outboxes_member_in(
+        &self,
+        batch: &mut Batch,
+        user: ShortId,
+        user_id: &str,
+        membership: &MembershipState,
+        content: &serde_json::Value,
+    ) {
+        for outbox in self.outboxes.get().into_iter().flatten() {
+            if let Some(outbox) = outbox.upgrade() {
+                outbox.member_in(batch, user, user_id, membership, content);
+            }
+        }
+    }
+
     fn outboxes_written(&self, room: ShortId) {
         for outbox in self.outboxes.get().into_iter().flatten() {
             if let Some(outbox) = outbox.upgrade() {

@@ -169,6 +169,15 @@ impl State {
         Ok(self.rooms.get(room)?)
     }
 
+    /// Every room this server knows.
+    pub fn all_rooms(&self) -> Result<Vec<ShortId>> {
+        self.rooms
+            .iter()
+            .keys()
+            .map(|k| k.map_err(Into::into))
+            .collect()
+    }
+
     /// The room's short ID and metadata, or 404 for a room this server does not know.
     pub fn known_room(&self, room_id: &RoomId) -> Result<(ShortId, RoomMeta)> {
         let room = self

@@ -100,6 +100,14 @@ impl Service {
         Ok(self.users.get(short)?.map(|r| (short, r)))
     }
 
+    /// A local account's user ID.
+    pub fn user_id_of(&self, short: ShortId) -> Result<OwnedUserId> {
+        self.users
+            .get(short)?
+            .map(|r| r.user_id)
+            .ok_or_else(|| crate::Error::internal(format!("no account with short ID {short}")))
+    }
+
     pub fn exists(&self, user_id: &UserId) -> Result<bool> {
         Ok(self.get(user_id)?.is_some())
     }
