@@ -97,6 +97,15 @@ impl Server {
             .map_err(Error::internal)??;
         let db = Db::new(Arc::new(kv))?;
         let services = Arc::new(Services::build(config.clone(), db, console_secret(&data)?)?);
+        // The user directory of a database from before it existed: built once, before serving,
+        // so no search sees it half built (a database made with it only reads one row here).
+        if !services.user_directory.is_built()? {
+            let local = services.profiles.directory_entries()?;
+            services
+                .user_directory
+                .build_once(&services.rooms, local)
+                .await?;
+        }
         services.media.check_store().await?;
         // Each appservice's own user exists from the start: requests made with its token act
         // as that user when they name no other.
@@ -161,24 +170,6 @@ impl Server {
         };
         // Appservice deliveries, resumed from their queues.
         let appservices = tokio::spawn(services.appservice.clone().run(shutdown_rx.clone()));
-        // The user directory of a database from before it existed, built once, off the start.
-        {
-            let services = services.clone();
-            tokio::spawn(async move {
-                let built = match services.profiles.directory_entries() {
-                    Ok(local) => {
-                        services
-                            .user_directory
-                            .build_once(&services.rooms, local)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = built {
-                    tracing::error!("cannot build the user directory: {e}");
-                }
-            });
-        }
         // Push gateway deliveries, likewise.
         let pushes = tokio::spawn(services.push.clone().run(shutdown_rx.clone()));
         // Media retention (expired uploads, cached remote media, unused /create IDs, URL

@@ -145,6 +145,11 @@ impl Service {
         Ok(())
     }
 
+    /// Whether the directory holds what the database held before it existed.
+    pub fn is_built(&self) -> Result<bool> {
+        Ok(self.entries.get(BUILT)?.is_some())
+    }
+
     /// Fills the directory from the accounts and rooms the database holds, once: a database
     /// from before the directory existed. Local users by their profiles, remote users by their
     /// current joins.
