@@ -12,8 +12,8 @@
 #   --sqlite               run Synapse on SQLite even when PostgreSQL is available
 #   --keep                 keep the temporary directories (data, configs, logs) for inspection
 #   --scenarios            which scenarios, in order (default: send messages initial-sync
-#                          sync-latency media appservice sliding-sync sync-memory; sync-memory
-#                          last, it leaves the most behind)
+#                          sync-latency media appservice push sliding-sync sync-memory;
+#                          sync-memory last, it leaves the most behind)
 #   --send-args            extra options for send, e.g. "--senders 20 --messages 2000"
 #   --messages-args        extra options for messages, e.g. "--duration 10"
 #   --sync-latency-args    extra options for sync-latency, e.g. "--idle 500 --messages 100"
@@ -21,6 +21,7 @@
 #   --initial-sync-args    extra options for initial-sync, e.g. "--rooms 200"
 #   --media-args           extra options for media, e.g. "--files 10 --images 30"
 #   --appservice-args      extra options for appservice, e.g. "--senders 10 --messages 1000"
+#   --push-args            extra options for push, e.g. "--members 20 --messages 500"
 #   --sliding-sync-args    extra options for sliding-sync, e.g. "--rooms 200 --idle 500"
 #
 # Environment: VENV (Synapse virtualenv, default $SYNAPSE_VENV, else ~/.cache/hearth-venv,
@@ -30,7 +31,7 @@ set -euo pipefail
 INSTALL=0
 FORCE_SQLITE=0
 KEEP=0
-SCENARIOS="send messages initial-sync sync-latency media appservice sliding-sync sync-memory"
+SCENARIOS="send messages initial-sync sync-latency media appservice push sliding-sync sync-memory"
 SEND_ARGS=""
 MESSAGES_ARGS=""
 SYNC_LATENCY_ARGS=""
@@ -38,6 +39,7 @@ SYNC_MEMORY_ARGS=""
 INITIAL_SYNC_ARGS=""
 MEDIA_ARGS=""
 APPSERVICE_ARGS=""
+PUSH_ARGS=""
 SLIDING_SYNC_ARGS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -51,9 +53,10 @@ while [[ $# -gt 0 ]]; do
         --initial-sync-args) INITIAL_SYNC_ARGS="$2"; shift ;;
         --media-args) MEDIA_ARGS="$2"; shift ;;
         --appservice-args) APPSERVICE_ARGS="$2"; shift ;;
+        --push-args) PUSH_ARGS="$2"; shift ;;
         --sliding-sync-args) SLIDING_SYNC_ARGS="$2"; shift ;;
         --scenarios) SCENARIOS="$2"; shift ;;
-        -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -61,7 +64,8 @@ done
 
 for scenario in $SCENARIOS; do
     case "$scenario" in
-        send | messages | sync-latency | sync-memory | initial-sync | media | appservice | sliding-sync) ;;
+        send | messages | sync-latency | sync-memory | initial-sync | media | appservice | push \
+            | sliding-sync) ;;
         *) echo "run.sh: unknown scenario $scenario (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -253,6 +257,10 @@ namespaces:
   rooms: []
 EOF
 
+# --- the push gateway both servers' pushers point at (hearth-bench plays it in the push scenario) --
+# Both servers refuse loopback gateways by default; each is told below to allow 127.0.0.1.
+PUSH_PORT=$(free_port)
+
 # --- Hearth ----------------------------------------------------------------------------------------
 HEARTH_PORT=$(free_port)
 HEARTH_FED_PORT=$(free_port)
@@ -270,6 +278,7 @@ env HEARTH_SERVER_NAME=bench.hearth \
     HEARTH_FEDERATION__ENABLED=false \
     HEARTH_LOG__LEVEL=warn \
     HEARTH_APPSERVICE__REGISTRATION_FILES="[\"$AS_FILE\"]" \
+    HEARTH_PUSH__IP_RANGE_ALLOW='["127.0.0.1/32"]' \
     HEARTH_RATE_LIMITS__REGISTRATION__PER_SECOND=100000 \
     HEARTH_RATE_LIMITS__REGISTRATION__BURST=100000 \
     HEARTH_RATE_LIMITS__LOGIN__PER_SECOND=100000 \
@@ -323,6 +332,9 @@ listeners:
 $DATABASE_YAML
 registration_shared_secret: "$SYNAPSE_SECRET"
 app_service_config_files: ["$AS_FILE"]
+# The push scenario's gateway is this tool on 127.0.0.1, which the default ip_range_blacklist
+# (used by the pushers' HTTP client) contains; the whitelist wins over it.
+ip_range_whitelist: ["127.0.0.1"]
 enable_registration: false
 report_stats: false
 # No federation: no key servers, no outbound destinations.
@@ -441,6 +453,7 @@ for scenario in $SCENARIOS; do
         media) run_scenario media "$MEDIA_ARGS" ;;
         appservice) run_scenario appservice \
             "--port $AS_PORT --as-token $AS_TOKEN --hs-token $HS_TOKEN $APPSERVICE_ARGS" ;;
+        push) run_scenario push "--port $PUSH_PORT $PUSH_ARGS" ;;
         sliding-sync) run_scenario sliding-sync "$SLIDING_SYNC_ARGS" ;;
     esac
     # A server that stopped delivering would make every later figure meaningless.

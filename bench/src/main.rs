@@ -18,6 +18,7 @@ mod longpoll;
 mod media;
 mod messages;
 mod procfs;
+mod push;
 mod report;
 mod send;
 mod sliding_sync;
@@ -170,6 +171,15 @@ enum Command {
         #[command(flatten)]
         args: appservice::AppserviceArgs,
     },
+    /// Members of a busy room, each with an HTTP pusher pointing at this tool (the push
+    /// gateway), all send: notifications delivered per second and the delay from each send's
+    /// 200 to the gateway's receipt.
+    Push {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        args: push::PushArgs,
+    },
     /// Simplified sliding sync: the first response of a user in many rooms, memory per open
     /// connection, and the wake-up of a waiting connection with many idle ones open.
     SlidingSync {
@@ -236,6 +246,9 @@ enum Scenario {
     Join(join::JoinArgs),
     /// Delivery to an appservice watching a busy room (needs its registration on both).
     Appservice(appservice::AppserviceArgs),
+    /// Delivery to a push gateway (this tool) while every member of a busy room sends (the
+    /// server must be allowed to contact 127.0.0.1).
+    Push(push::PushArgs),
     /// Sliding sync: first response, memory per connection, wake-ups.
     SlidingSync(sliding_sync::SlidingSyncArgs),
 }
@@ -251,6 +264,7 @@ impl Scenario {
             Scenario::Media(args) => media::run(server, common, args).await,
             Scenario::Join(args) => join::run(server, common, args).await,
             Scenario::Appservice(args) => appservice::run(server, common, args).await,
+            Scenario::Push(args) => push::run(server, common, args).await,
             Scenario::SlidingSync(args) => sliding_sync::run(server, common, args).await,
         }
     }
@@ -265,6 +279,7 @@ impl Scenario {
             Scenario::Media(_) => "media",
             Scenario::Join(_) => "join",
             Scenario::Appservice(_) => "appservice",
+            Scenario::Push(_) => "push",
             Scenario::SlidingSync(_) => "sliding-sync",
         }
     }
@@ -325,6 +340,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Media { target, args } => (single(target), Scenario::Media(args)),
         Command::Join { target, args } => (single(target), Scenario::Join(args)),
         Command::Appservice { target, args } => (single(target), Scenario::Appservice(args)),
+        Command::Push { target, args } => (single(target), Scenario::Push(args)),
         Command::SlidingSync { target, args } => (single(target), Scenario::SlidingSync(args)),
         Command::Compare {
             hearth,
