@@ -25,6 +25,7 @@ pub mod rooms;
 pub mod sender;
 pub mod sessions;
 pub mod sliding_sync;
+pub mod spaces;
 pub mod stream;
 pub mod sync;
 mod tables;
@@ -49,6 +50,7 @@ pub struct Services {
     pub sessions: Arc<sessions::Service>,
     pub profiles: Arc<profiles::Service>,
     pub user_directory: Arc<user_directory::Service>,
+    pub spaces: Arc<spaces::Service>,
     pub registration_tokens: Arc<registration_tokens::Service>,
     pub uiaa: Arc<uiaa::Service>,
     pub ratelimit: Arc<ratelimit::Service>,
@@ -234,6 +236,7 @@ impl Services {
             sessions,
             profiles,
             user_directory,
+            spaces: Arc::new(spaces::Service::default()),
             registration_tokens,
             uiaa,
             ratelimit,

@@ -32,6 +32,7 @@ mod room_features;
 mod rooms;
 mod sliding_sync;
 mod sliding_sync_sdk;
+mod spaces;
 mod synapse;
 mod synapse_e2ee;
 mod synapse_federation;

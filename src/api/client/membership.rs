@@ -253,7 +253,7 @@ async fn resolve_room(services: &Services, room_id_or_alias: &str) -> Result<Own
 
 /// A room ID, or an alias resolved here or by the alias's server over federation (which also
 /// names servers to join through).
-async fn resolve_room_remote(
+pub(super) async fn resolve_room_remote(
     services: &Services,
     room_id_or_alias: &str,
 ) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {

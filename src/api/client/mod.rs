@@ -18,6 +18,7 @@ mod receipts;
 mod relations;
 mod room;
 mod session;
+mod spaces;
 mod sync;
 mod thirdparty;
 mod user_directory;
@@ -47,5 +48,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = openid::routes(router);
     let router = thirdparty::routes(router);
     let router = user_directory::routes(router);
+    let router = spaces::routes(router);
     profile::routes(router)
 }

@@ -33,3 +33,33 @@ pub async fn public_rooms_filtered(
         page
     ))
 }
+
+/// `/hierarchy`: a space here and its children, as far as the asking server may see them.
+pub async fn hierarchy(
+    State(services): State<AppState>,
+    req: Ruma<ruma::api::federation::space::get_hierarchy::v1::Request>,
+) -> Result<ruma::api::federation::space::get_hierarchy::v1::Response> {
+    use ruma::api::federation::space::get_hierarchy::v1::Response;
+    let origin = req
+        .origin
+        .as_deref()
+        .ok_or_else(|| crate::error::Error::unauthorized("Missing X-Matrix origin"))?;
+    let answer = crate::service::spaces::federation_hierarchy(
+        &services,
+        origin,
+        &req.body.room_id,
+        req.body.suggested_only,
+    )?;
+    let bad = |e: serde_json::Error| crate::error::Error::internal(format!("hierarchy: {e}"));
+    let room = serde_json::from_value(answer["room"].clone()).map_err(bad)?;
+    let mut response = Response::new(room);
+    response.children = answer["children"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| serde_json::from_value(c.clone()).ok())
+        .collect();
+    response.inaccessible_children =
+        serde_json::from_value(answer["inaccessible_children"].clone()).map_err(bad)?;
+    Ok(response)
+}

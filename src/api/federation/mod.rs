@@ -53,6 +53,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(keys::devices)
         .ruma(directory::public_rooms)
         .ruma(directory::public_rooms_filtered)
+        .ruma(directory::hierarchy)
         .ruma(openid::userinfo)
         .merge(media::routes(Router::new()))
 }

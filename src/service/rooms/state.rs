@@ -240,6 +240,23 @@ impl State {
             .collect()
     }
 
+    /// The current state events of one type: (state key, event short). Reads the whole current
+    /// state: for the few places that list a type (space children), not for hot paths.
+    pub fn current_state_of_type(
+        &self,
+        room: ShortId,
+        kind: &StateEventType,
+    ) -> Result<Vec<(String, ShortId)>> {
+        let mut out = Vec::new();
+        for (sk, ev) in self.current_state(room)? {
+            let (k, state_key) = self.state_key_of(sk)?;
+            if &k == kind {
+                out.push((state_key, ev));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn state_at(&self, group: StateGroupId) -> Result<Arc<StateMap>> {
         self.groups.load(group)
     }
