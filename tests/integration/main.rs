@@ -38,5 +38,6 @@ mod synapse_e2ee;
 mod synapse_federation;
 mod synapse_media;
 mod synapse_rooms;
+mod synapse_spaces;
 mod sync;
 mod user_directory;
