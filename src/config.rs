@@ -22,6 +22,7 @@ pub struct Config {
     pub well_known: WellKnown,
     pub presence: Presence,
     pub appservice: Appservice,
+    pub delayed_events: DelayedEvents,
     pub log: Log,
 }
 
@@ -240,6 +241,32 @@ impl Default for Appservice {
     }
 }
 
+/// Delayed events (MSC4140): events the server sends for a client later, such as the "left the
+/// call" state event Element Call schedules while it is in a call.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DelayedEvents {
+    /// Longest delay a client may ask for; 0 turns delayed events off.
+    pub max_delay: HumanDuration,
+    /// Most delayed events one user may have scheduled at once.
+    pub max_per_user: u32,
+}
+
+impl Default for DelayedEvents {
+    fn default() -> Self {
+        Self {
+            max_delay: HumanDuration(Duration::from_secs(24 * 3600)),
+            max_per_user: 100,
+        }
+    }
+}
+
+impl DelayedEvents {
+    pub fn enabled(&self) -> bool {
+        !self.max_delay.0.is_zero()
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
@@ -264,6 +291,7 @@ impl Default for Config {
             well_known: WellKnown::default(),
             presence: Presence::default(),
             appservice: Appservice::default(),
+            delayed_events: DelayedEvents::default(),
             log: Log::default(),
         }
     }
@@ -519,6 +547,12 @@ impl Config {
                 "timeout and max_size must be more than 0",
             );
         }
+        if self.delayed_events.max_per_user == 0 {
+            return bad(
+                "delayed_events.max_per_user",
+                "must be at least 1 (max_delay = \"0\" turns delayed events off)",
+            );
+        }
         Ok(())
     }
 
@@ -715,6 +749,10 @@ impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
+        // Zero needs no unit ("0" turns off the options that a zero duration turns off).
+        if !s.is_empty() && s.bytes().all(|b| b == b'0') {
+            return Ok(HumanDuration(Duration::ZERO));
+        }
         let split = s
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(|| format!("`{s}` needs a unit (ms, s, m, h, d)"))?;
@@ -868,6 +906,18 @@ mod tests {
             toml::Value::try_from(&example).unwrap(),
             toml::Value::try_from(Config::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn delayed_events_are_on_by_default_and_off_with_a_zero_max_delay() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert!(c.delayed_events.enabled());
+        assert_eq!(c.delayed_events.max_delay.0, Duration::from_secs(86400));
+        let c = Config::load(None, env(&[("HEARTH_DELAYED_EVENTS__MAX_DELAY", "0")])).unwrap();
+        assert!(!c.delayed_events.enabled());
+        let e =
+            Config::load(None, env(&[("HEARTH_DELAYED_EVENTS__MAX_PER_USER", "0")])).unwrap_err();
+        assert!(e.to_string().contains("delayed_events.max_per_user"), "{e}");
     }
 
     #[test]

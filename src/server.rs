@@ -31,6 +31,7 @@ pub struct Server {
     timer: JoinHandle<()>,
     sending: JoinHandle<()>,
     appservices: JoinHandle<()>,
+    delayed_events: JoinHandle<()>,
     federation: Option<JoinHandle<()>>,
     /// Where the federation listener is bound, when federation is on.
     pub federation_addr: Option<SocketAddr>,
@@ -160,6 +161,8 @@ impl Server {
         };
         // Appservice deliveries, resumed from their queues.
         let appservices = tokio::spawn(services.appservice.clone().run(shutdown_rx.clone()));
+        // Delayed events, including those that came due while the server was down.
+        let delayed_events = tokio::spawn(services.delayed_events.clone().run(shutdown_rx.clone()));
         // Media retention (expired uploads, cached remote media, unused /create IDs, URL
         // previews); like the timer, it lets go of the database at shutdown.
         let retention = {
@@ -214,6 +217,7 @@ impl Server {
             timer,
             sending,
             appservices,
+            delayed_events,
             federation,
             federation_addr: config
                 .federation
@@ -237,6 +241,7 @@ impl Server {
             timer,
             sending,
             appservices,
+            delayed_events,
             federation,
             retention,
             ..
@@ -244,6 +249,7 @@ impl Server {
         let _ = timer.await;
         let _ = sending.await;
         let _ = appservices.await;
+        let _ = delayed_events.await;
         if let Some(f) = federation {
             let _ = f.await;
         }

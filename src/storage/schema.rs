@@ -66,6 +66,10 @@ pub enum Cf {
     AppserviceTxns,
     NetworkRooms,
     RoomBump,
+    DelayedEvents,
+    DelayedEventsDue,
+    DelayedEventsByUser,
+    DelayedEventsByState,
 }
 
 /// A keyspace's column family and its name in RocksDB (which must never change: it is on disk).
@@ -307,6 +311,22 @@ pub const KEYSPACES: &[Keyspace] = &[
     Keyspace {
         cf: Cf::RoomBump,
         name: "room_bump",
+    },
+    Keyspace {
+        cf: Cf::DelayedEvents,
+        name: "delayed_events",
+    },
+    Keyspace {
+        cf: Cf::DelayedEventsDue,
+        name: "delayed_events_due",
+    },
+    Keyspace {
+        cf: Cf::DelayedEventsByUser,
+        name: "delayed_events_by_user",
+    },
+    Keyspace {
+        cf: Cf::DelayedEventsByState,
+        name: "delayed_events_by_state",
     },
 ];
 

@@ -39,7 +39,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 }
 
 async fn versions(
-    _: State<AppState>,
+    State(services): State<AppState>,
     _: Ruma<get_supported_versions::Request>,
 ) -> Result<get_supported_versions::Response> {
     let mut resp = get_supported_versions::Response::new(
@@ -47,11 +47,16 @@ async fn versions(
     );
     // Simplified sliding sync (MSC4186), which Element X needs.
     resp.unstable_features = BTreeMap::from([("org.matrix.simplified_msc3575".to_owned(), true)]);
+    // Delayed events (MSC4140), which Element Call needs to leave calls reliably.
+    if services.delayed_events.enabled() {
+        resp.unstable_features
+            .insert("org.matrix.msc4140".to_owned(), true);
+    }
     Ok(resp)
 }
 
 async fn capabilities(
-    _: State<AppState>,
+    State(services): State<AppState>,
     _: Ruma<get_capabilities::v3::Request>,
 ) -> Result<get_capabilities::v3::Response> {
     let mut caps = Capabilities::new();
@@ -64,6 +69,15 @@ async fn capabilities(
         .map(|v| (v, RoomVersionStability::Stable))
         .collect();
     caps.room_versions = RoomVersionsCapability::new(RoomVersionId::V12, available);
+    // MSC4140's limits, under its unstable name (as Synapse advertises them).
+    if services.delayed_events.enabled() {
+        let (max_delay_ms, max_scheduled) = services.delayed_events.limits();
+        caps.set(
+            "org.matrix.msc4140.delayed_events",
+            json!({ "max_delay_ms": max_delay_ms, "max_scheduled": max_scheduled }),
+        )
+        .map_err(Error::internal)?;
+    }
     Ok(get_capabilities::v3::Response::new(caps))
 }
 

@@ -4,6 +4,7 @@ mod account;
 mod account_data;
 mod appservice;
 mod backup;
+mod delayed_events;
 mod device;
 pub(crate) mod directory;
 mod discovery;
@@ -32,6 +33,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = appservice::routes(router);
     let router = device::routes(router);
     let router = room::routes(router);
+    let router = delayed_events::routes(router);
     let router = membership::routes(router);
     let router = directory::routes(router);
     let router = relations::routes(router);
