@@ -23,6 +23,8 @@ pub struct Config {
     pub presence: Presence,
     pub appservice: Appservice,
     pub delayed_events: DelayedEvents,
+    pub turn: Turn,
+    pub matrix_rtc: MatrixRtc,
     pub log: Log,
 }
 
@@ -267,6 +269,43 @@ impl DelayedEvents {
     }
 }
 
+/// The TURN server handed to VoIP clients by `/voip/turnServer`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Turn {
+    /// `turn:` / `turns:` URIs of the server; empty = no TURN server.
+    pub uris: Vec<String>,
+    /// coturn's `static-auth-secret`: each user gets time-limited credentials derived from it.
+    pub shared_secret: String,
+    /// How long those credentials stay valid.
+    pub user_lifetime: HumanDuration,
+    /// Fixed credentials, when there is no shared secret.
+    pub username: String,
+    pub password: String,
+}
+
+impl Default for Turn {
+    fn default() -> Self {
+        Self {
+            uris: Vec::new(),
+            shared_secret: String::new(),
+            user_lifetime: HumanDuration(Duration::from_secs(3600)),
+            username: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
+/// MatrixRTC (MSC4143) discovery: the transports (foci) calls can use, e.g. a LiveKit SFU.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatrixRtc {
+    /// Each a table with a string `type` and that type's fields, handed to clients as written.
+    /// Named as in Synapse (`matrix_rtc.transports`) and MSC4143's current text; the well-known
+    /// calls them foci.
+    pub transports: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
@@ -292,6 +331,8 @@ impl Default for Config {
             presence: Presence::default(),
             appservice: Appservice::default(),
             delayed_events: DelayedEvents::default(),
+            turn: Turn::default(),
+            matrix_rtc: MatrixRtc::default(),
             log: Log::default(),
         }
     }
@@ -552,6 +593,53 @@ impl Config {
                 "delayed_events.max_per_user",
                 "must be at least 1 (max_delay = \"0\" turns delayed events off)",
             );
+        }
+        self.validate_turn()?;
+        for transport in &self.matrix_rtc.transports {
+            if !transport.get("type").is_some_and(|t| t.is_string()) {
+                return bad(
+                    "matrix_rtc.transports",
+                    "every transport needs a string `type`, e.g. { type = \"livekit\", livekit_service_url = \"https://...\" }",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_turn(&self) -> Result<(), ConfigError> {
+        let bad = |option: &str, reason: &str| {
+            Err(ConfigError(format!("invalid option `{option}`: {reason}")))
+        };
+        let turn = &self.turn;
+        for uri in &turn.uris {
+            if !["turn:", "turns:", "stun:", "stuns:"]
+                .iter()
+                .any(|scheme| uri.starts_with(scheme))
+            {
+                return bad(
+                    "turn.uris",
+                    &format!("`{uri}` is not a turn:, turns:, stun: or stuns: URI"),
+                );
+            }
+        }
+        if turn.username.is_empty() != turn.password.is_empty() {
+            return bad(
+                "turn.username",
+                "username and password must be set together",
+            );
+        }
+        let has_credentials = !turn.shared_secret.is_empty() || !turn.username.is_empty();
+        if !turn.uris.is_empty() && !has_credentials {
+            return bad(
+                "turn.uris",
+                "needs turn.shared_secret (coturn's static-auth-secret) or turn.username and turn.password",
+            );
+        }
+        if turn.uris.is_empty() && has_credentials {
+            return bad("turn.uris", "credentials are set but no TURN server URI");
+        }
+        if turn.user_lifetime.0.as_secs() == 0 {
+            return bad("turn.user_lifetime", "must be at least 1s");
         }
         Ok(())
     }
@@ -918,6 +1006,62 @@ mod tests {
         let e =
             Config::load(None, env(&[("HEARTH_DELAYED_EVENTS__MAX_PER_USER", "0")])).unwrap_err();
         assert!(e.to_string().contains("delayed_events.max_per_user"), "{e}");
+    }
+
+    #[test]
+    fn turn_options_need_uris_and_credentials_together() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HEARTH_TURN__URIS", "[\"turn:turn.example.org:3478\"]"),
+                ("HEARTH_TURN__SHARED_SECRET", "s3cret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.turn.user_lifetime.0, Duration::from_secs(3600));
+        for (pairs, option) in [
+            (
+                &[("HEARTH_TURN__URIS", "[\"turn:t.org\"]")][..],
+                "turn.uris",
+            ),
+            (&[("HEARTH_TURN__SHARED_SECRET", "s")][..], "turn.uris"),
+            (
+                &[
+                    ("HEARTH_TURN__URIS", "[\"https://t.org\"]"),
+                    ("HEARTH_TURN__SHARED_SECRET", "s"),
+                ][..],
+                "turn.uris",
+            ),
+            (
+                &[
+                    ("HEARTH_TURN__URIS", "[\"turn:t.org\"]"),
+                    ("HEARTH_TURN__USERNAME", "u"),
+                ][..],
+                "turn.username",
+            ),
+        ] {
+            let e = Config::load(None, env(pairs)).unwrap_err();
+            assert!(e.to_string().contains(option), "{e}");
+        }
+    }
+
+    #[test]
+    fn rtc_transports_need_a_type() {
+        let c = Config::load(
+            None,
+            env(&[(
+                "HEARTH_MATRIX_RTC__TRANSPORTS",
+                "[{ type = \"livekit\", livekit_service_url = \"https://rtc.example.org\" }]",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(c.matrix_rtc.transports[0]["type"], "livekit");
+        let e = Config::load(
+            None,
+            env(&[("HEARTH_MATRIX_RTC__TRANSPORTS", "[{ url = \"https://x\" }]")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("matrix_rtc.transports"), "{e}");
     }
 
     #[test]

@@ -102,6 +102,14 @@ impl<R: IncomingRequest, T: OutgoingResponse> IncomingRequest for Reanswered<R, 
     }
 }
 
+/// The body of a request that has none: `{}` (or nothing) and any fields are accepted.
+#[derive(serde::Deserialize)]
+pub struct NoBody {}
+
+/// An empty JSON object, as answer.
+#[derive(Serialize)]
+pub struct Empty {}
+
 /// A 200 answer with `T` as its JSON body.
 pub struct JsonResponse<T>(pub T);
 

@@ -34,6 +34,7 @@ pub mod timeline;
 pub mod typing;
 pub mod uiaa;
 pub mod users;
+pub mod voip;
 
 use std::sync::Arc;
 

@@ -563,3 +563,77 @@ async fn delayed_events_are_advertised_with_their_limits() {
         json!({ "max_delay_ms": 86_400_000, "max_scheduled": 100 })
     );
 }
+
+const TURN: &str = "/_matrix/client/v3/voip/turnServer";
+const TURN_SECRET: &str = "the coturn static-auth-secret";
+
+/// base64(HMAC-SHA1(secret, username)): the password coturn expects under `use-auth-secret`.
+fn coturn_password(secret: &str, username: &str) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(username.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_follow_coturns_shared_secret_scheme() {
+    let uris = vec![
+        "turn:turn.example.org:3478?transport=udp".to_owned(),
+        "turns:turn.example.org:5349?transport=tcp".to_owned(),
+    ];
+    let server = TestServer::start_with(|c| {
+        c.turn.uris = uris.clone();
+        c.turn.shared_secret = TURN_SECRET.into();
+        c.turn.user_lifetime = "2h".parse().unwrap();
+    })
+    .await;
+    let (alice_id, alice, _) = server.register("alice", TEST_PASSWORD).await;
+
+    for path in [TURN, "/_matrix/client/r0/voip/turnServer"] {
+        let before = now_ms() / 1000;
+        let (status, body) = server.get(path, Some(&alice)).await;
+        let after = now_ms() / 1000;
+        assert_eq!(status, 200, "{body}");
+        let username = body["username"].as_str().unwrap();
+        let (expiry, user) = username.split_once(':').unwrap();
+        assert_eq!(user, alice_id);
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!(
+            (before + 7200..=after + 7200).contains(&expiry),
+            "expiry {expiry}"
+        );
+        assert_eq!(body["password"], coturn_password(TURN_SECRET, username));
+        assert_eq!(body["ttl"], 7200);
+        assert_eq!(body["uris"], json!(uris));
+    }
+    assert_err(&server.get(TURN, None).await, 401, "M_MISSING_TOKEN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_answers_fixed_credentials_or_nothing_when_unconfigured() {
+    let server = TestServer::start_with(|c| {
+        c.turn.uris = vec!["turn:turn.example.org".into()];
+        c.turn.username = "calls".into();
+        c.turn.password = "calls password".into();
+    })
+    .await;
+    let (_, alice, _) = server.register("alice", TEST_PASSWORD).await;
+    let (status, body) = server.get(TURN, Some(&alice)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({
+            "username": "calls",
+            "password": "calls password",
+            "uris": ["turn:turn.example.org"],
+            "ttl": 3600,
+        })
+    );
+
+    // No TURN server: an empty answer, as Synapse gives.
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", TEST_PASSWORD).await;
+    let (status, body) = server.get(TURN, Some(&alice)).await;
+    assert_eq!((status, body), (200, json!({})));
+}

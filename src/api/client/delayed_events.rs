@@ -21,7 +21,7 @@ use serde_json::Value as JsonValue;
 
 use crate::{
     api::{
-        endpoint::{JsonEndpoint, JsonRequest, JsonResponse},
+        endpoint::{Empty, JsonEndpoint, JsonRequest, JsonResponse, NoBody},
         ruma::Ruma,
         AppState, RouterExt,
     },
@@ -166,17 +166,11 @@ impl JsonEndpoint for ListDelayedEvents {
     type Response = DelayedEvents;
 }
 
-#[derive(Deserialize)]
-pub struct NoBody {}
-
 #[derive(Serialize)]
 pub struct DelayedEvents {
     /// The next due first.
     pub delayed_events: Vec<DelayedEventInfo>,
 }
-
-#[derive(Serialize)]
-pub struct Empty {}
 
 /// `POST .../delayed_events/{delay_id}` with `{"action": "cancel" | "restart" | "send"}`: the
 /// MSC's first form, which matrix-rust-sdk uses.

@@ -21,6 +21,7 @@ mod room;
 mod session;
 mod sync;
 mod thirdparty;
+mod voip;
 
 use axum::Router;
 
@@ -47,5 +48,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = push::routes(router);
     let router = openid::routes(router);
     let router = thirdparty::routes(router);
+    let router = voip::routes(router);
     profile::routes(router)
 }
