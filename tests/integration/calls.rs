@@ -637,3 +637,51 @@ async fn turn_answers_fixed_credentials_or_nothing_when_unconfigured() {
     let (status, body) = server.get(TURN, Some(&alice)).await;
     assert_eq!((status, body), (200, json!({})));
 }
+
+const RTC_TRANSPORTS: &str = "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rtc_transports_are_discoverable_as_configured() {
+    let livekit = json!({
+        "type": "livekit",
+        "livekit_service_url": "https://rtc.example.org/livekit/jwt",
+        "x_extra": { "kept": true },
+    });
+    let server = TestServer::start_with(|c| {
+        c.well_known.client = "https://matrix.example.org".into();
+        c.matrix_rtc.transports = vec![livekit.as_object().unwrap().clone()];
+    })
+    .await;
+    let (_, alice, _) = server.register("alice", TEST_PASSWORD).await;
+
+    let (status, body) = server.get("/.well-known/matrix/client", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["m.homeserver"]["base_url"],
+        "https://matrix.example.org"
+    );
+    assert_eq!(body["org.matrix.msc4143.rtc_foci"], json!([livekit]));
+
+    let (status, body) = server.get(RTC_TRANSPORTS, Some(&alice)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({ "rtc_transports": [livekit] }));
+    assert_err(
+        &server.get(RTC_TRANSPORTS, None).await,
+        401,
+        "M_MISSING_TOKEN",
+    );
+    let (_, versions) = server.get("/_matrix/client/versions", None).await;
+    assert_eq!(versions["unstable_features"]["org.matrix.msc4143"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_rtc_transports_discovery_lists_none() {
+    let server =
+        TestServer::start_with(|c| c.well_known.client = "https://m.example.org".into()).await;
+    let (_, alice, _) = server.register("alice", TEST_PASSWORD).await;
+    let (status, body) = server.get("/.well-known/matrix/client", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("org.matrix.msc4143.rtc_foci").is_none(), "{body}");
+    let (status, body) = server.get(RTC_TRANSPORTS, Some(&alice)).await;
+    assert_eq!((status, body), (200, json!({ "rtc_transports": [] })));
+}
