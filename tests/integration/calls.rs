@@ -420,6 +420,42 @@ async fn another_users_state_change_cancels_a_delayed_state_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_event_its_sender_may_no_longer_send_is_dropped() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, device) = server.register("alice", TEST_PASSWORD).await;
+    let (bob_id, bob, bob_device) = server.register("bob", TEST_PASSWORD).await;
+    let room = call_room(&server, &alice).await;
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let key = member_key(&bob_id, &bob_device);
+    schedule_leave(&server, &bob, &room, &key, 1000).await;
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Sent in the order they come due: once a later one has been sent, Bob's was tried.
+    let witness = member_key(&alice_id, &device);
+    schedule_leave(&server, &alice, &room, &witness, 1500).await;
+    eventually(10, "the later delayed event", || {
+        member_event(&server, &alice, &room, &witness)
+    })
+    .await;
+    assert!(member_event(&server, &alice, &room, &key).await.is_none());
+    assert!(list(&server, &bob).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_delayed_event_requests_are_refused_and_store_nothing() {
     let server = TestServer::start_with(|c| {
         c.delayed_events.max_delay = "10s".parse().unwrap();

@@ -100,6 +100,14 @@ impl Action {
     }
 }
 
+/// What became of a due row.
+enum Fired {
+    /// Sent, dropped, retried later or found stale: on to the next.
+    Done,
+    /// Being sent on a client's request right now.
+    Busy,
+}
+
 /// The keyspaces this service reads and writes.
 struct Tables {
     events: Table<tables::DelayedEvents<Scheduled>>,
@@ -228,7 +236,8 @@ impl Service {
             ));
         }
 
-        // Also the credential of the unauthenticated management endpoints: 190 random bits.
+        // Also the credential of the unauthenticated management endpoints: 190 random bits,
+        // kept out of the logs.
         let id = format!("hde_{}", random_string(32));
         let due = now_ms().saturating_add(req.delay_ms);
         let scheduled = Scheduled {
@@ -258,7 +267,7 @@ impl Service {
         }
         self.db.write(batch).await?;
         self.wake.notify_one();
-        tracing::debug!(room_id = %scheduled.room_id, delay_id = %id, delay_ms = req.delay_ms, "delayed event scheduled");
+        tracing::debug!(room_id = %scheduled.room_id, delay_ms = req.delay_ms, "delayed event scheduled");
         Ok(id)
     }
 
@@ -306,7 +315,7 @@ impl Service {
                 delete_rows_in(&self.tables, &mut batch, delay_id, &event, due);
                 self.db.write(batch).await?;
                 self.wake.notify_one();
-                tracing::debug!(%delay_id, "delayed event cancelled");
+                tracing::debug!(room_id = %event.room_id, "delayed event cancelled");
                 Ok(())
             }
             Action::Restart => {
@@ -321,7 +330,7 @@ impl Service {
                 let sent = self.send(delay_id, &event).await;
                 match sent {
                     Ok(sent) => {
-                        tracing::debug!(%delay_id, event_id = %sent.event_id, "delayed event sent on request");
+                        tracing::debug!(event_id = %sent.event_id, "delayed event sent on request");
                         self.finish(delay_id, &event, due).await
                     }
                     Err(e) => {
@@ -387,6 +396,7 @@ impl Service {
             self.db.write(batch).await
         };
         self.sending.lock().remove(delay_id);
+        self.wake.notify_one();
         // If this failed, the rows stay and the event is sent again when due, which its
         // transaction ID turns into the event already sent.
         Ok(written?)
@@ -406,11 +416,14 @@ impl Service {
                     let now = now_ms();
                     if due <= now {
                         // Not raced against `stop`: a send is not cut off halfway.
-                        if let Err(e) = self.fire(due, &delay_id, owner).await {
-                            tracing::warn!(%delay_id, "delayed event: {e}");
-                            Some(Duration::from_secs(1))
-                        } else {
-                            continue;
+                        match self.fire(due, &delay_id, owner).await {
+                            Ok(Fired::Done) => continue,
+                            // A client's `send` action has it; `finish` wakes us.
+                            Ok(Fired::Busy) => Some(Duration::from_secs(1)),
+                            Err(e) => {
+                                tracing::warn!("delayed event: {e}");
+                                Some(Duration::from_secs(1))
+                            }
                         }
                     } else {
                         Some(Duration::from_millis(due - now))
@@ -437,9 +450,12 @@ impl Service {
 
     /// Sends the event of a due row. A row that no longer matches its event (cancelled, or moved
     /// by a restart) is only removed.
-    async fn fire(&self, due: u64, delay_id: &str, owner: ShortId) -> Result<()> {
+    async fn fire(&self, due: u64, delay_id: &str, owner: ShortId) -> Result<Fired> {
         let event = {
             let _changes = self.changes.lock().await;
+            if self.sending.lock().contains(delay_id) {
+                return Ok(Fired::Busy);
+            }
             let event = self.tables.events.get(delay_id)?;
             let current_due = match &event {
                 Some(e) => self.tables.by_user.get((e.user, delay_id))?,
@@ -458,33 +474,34 @@ impl Service {
                         self.tables.by_user.delete_in(&mut batch, (owner, delay_id));
                     }
                     self.db.write(batch).await?;
-                    return Ok(());
+                    return Ok(Fired::Done);
                 }
             }
         };
         match self.send(delay_id, &event).await {
             Ok(sent) => {
-                tracing::info!(room_id = %event.room_id, %delay_id, event_id = %sent.event_id, "delayed event sent");
-                self.finish(delay_id, &event, Some(due)).await
+                tracing::info!(room_id = %event.room_id, event_id = %sent.event_id, "delayed event sent");
+                self.finish(delay_id, &event, Some(due)).await?;
             }
             Err(Error::Internal(e)) => {
                 // Our fault (the disk, say), not the event's: try again shortly.
-                tracing::warn!(%delay_id, "delayed event not sent, retrying: {e}");
+                tracing::warn!(room_id = %event.room_id, "delayed event not sent, retrying: {e}");
                 let retried = {
                     let _changes = self.changes.lock().await;
                     let at = now_ms() + RETRY_AFTER_INTERNAL_ERROR.as_millis() as u64;
                     self.reschedule(delay_id, &event, Some(due), at).await
                 };
                 self.sending.lock().remove(delay_id);
-                retried
+                retried?;
             }
             Err(e) => {
                 // The sender may no longer send it (left the room, lost the power level): the
                 // MSC drops it, as Synapse does.
-                tracing::info!(room_id = %event.room_id, %delay_id, "delayed event dropped: {e}");
-                self.finish(delay_id, &event, Some(due)).await
+                tracing::info!(room_id = %event.room_id, "delayed event dropped: {e}");
+                self.finish(delay_id, &event, Some(due)).await?;
             }
         }
+        Ok(Fired::Done)
     }
 }
 
@@ -526,7 +543,7 @@ impl rooms::Outbox for Service {
                 }
                 let due = self.tables.by_user.get((event.user, &delay_id))?;
                 delete_rows_in(&self.tables, batch, &delay_id, &event, due);
-                tracing::info!(%room_id, %delay_id, %sender, "delayed state event cancelled by another user's change");
+                tracing::info!(%room_id, %sender, "delayed state event cancelled by another user's change");
             }
         }
         Ok(())
