@@ -24,6 +24,9 @@ pub struct Config {
     pub appservice: Appservice,
     pub push: Push,
     pub user_directory: UserDirectory,
+    pub delayed_events: DelayedEvents,
+    pub turn: Turn,
+    pub matrix_rtc: MatrixRtc,
     pub log: Log,
 }
 
@@ -280,6 +283,69 @@ impl Default for Push {
     }
 }
 
+/// Delayed events (MSC4140): events the server sends for a client later, such as the "left the
+/// call" state event Element Call schedules while it is in a call.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DelayedEvents {
+    /// Longest delay a client may ask for; 0 turns delayed events off.
+    pub max_delay: HumanDuration,
+    /// Most delayed events one user may have scheduled at once.
+    pub max_per_user: u32,
+}
+
+impl Default for DelayedEvents {
+    fn default() -> Self {
+        Self {
+            max_delay: HumanDuration(Duration::from_secs(24 * 3600)),
+            max_per_user: 100,
+        }
+    }
+}
+
+impl DelayedEvents {
+    pub fn enabled(&self) -> bool {
+        !self.max_delay.0.is_zero()
+    }
+}
+
+/// The TURN server handed to VoIP clients by `/voip/turnServer`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Turn {
+    /// `turn:` / `turns:` URIs of the server; empty = no TURN server.
+    pub uris: Vec<String>,
+    /// coturn's `static-auth-secret`: each user gets time-limited credentials derived from it.
+    pub shared_secret: String,
+    /// How long those credentials stay valid.
+    pub user_lifetime: HumanDuration,
+    /// Fixed credentials, when there is no shared secret.
+    pub username: String,
+    pub password: String,
+}
+
+impl Default for Turn {
+    fn default() -> Self {
+        Self {
+            uris: Vec::new(),
+            shared_secret: String::new(),
+            user_lifetime: HumanDuration(Duration::from_secs(3600)),
+            username: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
+/// MatrixRTC (MSC4143) discovery: the transports (foci) calls can use, e.g. a LiveKit SFU.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatrixRtc {
+    /// Each a table with a string `type` and that type's fields, handed to clients as written.
+    /// Named as in Synapse (`matrix_rtc.transports`) and MSC4143's current text; the well-known
+    /// calls them foci.
+    pub transports: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
@@ -306,6 +372,9 @@ impl Default for Config {
             appservice: Appservice::default(),
             push: Push::default(),
             user_directory: UserDirectory::default(),
+            delayed_events: DelayedEvents::default(),
+            turn: Turn::default(),
+            matrix_rtc: MatrixRtc::default(),
             log: Log::default(),
         }
     }
@@ -566,6 +635,59 @@ impl Config {
         if self.push.timeout.0.is_zero() {
             return bad("push.timeout", "must be more than 0");
         }
+        if self.delayed_events.max_per_user == 0 {
+            return bad(
+                "delayed_events.max_per_user",
+                "must be at least 1 (max_delay = \"0\" turns delayed events off)",
+            );
+        }
+        self.validate_turn()?;
+        for transport in &self.matrix_rtc.transports {
+            if !transport.get("type").is_some_and(|t| t.is_string()) {
+                return bad(
+                    "matrix_rtc.transports",
+                    "every transport needs a string `type`, e.g. { type = \"livekit\", livekit_service_url = \"https://...\" }",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_turn(&self) -> Result<(), ConfigError> {
+        let bad = |option: &str, reason: &str| {
+            Err(ConfigError(format!("invalid option `{option}`: {reason}")))
+        };
+        let turn = &self.turn;
+        for uri in &turn.uris {
+            if !["turn:", "turns:", "stun:", "stuns:"]
+                .iter()
+                .any(|scheme| uri.starts_with(scheme))
+            {
+                return bad(
+                    "turn.uris",
+                    &format!("`{uri}` is not a turn:, turns:, stun: or stuns: URI"),
+                );
+            }
+        }
+        if turn.username.is_empty() != turn.password.is_empty() {
+            return bad(
+                "turn.username",
+                "username and password must be set together",
+            );
+        }
+        let has_credentials = !turn.shared_secret.is_empty() || !turn.username.is_empty();
+        if !turn.uris.is_empty() && !has_credentials {
+            return bad(
+                "turn.uris",
+                "needs turn.shared_secret (coturn's static-auth-secret) or turn.username and turn.password",
+            );
+        }
+        if turn.uris.is_empty() && has_credentials {
+            return bad("turn.uris", "credentials are set but no TURN server URI");
+        }
+        if turn.user_lifetime.0.as_secs() == 0 {
+            return bad("turn.user_lifetime", "must be at least 1s");
+        }
         Ok(())
     }
 
@@ -762,6 +884,10 @@ impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
+        // Zero needs no unit ("0" turns off the options that a zero duration turns off).
+        if !s.is_empty() && s.bytes().all(|b| b == b'0') {
+            return Ok(HumanDuration(Duration::ZERO));
+        }
         let split = s
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(|| format!("`{s}` needs a unit (ms, s, m, h, d)"))?;
@@ -915,6 +1041,74 @@ mod tests {
             toml::Value::try_from(&example).unwrap(),
             toml::Value::try_from(Config::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn delayed_events_are_on_by_default_and_off_with_a_zero_max_delay() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert!(c.delayed_events.enabled());
+        assert_eq!(c.delayed_events.max_delay.0, Duration::from_secs(86400));
+        let c = Config::load(None, env(&[("HEARTH_DELAYED_EVENTS__MAX_DELAY", "0")])).unwrap();
+        assert!(!c.delayed_events.enabled());
+        let e =
+            Config::load(None, env(&[("HEARTH_DELAYED_EVENTS__MAX_PER_USER", "0")])).unwrap_err();
+        assert!(e.to_string().contains("delayed_events.max_per_user"), "{e}");
+    }
+
+    #[test]
+    fn turn_options_need_uris_and_credentials_together() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HEARTH_TURN__URIS", "[\"turn:turn.example.org:3478\"]"),
+                ("HEARTH_TURN__SHARED_SECRET", "s3cret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.turn.user_lifetime.0, Duration::from_secs(3600));
+        for (pairs, option) in [
+            (
+                &[("HEARTH_TURN__URIS", "[\"turn:t.org\"]")][..],
+                "turn.uris",
+            ),
+            (&[("HEARTH_TURN__SHARED_SECRET", "s")][..], "turn.uris"),
+            (
+                &[
+                    ("HEARTH_TURN__URIS", "[\"https://t.org\"]"),
+                    ("HEARTH_TURN__SHARED_SECRET", "s"),
+                ][..],
+                "turn.uris",
+            ),
+            (
+                &[
+                    ("HEARTH_TURN__URIS", "[\"turn:t.org\"]"),
+                    ("HEARTH_TURN__USERNAME", "u"),
+                ][..],
+                "turn.username",
+            ),
+        ] {
+            let e = Config::load(None, env(pairs)).unwrap_err();
+            assert!(e.to_string().contains(option), "{e}");
+        }
+    }
+
+    #[test]
+    fn rtc_transports_need_a_type() {
+        let c = Config::load(
+            None,
+            env(&[(
+                "HEARTH_MATRIX_RTC__TRANSPORTS",
+                "[{ type = \"livekit\", livekit_service_url = \"https://rtc.example.org\" }]",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(c.matrix_rtc.transports[0]["type"], "livekit");
+        let e = Config::load(
+            None,
+            env(&[("HEARTH_MATRIX_RTC__TRANSPORTS", "[{ url = \"https://x\" }]")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("matrix_rtc.transports"), "{e}");
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub enum Error {
         /// Set only where the same errcode needs another status than [`default_status`]
         /// (the constructors below and [`Error::with_status`]); `None` almost everywhere.
         status_override: Option<StatusCode>,
+        /// Fields added to the body beside `errcode` and `error`, for errors that unstable
+        /// features describe with fields ruma's kinds cannot carry (see [`Error::with_field`]).
+        extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
     },
     /// User-interactive authentication is needed (or a stage failed): 401 with the flows.
     Uiaa(Box<UiaaInfo>),
@@ -95,6 +98,7 @@ impl Error {
             kind,
             message: message.into(),
             status_override: None,
+            extra: None,
         }
     }
     pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
@@ -184,23 +188,42 @@ impl Error {
                 message,
                 status_override,
                 kind,
+                extra,
             } => Self::Matrix {
                 status_override: status_override.or_else(|| Some(default_status(&kind))),
                 kind: new,
                 message,
+                extra,
             },
             other => other,
         }
+    }
+
+    /// Adds a field to the error body (e.g. MSC4140's `org.matrix.msc4140.errcode`, which
+    /// clients read beside a standard `errcode`).
+    pub fn with_field(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        if let Self::Matrix { extra, .. } = &mut self {
+            extra
+                .get_or_insert_with(Default::default)
+                .insert(key.to_owned(), value.into());
+        }
+        self
     }
 
     /// Answers with `status` instead of the kind's default. For `api/`, where an endpoint's
     /// contract fixes a status for an errcode (services use the named constructors above).
     pub fn with_status(self, status: StatusCode) -> Self {
         match self {
-            Self::Matrix { kind, message, .. } => Self::Matrix {
+            Self::Matrix {
+                kind,
+                message,
+                extra,
+                ..
+            } => Self::Matrix {
                 status_override: (status != default_status(&kind)).then_some(status),
                 kind,
                 message,
+                extra,
             },
             other => other,
         }
@@ -262,9 +285,22 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match self {
-            Error::Matrix { kind, message, .. } => {
-                serde_json::to_value(StandardErrorBody::new(kind, message.into_owned()))
-                    .unwrap_or_else(|_| json!({ "errcode": "M_UNKNOWN", "error": "" }))
+            Error::Matrix {
+                kind,
+                message,
+                extra,
+                ..
+            } => {
+                let mut body =
+                    serde_json::to_value(StandardErrorBody::new(kind, message.into_owned()))
+                        .unwrap_or_else(|_| json!({ "errcode": "M_UNKNOWN", "error": "" }));
+                if let (Some(extra), Some(fields)) = (extra, body.as_object_mut()) {
+                    for (k, v) in *extra {
+                        // The standard fields stay what the kind says.
+                        fields.entry(k).or_insert(v);
+                    }
+                }
+                body
             }
             Error::Uiaa(info) => serde_json::to_value(&*info).unwrap_or_else(|_| json!({})),
             Error::Internal(message) => {

@@ -32,6 +32,7 @@ pub struct Server {
     sending: JoinHandle<()>,
     appservices: JoinHandle<()>,
     pushes: JoinHandle<()>,
+    delayed_events: JoinHandle<()>,
     federation: Option<JoinHandle<()>>,
     /// Where the federation listener is bound, when federation is on.
     pub federation_addr: Option<SocketAddr>,
@@ -172,6 +173,8 @@ impl Server {
         let appservices = tokio::spawn(services.appservice.clone().run(shutdown_rx.clone()));
         // Push gateway deliveries, likewise.
         let pushes = tokio::spawn(services.push.clone().run(shutdown_rx.clone()));
+        // Delayed events, including those that came due while the server was down.
+        let delayed_events = tokio::spawn(services.delayed_events.clone().run(shutdown_rx.clone()));
         // Media retention (expired uploads, cached remote media, unused /create IDs, URL
         // previews); like the timer, it lets go of the database at shutdown.
         let retention = {
@@ -227,6 +230,7 @@ impl Server {
             sending,
             appservices,
             pushes,
+            delayed_events,
             federation,
             federation_addr: config
                 .federation
@@ -251,6 +255,7 @@ impl Server {
             sending,
             appservices,
             pushes,
+            delayed_events,
             federation,
             retention,
             ..
@@ -259,6 +264,7 @@ impl Server {
         let _ = sending.await;
         let _ = appservices.await;
         let _ = pushes.await;
+        let _ = delayed_events.await;
         if let Some(f) = federation {
             let _ = f.await;
         }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod client;
 pub mod content;
 pub mod detach;
+pub mod endpoint;
 pub mod federation;
 pub mod ruma;
 

@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod appservice;
+pub mod delayed_events;
 pub mod devices;
 pub mod directory;
 pub mod federation;
@@ -35,6 +36,7 @@ pub mod typing;
 pub mod uiaa;
 pub mod user_directory;
 pub mod users;
+pub mod voip;
 
 use std::sync::Arc;
 
@@ -65,6 +67,8 @@ pub struct Services {
     pub presence: Arc<presence::Service>,
     pub push: Arc<push::Service>,
     pub appservice: Arc<appservice::Service>,
+    /// Delayed events (MSC4140).
+    pub delayed_events: Arc<delayed_events::Service>,
     /// Sliding sync connections (see `sliding_sync`).
     pub sliding_sync: sliding_sync::Connections,
     pub federation: Arc<federation::Service>,
@@ -170,16 +174,23 @@ impl Services {
             config.appservice.timeout.0,
             config.appservice.max_backoff.0,
         )?);
-        // Push rules are evaluated, and appservice queues filled, in the commit of each event
-        // (see `rooms::Outbox`).
+        let delayed_events = Arc::new(delayed_events::Service::new(
+            db.clone(),
+            rooms.clone(),
+            config.delayed_events.clone(),
+        ));
+        // Push rules are evaluated, appservice queues filled and delayed state events cancelled
+        // in the commit of each event (see `rooms::Outbox`).
         let push_outbox: Arc<dyn rooms::Outbox> = push.clone();
         let appservice_outbox: Arc<dyn rooms::Outbox> = appservice.clone();
         // The directory hears of the memberships of remote users.
         let directory_outbox: Arc<dyn rooms::Outbox> = user_directory.clone();
+        let delayed_outbox: Arc<dyn rooms::Outbox> = delayed_events.clone();
         rooms.set_outboxes(vec![
             Arc::downgrade(&push_outbox),
             Arc::downgrade(&appservice_outbox),
             Arc::downgrade(&directory_outbox),
+            Arc::downgrade(&delayed_outbox),
         ]);
         // Appservices that keep their users' devices get their to-device messages and key
         // changes in transactions.
@@ -251,6 +262,7 @@ impl Services {
             presence,
             push,
             appservice,
+            delayed_events,
             sliding_sync: Default::default(),
             federation,
             sender,

@@ -70,6 +70,10 @@ pub enum Cf {
     PushQueue,
     UserDirectory,
     UserDirectoryTerms,
+    DelayedEvents,
+    DelayedEventsDue,
+    DelayedEventsByUser,
+    DelayedEventsByState,
 }
 
 /// A keyspace's column family and its name in RocksDB (which must never change: it is on disk).
@@ -327,6 +331,22 @@ pub const KEYSPACES: &[Keyspace] = &[
     Keyspace {
         cf: Cf::UserDirectoryTerms,
         name: "user_directory_terms",
+    },
+    Keyspace {
+        cf: Cf::DelayedEvents,
+        name: "delayed_events",
+    },
+    Keyspace {
+        cf: Cf::DelayedEventsDue,
+        name: "delayed_events_due",
+    },
+    Keyspace {
+        cf: Cf::DelayedEventsByUser,
+        name: "delayed_events_by_user",
+    },
+    Keyspace {
+        cf: Cf::DelayedEventsByState,
+        name: "delayed_events_by_state",
     },
 ];
 

@@ -219,6 +219,25 @@ tables! {
     InviteState<T>: InviteState, (U64, U64) => Json<T>;
 }
 
+// Delayed events (MSC4140). A delayed event's `delayed_events` row is the fact; the indexes
+// below point at it and are written and deleted with it. An index row whose record is gone (a
+// restart racing a cancellation) is stale and skipped, then removed when met.
+tables! {
+    /// delay ID (str) → `Json<Scheduled>`: owner, device, room, event type, state key,
+    /// content, delay, the client's transaction ID. Written once, deleted once.
+    DelayedEvents<T>: DelayedEvents, Str => Json<T>;
+    /// send time (ms, u64) . delay ID (str) → its owner (user short): what is due next,
+    /// earliest first.
+    DelayedEventsDue: DelayedEventsDue, (U64, Str) => Packed<U64>;
+    /// user (short) . delay ID (str) → send time (ms, u64): a user's scheduled events and when
+    /// each is due (a restart moves it).
+    DelayedEventsByUser: DelayedEventsByUser, (U64, Str) => Packed<U64>;
+    /// room (short) . event type (str 0xff) . state key (str 0xff) . delay ID (str) → nothing:
+    /// delayed state events by the state they will set, to cancel them when another user sets
+    /// that state first.
+    DelayedEventsByState: DelayedEventsByState, (U64, Term, Term, Str) => Empty;
+}
+
 /// The server's signing key, the row `signing_key` of `global` → `Json<StoredSigningKey>`: key
 /// version, PKCS#8 DER (base64).
 pub struct SigningKey<T>(std::marker::PhantomData<fn() -> T>);
@@ -766,6 +785,38 @@ mod tests {
         assert_eq!(
             round_trip::<InviteState<JsonValue>>((7, 3), j),
             cat(&[&be(7), &be(3)])
+        );
+    }
+
+    #[test]
+    fn delayed_event_keyspaces_round_trip_in_their_layout() {
+        assert_eq!(
+            round_trip::<DelayedEvents<JsonValue>>("hde_1", json!({"type": "m.x"})),
+            b"hde_1"
+        );
+        assert_eq!(
+            round_trip::<DelayedEventsDue>((1000, "hde_1"), 7),
+            cat(&[&be(1000), b"hde_1"])
+        );
+        assert_eq!(
+            round_trip::<DelayedEventsByUser>((7, "hde_1"), 1000),
+            cat(&[&be(7), b"hde_1"])
+        );
+        assert_eq!(
+            round_trip::<DelayedEventsByState>((3, "m.call", "", "hde_1"), ()),
+            cat(&[&be(3), b"m.call\xff\xffhde_1"])
+        );
+    }
+
+    #[test]
+    fn delayed_events_come_due_in_time_order() {
+        let (_dir, due) = filled::<DelayedEventsDue>(
+            [(256, "b"), (1, "z"), (255, "a"), (256, "a")].map(|k| (k, 7)),
+        );
+        let order: Vec<(u64, String)> = due.iter().keys().map(Result::unwrap).collect();
+        assert_eq!(
+            order,
+            [(1, "z"), (255, "a"), (256, "a"), (256, "b")].map(|(t, id)| (t, id.to_owned()))
         );
     }
 

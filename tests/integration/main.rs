@@ -10,6 +10,7 @@ mod appservice;
 mod appservice_e2ee;
 mod appservice_irc;
 mod bad_input;
+mod calls;
 mod directory;
 mod e2ee_sdk;
 mod federation;

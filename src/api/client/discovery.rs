@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 
 use axum::{extract::State, routing::get, Json, Router};
+use http::Method;
+use ruma::api::auth_scheme::AccessToken;
 use ruma::{
     api::client::discovery::{
         discover_homeserver::{self, HomeserverInfo},
@@ -16,12 +18,19 @@ use ruma::{
     },
     RoomVersionId,
 };
+use serde::Serialize;
 use serde_json::json;
 
 use crate::{
-    api::{ruma::Ruma, AppState, RouterExt},
+    api::{
+        endpoint::{JsonEndpoint, JsonRequest, JsonResponse, NoBody, Reanswered},
+        ruma::Ruma,
+        AppState, RouterExt,
+    },
     error::{Error, Result},
 };
+
+type JsonObject = serde_json::Map<String, serde_json::Value>;
 
 /// Spec versions this server speaks, oldest first.
 pub const SPEC_VERSIONS: &[&str] = &[
@@ -35,11 +44,12 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(versions)
         .ruma(capabilities)
         .ruma(well_known_client)
+        .ruma(rtc_transports)
         .route("/.well-known/matrix/server", get(well_known_server))
 }
 
 async fn versions(
-    _: State<AppState>,
+    State(services): State<AppState>,
     _: Ruma<get_supported_versions::Request>,
 ) -> Result<get_supported_versions::Response> {
     let mut resp = get_supported_versions::Response::new(
@@ -47,11 +57,19 @@ async fn versions(
     );
     // Simplified sliding sync (MSC4186), which Element X needs.
     resp.unstable_features = BTreeMap::from([("org.matrix.simplified_msc3575".to_owned(), true)]);
+    // MatrixRTC transport discovery (MSC4143's `rtc/transports`, served with or without any).
+    resp.unstable_features
+        .insert("org.matrix.msc4143".to_owned(), true);
+    // Delayed events (MSC4140), which Element Call needs to leave calls reliably.
+    if services.delayed_events.enabled() {
+        resp.unstable_features
+            .insert("org.matrix.msc4140".to_owned(), true);
+    }
     Ok(resp)
 }
 
 async fn capabilities(
-    _: State<AppState>,
+    State(services): State<AppState>,
     _: Ruma<get_capabilities::v3::Request>,
 ) -> Result<get_capabilities::v3::Response> {
     let mut caps = Capabilities::new();
@@ -64,20 +82,73 @@ async fn capabilities(
         .map(|v| (v, RoomVersionStability::Stable))
         .collect();
     caps.room_versions = RoomVersionsCapability::new(RoomVersionId::V12, available);
+    // MSC4140's limits, under its unstable name (as Synapse advertises them).
+    if services.delayed_events.enabled() {
+        let (max_delay_ms, max_scheduled) = services.delayed_events.limits();
+        caps.set(
+            "org.matrix.msc4140.delayed_events",
+            json!({ "max_delay_ms": max_delay_ms, "max_scheduled": max_scheduled }),
+        )
+        .map_err(Error::internal)?;
+    }
     Ok(get_capabilities::v3::Response::new(caps))
+}
+
+/// `/.well-known/matrix/client`, with the MatrixRTC transports under MSC4143's
+/// `org.matrix.msc4143.rtc_foci`, where Element Web and Element X look for them. Written out here
+/// rather than with ruma's response: that one has the foci only with ruma's `unstable-msc4143`
+/// feature and, with `unstable-msc4195`, keeps only the fields it knows of a LiveKit focus, while
+/// the configured transports are handed on as written.
+#[derive(Serialize)]
+struct WellKnownClient {
+    #[serde(rename = "m.homeserver")]
+    homeserver: HomeserverInfo,
+    #[serde(
+        rename = "org.matrix.msc4143.rtc_foci",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    rtc_foci: Vec<JsonObject>,
 }
 
 async fn well_known_client(
     State(services): State<AppState>,
-    _: Ruma<discover_homeserver::Request>,
-) -> Result<discover_homeserver::Response> {
+    _: Ruma<Reanswered<discover_homeserver::Request, JsonResponse<WellKnownClient>>>,
+) -> Result<JsonResponse<WellKnownClient>> {
     let base_url = services
         .config
         .client_base_url()
         .ok_or_else(|| Error::not_found("No public base URL is configured (well_known.client)"))?;
-    Ok(discover_homeserver::Response::new(HomeserverInfo::new(
-        base_url,
-    )))
+    Ok(JsonResponse(WellKnownClient {
+        homeserver: HomeserverInfo::new(base_url),
+        rtc_foci: services.config.matrix_rtc.transports.clone(),
+    }))
+}
+
+/// `GET /_matrix/client/unstable/org.matrix.msc4143/rtc/transports`: the MatrixRTC transports
+/// (e.g. a LiveKit SFU's authorisation service) members of calls may use, for signed-in users.
+pub enum RtcTransports {}
+
+impl JsonEndpoint for RtcTransports {
+    const METHOD: Method = Method::GET;
+    const PATH: &'static str = "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports";
+    type Authentication = AccessToken;
+    type Body = NoBody;
+    type Response = RtcTransportList;
+}
+
+#[derive(Serialize)]
+pub struct RtcTransportList {
+    /// Required by the MSC, so present (empty) when none are configured.
+    rtc_transports: Vec<JsonObject>,
+}
+
+async fn rtc_transports(
+    State(services): State<AppState>,
+    _: Ruma<JsonRequest<RtcTransports>>,
+) -> Result<JsonResponse<RtcTransportList>> {
+    Ok(JsonResponse(RtcTransportList {
+        rtc_transports: services.config.matrix_rtc.transports.clone(),
+    }))
 }
 
 async fn well_known_server(State(services): State<AppState>) -> Json<serde_json::Value> {

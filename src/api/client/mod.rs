@@ -4,6 +4,7 @@ mod account;
 mod account_data;
 mod appservice;
 mod backup;
+mod delayed_events;
 mod device;
 pub(crate) mod directory;
 mod discovery;
@@ -22,6 +23,7 @@ mod spaces;
 mod sync;
 mod thirdparty;
 mod user_directory;
+mod voip;
 
 use axum::Router;
 
@@ -34,6 +36,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = appservice::routes(router);
     let router = device::routes(router);
     let router = room::routes(router);
+    let router = delayed_events::routes(router);
     let router = membership::routes(router);
     let router = directory::routes(router);
     let router = relations::routes(router);
@@ -49,5 +52,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = thirdparty::routes(router);
     let router = user_directory::routes(router);
     let router = spaces::routes(router);
+    let router = voip::routes(router);
     profile::routes(router)
 }

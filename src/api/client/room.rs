@@ -11,17 +11,19 @@ use ruma::{
         },
         Direction,
     },
-    events::{StateEventType, TimelineEventType},
+    events::TimelineEventType,
     serde::Raw,
     RoomId, RoomVersionId, UserId,
 };
 use serde_json::Value as JsonValue;
 
+use super::delayed_events::{Delayable, DelayableResponse};
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
     error::{Error, ErrorKind, Result},
     service::{
-        rooms::{create, history::Access, NewEvent, Txn},
+        delayed_events,
+        rooms::{create, history::Access, ClientEvent, NewEvent, Txn},
         sync::Since,
         timeline, Services,
     },
@@ -198,23 +200,39 @@ async fn create_room(
 
 async fn send_message(
     State(services): State<AppState>,
-    req: Ruma<send_message_event::v3::Request>,
-) -> Result<send_message_event::v3::Response> {
+    req: Ruma<Delayable<send_message_event::v3::Request>>,
+) -> Result<DelayableResponse<send_message_event::v3::Response>> {
     let session = req.session()?;
-    let body = &req.body;
-    joined_room(&services, &session.user_id, &body.room_id)?;
+    let delay = req.body.delay_ms()?;
+    let body = &req.body.request;
     let content: JsonValue =
         serde_json::from_str(body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
-    let kind = TimelineEventType::from(body.event_type.to_string());
-    if kind == TimelineEventType::RoomRedaction {
-        return Err(Error::bad_json("Use the /redact endpoint to redact events"));
+    let event = ClientEvent {
+        kind: body.event_type.to_string(),
+        state_key: None,
+        content,
+    };
+    if let Some(delay_ms) = delay {
+        let delay_id = services
+            .delayed_events
+            .schedule(delayed_events::Request {
+                user_id: &session.user_id,
+                user: session.user,
+                device_id: session.device_id.as_str(),
+                room_id: &body.room_id,
+                event,
+                delay_ms,
+                txn_id: Some(body.txn_id.as_str()),
+            })
+            .await?;
+        return Ok(DelayableResponse::Delayed(delay_id));
     }
     let sent = services
         .rooms
-        .send(
-            &body.room_id,
+        .send_as_client(
             &session.user_id,
-            NewEvent::message(kind, content),
+            &body.room_id,
+            event,
             Some(Txn {
                 user: session.user,
                 device_id: session.device_id.as_str(),
@@ -222,110 +240,47 @@ async fn send_message(
             }),
         )
         .await?;
-    Ok(send_message_event::v3::Response::new(sent.event_id))
+    Ok(DelayableResponse::Sent(
+        send_message_event::v3::Response::new(sent.event_id),
+    ))
 }
 
 async fn send_state(
     State(services): State<AppState>,
-    req: Ruma<send_state_event::v3::Request>,
-) -> Result<send_state_event::v3::Response> {
+    req: Ruma<Delayable<send_state_event::v3::Request>>,
+) -> Result<DelayableResponse<send_state_event::v3::Response>> {
     let session = req.session()?;
-    let body = &req.body;
-    let room = joined_room(&services, &session.user_id, &body.room_id)?;
+    let delay = req.body.delay_ms()?;
+    let body = &req.body.request;
     let content: JsonValue =
         serde_json::from_str(body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
-    validate_state_content(&body.event_type, &content)?;
-    if body.event_type == StateEventType::RoomCanonicalAlias {
-        check_canonical_aliases(&services, &body.room_id, &content)?;
-    }
-    // Setting state to what it already is sends nothing, as the spec allows.
-    if let Some(current) =
-        services
-            .rooms
-            .state
-            .current_state_pdu(room, &body.event_type, &body.state_key)?
-    {
-        if current.content_value() == content && current.sender == session.user_id {
-            return Ok(send_state_event::v3::Response::new(current.event_id));
-        }
+    let event = ClientEvent {
+        kind: body.event_type.to_string(),
+        state_key: Some(body.state_key.clone()),
+        content,
+    };
+    if let Some(delay_ms) = delay {
+        let delay_id = services
+            .delayed_events
+            .schedule(delayed_events::Request {
+                user_id: &session.user_id,
+                user: session.user,
+                device_id: session.device_id.as_str(),
+                room_id: &body.room_id,
+                event,
+                delay_ms,
+                txn_id: None,
+            })
+            .await?;
+        return Ok(DelayableResponse::Delayed(delay_id));
     }
     let sent = services
         .rooms
-        .send(
-            &body.room_id,
-            &session.user_id,
-            NewEvent::state(body.event_type.clone(), body.state_key.clone(), content),
-            None,
-        )
+        .send_as_client(&session.user_id, &body.room_id, event, None)
         .await?;
-    Ok(send_state_event::v3::Response::new(sent.event_id))
-}
-
-/// Every alias a canonical alias event names must exist and point at this room (local aliases;
-/// remote ones need federation to check).
-fn check_canonical_aliases(
-    services: &Services,
-    room_id: &RoomId,
-    content: &JsonValue,
-) -> Result<()> {
-    let bad_alias = |msg: String| Error::matrix(ErrorKind::BadAlias, msg);
-    let mut names: Vec<&str> = Vec::new();
-    match content.get("alias") {
-        Some(JsonValue::String(a)) => names.push(a),
-        Some(JsonValue::Null) | None => {}
-        Some(_) => return Err(Error::bad_json("alias must be a string")),
-    }
-    match content.get("alt_aliases") {
-        Some(JsonValue::Array(list)) => {
-            for a in list {
-                names.push(
-                    a.as_str()
-                        .ok_or_else(|| Error::bad_json("alt_aliases must be strings"))?,
-                );
-            }
-        }
-        Some(JsonValue::Null) | None => {}
-        Some(_) => return Err(Error::bad_json("alt_aliases must be an array")),
-    }
-    for name in names {
-        let alias = ruma::RoomAliasId::parse(name)
-            .map_err(|e| Error::invalid_param(format!("Invalid alias {name}: {e}")))?;
-        if !services.rooms.aliases.is_local_alias(&alias) {
-            continue;
-        }
-        match services.rooms.aliases.resolve_alias(&alias)? {
-            Some(r) if r.room_id == room_id => {}
-            _ => return Err(bad_alias(format!("{name} does not point to this room"))),
-        }
-    }
-    Ok(())
-}
-
-/// Checks the content of state events the server itself interprets.
-fn validate_state_content(kind: &StateEventType, content: &JsonValue) -> Result<()> {
-    use ruma::events::room::{
-        join_rules::RoomJoinRulesEventContent, member::RoomMemberEventContent,
-        power_levels::RoomPowerLevelsEventContent,
-    };
-    let check = |r: std::result::Result<(), serde_json::Error>, what: &str| {
-        r.map_err(|e| Error::bad_json(format!("Invalid {what} content: {e}")))
-    };
-    match kind {
-        StateEventType::RoomPowerLevels => check(
-            serde_json::from_value::<RoomPowerLevelsEventContent>(content.clone()).map(|_| ()),
-            "m.room.power_levels",
-        ),
-        StateEventType::RoomJoinRules => check(
-            serde_json::from_value::<RoomJoinRulesEventContent>(content.clone()).map(|_| ()),
-            "m.room.join_rules",
-        ),
-        StateEventType::RoomMember => check(
-            serde_json::from_value::<RoomMemberEventContent>(content.clone()).map(|_| ()),
-            "m.room.member",
-        ),
-        StateEventType::RoomCreate => Err(Error::forbidden("The create event cannot be replaced")),
-        _ => Ok(()),
-    }
+    Ok(DelayableResponse::Sent(
+        send_state_event::v3::Response::new(sent.event_id),
+    ))
 }
 
 async fn get_state(

@@ -12,6 +12,10 @@ use crate::{
     storage::{tables, Db, IdKind, ShortId, ShortIds, Table},
 };
 
+/// A delayed event (MSC4140) is sent without a device, under this prefix and its delay ID as
+/// transaction ID: sending it again answers with the event already sent.
+pub const DELAYED_EVENT_TXN_PREFIX: &str = "org.matrix.msc4140.delay:";
+
 pub struct Events {
     shortids: Arc<ShortIds>,
     pdus: Table<tables::Pdus>,
@@ -114,7 +118,10 @@ impl Events {
         Ok(self.event_txn.get(short)?)
     }
 
-    /// Adds `unsigned.transaction_id` to an event the given device sent.
+    /// Adds `unsigned.transaction_id` to an event the given device sent; for a delayed event
+    /// (sent without a device, see [`DELAYED_EVENT_TXN_PREFIX`]), MSC4140's
+    /// `unsigned.org.matrix.msc4140.delay_id`, for every device of its sender. Callers show it to
+    /// the event's sender only.
     pub fn add_transaction_id(
         &self,
         short: ShortId,
@@ -122,7 +129,12 @@ impl Events {
         json: &mut serde_json::Value,
     ) -> Result<()> {
         if let Some((device, txn)) = self.event_txn(short)? {
-            if device == device_id {
+            if let Some(delay_id) = txn
+                .strip_prefix(DELAYED_EVENT_TXN_PREFIX)
+                .filter(|_| device.is_empty())
+            {
+                json["unsigned"]["org.matrix.msc4140.delay_id"] = delay_id.into();
+            } else if device == device_id {
                 json["unsigned"]["transaction_id"] = txn.into();
             }
         }

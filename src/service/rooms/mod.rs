@@ -10,6 +10,7 @@
 //! counter orders every timeline.
 
 pub mod alias;
+mod client_send;
 mod commit;
 pub mod create;
 pub mod events;
@@ -32,6 +33,7 @@ use ruma::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use self::client_send::ClientEvent;
 pub use self::pipeline::{NewEvent, Sent, Txn};
 use self::state::StateGroupId;
 use crate::{
