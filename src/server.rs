@@ -33,6 +33,7 @@ pub struct Server {
     appservices: JoinHandle<()>,
     pushes: JoinHandle<()>,
     delayed_events: JoinHandle<()>,
+    search: JoinHandle<()>,
     federation: Option<JoinHandle<()>>,
     /// Where the federation listener is bound, when federation is on.
     pub federation_addr: Option<SocketAddr>,
@@ -175,6 +176,8 @@ impl Server {
         let pushes = tokio::spawn(services.push.clone().run(shutdown_rx.clone()));
         // Delayed events, including those that came due while the server was down.
         let delayed_events = tokio::spawn(services.delayed_events.clone().run(shutdown_rx.clone()));
+        // The search index takes in what was queued, including before a restart.
+        let search = tokio::spawn(services.search.clone().run(shutdown_rx.clone()));
         // Media retention (expired uploads, cached remote media, unused /create IDs, URL
         // previews); like the timer, it lets go of the database at shutdown.
         let retention = {
@@ -231,6 +234,7 @@ impl Server {
             appservices,
             pushes,
             delayed_events,
+            search,
             federation,
             federation_addr: config
                 .federation
@@ -256,6 +260,7 @@ impl Server {
             appservices,
             pushes,
             delayed_events,
+            search,
             federation,
             retention,
             ..
@@ -265,6 +270,7 @@ impl Server {
         let _ = appservices.await;
         let _ = pushes.await;
         let _ = delayed_events.await;
+        let _ = search.await;
         if let Some(f) = federation {
             let _ = f.await;
         }

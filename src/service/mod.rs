@@ -23,6 +23,7 @@ pub mod receiver;
 pub mod registration_tokens;
 pub mod replication;
 pub mod rooms;
+pub mod search;
 pub mod sender;
 pub mod sessions;
 pub mod sliding_sync;
@@ -53,6 +54,8 @@ pub struct Services {
     pub profiles: Arc<profiles::Service>,
     pub user_directory: Arc<user_directory::Service>,
     pub spaces: Arc<spaces::Service>,
+    /// Full-text search of rooms (`/search`).
+    pub search: Arc<search::Service>,
     pub registration_tokens: Arc<registration_tokens::Service>,
     pub uiaa: Arc<uiaa::Service>,
     pub ratelimit: Arc<ratelimit::Service>,
@@ -179,18 +182,26 @@ impl Services {
             rooms.clone(),
             config.delayed_events.clone(),
         ));
-        // Push rules are evaluated, appservice queues filled and delayed state events cancelled
-        // in the commit of each event (see `rooms::Outbox`).
+        let search = Arc::new(search::Service::new(
+            db.clone(),
+            rooms.clone(),
+            config.database.path.join("search"),
+        )?);
+        // Push rules are evaluated, appservice queues filled, delayed state events cancelled
+        // and text queued for the search index in the commit of each event (see
+        // `rooms::Outbox`).
         let push_outbox: Arc<dyn rooms::Outbox> = push.clone();
         let appservice_outbox: Arc<dyn rooms::Outbox> = appservice.clone();
         // The directory hears of the memberships of remote users.
         let directory_outbox: Arc<dyn rooms::Outbox> = user_directory.clone();
         let delayed_outbox: Arc<dyn rooms::Outbox> = delayed_events.clone();
+        let search_outbox: Arc<dyn rooms::Outbox> = search.clone();
         rooms.set_outboxes(vec![
             Arc::downgrade(&push_outbox),
             Arc::downgrade(&appservice_outbox),
             Arc::downgrade(&directory_outbox),
             Arc::downgrade(&delayed_outbox),
+            Arc::downgrade(&search_outbox),
         ]);
         // Appservices that keep their users' devices get their to-device messages and key
         // changes in transactions.
@@ -248,6 +259,7 @@ impl Services {
             profiles,
             user_directory,
             spaces: Arc::new(spaces::Service::default()),
+            search,
             registration_tokens,
             uiaa,
             ratelimit,

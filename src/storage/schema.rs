@@ -74,6 +74,7 @@ pub enum Cf {
     DelayedEventsDue,
     DelayedEventsByUser,
     DelayedEventsByState,
+    SearchQueue,
 }
 
 /// A keyspace's column family and its name in RocksDB (which must never change: it is on disk).
@@ -347,6 +348,10 @@ pub const KEYSPACES: &[Keyspace] = &[
     Keyspace {
         cf: Cf::DelayedEventsByState,
         name: "delayed_events_by_state",
+    },
+    Keyspace {
+        cf: Cf::SearchQueue,
+        name: "search_queue",
     },
 ];
 

@@ -115,6 +115,13 @@ tables! {
     UserDirectoryTerms: UserDirectoryTerms, (Term, U64) => Empty;
 }
 
+// Full-text search.
+tables! {
+    /// event (short = stream position) → nothing: an event whose text the search index has yet
+    /// to take in (or, for a redaction, whose target it has yet to drop).
+    SearchQueue: SearchQueue, U64 => Empty;
+}
+
 // Federation.
 tables! {
     /// server name (str) → `Json<CachedKeys>`: verified keys, the server's signed answer, when

@@ -18,6 +18,7 @@ mod push;
 mod receipts;
 mod relations;
 mod room;
+mod search;
 mod session;
 mod spaces;
 mod sync;
@@ -53,5 +54,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = user_directory::routes(router);
     let router = spaces::routes(router);
     let router = voip::routes(router);
+    let router = search::routes(router);
     profile::routes(router)
 }
