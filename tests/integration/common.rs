@@ -143,6 +143,11 @@ impl TestServer {
         let services = &self.server.as_ref().expect("running").services;
         let mut hasher = Sha256::new();
         for ks in hearth::storage::schema::KEYSPACES {
+            // The search queue empties on its own as the index takes events in; an event that
+            // was stored shows in the other keyspaces.
+            if ks.name == "search_queue" {
+                continue;
+            }
             for row in services.db.scan_prefix(ks.cf, &[]) {
                 let (k, v) = row.expect("scan");
                 hasher.update(ks.name.as_bytes());
