@@ -452,6 +452,8 @@ async fn bad_searches_get_errors() {
     let (_, alice, _) = s.register("alice", TEST_PASSWORD).await;
     let room = s.create_room(&alice, json!({})).await;
     s.say(&alice, &room, "hello there").await;
+    indexed(&s).await;
+    let before = s.db_fingerprint();
     for term in ["", "   ", "!!! ..."] {
         let resp = s
             .post(SEARCH, Some(&alice), criteria(term, json!({})))
@@ -484,8 +486,16 @@ async fn bad_searches_get_errors() {
     assert_err(&resp, 400, "M_BAD_JSON");
     let resp = s.post(SEARCH, None, criteria("hello", json!({}))).await;
     assert_err(&resp, 401, "M_MISSING_TOKEN");
-    // None of it changed what is found.
-    indexed(&s).await;
+    let resp = s
+        .post(
+            &format!("{SEARCH}?next_batch=r-1"),
+            Some(&alice),
+            criteria("hello", json!({})),
+        )
+        .await;
+    assert_err(&resp, 400, "M_INVALID_PARAM");
+    // None of it stored anything or changed what is found.
+    assert_eq!(s.db_fingerprint(), before);
     assert_eq!(find(&s, &alice, "hello").await.len(), 1);
 }
 
