@@ -300,25 +300,35 @@ impl Service {
                     failures = failures.saturating_add(1);
                     let wait = Duration::from_millis(250 << failures.min(8));
                     tracing::warn!("search indexing failed, retrying in {wait:?}: {e}");
-                    *self.writer.lock() = None;
+                    self.let_go_of_writer().await;
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => continue,
                         _ = shutdown.wait_for(|s| *s) => break,
                     }
                 }
             }
-            let idle = self.writer.lock().is_some();
-            tokio::select! {
-                _ = self.queued.notified() => {}
-                _ = tokio::time::sleep(WRITER_IDLE), if idle => {
-                    *self.writer.lock() = None;
-                }
+            let has_writer = self.writer.lock().is_some();
+            let idle = tokio::select! {
+                _ = self.queued.notified() => false,
+                _ = tokio::time::sleep(WRITER_IDLE), if has_writer => true,
                 _ = shutdown.wait_for(|s| *s) => break,
+            };
+            if idle {
+                self.let_go_of_writer().await;
             }
         }
-        // Merges in flight finish before the index is let go.
-        if let Some(writer) = self.writer.lock().take() {
-            let _ = writer.wait_merging_threads();
+        // Merges in flight finish before the index is let go (a blocking wait).
+        let writer = self.writer.lock().take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.wait_merging_threads()).await;
+        }
+    }
+
+    /// Drops the writer, joining its threads off the async workers.
+    async fn let_go_of_writer(&self) {
+        let writer = self.writer.lock().take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || drop(writer)).await;
         }
     }
 
