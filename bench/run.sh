@@ -12,7 +12,7 @@
 #   --sqlite               run Synapse on SQLite even when PostgreSQL is available
 #   --keep                 keep the temporary directories (data, configs, logs) for inspection
 #   --scenarios            which scenarios, in order (default: send messages initial-sync
-#                          sync-latency media appservice push sliding-sync sync-memory;
+#                          sync-latency media appservice push sliding-sync search sync-memory;
 #                          sync-memory last, it leaves the most behind)
 #   --send-args            extra options for send, e.g. "--senders 20 --messages 2000"
 #   --messages-args        extra options for messages, e.g. "--duration 10"
@@ -23,6 +23,8 @@
 #   --appservice-args      extra options for appservice, e.g. "--senders 10 --messages 1000"
 #   --push-args            extra options for push, e.g. "--members 20 --messages 500"
 #   --sliding-sync-args    extra options for sliding-sync, e.g. "--rooms 200 --idle 500"
+#   --search-args          extra options for search, e.g. "--messages-per-room 1000" (100,000
+#                          messages) or "--users 0"; after it, each server's index size on disk
 #
 # Environment: VENV (Synapse virtualenv, default $SYNAPSE_VENV, else ~/.cache/hearth-venv,
 # the one .ci/run makes for the interop tests), CARGO_TARGET_DIR.
@@ -31,7 +33,7 @@ set -euo pipefail
 INSTALL=0
 FORCE_SQLITE=0
 KEEP=0
-SCENARIOS="send messages initial-sync sync-latency media appservice push sliding-sync sync-memory"
+SCENARIOS="send messages initial-sync sync-latency media appservice push sliding-sync search sync-memory"
 SEND_ARGS=""
 MESSAGES_ARGS=""
 SYNC_LATENCY_ARGS=""
@@ -41,6 +43,7 @@ MEDIA_ARGS=""
 APPSERVICE_ARGS=""
 PUSH_ARGS=""
 SLIDING_SYNC_ARGS=""
+SEARCH_ARGS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --install) INSTALL=1 ;;
@@ -55,8 +58,9 @@ while [[ $# -gt 0 ]]; do
         --appservice-args) APPSERVICE_ARGS="$2"; shift ;;
         --push-args) PUSH_ARGS="$2"; shift ;;
         --sliding-sync-args) SLIDING_SYNC_ARGS="$2"; shift ;;
+        --search-args) SEARCH_ARGS="$2"; shift ;;
         --scenarios) SCENARIOS="$2"; shift ;;
-        -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -65,7 +69,7 @@ done
 for scenario in $SCENARIOS; do
     case "$scenario" in
         send | messages | sync-latency | sync-memory | initial-sync | media | appservice | push \
-            | sliding-sync) ;;
+            | sliding-sync | search) ;;
         *) echo "run.sh: unknown scenario $scenario (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -268,7 +272,8 @@ HEARTH_SECRET=$(secret)
 HEARTH_URL="http://127.0.0.1:$HEARTH_PORT"
 log "starting Hearth on $HEARTH_URL"
 # Only Hearth's environment gets HEARTH_* (it rejects unknown ones). Rate limits exist only on
-# login/registration; raised so account setup never waits.
+# login/registration; raised so account setup never waits. The search scenario's directory
+# accounts share no room with the searcher: both servers list every local user.
 env HEARTH_SERVER_NAME=bench.hearth \
     HEARTH_LISTEN__CLIENT="127.0.0.1:$HEARTH_PORT" \
     HEARTH_LISTEN__FEDERATION="127.0.0.1:$HEARTH_FED_PORT" \
@@ -279,6 +284,7 @@ env HEARTH_SERVER_NAME=bench.hearth \
     HEARTH_LOG__LEVEL=warn \
     HEARTH_APPSERVICE__REGISTRATION_FILES="[\"$AS_FILE\"]" \
     HEARTH_PUSH__IP_RANGE_ALLOW='["127.0.0.1/32"]' \
+    HEARTH_USER_DIRECTORY__SEARCH_ALL_USERS=true \
     HEARTH_RATE_LIMITS__REGISTRATION__PER_SECOND=100000 \
     HEARTH_RATE_LIMITS__REGISTRATION__BURST=100000 \
     HEARTH_RATE_LIMITS__LOGIN__PER_SECOND=100000 \
@@ -335,6 +341,9 @@ app_service_config_files: ["$AS_FILE"]
 # The push scenario's gateway is this tool on 127.0.0.1, which the default ip_range_blacklist
 # (used by the pushers' HTTP client) contains; the whitelist wins over it.
 ip_range_whitelist: ["127.0.0.1"]
+# The search scenario's directory accounts share no room with the searcher (as for Hearth).
+user_directory:
+  search_all_users: true
 enable_registration: false
 report_stats: false
 # No federation: no key servers, no outbound destinations.
@@ -411,6 +420,40 @@ cpu_postgres() {
 }
 cpu_snapshot() { echo "$(cpu_of "$HEARTH_PID") $(cpu_of "$SYNAPSE_PID") $(cpu_postgres)"; }
 
+# The full-text index on disk, after the search scenario: Hearth's tantivy directory, Synapse's
+# event_search table. Both hold every message sent so far in this run, not only the search
+# scenario's. Printed to stdout beside the scenario's figures and kept for the summary.
+mib() { awk -v b="$1" 'BEGIN { if (b ~ /^[0-9]+$/) printf "%.1f MiB (%d bytes)", b / 1048576, b; else print "?" }'; }
+SEARCH_SIZES=()
+search_index_sizes() {
+    local hearth hearth_all synapse synapse_all synapse_what
+    hearth=$(du -sb "$WORK/hearth-data/search" 2>/dev/null | cut -f1) || hearth=""
+    hearth_all=$(du -sb "$WORK/hearth-data" 2>/dev/null | cut -f1) || hearth_all=""
+    if [[ $DB_KIND == postgres ]]; then
+        local q=(psql -h "$PGDIR" -p "$PG_PORT" -U bench -d synapse -tAq -c)
+        synapse=$("${q[@]}" "SELECT pg_total_relation_size('event_search')" 2>/dev/null) || synapse=""
+        synapse_all=$("${q[@]}" "SELECT pg_database_size('synapse')" 2>/dev/null) || synapse_all=""
+        synapse_what="table event_search with its indexes and TOAST (pg_total_relation_size)"
+    else
+        # event_search is an FTS4 table: its shadow tables, where SQLite can count pages per table.
+        synapse=$("$VENV/bin/python" -c 'import sqlite3, sys
+print(sqlite3.connect(sys.argv[1]).execute(
+    "SELECT SUM(pgsize) FROM dbstat WHERE name LIKE '"'event_search%'"'").fetchone()[0])' \
+            "$SDIR/homeserver.db" 2>/dev/null) || synapse=""
+        synapse_all=$(stat -c %s "$SDIR/homeserver.db" 2>/dev/null) || synapse_all=""
+        synapse_what="SQLite tables event_search* (dbstat)"
+    fi
+    SEARCH_SIZES=(
+        "search index on disk: hearth $(mib "$hearth") in hearth-data/search (whole data directory $(mib "$hearth_all"))"
+        "search index on disk: synapse $(mib "$synapse") in $synapse_what (whole database $(mib "$synapse_all"))"
+    )
+    if [[ $hearth =~ ^[0-9]+$ && $synapse =~ ^[0-9]+$ && $synapse != 0 ]]; then
+        SEARCH_SIZES+=("search index on disk: ratio hearth/synapse $(awk -v a="$hearth" -v b="$synapse" 'BEGIN { printf "%.2f", a / b }')x (every message of the run so far, not only the search scenario's)")
+    fi
+    local line
+    for line in "${SEARCH_SIZES[@]}"; do echo "[search] $line"; done | tee -a "$WORK/search.out"
+}
+
 RC=0
 CPU_REPORT=()
 HEALTH_FAILED=""
@@ -455,6 +498,7 @@ for scenario in $SCENARIOS; do
             "--port $AS_PORT --as-token $AS_TOKEN --hs-token $HS_TOKEN $APPSERVICE_ARGS" ;;
         push) run_scenario push "--port $PUSH_PORT $PUSH_ARGS" ;;
         sliding-sync) run_scenario sliding-sync "$SLIDING_SYNC_ARGS" ;;
+        search) run_scenario search "$SEARCH_ARGS"; search_index_sizes ;;
     esac
     # A server that stopped delivering would make every later figure meaningless.
     [[ -n "$HEALTH_FAILED" ]] && { log "stopping: the health check failed"; break; }
@@ -462,6 +506,7 @@ done
 
 log "summary (Synapse on $DB_DESC; scenarios took $((SECONDS - STARTED_AT)) s)"
 for line in "${CPU_REPORT[@]}"; do log "$line"; done
+for line in "${SEARCH_SIZES[@]}"; do log "$line"; done
 log "$FRESH_RSS; at the end: hearth $(rss_of "$HEARTH_PID"), synapse $(rss_of "$SYNAPSE_PID")"
 [[ " $SCENARIOS " == *" sync-memory "* ]] \
     && log "sync-memory counts each server process only: Synapse's PostgreSQL is not in its RSS"

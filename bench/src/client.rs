@@ -330,15 +330,29 @@ impl Server {
     /// Registers a non-admin account through the shared-secret admin API (nonce, then HMAC), the
     /// one registration path Synapse and Hearth both offer without UIAA or tokens.
     pub async fn register(&self, username: &str, password: &str) -> Result<User, Failure> {
+        self.register_with(username, password, false).await
+    }
+
+    /// [`Server::register`] of a server administrator, who may use the admin API.
+    pub async fn register_admin(&self, username: &str, password: &str) -> Result<User, Failure> {
+        self.register_with(username, password, true).await
+    }
+
+    async fn register_with(
+        &self,
+        username: &str,
+        password: &str,
+        admin: bool,
+    ) -> Result<User, Failure> {
         const PATH: &str = "/_synapse/admin/v1/register";
         let nonce = self.call(Method::GET, PATH, None, None).await?;
         let nonce = str_field(&nonce, "nonce")?;
-        let mac = registration_mac(&self.shared_secret, &nonce, username, password);
+        let mac = registration_mac(&self.shared_secret, &nonce, username, password, admin);
         let body = json!({
             "nonce": nonce,
             "username": username,
             "password": password,
-            "admin": false,
+            "admin": admin,
             "mac": mac,
         });
         let resp = self.call(Method::POST, PATH, None, Some(&body)).await?;
@@ -362,6 +376,40 @@ impl Server {
             user_id: str_field(&resp, "user_id")?,
             token: str_field(&resp, "access_token")?,
         })
+    }
+
+    /// `PUT /_synapse/admin/v2/users/{user_id}` as `admin`: creates a local account with this
+    /// display name and no password (so no password hashing, no device), which Synapse and Hearth
+    /// both offer. A 201 (created) is success as much as a 200 (it existed).
+    pub async fn admin_create_user(
+        &self,
+        admin: &User,
+        user_id: &str,
+        displayname: &str,
+    ) -> Result<(), Failure> {
+        let resp = self
+            .http
+            .put(format!(
+                "{}/_synapse/admin/v2/users/{}",
+                self.base,
+                encode(user_id)
+            ))
+            .bearer_auth(&admin.token)
+            .json(&json!({ "displayname": displayname }))
+            .send()
+            .await
+            .map_err(|e| Failure::Transport(error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Failure::Transport(error_chain(&e)))?;
+        if status != 200 && status != 201 {
+            let text = String::from_utf8_lossy(&bytes);
+            let body = text.chars().take(BODY_EXCERPT).collect();
+            return Err(Failure::Status { status, body });
+        }
+        Ok(())
     }
 
     /// Creates a public room (anyone may join) and returns its ID.
@@ -562,11 +610,18 @@ fn page_event(e: &Value) -> PageEvent {
 }
 
 /// The MAC of Synapse's shared-secret registration: HMAC-SHA1 over
-/// `nonce\0username\0password\0notadmin`, hex encoded.
-pub fn registration_mac(secret: &str, nonce: &str, username: &str, password: &str) -> String {
+/// `nonce\0username\0password\0notadmin` (`admin` for an administrator), hex encoded.
+pub fn registration_mac(
+    secret: &str,
+    nonce: &str,
+    username: &str,
+    password: &str,
+    admin: bool,
+) -> String {
     let mut mac =
         Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
-    for (i, part) in [nonce, username, password, "notadmin"].iter().enumerate() {
+    let kind = if admin { "admin" } else { "notadmin" };
+    for (i, part) in [nonce, username, password, kind].iter().enumerate() {
         if i > 0 {
             mac.update(b"\0");
         }
@@ -631,8 +686,13 @@ mod tests {
     fn mac_matches_synapse_protocol() {
         // hmac.new(b"secret", b"abc\0alice\0password1\0notadmin", hashlib.sha1).hexdigest()
         assert_eq!(
-            registration_mac("secret", "abc", "alice", "password1"),
+            registration_mac("secret", "abc", "alice", "password1", false),
             "f1d1e0f39e78b154b626b52ce69d66727a612ab6"
+        );
+        // The same with b"admin" in place of b"notadmin".
+        assert_eq!(
+            registration_mac("secret", "abc", "alice", "password1", true),
+            "047141a51b26c50a444795c7882c69f1ae4c0a33"
         );
     }
 

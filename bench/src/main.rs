@@ -20,6 +20,7 @@ mod messages;
 mod procfs;
 mod push;
 mod report;
+mod search;
 mod send;
 mod sliding_sync;
 mod stats;
@@ -188,6 +189,15 @@ enum Command {
         #[command(flatten)]
         args: sliding_sync::SlidingSyncArgs,
     },
+    /// Many rooms filled with generated text, then /search: messages/s sent, the lag until the
+    /// last are searchable, search latency by kind of query; user directory search over many
+    /// named accounts (the server must list every local user).
+    Search {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        args: search::SearchArgs,
+    },
     /// Runs one scenario against Hearth, then Synapse, and prints both and the ratio.
     Compare {
         /// Hearth's client API base URL.
@@ -251,6 +261,9 @@ enum Scenario {
     Push(push::PushArgs),
     /// Sliding sync: first response, memory per connection, wake-ups.
     SlidingSync(sliding_sync::SlidingSyncArgs),
+    /// Full-text search while and after filling rooms, and the user directory (the server must
+    /// list every local user: `user_directory.search_all_users`).
+    Search(search::SearchArgs),
 }
 
 impl Scenario {
@@ -266,6 +279,7 @@ impl Scenario {
             Scenario::Appservice(args) => appservice::run(server, common, args).await,
             Scenario::Push(args) => push::run(server, common, args).await,
             Scenario::SlidingSync(args) => sliding_sync::run(server, common, args).await,
+            Scenario::Search(args) => search::run(server, common, args).await,
         }
     }
 
@@ -281,6 +295,7 @@ impl Scenario {
             Scenario::Appservice(_) => "appservice",
             Scenario::Push(_) => "push",
             Scenario::SlidingSync(_) => "sliding-sync",
+            Scenario::Search(_) => "search",
         }
     }
 }
@@ -342,6 +357,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Appservice { target, args } => (single(target), Scenario::Appservice(args)),
         Command::Push { target, args } => (single(target), Scenario::Push(args)),
         Command::SlidingSync { target, args } => (single(target), Scenario::SlidingSync(args)),
+        Command::Search { target, args } => (single(target), Scenario::Search(args)),
         Command::Compare {
             hearth,
             hearth_secret,
