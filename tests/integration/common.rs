@@ -321,6 +321,18 @@ impl TestServer {
         resp["room_id"].as_str().unwrap().to_owned()
     }
 
+    /// Joins a room by ID or alias, expecting success.
+    pub async fn join(&self, token: &str, room: &str) {
+        let (status, body) = self
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(room)),
+                Some(token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// Sends a text message whose transaction ID is its text; the event ID.
     pub async fn say(&self, token: &str, room: &str, text: &str) -> String {
         let (status, body) = self

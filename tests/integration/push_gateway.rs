@@ -169,17 +169,6 @@ async fn pushers(s: &TestServer, token: &str) -> Vec<Value> {
     body["pushers"].as_array().unwrap().clone()
 }
 
-async fn join(s: &TestServer, token: &str, room: &str) {
-    let (status, body) = s
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(room)),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 #[tokio::test]
 async fn notifications_reach_the_gateway_once_with_counts_priorities_and_badge_updates() {
     let s = server().await;
@@ -211,7 +200,7 @@ async fn notifications_reach_the_gateway_once_with_counts_priorities_and_badge_u
     })
     .await;
     assert_eq!(invite["notification"]["user_is_target"], true, "{invite}");
-    join(&s, &bob_token, &dm).await;
+    s.join(&bob_token, &dm).await;
     let hello = s.say(&alice_token, &dm, "hello bob").await;
     let n = gateway.wait_for(&hello).await;
     let note = &n["notification"];
@@ -239,9 +228,9 @@ async fn notifications_reach_the_gateway_once_with_counts_priorities_and_badge_u
             json!({ "preset": "public_chat", "name": "Team" }),
         )
         .await;
-    join(&s, &bob_token, &group).await;
+    s.join(&bob_token, &group).await;
     let (_, carol_token, _) = s.register("carol", TEST_PASSWORD).await;
-    join(&s, &carol_token, &group).await;
+    s.join(&carol_token, &group).await;
     let plain = s.say(&alice_token, &group, "standup in 5").await;
     let n = gateway.wait_for(&plain).await;
     assert_eq!(n["notification"]["prio"], "low", "{n}");
@@ -275,7 +264,7 @@ async fn notifications_reach_the_gateway_once_with_counts_priorities_and_badge_u
             json!({ "preset": "public_chat", "name": "Noisy" }),
         )
         .await;
-    join(&s, &bob_token, &muted).await;
+    s.join(&bob_token, &muted).await;
     let (status, body) = s
         .put(
             &format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&muted)),
@@ -336,7 +325,7 @@ async fn a_rejected_pushkey_removes_the_pusher_and_logging_out_removes_a_devices
     let room = s
         .create_room(&alice_token, json!({ "preset": "public_chat" }))
         .await;
-    join(&s, &bob_token, &room).await;
+    s.join(&bob_token, &room).await;
     let (status, body) = set_pusher(&s, &bob_token, pusher(&url, "stale-key")).await;
     assert_eq!(status, 200, "{body}");
     gateway.reject.lock().push("stale-key".into());
@@ -349,7 +338,7 @@ async fn a_rejected_pushkey_removes_the_pusher_and_logging_out_removes_a_devices
     let second = s.say(&alice_token, &room, "two").await;
     // A third pusher's delivery shows the queue moved past the second message.
     let (_, carol_token, _) = s.register("carol", TEST_PASSWORD).await;
-    join(&s, &carol_token, &room).await;
+    s.join(&carol_token, &room).await;
     let (status, body) = set_pusher(&s, &carol_token, pusher(&url, "carol-phone")).await;
     assert_eq!(status, 200, "{body}");
     let third = s.say(&alice_token, &room, "three").await;
@@ -383,7 +372,7 @@ async fn a_gateway_that_was_down_gets_every_notification_once_across_a_restart()
             json!({ "is_direct": true, "invite": [bob], "preset": "trusted_private_chat" }),
         )
         .await;
-    join(&s, &bob_token, &room).await;
+    s.join(&bob_token, &room).await;
     let (status, body) = set_pusher(&s, &bob_token, pusher(&url, "bob-phone")).await;
     assert_eq!(status, 200, "{body}");
     gateway.down.store(true, Ordering::SeqCst);

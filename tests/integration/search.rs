@@ -98,17 +98,6 @@ fn rand_id(text: &str) -> u64 {
     h.finish()
 }
 
-async fn join(s: &TestServer, token: &str, room: &str) {
-    let (status, body) = s
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(room)),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_words_find_the_best_match_first_in_a_room_of_ten_thousand_messages() {
     let s = TestServer::start().await;
@@ -313,7 +302,7 @@ async fn a_former_member_finds_only_what_came_before_their_leave() {
             json!({ "preset": "private_chat", "invite": [bob_id] }),
         )
         .await;
-    join(&s, &bob, &room).await;
+    s.join(&bob, &room).await;
     let before = s.say(&alice, &room, "roadmap draft one").await;
     let (status, body) = s
         .post(

@@ -33,17 +33,6 @@ async fn set_name(s: &TestServer, token: &str, user_id: &str, name: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
-async fn join(s: &TestServer, token: &str, room: &str) {
-    let (status, body) = s
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(room)),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 #[tokio::test]
 async fn colleagues_are_found_by_part_of_their_name_where_a_room_is_shared() {
     let s = TestServer::start().await;
@@ -60,7 +49,7 @@ async fn colleagues_are_found_by_part_of_their_name_where_a_room_is_shared() {
             json!({ "preset": "private_chat", "invite": [carol_id] }),
         )
         .await;
-    join(&s, &carol, &private).await;
+    s.join(&carol, &private).await;
     s.create_room(&erin, json!({ "preset": "public_chat" }))
         .await;
 
