@@ -185,6 +185,25 @@ impl ShortIds {
         let Some(v) = self.db.get(Cf::ShortIdsRev, &key::short_id_rev(short))? else {
             return Ok(None);
         };
+        Self::decode_rev(v)
+    }
+
+    /// The string IDs behind many short IDs, in their order, in one read.
+    pub fn lookup_many(&self, shorts: &[ShortId]) -> Result<Vec<Option<(IdKind, String)>>> {
+        let keys: Vec<_> = shorts.iter().map(|s| key::short_id_rev(*s)).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+        self.db
+            .multi_get(Cf::ShortIdsRev, &refs)?
+            .into_iter()
+            .map(|v| match v {
+                None => Ok(None),
+                Some(v) => Ok(Self::decode_rev(v)?
+                    .map(|(k, b)| (k, String::from_utf8_lossy(&b).into_owned()))),
+            })
+            .collect()
+    }
+
+    fn decode_rev(v: Vec<u8>) -> Result<Option<(IdKind, Vec<u8>)>> {
         let kind = match v.first() {
             // A bare stream position (see `allocate_position_in`): no string behind it.
             Some(0) => return Ok(None),

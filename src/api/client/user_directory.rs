@@ -6,7 +6,7 @@ use ruma::{api::client::user_directory::search_users, OwnedMxcUri};
 
 use crate::{
     api::{ruma::Ruma, AppState, RouterExt},
-    error::Result,
+    error::{Error, Result},
 };
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
@@ -19,12 +19,16 @@ async fn search(
 ) -> Result<search_users::v3::Response> {
     let session = req.session()?;
     let limit = usize::try_from(u64::from(req.body.limit)).unwrap_or(usize::MAX);
-    let (found, limited) = services.user_directory.search(
-        &services.rooms,
-        session.user,
-        &req.body.search_term,
-        limit,
-    )?;
+    let user = session.user;
+    let term = req.body.search_term.clone();
+    // A short prefix can match thousands of candidates: read them off the async workers.
+    let (found, limited) = tokio::task::spawn_blocking(move || {
+        services
+            .user_directory
+            .search(&services.rooms, user, &term, limit)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("user directory search: {e}")))??;
     let results = found
         .into_iter()
         .map(|f| {

@@ -104,6 +104,19 @@ impl Events {
         }
     }
 
+    /// The user IDs of many short IDs in one read; `None` for one that is not a user.
+    pub fn user_ids_of(&self, shorts: &[ShortId]) -> Result<Vec<Option<OwnedUserId>>> {
+        Ok(self
+            .shortids
+            .lookup_many(shorts)?
+            .into_iter()
+            .map(|found| match found {
+                Some((IdKind::User, s)) => OwnedUserId::try_from(s).ok(),
+                _ => None,
+            })
+            .collect())
+    }
+
     pub fn room_id_of(&self, short: ShortId) -> Result<OwnedRoomId> {
         match self.shortids.lookup(short)? {
             Some((IdKind::Room, s)) => OwnedRoomId::try_from(s)
