@@ -1,4 +1,4 @@
-//! Small helpers every layer uses: the clock and random identifiers.
+//! Small helpers every layer uses: the clock, random identifiers, giving memory back.
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -16,4 +16,15 @@ pub fn random_string(len: usize) -> String {
         .take(len)
         .map(char::from)
         .collect()
+}
+
+/// Hands memory the allocator holds but no longer uses back to the system. glibc keeps what
+/// large, short-lived users (the search index writer's buffers) freed in its arenas, counted
+/// in the process's resident memory, until something asks it to return it.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointers and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -28,7 +28,7 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 use tantivy::{
-    collector::{Count, TopDocs},
+    collector::{Collector, Count, FilterCollector, TopDocs},
     directory::MmapDirectory,
     query::{
         BooleanQuery, ConstScoreQuery, Occur, PhraseQuery, Query, QueryClone, RangeQuery,
@@ -172,7 +172,8 @@ struct Fields {
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let event = b.add_u64_field("event", INDEXED | FAST);
-    let room = b.add_u64_field("room", INDEXED);
+    // FAST: the room is checked per match in the collector (see `search`).
+    let room = b.add_u64_field("room", INDEXED | FAST);
     let key = b.add_u64_field("key", INDEXED);
     let text_field = |tokenizer: &str, record: IndexRecordOption| {
         TextOptions::default().set_indexing_options(
@@ -328,7 +329,12 @@ impl Service {
     async fn let_go_of_writer(&self) {
         let writer = self.writer.lock().take();
         if let Some(writer) = writer {
-            let _ = tokio::task::spawn_blocking(move || drop(writer)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                drop(writer);
+                // The writer's indexing buffers (megabytes) stay in glibc's arenas otherwise.
+                crate::util::release_freed_memory();
+            })
+            .await;
         }
     }
 
@@ -609,23 +615,16 @@ impl Service {
                 .iter()
                 .map(|(o, q)| (*o, q.box_clone()))
                 .collect();
-            // Rooms the user is in, or any of those they left, up to their leave (so neither
-            // results nor the count tell of what came after).
-            let mut in_rooms: Vec<(Occur, Box<dyn Query>)> = vec![(
-                Occur::Should,
-                Box::new(TermSetQuery::new(
-                    rooms
-                        .iter()
-                        .filter(|(_, until)| until.is_none())
-                        .map(|(r, _)| Term::from_field_u64(self.fields.room, *r)),
-                )),
-            )];
+            // Of the rooms the user left, only what came up to their leave (so neither results
+            // nor the count tell of what came after). Which rooms at all is the collector's
+            // filter: a query clause over every room of the user would read every one of their
+            // rooms' documents for each search.
             for (room, until) in &rooms {
                 let Some(until) = until else {
                     continue;
                 };
-                in_rooms.push((
-                    Occur::Should,
+                parts.push((
+                    Occur::MustNot,
                     Box::new(BooleanQuery::new(vec![
                         (
                             Occur::Must,
@@ -637,21 +636,13 @@ impl Service {
                         (
                             Occur::Must,
                             Box::new(RangeQuery::new(
+                                Bound::Excluded(Term::from_field_u64(self.fields.event, *until)),
                                 Bound::Unbounded,
-                                Bound::Included(Term::from_field_u64(self.fields.event, *until)),
                             )),
                         ),
                     ])),
                 ));
             }
-            // Where a document is says nothing about how well it matches: no score.
-            parts.push((
-                Occur::Must,
-                Box::new(ConstScoreQuery::new(
-                    Box::new(BooleanQuery::new(in_rooms)),
-                    0.0,
-                )),
-            ));
             if q.keys.len() < Key::ALL.len() {
                 parts.push((
                     Occur::Must,
@@ -672,9 +663,14 @@ impl Service {
         };
 
         let searcher = self.reader.searcher();
-        let count = searcher
-            .search(&scope(None), &Count)
-            .map_err(search_error)? as u64;
+        // Sorted for a binary search per match: cheaper than hashing for a user's rooms.
+        let mut searched: Vec<u64> = rooms.iter().map(|(r, _)| *r).collect();
+        searched.sort_unstable();
+        let searched = Arc::new(searched);
+        let in_rooms = move |room: u64| searched.binary_search(&room).is_ok();
+        // The count comes with the first page when ranking (one pass); ordered by recency, the
+        // page's query is narrower than the count's, which takes a pass of its own.
+        let mut count: Option<u64> = None;
 
         let mut viewers: HashMap<ShortId, Option<Viewer>> = HashMap::new();
         let mut room_ids: HashMap<ShortId, OwnedRoomId> = HashMap::new();
@@ -691,12 +687,18 @@ impl Service {
             let candidates: Vec<(ShortId, Option<f32>)> = match cursor {
                 Cursor::Skip(skip) => {
                     let skip = usize::try_from(skip).unwrap_or(usize::MAX);
-                    let top = searcher
-                        .search(
-                            &scope(None),
-                            &TopDocs::with_limit(chunk).and_offset(skip).order_by_score(),
-                        )
-                        .map_err(search_error)?;
+                    let top_docs = TopDocs::with_limit(chunk).and_offset(skip).order_by_score();
+                    let top = if count.is_none() {
+                        let (n, top) = searcher
+                            .search(&scope(None), &in_scope(&in_rooms, (Count, top_docs)))
+                            .map_err(search_error)?;
+                        count = Some(n as u64);
+                        top
+                    } else {
+                        searcher
+                            .search(&scope(None), &in_scope(&in_rooms, top_docs))
+                            .map_err(search_error)?
+                    };
                     top.into_iter()
                         .filter_map(|(score, addr)| {
                             self.event_of(&searcher, addr).map(|e| (e, Some(score)))
@@ -711,7 +713,10 @@ impl Service {
                     let top = searcher
                         .search(
                             &scope(Some(Box::new(older))),
-                            &TopDocs::with_limit(chunk).order_by_u64_field("event", Order::Desc),
+                            &in_scope(
+                                &in_rooms,
+                                TopDocs::with_limit(chunk).order_by_u64_field("event", Order::Desc),
+                            ),
                         )
                         .map_err(search_error)?;
                     top.into_iter()
@@ -738,6 +743,12 @@ impl Service {
                 break;
             }
         }
+        let count = match count {
+            Some(n) => n,
+            None => searcher
+                .search(&scope(None), &in_scope(&in_rooms, Count))
+                .map_err(search_error)? as u64,
+        };
         let highlights = highlights(&hits, &words, &stems, &mut stemmer);
         Ok(Found {
             // A page cut short (full, or too many candidates filtered out) goes on from where it
@@ -821,6 +832,15 @@ impl Service {
             json,
         }))
     }
+}
+
+/// `collector` over the documents of the rooms `in_rooms` accepts (the `room` fast field).
+fn in_scope<C, P>(in_rooms: &P, collector: C) -> FilterCollector<C, P, u64>
+where
+    C: Collector + Send + Sync,
+    P: Fn(u64) -> bool + Send + Sync + Clone + 'static,
+{
+    FilterCollector::new("room".to_owned(), in_rooms.clone(), collector)
 }
 
 /// The words of the hits' texts that the query matched, as written there.
