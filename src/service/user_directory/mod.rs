@@ -60,6 +60,10 @@ impl DirEntry {
 
 /// Lowercase, compatibility-decomposed, accents dropped: "Zoë" and "ZOE" are both "zoe".
 pub fn fold(s: &str) -> String {
+    // Most names and every user ID are ASCII: nothing to decompose, nothing to strip.
+    if s.is_ascii() {
+        return s.to_ascii_lowercase();
+    }
     s.nfkd()
         .filter(|c| !is_combining_mark(*c))
         .flat_map(char::to_lowercase)
@@ -350,5 +354,18 @@ impl rooms::Outbox for Service {
         if let Err(e) = self.set_in(batch, user, user_id, &DirEntry::from_content(content)) {
             tracing::warn!(%user_id, "user directory not updated: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_and_other_scripts_fold_alike() {
+        assert_eq!(fold("@Alice.Smith:Example.ORG"), "@alice.smith:example.org");
+        assert_eq!(fold("ZOË Ångström"), "zoe angstrom");
+        assert_eq!(fold("Zoe Angstrom"), "zoe angstrom");
+        assert_eq!(words("Zoë-Anne O'Brien"), ["zoe", "anne", "o", "brien"]);
     }
 }
