@@ -387,29 +387,15 @@ impl Server {
         user_id: &str,
         displayname: &str,
     ) -> Result<(), Failure> {
-        let resp = self
-            .http
-            .put(format!(
-                "{}/_synapse/admin/v2/users/{}",
-                self.base,
-                encode(user_id)
-            ))
-            .bearer_auth(&admin.token)
-            .json(&json!({ "displayname": displayname }))
-            .send()
+        let path = format!("/_synapse/admin/v2/users/{}", encode(user_id));
+        let body = json!({ "displayname": displayname });
+        match self
+            .call_raw(Method::PUT, &path, Some(&admin.token), Some(&body), None)
             .await
-            .map_err(|e| Failure::Transport(error_chain(&e)))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Failure::Transport(error_chain(&e)))?;
-        if status != 200 && status != 201 {
-            let text = String::from_utf8_lossy(&bytes);
-            let body = text.chars().take(BODY_EXCERPT).collect();
-            return Err(Failure::Status { status, body });
+        {
+            Ok(_) | Err(Failure::Status { status: 201, .. }) => Ok(()),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// Creates a public room (anyone may join) and returns its ID.

@@ -72,11 +72,14 @@ pub fn fold(s: &str) -> String {
 
 /// The folded words of `s`: runs of letters and digits.
 pub fn words(s: &str) -> Vec<String> {
-    fold(s)
+    runs(&fold(s)).map(str::to_owned).collect()
+}
+
+/// The runs of letters and digits of an already folded string.
+fn runs(folded: &str) -> impl Iterator<Item = &str> {
+    folded
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Every term a user is found by.
@@ -250,11 +253,7 @@ impl Service {
             };
             let name = entry.display_name.as_deref().map(fold).unwrap_or_default();
             let id = fold(user_id.as_str());
-            let starts_a_word = |q: &str| {
-                name.split(|c: char| !c.is_alphanumeric())
-                    .chain(id.split(|c: char| !c.is_alphanumeric()))
-                    .any(|w| w.starts_with(q))
-            };
+            let starts_a_word = |q: &str| runs(&name).chain(runs(&id)).any(|w| w.starts_with(q));
             if !query.iter().all(|q| starts_a_word(q)) {
                 continue;
             }
