@@ -128,14 +128,7 @@ async fn accept_invites(server: &TestServer, token: &str, since: &mut String) ->
         .into_iter()
         .flat_map(|o| o.keys())
     {
-        let (status, body) = server
-            .post(
-                &format!("/_matrix/client/v3/join/{}", enc(room)),
-                Some(token),
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        server.join(token, room).await;
         joined.push(room.clone());
     }
     joined

@@ -9,17 +9,6 @@ use crate::common::{assert_err, enc, TestServer};
 
 const PASSWORD: &str = "a long password";
 
-async fn join(server: &TestServer, token: &str, room: &str) {
-    let (status, body) = server
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(room)),
-            Some(token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 async fn sync(server: &TestServer, token: &str, query: &str) -> Value {
     let (status, body) = server
         .get(&format!("/_matrix/client/v3/sync?{query}"), Some(token))
@@ -50,7 +39,7 @@ async fn long_poll_wakes_with_the_new_event_and_otherwise_times_out() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
+    server.join(&bob, &room).await;
 
     // Initial sync: the room with its state and recent timeline.
     let first = sync(&server, &bob, "").await;
@@ -147,8 +136,8 @@ async fn gappy_timeline_pages_into_messages_and_members_are_lazy_loaded() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
-    join(&server, &carol, &room).await;
+    server.join(&bob, &room).await;
+    server.join(&carol, &room).await;
     let first = sync(&server, &carol, "").await;
     let since = first["next_batch"].as_str().unwrap().to_owned();
     for i in 0..25 {
@@ -200,7 +189,7 @@ async fn typing_receipts_and_account_data_reach_the_other_client() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
+    server.join(&bob, &room).await;
     let message = server.say(&alice, &room, "hello").await;
     let bob_since = sync(&server, &bob, "").await["next_batch"]
         .as_str()
@@ -459,7 +448,7 @@ async fn presence_goes_online_then_unavailable_then_offline() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
+    server.join(&bob, &room).await;
 
     // Alice's sync makes her online; bob (who shares a room) sees it, with her status message.
     let (status, _) = server
@@ -544,7 +533,7 @@ async fn push_rules_produce_unread_counts_and_notifications() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
+    server.join(&bob, &room).await;
     let first = sync(&server, &alice, "").await;
     // The first sync carries the default push rules.
     let rules = first["account_data"]["events"]
@@ -733,7 +722,7 @@ async fn device_lists_keys_and_transaction_ids() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
+    server.join(&bob, &room).await;
     let mut since = sync(&server, &alice, "").await["next_batch"]
         .as_str()
         .unwrap()
@@ -875,7 +864,7 @@ async fn a_message_wakes_a_long_poll_once_with_its_counts() {
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
-    join(&server, &bob, &room).await;
+    server.join(&bob, &room).await;
     let mut since = sync(&server, &bob, "").await["next_batch"]
         .as_str()
         .unwrap()
@@ -962,7 +951,7 @@ async fn each_member_is_highlighted_only_where_the_event_names_them() {
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;
     for member in [&carol, &dave, &erin, &frank] {
-        join(&server, member, &room).await;
+        server.join(member, &room).await;
     }
     let mut since = Vec::new();
     for member in [&carol, &dave, &erin, &frank] {
